@@ -1,0 +1,253 @@
+"""Typed configuration: one pydantic model, validated at start-up.
+
+Defaults live here, so `hiprouter serve` with no config file runs on embedded defaults
+(SQLite file, local spool, port 11112, AE title HIPROUTER, bundled demo model).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("config.yaml")
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
+
+
+class ConfigError(Exception):
+    """Raised when the configuration file cannot be read or is invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_ae(value: str) -> str:
+    value = value.strip()
+    if not AE_TITLE_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable chars, no '\\')")
+    return value
+
+
+class AllowedCaller(_Strict):
+    """A calling AE title allowed to associate, optionally bound to a host."""
+
+    ae_title: str
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class TLSConfig(_Strict):
+    """TLS for an association (inbound SCP or outbound destination)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+class NodeConfig(_Strict):
+    """The DICOM application entity this router presents."""
+
+    ae_title: str = "HIPROUTER"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling: list[AllowedCaller] | None = None
+    """None accepts any calling AE title; a list is an allow-list."""
+    max_pdu_size: int = Field(4 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    """Largest P-DATA PDU we accept (and announce as our maximum)."""
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_dataset_mb: int = Field(512, ge=1)
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 60.0
+    tls: TLSConfig = TLSConfig()
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///var/hiprouter.db"
+
+
+class StorageConfig(_Strict):
+    spool_dir: Path = Path("var/spool")
+    output_dir: Path = Path("var/outputs")
+    min_free_mb: int = Field(500, ge=0)
+    retention_days: float = Field(30, ge=0)
+    fsync: bool = True
+
+
+class StudiesConfig(_Strict):
+    complete_after_s: float = Field(30.0, gt=0)
+    sweep_interval_s: float = Field(2.0, gt=0)
+
+
+class Destination(_Strict):
+    """A DICOM peer we send to (a PACS, an archive, a viewer)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None
+    max_concurrent: int = Field(2, ge=1, le=64)
+    tls: TLSConfig = TLSConfig()
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class RetryConfig(_Strict):
+    """Capped exponential backoff for jobs and sends."""
+
+    initial_s: float = Field(5.0, gt=0)
+    factor: float = Field(2.0, ge=1)
+    max_s: float = Field(600.0, gt=0)
+    max_attempts: int = Field(10, ge=1)
+
+
+class QueueConfig(_Strict):
+    workers: int = Field(1, ge=0, le=64)
+    lease_s: float = Field(300.0, gt=0)
+    poll_interval_s: float = Field(0.5, gt=0)
+    retry: RetryConfig = RetryConfig()
+
+
+class Rule(_Strict):
+    """A routing rule: a match expression over DICOM keywords and what to do on a match.
+
+    `match` is a tree of dicts, see hiprouter/router/rules.py for the grammar.
+    """
+
+    name: str
+    level: Literal["series", "study"] = "series"
+    match: dict[str, Any] | None = None
+    pipelines: list[str] = []
+    send_to: list[str] = []
+    forward_to: list[str] = []
+    fallback: bool = False
+
+
+class TriageRule(_Strict):
+    """Maps findings (class names) above a probability to a priority level."""
+
+    classes: list[str]
+    level: Literal["HIGH", "MEDIUM", "ROUTINE"] = "HIGH"
+    min_probability: float = Field(0.5, ge=0, le=1)
+
+
+class PipelineConfig(_Strict):
+    """Settings of one inference pipeline."""
+
+    kind: Literal["forward", "hardware"] = "hardware"
+    models: list[Path] = []
+    """Model directories (each with card.yaml + weights); empty means the bundled demo."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    batch_size: int = Field(8, ge=1)
+    low_confidence: float = Field(0.6, ge=0, le=1)
+    language: str = "en"
+    triage: list[TriageRule] = []
+    default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
+    heatmaps: bool = True
+
+
+class LoggingConfig(_Strict):
+    level: str = "INFO"
+    json_logs: bool | None = None
+    """None: JSON when stderr is not a TTY."""
+
+
+class Settings(_Strict):
+    """The whole configuration."""
+
+    node: NodeConfig = NodeConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    storage: StorageConfig = StorageConfig()
+    studies: StudiesConfig = StudiesConfig()
+    queue: QueueConfig = QueueConfig()
+    destinations: dict[str, Destination] = {}
+    rules: list[Rule] = []
+    rule_mode: Literal["first", "all"] = "first"
+    pipelines: dict[str, PipelineConfig] = {}
+    sr_templates_dir: Path | None = None
+    logging: LoggingConfig = LoggingConfig()
+
+    def model_post_init(self, __context: Any) -> None:
+        for rule in self.rules:
+            for dest in [*rule.send_to, *rule.forward_to]:
+                if dest not in self.destinations:
+                    raise ValueError(f"rules[{rule.name}]: unknown destination {dest!r}")
+            for pipe in rule.pipelines:
+                if pipe not in self.pipelines and pipe != "forward":
+                    raise ValueError(f"rules[{rule.name}]: unknown pipeline {pipe!r}")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_config_path(path: str | Path | None) -> Path | None:
+    """`--config`, else $HIPROUTER_CONFIG, else ./config.yaml if it exists."""
+    if path:
+        return Path(path)
+    env = os.environ.get("HIPROUTER_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read and validate the configuration; relative paths resolve against its folder."""
+    cfg_path = resolve_config_path(path)
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if cfg_path is not None:
+        try:
+            raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {cfg_path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration {cfg_path} is not valid YAML: {exc}") from exc
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(f"configuration {cfg_path}: top level must be a mapping")
+        data = raw or {}
+        base = cfg_path.resolve().parent
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, str(cfg_path or "defaults"))) from exc
+    return _resolve_paths(settings, base)
+
+
+def _resolve(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else (base / p)
+
+
+def _resolve_paths(s: Settings, base: Path) -> Settings:
+    s.storage.spool_dir = _resolve(base, s.storage.spool_dir)
+    s.storage.output_dir = _resolve(base, s.storage.output_dir)
+    if s.sr_templates_dir is not None:
+        s.sr_templates_dir = _resolve(base, s.sr_templates_dir)
+    for pipe in s.pipelines.values():
+        pipe.models = [_resolve(base, m) for m in pipe.models]
+    for tls in [s.node.tls, *(d.tls for d in s.destinations.values())]:
+        for attr in ("cert_file", "key_file", "ca_file"):
+            val = getattr(tls, attr)
+            if val is not None:
+                setattr(tls, attr, _resolve(base, val))
+    url = s.database.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rel = url[len("sqlite:///") :]
+        if rel and rel != ":memory:":
+            s.database.url = "sqlite:///" + str(_resolve(base, Path(rel)))
+    return s

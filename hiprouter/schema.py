@@ -1,0 +1,230 @@
+"""The SQL schema (SQLAlchemy 2 ORM). Tables are created only by alembic migrations.
+
+The database is the only state shared between stages (receive, route, infer, report,
+dispatch), so every state transition is a row update in one transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Association(Base):
+    """One DICOM association (inbound or outbound)."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    direction: Mapped[str] = mapped_column(String(8), default="in")  # in | out
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    called_ae: Mapped[str] = mapped_column(String(16))
+    peer_host: Mapped[str] = mapped_column(String(255))
+    peer_port: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # accepted | rejected | released | aborted | error
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    instances_received: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Study(Base):
+    """A study as seen by the router; completion state survives restarts."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    # receiving | complete | routed | done | failed | ignored
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    calling_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # A study that receives instances after completion starts a new "episode".
+    episode: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Instance(Base):
+    """A received SOP instance, stored once in the spool."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_uid: Mapped[str] = mapped_column(UID, index=True)
+    transfer_syntax: Mapped[str] = mapped_column(UID)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    spool_path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    association_id: Mapped[int | None] = mapped_column(
+        ForeignKey("associations.id", ondelete="SET NULL"), nullable=True
+    )
+    calling_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    # stored | quarantined
+    state: Mapped[str] = mapped_column(String(16), default="stored")
+    quarantine_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Job(Base):
+    """One unit of work in the durable queue: run a pipeline on a study."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claim", "state", "next_run_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_uids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    send_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # pending | running | done | failed | dead
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Send(Base):
+    """One outbound object to one destination; retried until sent or dead."""
+
+    __tablename__ = "sends"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination", name="uq_sends_sop_dest"),
+        Index("ix_sends_claim", "state", "next_run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    destination: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    # pending | running | sent | dead
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SendAttempt(Base):
+    """Every C-STORE attempt to a destination, successful or not."""
+
+    __tablename__ = "send_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    destination: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Inference(Base):
+    """One model result for one hip (or one image) of a study."""
+
+    __tablename__ = "inferences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    pipeline: Mapped[str] = mapped_column(String(64))
+    laterality: Mapped[str] = mapped_column(String(8))  # R | L | U
+    source_sop_uids: Mapped[list[str]] = mapped_column(JSON)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    predicted_class: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Output(Base):
+    """A DICOM object the router created (SR, SC, KOS)."""
+
+    __tablename__ = "outputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+    )
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(8))  # SR | SC | KOS
+    path: Mapped[str] = mapped_column(Text)
+    priority: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """An audit record shaped after DICOM PS3.15 A.5 (RFC 3881 / DICOM audit message)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # EventID, e.g. DCM 110104 "DICOM Instances Transferred"
+    event_id_code: Mapped[str] = mapped_column(String(16))
+    event_id_scheme: Mapped[str] = mapped_column(String(16), default="DCM")
+    event_id_meaning: Mapped[str] = mapped_column(String(128))
+    # EventTypeCode, optional, e.g. DCM 110120 "Application Start"
+    event_type_code: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    event_type_meaning: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    action: Mapped[str] = mapped_column(String(1))  # C R U D E
+    outcome: Mapped[int] = mapped_column(Integer)  # 0 4 8 12
+    outcome_description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # [{"role": "source"|"destination"|..., "ae_title":..., "host":..., "user_id":...}]
+    participants: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # {"study_uid": ..., "sop_instance_uids": [...], "sop_class_uid": ...}
+    objects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source_id: Mapped[str] = mapped_column(String(64))
