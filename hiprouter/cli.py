@@ -59,7 +59,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option("--revision", default="heads", show_default=True)
 @pass_ctx
 def db_upgrade(ctx: Context, revision: str) -> None:
     """Create or migrate the tables (alembic) in the configured database."""

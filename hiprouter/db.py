@@ -91,8 +91,8 @@ def alembic_config(url: str):  # type: ignore[no-untyped-def]
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Run alembic migrations up to `revision`."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Run alembic migrations up to `revision` (all heads by default)."""
     from alembic import command
 
     if url.startswith("sqlite"):
