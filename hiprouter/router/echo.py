@@ -1,0 +1,65 @@
+"""C-ECHO (Verification) as an SCU: is a configured destination or AE@HOST:PORT reachable?"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hiprouter.config import Settings
+
+TARGET_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class EchoTarget:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    status: int | None
+    message: str
+
+
+def parse_target(target: str, settings: Settings) -> EchoTarget:
+    """A configured destination name, or AE@HOST:PORT. Raises ValueError otherwise."""
+    if target in settings.destinations:
+        dest = settings.destinations[target]
+        return EchoTarget(dest.ae_title, dest.host, dest.port)
+    match = TARGET_RE.match(target)
+    if match is None:
+        known = ", ".join(sorted(settings.destinations)) or "none configured"
+        raise ValueError(
+            f"{target!r} is neither a configured destination ({known}) nor AE@HOST:PORT"
+        )
+    port = int(match["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return EchoTarget(match["ae"], match["host"].strip("[]"), port)
+
+
+def echo(target: EchoTarget, calling_ae: str, timeout_s: float = 10.0) -> EchoResult:
+    """Associate, send one C-ECHO, release."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        return EchoResult(False, None, f"association {why}")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    code = int(status.Status) if status and "Status" in status else None
+    if code == 0:
+        return EchoResult(True, code, "C-ECHO success")
+    return EchoResult(False, code, "no C-ECHO response" if code is None
+                      else f"C-ECHO status 0x{code:04X}")

@@ -1,0 +1,203 @@
+"""Bounds on what a peer may make us allocate, enforced before pynetdicom reads a PDU.
+
+pynetdicom's DUL reads whatever PDU length the peer declares (up to 4 GiB), so a raw
+socket declaring a 200 MiB A-ASSOCIATE-RQ makes it buffer everything that follows.
+`GuardedDUL` reads the 6-byte PDU header itself, aborts the association when the declared
+length exceeds the limit for that PDU type, and bounds the size of one C-STORE data set
+(data beyond the limit is dropped while reading; the store is then answered 0xA700).
+
+It also reads each PDU with `recv_into` a buffer of the declared size instead of
+pynetdicom's 4 KiB `recv` loop, which matters for multi-megabyte P-DATA PDUs.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_P_ABORT
+from pynetdicom.transport import RequestHandler
+
+# Longest A-ASSOCIATE-RQ/AC/RJ we read: 128 presentation contexts with many transfer
+# syntaxes each stay far below this.
+MAX_ASSOCIATE_PDU = 1024 * 1024
+# A-RELEASE and A-ABORT PDUs are 4 bytes long; anything beyond this is hostile.
+MAX_SMALL_PDU = 64 * 1024
+# A DIMSE command set is a few hundred bytes; bound what we accumulate for one.
+MAX_COMMAND_SET = 64 * 1024
+P_DATA_TF = 0x04
+_HEADER = struct.Struct(">BBL")
+_PDV_HEADER = struct.Struct(">LBB")
+
+# Called with (association, reason) when a PDU is refused; must not raise.
+ViolationHook = Callable[[Any, str], None]
+
+
+@dataclass
+class Limits:
+    """What one association may send us."""
+
+    max_pdu: int
+    max_dataset: int
+    on_violation: ViolationHook | None = None
+
+
+class GuardedDUL(DULServiceProvider):
+    """A DUL service provider that checks declared PDU lengths before reading."""
+
+    limits: Limits
+
+    def __init__(self, assoc: Any, limits: Limits) -> None:
+        super().__init__(assoc)
+        self.limits = limits
+        self._dataset_bytes = 0
+        self._command_bytes = 0
+        self.dataset_too_large = False
+        """Set when the current (or last) C-STORE data set exceeded the limit."""
+
+    def _limit_for(self, pdu_type: int) -> int:
+        if pdu_type in (0x01, 0x02, 0x03):
+            return MAX_ASSOCIATE_PDU
+        if pdu_type == P_DATA_TF:
+            return self.limits.max_pdu
+        return MAX_SMALL_PDU
+
+    def _read_pdu_data(self) -> None:
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None:
+            self.event_queue.put("Evt17")
+            return
+        try:
+            header = _recv_exact(sock, 6)
+        except OSError:
+            self.event_queue.put("Evt17")
+            return
+        if header is None:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, length = _HEADER.unpack(header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            self.event_queue.put("Evt19")
+            return
+        limit = self._limit_for(pdu_type)
+        if length > limit:
+            self._refuse(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
+            return
+        try:
+            body = _recv_exact(sock, length)
+        except OSError:
+            self.event_queue.put("Evt17")
+            return
+        if body is None:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == P_DATA_TF:
+            body = self._bound_pdata(body)
+            if body is None:
+                return
+        try:
+            pdu, event = self._decode_pdu(header + body)
+        except Exception:
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _bound_pdata(self, body: bytes) -> bytes | None:
+        """Count data-set bytes per message; drop fragments beyond the limit."""
+        items: list[tuple[int, int, memoryview]] = []
+        view = memoryview(body)
+        offset, dropped = 0, False
+        while offset + 6 <= len(view):
+            item_len, context_id, control = _PDV_HEADER.unpack_from(view, offset)
+            if item_len < 2 or offset + 4 + item_len > len(view):
+                self.event_queue.put("Evt19")
+                return None
+            data = view[offset + 6 : offset + 4 + item_len]
+            offset += 4 + item_len
+            if control & 0x01:  # command fragment
+                self._command_bytes += len(data)
+                if self._command_bytes > MAX_COMMAND_SET:
+                    self._refuse(f"DIMSE command set longer than {MAX_COMMAND_SET} bytes")
+                    return None
+                if control & 0x02:
+                    self._command_bytes = 0
+                    self._dataset_bytes = 0
+            else:
+                self._dataset_bytes += len(data)
+                if self._dataset_bytes > self.limits.max_dataset:
+                    if not self.dataset_too_large:
+                        self.dataset_too_large = True
+                    data, dropped = view[0:0], True
+            items.append((context_id, control, data))
+        if not dropped:
+            return body
+        out = bytearray()
+        for context_id, control, data in items:
+            out += _PDV_HEADER.pack(len(data) + 2, context_id, control)
+            out += data
+        return bytes(out)
+
+    def _refuse(self, reason: str) -> None:
+        """Abort the association without reading the offending PDU."""
+        hook = self.limits.on_violation
+        if hook is not None:
+            hook(self.assoc, reason)
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x06  # invalid PDU parameter value
+        try:
+            self.socket.send(abort.encode())
+        except Exception:  # the peer may be gone already
+            pass
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        primitive = A_P_ABORT()
+        primitive.provider_reason = 0x06
+        self.to_user_queue.put(primitive)
+        self.socket.close()
+        self.kill_dul()
+
+
+def _recv_exact(sock: socket.socket, length: int) -> bytes | None:
+    """Read exactly `length` bytes, or None if the peer closed the connection first."""
+    buf = bytearray(length)
+    view = memoryview(buf)
+    got = 0
+    while got < length:
+        n = sock.recv_into(view[got:], length - got)
+        if n == 0:
+            return None
+        got += n
+    return bytes(buf)
+
+
+def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:
+    """A pynetdicom request handler whose associations use `GuardedDUL`."""
+
+    class GuardedRequestHandler(RequestHandler):
+        def _create_association(self) -> Any:
+            sock = self.request
+            if isinstance(sock, socket.socket):
+                sock.settimeout(timeout_s)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            assoc = super()._create_association()
+            dul = GuardedDUL(assoc, limits)
+            dul.socket = assoc.dul.socket
+            # The socket already queued Evt5 (connection indication) on the old DUL.
+            dul.event_queue = assoc.dul.event_queue
+            assoc.dul = dul
+            # The timeout setters configure the DUL's timers: apply them to the new one.
+            assoc.acse_timeout = assoc.acse_timeout
+            assoc.network_timeout = assoc.network_timeout
+            return assoc
+
+    return GuardedRequestHandler

@@ -1,0 +1,459 @@
+"""The Storage and Verification SCP: receives instances and stores them durably.
+
+For each C-STORE: check disk space and data-set size, read the few identifying UIDs,
+write the encoded data set (with its file meta) to the spool (fsync, rename), record the
+instance and its study in the database, and only then answer success. If the spool or
+the database step fails the peer gets 0xA700 and the spooled file is removed.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.tag import Tag
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter import audit
+from hiprouter.config import Settings
+from hiprouter.db import utcnow, write_transaction
+from hiprouter.logs import get_logger
+from hiprouter.router.pdu_guard import Limits, guarded_request_handler
+from hiprouter.router.spool import Spool
+from hiprouter.router.studies import note_instance
+from hiprouter.schema import Association, Instance
+
+log = get_logger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_ID_TAGS = [Tag("SOPClassUID"), Tag("SOPInstanceUID"), Tag("StudyInstanceUID"),
+            Tag("SeriesInstanceUID")]
+
+
+class Refused(Exception):
+    """An instance we will not store; carries the DIMSE status and the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class AssociationState:
+    """What we track for one inbound association."""
+
+    row_id: int | None = None
+    calling_ae: str = ""
+    peer_host: str = ""
+    stored: int = 0
+    duplicates: int = 0
+    study_uids: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+
+
+def read_identifiers(encoded: bytes, sop_instance_uid: str) -> Identifiers:
+    """Read the UIDs we index from an encoded file (meta + data set) without pixel data."""
+    try:
+        ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
+        values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
+                  ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
+    except Exception as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
+    for keyword, value in values.items():
+        if not value:
+            raise Refused(CANNOT_UNDERSTAND, f"data set has no {keyword}")
+        if len(value) > 64 or not UID_RE.match(value):
+            raise Refused(CANNOT_UNDERSTAND, f"{keyword} is not a valid UID")
+    if values["SOPInstanceUID"] != sop_instance_uid:
+        raise Refused(
+            DATASET_MISMATCH, "data set SOPInstanceUID differs from the C-STORE request"
+        )
+    return Identifiers(values["SOPClassUID"], values["SOPInstanceUID"],
+                       values["StudyInstanceUID"], values["SeriesInstanceUID"])
+
+
+class AllowList:
+    """Calling AE titles allowed to associate, each optionally bound to host addresses."""
+
+    def __init__(self, settings: Settings) -> None:
+        entries = settings.node.allowed_calling
+        self.open = entries is None
+        self._hosts: dict[str, set[str] | None] = {}
+        for entry in entries or []:
+            if entry.host is None:
+                self._hosts[entry.ae_title] = None
+                continue
+            known = self._hosts.setdefault(entry.ae_title, set())
+            if known is not None:
+                known.update(_addresses(entry.host))
+
+    def check(self, calling_ae: str, peer_host: str) -> str | None:
+        """None if allowed, else the reason for rejecting."""
+        if self.open:
+            return None
+        if calling_ae not in self._hosts:
+            return f"calling AE title {calling_ae!r} is not allowed"
+        hosts = self._hosts[calling_ae]
+        if hosts is not None and peer_host not in hosts:
+            return f"calling AE title {calling_ae!r} is not allowed from {peer_host}"
+        return None
+
+
+def _addresses(host: str) -> set[str]:
+    found = {host}
+    try:
+        for info in socket.getaddrinfo(host, None):
+            found.add(str(info[4][0]))
+    except OSError:
+        log.warning("allowed_calling host does not resolve", host=host)
+    return found
+
+
+class StorageSCP:
+    """The inbound DICOM service: C-ECHO and C-STORE for all storage SOP classes."""
+
+    def __init__(
+        self, settings: Settings, factory: sessionmaker[Session], spool: Spool
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.spool = spool
+        self.allow = AllowList(settings)
+        self.server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        node = settings.node
+        self.limits = Limits(
+            max_pdu=node.max_pdu_size,
+            max_dataset=node.max_dataset_mb * 1024 * 1024,
+            on_violation=self._on_violation,
+        )
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        node = self.settings.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_pdu_size = node.max_pdu_size
+        ae.maximum_associations = node.max_associations
+        ae.acse_timeout = node.acse_timeout_s
+        ae.dimse_timeout = node.dimse_timeout_s
+        ae.network_timeout = node.network_timeout_s
+        ae.require_called_aet = True
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Listen on node.host:node.port in background threads."""
+        node = self.settings.node
+        handler = guarded_request_handler(self.limits, node.network_timeout_s)
+        server = self.ae.make_server(
+            (node.host, node.port),
+            evt_handlers=self.handlers(),
+            server_class=ThreadedAssociationServer,
+            request_handler=handler,
+        )
+        server.daemon_threads = True
+        self.ae._servers.append(server)
+        thread = threading.Thread(target=server.serve_forever, name="hiprouter-scp",
+                                  daemon=True)
+        thread.start()
+        self.server = server
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when node.port is 0)."""
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, then wait for running associations to finish."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        server.shutdown()
+        for assoc in list(server.active_associations):
+            assoc.join(timeout_s)
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+            (evt.EVT_C_STORE, self._on_c_store),
+        ]
+
+    # -- association bookkeeping -----------------------------------------------------
+
+    def _state(self, assoc: Any) -> AssociationState:
+        state = getattr(assoc, "hiprouter_state", None)
+        if state is None:
+            state = AssociationState(
+                calling_ae=str(assoc.requestor.ae_title or "").strip(),
+                peer_host=str(assoc.requestor.address),
+            )
+            assoc.hiprouter_state = state
+        return state
+
+    def _participants(self, assoc: Any) -> list[dict[str, Any]]:
+        state = self._state(assoc)
+        return [
+            audit.participant("source", state.calling_ae, state.peer_host),
+            audit.participant("destination", self.settings.node.ae_title),
+        ]
+
+    def _on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        if not isinstance(primitive, A_ASSOCIATE):  # aborted by the PDU guard
+            return
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        state = self._state(assoc)
+        state.calling_ae = calling
+        reason = self.allow.check(calling, state.peer_host)
+        if reason is None:
+            return
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        self._record_rejection(assoc, called, reason)
+
+    def _on_rejected(self, event: Any) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        rsp = assoc.acceptor.primitive
+        diagnostic = getattr(rsp, "diagnostic", None)
+        reasons = {0x03: "calling AE title not recognised", 0x07: "called AE title not recognised",
+                   0x02: "too many associations (local limit exceeded)"}
+        reason = reasons.get(diagnostic or 0, f"rejected (diagnostic {diagnostic})")
+        if diagnostic == 0x07:
+            reason = f"called AE title {called!r} is not {self.settings.node.ae_title!r}"
+        self._record_rejection(assoc, called, reason)
+
+    def _record_rejection(self, assoc: Any, called: str, reason: str) -> None:
+        state = self._state(assoc)
+        log.warning("association rejected", calling_ae=state.calling_ae, called_ae=called,
+                    peer=state.peer_host, reason=reason)
+        now = utcnow()
+        try:
+            with self.factory() as session, session.begin():
+                session.add(Association(
+                    direction="in", calling_ae=state.calling_ae[:16], called_ae=called[:16],
+                    peer_host=state.peer_host, peer_port=int(assoc.requestor.port or 0),
+                    started_at=now, ended_at=now, outcome="rejected", reason=reason,
+                    instances_received=0,
+                ))
+                audit.record(
+                    session, audit.USER_AUTHENTICATION, "E", audit.MINOR_FAILURE,
+                    event_type=audit.NODE_AUTHENTICATION, description=reason,
+                    participants=[
+                        audit.participant("source", state.calling_ae, state.peer_host),
+                        audit.participant("destination", called),
+                    ],
+                )
+        except Exception as exc:
+            log.error("cannot record rejected association", error=str(exc))
+
+    def _on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        state = self._state(assoc)
+        try:
+            with self.factory() as session, session.begin():
+                row = Association(
+                    direction="in", calling_ae=state.calling_ae[:16],
+                    called_ae=self.settings.node.ae_title, peer_host=state.peer_host,
+                    peer_port=int(assoc.requestor.port or 0), started_at=utcnow(),
+                    outcome="accepted", instances_received=0,
+                )
+                session.add(row)
+                session.flush()
+                state.row_id = row.id
+        except Exception as exc:
+            log.error("cannot record association", error=str(exc))
+        log.info("association accepted", calling_ae=state.calling_ae, peer=state.peer_host,
+                 association_id=state.row_id)
+
+    def _on_ended(self, event: Any) -> None:
+        assoc = event.assoc
+        state = self._state(assoc)
+        outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info("association ended", outcome=outcome, association_id=state.row_id,
+                 stored=state.stored, duplicates=state.duplicates)
+        if state.row_id is None:
+            return
+        try:
+            with self.factory() as session, session.begin():
+                session.execute(
+                    update(Association).where(Association.id == state.row_id).values(
+                        ended_at=utcnow(), outcome=outcome,
+                        instances_received=state.stored + state.duplicates,
+                    )
+                )
+                if state.stored or state.duplicates:
+                    audit.record(
+                        session, audit.INSTANCES_TRANSFERRED, "C", audit.SUCCESS,
+                        description=f"{state.stored} stored, {state.duplicates} duplicates",
+                        participants=self._participants(assoc),
+                        objects={"study_uids": sorted(state.study_uids),
+                                 "association_id": state.row_id},
+                    )
+        except Exception as exc:
+            log.error("cannot record association end", error=str(exc))
+
+    def _on_violation(self, assoc: Any, reason: str) -> None:
+        state = self._state(assoc)
+        log.warning("peer violated limits, aborting", peer=state.peer_host, reason=reason)
+        try:
+            audit.record_now(
+                self.factory, audit.SECURITY_ALERT, "E", audit.SERIOUS_FAILURE,
+                description=reason, participants=self._participants(assoc),
+            )
+        except Exception as exc:
+            log.error("cannot record security alert", error=str(exc))
+
+    # -- DIMSE services --------------------------------------------------------------
+
+    def _on_c_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _on_c_store(self, event: Any) -> int:
+        assoc = event.assoc
+        state = self._state(assoc)
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        try:
+            return self._store(event, state, sop_uid)
+        except Refused as exc:
+            self._refuse(event, state, sop_uid, exc)
+            return exc.status
+        except Exception as exc:
+            log.error("store failed", sop_instance_uid=sop_uid, error=str(exc))
+            self._audit_failure(assoc, audit.RESOURCE, f"store failed: {exc}", sop_uid)
+            return OUT_OF_RESOURCES
+
+    def _store(self, event: Any, state: AssociationState, sop_uid: str) -> int:
+        dul = event.assoc.dul
+        if getattr(dul, "dataset_too_large", False):
+            dul.dataset_too_large = False
+            limit = self.settings.node.max_dataset_mb
+            raise Refused(OUT_OF_RESOURCES, f"data set larger than {limit} MiB")
+        free = self.spool.free_mb()
+        if free < self.settings.storage.min_free_mb:
+            raise Refused(
+                OUT_OF_RESOURCES,
+                f"spool has {free:.0f} MiB free, below storage.min_free_mb "
+                f"{self.settings.storage.min_free_mb}",
+            )
+        encoded = event.encoded_dataset()
+        ids = read_identifiers(encoded, sop_uid)
+        if self._is_duplicate(ids.sop_instance_uid):
+            state.duplicates += 1
+            state.study_uids.add(ids.study_uid)
+            return SUCCESS
+        spooled = self.spool.write(encoded)
+        try:
+            self._record(event, state, ids, spooled)
+        except IntegrityError:
+            # The same SOP Instance UID was committed by a concurrent association.
+            self.spool.remove(spooled.path)
+            if not self._is_duplicate(ids.sop_instance_uid):
+                raise
+            state.duplicates += 1
+            return SUCCESS
+        except BaseException:
+            self.spool.remove(spooled.path)
+            raise
+        state.stored += 1
+        state.study_uids.add(ids.study_uid)
+        log.debug("instance stored", sop_instance_uid=ids.sop_instance_uid,
+                  study_uid=ids.study_uid, size=spooled.size)
+        return SUCCESS
+
+    def _record(self, event: Any, state: AssociationState, ids: Identifiers,
+                spooled: Any) -> None:
+        now = utcnow()
+        with write_transaction(self.factory) as session:
+            session.add(Instance(
+                sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
+                study_uid=ids.study_uid, series_uid=ids.series_uid,
+                transfer_syntax=str(event.context.transfer_syntax),
+                size=spooled.size, sha256=spooled.sha256, spool_path=str(spooled.path),
+                received_at=now, association_id=state.row_id,
+                calling_ae=state.calling_ae[:16] or None, duplicates=0, state="stored",
+            ))
+            session.flush()
+            note_instance(session, ids.study_uid, state.calling_ae[:16] or None, now)
+
+    def _is_duplicate(self, sop_uid: str) -> bool:
+        """If `sop_uid` is already stored, count the duplicate and return True."""
+        with self.factory() as session:
+            exists = session.scalar(
+                select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
+            )
+        if exists is None:
+            return False
+        with write_transaction(self.factory) as session:
+            session.execute(
+                update(Instance)
+                .where(Instance.id == exists)
+                .values(duplicates=Instance.duplicates + 1)
+                .execution_options(synchronize_session=False)
+            )
+        log.info("duplicate instance", sop_instance_uid=sop_uid)
+        return True
+
+    def _refuse(self, event: Any, state: AssociationState, sop_uid: str,
+                exc: Refused) -> None:
+        log.warning("instance refused", sop_instance_uid=sop_uid, status=f"0x{exc.status:04X}",
+                    reason=exc.reason)
+        if exc.status == OUT_OF_RESOURCES:
+            self._audit_failure(event.assoc, audit.RESOURCE, exc.reason, sop_uid)
+            return
+        path = None
+        try:
+            path = str(self.spool.write(event.encoded_dataset(), quarantine=True).path)
+        except Exception as write_exc:
+            log.error("cannot write quarantine file", error=str(write_exc))
+        self._audit_failure(event.assoc, audit.QUARANTINE, exc.reason, sop_uid,
+                            quarantine_path=path, status=exc.status)
+
+    def _audit_failure(self, assoc: Any, event_type: audit.Code, reason: str, sop_uid: str,
+                       **objects: Any) -> None:
+        try:
+            audit.record_now(
+                self.factory, audit.INSTANCES_TRANSFERRED, "C", audit.SERIOUS_FAILURE,
+                event_type=event_type, description=reason,
+                participants=self._participants(assoc),
+                objects={"sop_instance_uids": [sop_uid], **objects},
+            )
+        except Exception as exc:
+            log.error("cannot record audit event", error=str(exc))

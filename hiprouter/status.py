@@ -1,0 +1,203 @@
+"""`hiprouter status`: what the node has received, queued, sent and computed, from SQL."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from hiprouter import __version__
+from hiprouter import db as dbmod
+from hiprouter.config import Settings
+from hiprouter.schema import Inference, Instance, Job, Send, Study
+
+RECENT_FAILURES = 5
+
+
+class StatusError(Exception):
+    """The status cannot be collected (no database yet, cannot connect)."""
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    """Everything `hiprouter status` shows, as JSON-ready values."""
+    url = settings.database.url
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:" and not Path(path).exists():
+            raise StatusError(
+                f"database {dbmod.redact_url(url)} does not exist yet: run `hiprouter serve` "
+                "or `hiprouter db upgrade` first"
+            )
+    engine = dbmod.make_engine(url)
+    try:
+        _check_schema(engine, url)
+        with Session(engine) as session:
+            data = _collect(session, settings)
+    except SQLAlchemyError as exc:
+        raise StatusError(f"cannot read database {dbmod.redact_url(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
+    return data
+
+
+def _check_schema(engine: Engine, url: str) -> None:
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except SQLAlchemyError as exc:
+        raise StatusError(f"cannot connect to database {dbmod.redact_url(url)}: {exc}") from exc
+    if "instances" not in tables:
+        raise StatusError(
+            f"database {dbmod.redact_url(url)} has no hiprouter tables: run `hiprouter serve` "
+            "or `hiprouter db upgrade` first"
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return dbmod.as_utc(value).isoformat() if value is not None else None
+
+
+def _by_state(session: Session, column: Any, state: Any) -> dict[str, int]:
+    rows = session.execute(select(state, func.count(column)).group_by(state)).all()
+    return {str(s): int(n) for s, n in rows}
+
+
+def _per_group(session: Session, group: Any, state: Any, next_run: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    rows = session.execute(select(group, state, func.count()).group_by(group, state)).all()
+    for name, st, n in rows:
+        out.setdefault(str(name), {})[str(st)] = int(n)
+    oldest = session.execute(
+        select(group, func.min(next_run)).where(state == "pending").group_by(group)
+    ).all()
+    for name, when in oldest:
+        out.setdefault(str(name), {})["oldest_pending_next_run_at"] = _iso(when)
+    return out
+
+
+def _collect(session: Session, settings: Settings) -> dict[str, Any]:
+    spool = settings.storage.spool_dir
+    probe = spool if spool.exists() else spool.parent if spool.parent.exists() else Path("/")
+    free_mb = shutil.disk_usage(probe).free / (1024 * 1024)
+    failed_jobs = session.execute(
+        select(Job.id, Job.pipeline, Job.study_uid, Job.state, Job.attempts, Job.last_error,
+               Job.updated_at)
+        .where(Job.state.in_(("failed", "dead"))).order_by(Job.updated_at.desc())
+        .limit(RECENT_FAILURES)
+    ).all()
+    failed_sends = session.execute(
+        select(Send.id, Send.destination, Send.sop_instance_uid, Send.state, Send.attempts,
+               Send.last_error, Send.next_run_at)
+        .where(Send.state.in_(("failed", "dead"))).order_by(Send.id.desc())
+        .limit(RECENT_FAILURES)
+    ).all()
+    models = session.execute(
+        select(Inference.model_name, Inference.model_version).distinct()
+        .order_by(Inference.model_name, Inference.model_version)
+    ).all()
+    return {
+        "version": __version__,
+        "database": dbmod.redact_url(settings.database.url),
+        "node": {"ae_title": settings.node.ae_title, "host": settings.node.host,
+                 "port": settings.node.port},
+        "spool": {"dir": str(spool), "free_mb": round(free_mb, 1),
+                  "min_free_mb": settings.storage.min_free_mb},
+        "last_received_at": _iso(session.scalar(select(func.max(Instance.received_at)))),
+        "instances": {
+            "by_state": _by_state(session, Instance.id, Instance.state),
+            "duplicates": int(session.scalar(select(func.sum(Instance.duplicates))) or 0),
+        },
+        "studies": {"by_state": _by_state(session, Study.id, Study.state)},
+        "jobs": {
+            "by_state": _by_state(session, Job.id, Job.state),
+            "by_pipeline": _per_group(session, Job.pipeline, Job.state, Job.next_run_at),
+            "recent_failures": [
+                {"id": r.id, "pipeline": r.pipeline, "study_uid": r.study_uid, "state": r.state,
+                 "attempts": r.attempts, "last_error": r.last_error,
+                 "updated_at": _iso(r.updated_at)} for r in failed_jobs
+            ],
+        },
+        "sends": {
+            "by_state": _by_state(session, Send.id, Send.state),
+            "by_destination": _per_group(session, Send.destination, Send.state,
+                                         Send.next_run_at),
+            "recent_failures": [
+                {"id": r.id, "destination": r.destination, "sop_instance_uid": r.sop_instance_uid,
+                 "state": r.state, "attempts": r.attempts, "last_error": r.last_error}
+                for r in failed_sends
+            ],
+        },
+        "models": [{"name": n, "version": v} for n, v in models],
+        "destinations": {
+            name: {"ae_title": d.ae_title, "host": d.host, "port": d.port}
+            for name, d in sorted(settings.destinations.items())
+        },
+    }
+
+
+def render_status(data: dict[str, Any], console: Any) -> None:
+    """Print the status as rich tables."""
+    from rich.table import Table
+
+    node = data["node"]
+    head = Table(title=f"hiprouter {data['version']}", show_header=False)
+    head.add_row("node", f"{node['ae_title']} on {node['host']}:{node['port']}")
+    head.add_row("database", data["database"])
+    spool = data["spool"]
+    head.add_row("spool", f"{spool['dir']} ({spool['free_mb']:.0f} MiB free, "
+                          f"minimum {spool['min_free_mb']} MiB)")
+    head.add_row("last received", data["last_received_at"] or "never")
+    head.add_row("duplicates", str(data["instances"]["duplicates"]))
+    models = ", ".join(f"{m['name']} {m['version']}" for m in data["models"]) or "none yet"
+    head.add_row("models seen", models)
+    console.print(head)
+
+    counts = Table(title="counts by state")
+    counts.add_column("what")
+    counts.add_column("state")
+    counts.add_column("count", justify="right")
+    for what in ("instances", "studies", "jobs", "sends"):
+        states = data[what]["by_state"] or {"-": 0}
+        for state, n in sorted(states.items()):
+            counts.add_row(what, state, str(n))
+    console.print(counts)
+
+    for what, key, label in (("jobs", "by_pipeline", "pipeline"),
+                             ("sends", "by_destination", "destination")):
+        groups = data[what][key]
+        if not groups:
+            continue
+        table = Table(title=f"{what} per {label}")
+        table.add_column(label)
+        for col in ("pending", "running", "failed", "dead", "oldest pending"):
+            table.add_column(col, justify="right")
+        for name, c in sorted(groups.items()):
+            table.add_row(name, *(str(c.get(s, 0)) for s in ("pending", "running", "failed",
+                                                            "dead")),
+                          c.get("oldest_pending_next_run_at") or "-")
+        console.print(table)
+
+    failures = [("job", f"{f['pipeline']} study {f['study_uid']}", f) for f in
+                data["jobs"]["recent_failures"]]
+    failures += [("send", f"{f['destination']} {f['sop_instance_uid']}", f) for f in
+                 data["sends"]["recent_failures"]]
+    if failures:
+        table = Table(title="recent failures")
+        for col in ("kind", "what", "state", "attempts", "last error"):
+            table.add_column(col)
+        for kind, what, f in failures:
+            table.add_row(kind, what, f["state"], str(f["attempts"]), f["last_error"] or "")
+        console.print(table)
+
+    if data["destinations"]:
+        table = Table(title="destinations")
+        for col in ("name", "AE title", "address"):
+            table.add_column(col)
+        for name, d in data["destinations"].items():
+            table.add_row(name, d["ae_title"], f"{d['host']}:{d['port']}")
+        console.print(table)
