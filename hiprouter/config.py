@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hiprouter.router.rules import Condition
+
 DEFAULT_CONFIG_PATH = Path("config.yaml")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
 
@@ -50,6 +52,8 @@ class TLSConfig(_Strict):
     key_file: Path | None = None
     ca_file: Path | None = None
     require_client_cert: bool = False
+    check_hostname: bool = True
+    """Outbound only: the peer certificate must name the destination host."""
 
 
 class NodeConfig(_Strict):
@@ -115,6 +119,8 @@ class QueueConfig(_Strict):
     workers: int = Field(1, ge=0, le=64)
     lease_s: float = Field(300.0, gt=0)
     poll_interval_s: float = Field(0.5, gt=0)
+    send_batch: int = Field(100, ge=1, le=10000)
+    """Most sends to one destination in one association."""
     retry: RetryConfig = RetryConfig()
 
 
@@ -126,7 +132,8 @@ class Rule(_Strict):
 
     name: str
     level: Literal["series", "study"] = "series"
-    match: dict[str, Any] | None = None
+    match: Condition | None = None
+    """None matches every series (useful for a fallback rule)."""
     pipelines: list[str] = []
     send_to: list[str] = []
     forward_to: list[str] = []
@@ -144,7 +151,8 @@ class TriageRule(_Strict):
 class PipelineConfig(_Strict):
     """Settings of one inference pipeline."""
 
-    kind: Literal["forward", "hardware"] = "hardware"
+    kind: str = Field("hardware", pattern=r"^[a-z][a-z0-9_]*$")
+    """forward, hardware, or a kind registered by a module listed in `plugins`."""
     models: list[Path] = []
     """Model directories (each with card.yaml + weights); empty means the bundled demo."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -176,9 +184,16 @@ class Settings(_Strict):
     rule_mode: Literal["first", "all"] = "first"
     pipelines: dict[str, PipelineConfig] = {}
     sr_templates_dir: Path | None = None
+    plugins: list[str] = []
+    """Python modules imported by workers; they call register_pipeline() for new kinds."""
     logging: LoggingConfig = LoggingConfig()
 
     def model_post_init(self, __context: Any) -> None:
+        names = [r.name for r in self.rules]
+        for name in {n for n in names if names.count(n) > 1}:
+            raise ValueError(f"rules[{name}]: rule names must be unique")
+        if sum(r.fallback for r in self.rules) > 1:
+            raise ValueError("rules: at most one rule may be the fallback")
         for rule in self.rules:
             for dest in [*rule.send_to, *rule.forward_to]:
                 if dest not in self.destinations:
@@ -188,12 +203,28 @@ class Settings(_Strict):
                     raise ValueError(f"rules[{rule.name}]: unknown pipeline {pipe!r}")
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, data: dict[str, Any] | None = None) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(_loc_parts(e["loc"], data or {})) or "(top level)"
         lines.append(f"  {loc}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _loc_parts(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
+    """Error location with rules named (rules[hip]) and condition-union tags folded."""
+    parts: list[str] = []
+    for i, p in enumerate(loc):
+        if i == 1 and loc[0] == "rules" and isinstance(p, int):
+            rules = data.get("rules")
+            name = rules[p].get("name") if isinstance(rules, list) and p < len(rules) and \
+                isinstance(rules[p], dict) else None
+            parts[-1] = f"rules[{name if name is not None else p}]"
+        elif p == "leaf" or (parts and p in ("all", "any", "not") and parts[-1] == p):
+            continue
+        else:
+            parts.append(str(p))
+    return parts
 
 
 def resolve_config_path(path: str | Path | None) -> Path | None:
@@ -225,7 +256,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, str(cfg_path or "defaults"))) from exc
+        raise ConfigError(_format_error(exc, str(cfg_path or "defaults"), data)) from exc
     return _resolve_paths(settings, base)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -97,7 +99,11 @@ class Job(Base):
     """One unit of work in the durable queue: run a pipeline on a study."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claim", "state", "next_run_at"),)
+    __table_args__ = (
+        Index("ix_jobs_claim", "state", "next_run_at"),
+        # Routing a study episode twice must not create a second job (migration 0003).
+        UniqueConstraint("study_uid", "episode", "rule", "pipeline", name="uq_jobs_route"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, index=True)
@@ -105,7 +111,7 @@ class Job(Base):
     pipeline: Mapped[str] = mapped_column(String(64))
     rule: Mapped[str | None] = mapped_column(String(128), nullable=True)
     send_to: Mapped[list[str]] = mapped_column(JSON, default=list)
-    # pending | running | done | failed | dead
+    # pending | running | failed (waiting to retry) | done | dead
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -117,6 +123,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    episode: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # replay: when the job runs, sends it produces are sent again even if sent before
+    replay: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Send(Base):
@@ -137,7 +146,7 @@ class Send(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     destination: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
-    # pending | running | sent | dead
+    # pending | running | failed (waiting to retry) | sent | dead
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,315 @@
+"""Dispatch: send queued objects to their destinations with C-STORE, retrying with backoff.
+
+Each destination gets `max_concurrent` sender slots per process, and a claim admits a
+slot only while fewer than `max_concurrent` owners (across all processes and hosts) hold
+leases on that destination's sends. A slot claims a batch, opens one association for it
+(presentation contexts from the files' SOP classes and transfer syntaxes), sends, and
+records every attempt in `send_attempts` with its DIMSE status. A failed send waits with
+capped exponential backoff and is dead after `queue.retry.max_attempts` attempts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter import audit
+from hiprouter.config import Destination, Settings
+from hiprouter.db import utcnow, write_transaction
+from hiprouter.logs import get_logger
+from hiprouter.router import queue
+from hiprouter.router.worker import owner_id
+from hiprouter.schema import Association, Send, SendAttempt
+
+log = get_logger(__name__)
+
+SUCCESS_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+"""C-STORE success and warning statuses (PS3.4 B.2.3): the PACS has the object."""
+MAX_CONTEXTS = 128
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def claim_sends(factory: sessionmaker[Session], settings: Settings, destination: str,
+                owner: str) -> list[Send]:
+    """Lease up to `queue.send_batch` due sends for one destination, or none when the
+    destination already has `max_concurrent` active senders."""
+    dest = settings.destinations[destination]
+    q = settings.queue
+    with write_transaction(factory) as session:
+        now = utcnow()
+        if queue.is_postgres(session):  # serialise claims per destination across hosts
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                            {"key": f"hiprouter-send:{destination}"})
+        active = session.scalar(
+            select(func.count(func.distinct(Send.lease_owner))).where(
+                Send.destination == destination, Send.state == queue.RUNNING,
+                Send.lease_expires_at >= now, Send.lease_owner != owner)
+        ) or 0
+        if active >= dest.max_concurrent:
+            return []
+        query = (
+            select(Send)
+            .where(
+                Send.destination == destination,
+                or_(and_(Send.state.in_(queue.WAITING), Send.next_run_at <= now),
+                    and_(Send.state == queue.RUNNING, Send.lease_expires_at < now)),
+            )
+            .order_by(Send.next_run_at, Send.id)
+            .limit(q.send_batch)
+        )
+        if queue.is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        sends = list(session.scalars(query).all())
+        for s in sends:
+            s.state = queue.RUNNING
+            s.lease_owner = owner
+            s.lease_expires_at = now + timedelta(seconds=q.lease_s)
+        return sends
+
+
+@dataclass
+class _Item:
+    send: Send
+    transfer_syntax: UID | None = None
+    error: str | None = None
+
+
+def _inspect(sends: list[Send]) -> list[_Item]:
+    items = []
+    for s in sends:
+        try:
+            ts = read_file_meta_info(s.path).TransferSyntaxUID
+            items.append(_Item(s, UID(str(ts))))
+        except Exception as exc:
+            items.append(_Item(s, error=f"cannot read {Path(s.path).name}: {exc}"))
+    return items
+
+
+def _contexts(items: list[_Item]) -> tuple[list[tuple[str, list[str]]], list[_Item]]:
+    """Presentation contexts for the batch, and items that did not fit (sent later)."""
+    contexts: list[tuple[str, list[str]]] = []
+    seen: set[tuple[str, str]] = set()
+    later: list[_Item] = []
+    for item in items:
+        if item.transfer_syntax is None:
+            continue
+        sop_class, ts = item.send.sop_class_uid, str(item.transfer_syntax)
+        wanted = []
+        if (sop_class, "*") not in seen:
+            wanted.append(((sop_class, "*"), [*UNCOMPRESSED]))
+        if ts not in UNCOMPRESSED and (sop_class, ts) not in seen:
+            wanted.append(((sop_class, ts), [ts]))
+        if len(contexts) + len(wanted) > MAX_CONTEXTS:
+            later.append(item)
+            continue
+        for key, syntaxes in wanted:
+            seen.add(key)
+            contexts.append((sop_class, syntaxes))
+    return contexts, later
+
+
+def send_batch(factory: sessionmaker[Session], settings: Settings, destination: str,
+               sends: list[Send], owner: str) -> int:
+    """Send a claimed batch over one association; returns how many were stored."""
+    from pynetdicom import AE
+
+    dest = settings.destinations[destination]
+    items = _inspect(sends)
+    contexts, later = _contexts(items)
+    if later:
+        _release(factory, [i.send for i in later], owner)
+    later_ids = {i.send.id for i in later}
+    todo = [i for i in items if i.send.id not in later_ids]
+    for item in todo:
+        if item.error:
+            _record(factory, settings, item.send, owner, None, item.error)
+    todo = [i for i in todo if not i.error]
+    if not todo:
+        return 0
+
+    node = settings.node
+    ae = AE(ae_title=dest.calling_ae_title or node.ae_title)
+    ae.acse_timeout = node.acse_timeout_s
+    ae.dimse_timeout = node.dimse_timeout_s
+    ae.network_timeout = node.network_timeout_s
+    ae.maximum_pdu_size = node.max_pdu_size
+    for sop_class, syntaxes in contexts:
+        ae.add_requested_context(sop_class, syntaxes)
+    started = utcnow()
+    sent: list[str] = []
+    outcome, reason = "error", None
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
+                             tls_args=_tls_args(dest))
+    except Exception as exc:  # bad TLS files, DNS failure
+        assoc, reason = None, f"{type(exc).__name__}: {exc}"
+    if assoc is None or not assoc.is_established:
+        if assoc is not None:
+            outcome = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted \
+                else "error"
+            reason = f"association {outcome} by {dest.ae_title}@{dest.host}:{dest.port}"
+        for item in todo:
+            _record(factory, settings, item.send, owner, None, reason or "association failed")
+    else:
+        outcome = "released"
+        try:
+            for n, item in enumerate(todo):
+                if not assoc.is_established:
+                    outcome, reason = "aborted", "association ended by the peer"
+                    for rest in todo[n:]:
+                        _record(factory, settings, rest.send, owner, None, reason)
+                    break
+                status, error = _c_store(assoc, item)
+                if _record(factory, settings, item.send, owner, status, error) == queue.SENT:
+                    sent.append(item.send.sop_instance_uid)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    _finish(factory, settings, destination, dest, started, outcome, reason, todo, sent)
+    return len(sent)
+
+
+def _c_store(assoc: object, item: _Item) -> tuple[int | None, str | None]:
+    """One C-STORE; converts compressed data the peer did not accept to uncompressed."""
+    path = item.send.path
+    accepted = {
+        (cx.abstract_syntax, cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
+    }
+    ts = str(item.transfer_syntax)
+    dataset: object = path
+    try:
+        if ts not in UNCOMPRESSED and (item.send.sop_class_uid, ts) not in accepted:
+            ds = dcmread(path)
+            ds.decompress()
+            dataset = ds
+        rsp = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if "Status" not in rsp:
+        return None, "no C-STORE response (association aborted or timed out)"
+    status = int(rsp.Status)
+    return status, None if status in SUCCESS_STATUSES else f"C-STORE status 0x{status:04X}"
+
+
+def _tls_args(dest: Destination) -> tuple[object, str | None] | None:
+    if not dest.tls.enabled:
+        return None
+    from hiprouter.router.tls import client_ssl_context
+
+    return client_ssl_context(dest.tls), dest.host if dest.tls.check_hostname else None
+
+
+def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owner: str,
+            status: int | None, error: str | None) -> str | None:
+    """Record one attempt and move the send to sent, failed (backoff) or dead."""
+    retry = settings.queue.retry
+    with write_transaction(factory) as session:
+        row = session.scalars(
+            select(Send).where(Send.id == send.id, Send.lease_owner == owner,
+                               Send.state == queue.RUNNING)
+        ).first()
+        if row is None:
+            return None  # lease lost; the new owner records its own attempt
+        now = utcnow()
+        row.attempts += 1
+        session.add(SendAttempt(send_id=row.id, sop_instance_uid=row.sop_instance_uid,
+                                destination=row.destination, attempt=row.attempts,
+                                status=status, error=error, at=now))
+        row.last_status, row.last_error = status, error
+        row.lease_owner = row.lease_expires_at = None
+        if error is None:
+            row.state, row.sent_at = queue.SENT, now
+        elif row.attempts >= retry.max_attempts:
+            row.state = queue.DEAD
+            log.error("send dead", sop_instance_uid=row.sop_instance_uid,
+                      destination=row.destination, attempts=row.attempts, error=error)
+        else:
+            row.state = queue.FAILED
+            row.next_run_at = now + timedelta(seconds=queue.backoff_s(retry, row.attempts))
+        return row.state
+
+
+def _release(factory: sessionmaker[Session], sends: list[Send], owner: str) -> None:
+    with write_transaction(factory) as session:
+        for s in sends:
+            row = session.get(Send, s.id)
+            if row is not None and row.lease_owner == owner:
+                row.state, row.lease_owner, row.lease_expires_at = queue.PENDING, None, None
+
+
+def _finish(factory: sessionmaker[Session], settings: Settings, destination: str,
+            dest: Destination, started: object, outcome: str, reason: str | None,
+            items: list[_Item], sent: list[str]) -> None:
+    """Record the outbound association and audit what was transferred."""
+    calling = dest.calling_ae_title or settings.node.ae_title
+    by_study: dict[str, list[str]] = defaultdict(list)
+    sent_set = set(sent)
+    for item in items:
+        if item.send.sop_instance_uid in sent_set:
+            by_study[item.send.study_uid].append(item.send.sop_instance_uid)
+    with write_transaction(factory) as session:
+        session.add(Association(
+            direction="out", calling_ae=calling, called_ae=dest.ae_title,
+            peer_host=dest.host, peer_port=dest.port, started_at=started, ended_at=utcnow(),
+            outcome=outcome, reason=reason, instances_received=len(sent),
+        ))
+        parts = [audit.participant("source", calling, settings.node.host),
+                 audit.participant("destination", dest.ae_title, dest.host,
+                                   destination=destination)]
+        for study_uid, uids in by_study.items():
+            audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.SUCCESS,
+                         participants=parts,
+                         objects={"study_uid": study_uid, "sop_instance_uids": uids})
+        failed = len(items) - len(sent)
+        if failed:
+            audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.MINOR_FAILURE,
+                         description=f"{failed} of {len(items)} not sent: {reason or 'status'}",
+                         participants=parts,
+                         objects={"study_uids": sorted({i.send.study_uid for i in items})})
+    log.info("dispatch batch", destination=destination, outcome=outcome, sent=len(sent),
+             failed=len(items) - len(sent))
+
+
+class Dispatcher:
+    """`max_concurrent` sender threads per destination, stopped with a shared event."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session],
+                 stop: threading.Event) -> None:
+        self.settings, self.factory, self.stop = settings, factory, stop
+        self.threads = [
+            threading.Thread(target=self._loop, args=(name, slot), daemon=True,
+                             name=f"dispatch-{name}-{slot}")
+            for name, dest in settings.destinations.items()
+            for slot in range(dest.max_concurrent)
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout_s: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout_s)
+
+    def _loop(self, destination: str, slot: int) -> None:
+        owner = owner_id(f"send-{destination}-{slot}")
+        poll = self.settings.queue.poll_interval_s
+        while not self.stop.is_set():
+            try:
+                sends = claim_sends(self.factory, self.settings, destination, owner)
+                if sends:
+                    send_batch(self.factory, self.settings, destination, sends, owner)
+                    continue
+            except Exception as exc:
+                log.error("dispatch failed", destination=destination, error=str(exc))
+            self.stop.wait(poll)

@@ -1,0 +1,262 @@
+"""The durable job queue: rows in `jobs`, claimed with a lease, retried with backoff.
+
+Claiming is safe with many worker processes on many hosts: on PostgreSQL the claim is
+`SELECT ... FOR UPDATE SKIP LOCKED`; on SQLite it runs in a write transaction (BEGIN
+IMMEDIATE), which admits one writer at a time. A claimed job carries a lease (owner and
+expiry) that the worker renews while it runs; a job whose lease expired (its worker died)
+is claimed again. Completion and failure are fenced by the lease owner, so a worker that
+lost its lease cannot overwrite the result of the worker that took the job over.
+
+Job states: pending -> running -> done; running -> failed (waiting for its next attempt)
+-> running ...; after `queue.retry.max_attempts` attempts -> dead (until `retry_dead`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter.config import RetryConfig, Settings
+from hiprouter.db import utcnow, write_transaction
+from hiprouter.logs import get_logger
+from hiprouter.schema import Job, Send, Study
+
+log = get_logger(__name__)
+
+PENDING, RUNNING, FAILED, DONE, DEAD = "pending", "running", "failed", "done", "dead"
+SENT = "sent"
+WAITING = (PENDING, FAILED)
+"""States of work that is not finished (plus RUNNING)."""
+UNFINISHED = (PENDING, RUNNING, FAILED)
+
+
+class LeaseLost(RuntimeError):
+    """The worker no longer owns the job (its lease expired and another worker took it)."""
+
+
+def backoff_s(retry: RetryConfig, attempts: int) -> float:
+    """Capped exponential delay before attempt `attempts + 1`."""
+    return float(min(retry.max_s, retry.initial_s * retry.factor ** max(attempts - 1, 0)))
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def enqueue(
+    session: Session,
+    *,
+    study_uid: str,
+    pipeline: str,
+    rule: str,
+    send_to: Sequence[str],
+    series_uids: Sequence[str] | None = None,
+    episode: int = 1,
+) -> Job:
+    """Add a pending job in the caller's transaction (unique per study episode, rule and
+    pipeline: a second enqueue of the same job returns the existing row)."""
+    existing = session.scalars(
+        select(Job).where(
+            Job.study_uid == study_uid, Job.episode == episode, Job.rule == rule,
+            Job.pipeline == pipeline,
+        )
+    ).first()
+    if existing is not None:
+        return existing
+    now = utcnow()
+    job = Job(
+        study_uid=study_uid, pipeline=pipeline, rule=rule, send_to=list(send_to),
+        series_uids=list(series_uids) if series_uids is not None else None, episode=episode,
+        state=PENDING, attempts=0, next_run_at=now, created_at=now, updated_at=now,
+        replay=False,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim(
+    factory: sessionmaker[Session], owner: str, lease_s: float, retry: RetryConfig
+) -> Job | None:
+    """Take the next runnable job (due, or with an expired lease) or None.
+
+    The returned row is detached; its `attempts` already counts this attempt. A job whose
+    lease expired on its last allowed attempt goes to `dead` instead.
+    """
+    while True:
+        with write_transaction(factory) as session:
+            now = utcnow()
+            query = (
+                select(Job)
+                .where(
+                    or_(
+                        and_(Job.state.in_(WAITING), Job.next_run_at <= now),
+                        and_(Job.state == RUNNING, Job.lease_expires_at < now),
+                    )
+                )
+                .order_by(Job.next_run_at, Job.id)
+                .limit(1)
+            )
+            if is_postgres(session):
+                query = query.with_for_update(skip_locked=True)
+            job = session.scalars(query).first()
+            if job is None:
+                return None
+            if job.state == RUNNING:
+                log.warning("job lease expired", job_id=job.id, owner=job.lease_owner,
+                            attempts=job.attempts)
+                if job.attempts >= retry.max_attempts:
+                    _set_dead(job, f"lease of {job.lease_owner} expired on the last attempt")
+                    continue
+            job.state = RUNNING
+            job.attempts += 1
+            job.lease_owner = owner
+            job.lease_expires_at = now + timedelta(seconds=lease_s)
+            job.updated_at = now
+            return job
+
+
+def heartbeat(factory: sessionmaker[Session], job_id: int, owner: str, lease_s: float) -> bool:
+    """Extend the lease of a running job; False when the worker no longer owns it."""
+    with factory() as session, session.begin():
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == owner, Job.state == RUNNING)
+            .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)
+
+
+def complete(session: Session, job_id: int, owner: str) -> None:
+    """Mark a job done in the caller's transaction; raises LeaseLost when not the owner."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == owner, Job.state == RUNNING)
+        .values(state=DONE, finished_at=now, updated_at=now, lease_owner=None,
+                lease_expires_at=None, last_error=None, replay=False)
+        .execution_options(synchronize_session=False)
+    )
+    if not result.rowcount:
+        raise LeaseLost(f"job {job_id} is no longer leased by {owner}")
+
+
+def fail(
+    factory: sessionmaker[Session], job_id: int, owner: str, error: str, retry: RetryConfig
+) -> str | None:
+    """Record a failed attempt: `failed` with a backoff delay, or `dead` after the last
+    attempt. Returns the new state, or None when the worker no longer owned the job."""
+    with write_transaction(factory) as session:
+        job = session.scalars(
+            select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == RUNNING)
+        ).first()
+        if job is None:
+            return None
+        if job.attempts >= retry.max_attempts:
+            _set_dead(job, error)
+        else:
+            now = utcnow()
+            job.state = FAILED
+            job.last_error = error[:4000]
+            job.next_run_at = now + timedelta(seconds=backoff_s(retry, job.attempts))
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.updated_at = now
+        return job.state
+
+
+def _set_dead(job: Job, error: str) -> None:
+    now = utcnow()
+    job.state = DEAD
+    job.last_error = error[:4000]
+    job.lease_owner = None
+    job.lease_expires_at = None
+    job.finished_at = now
+    job.updated_at = now
+    log.error("job dead", job_id=job.id, study_uid=job.study_uid, pipeline=job.pipeline,
+              attempts=job.attempts, error=error[:500])
+
+
+@dataclass(frozen=True)
+class Requeued:
+    jobs: int
+    sends: int
+
+
+def retry_dead(factory: sessionmaker[Session], study_uid: str | None = None) -> Requeued:
+    """Put dead jobs and dead sends (of one study, or all) back in the queue, due now."""
+    now = utcnow()
+    with write_transaction(factory) as session:
+        job_filter = [Job.state == DEAD] + ([Job.study_uid == study_uid] if study_uid else [])
+        jobs = session.execute(
+            update(Job).where(*job_filter)
+            .values(state=PENDING, attempts=0, next_run_at=now, updated_at=now,
+                    finished_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        send_filter = [Send.state == DEAD] + ([Send.study_uid == study_uid] if study_uid else [])
+        sends = session.execute(
+            update(Send).where(*send_filter)
+            .values(state=PENDING, attempts=0, next_run_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    return Requeued(jobs or 0, sends or 0)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    jobs: int
+    running: int
+    rerouted: bool
+
+
+def replay_study(factory: sessionmaker[Session], settings: Settings, study_uid: str) -> Replayed:
+    """Run a study's pipelines again and send their results again.
+
+    The jobs of the study's latest episode go back to pending with `replay` set, so the
+    sends they produce are repeated even when sent before. A study that no rule matched
+    (no jobs) is routed again with the current rules. Running jobs are left alone.
+    """
+    from hiprouter.router.routing import route_study
+
+    with write_transaction(factory) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+        if study is None:
+            raise LookupError(f"study {study_uid} is not known")
+        episode = session.scalar(
+            select(func.max(Job.episode)).where(Job.study_uid == study_uid)
+        )
+        if episode is None:
+            jobs = route_study(session, settings, study)
+            return Replayed(len(jobs), 0, True)
+        now = utcnow()
+        base = [Job.study_uid == study_uid, Job.episode == episode]
+        running = session.scalar(
+            select(func.count()).select_from(Job).where(*base, Job.state == RUNNING)
+        ) or 0
+        count = session.execute(
+            update(Job).where(*base, Job.state != RUNNING)
+            .values(state=PENDING, attempts=0, next_run_at=now, updated_at=now, replay=True,
+                    finished_at=None, last_error=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        return Replayed(count or 0, running, False)
+
+
+def unfinished_work(session: Session, study_uid: str) -> int:
+    """How many jobs and sends of a study are still pending, running or waiting to retry."""
+    jobs = session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.study_uid == study_uid, Job.state.in_(UNFINISHED))
+    ) or 0
+    sends = session.scalar(
+        select(func.count()).select_from(Send)
+        .where(Send.study_uid == study_uid, Send.state.in_(UNFINISHED))
+    ) or 0
+    return int(jobs) + int(sends)

@@ -1,0 +1,232 @@
+"""Job workers: claim a job, run its pipeline, queue the resulting sends, mark it done.
+
+Workers run as threads inside `hiprouter serve` and as extra processes (`hiprouter worker
+--count N`) on the same or other hosts; the database is all they share. While a pipeline
+runs, a heartbeat renews the job's lease; if the worker dies the lease expires and another
+worker runs the job again. Because pipelines derive output UIDs deterministically and sends
+are unique per (SOP Instance UID, destination), a re-run never sends a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter import audit
+from hiprouter import db as dbmod
+from hiprouter.config import Settings
+from hiprouter.db import utcnow, write_transaction
+from hiprouter.logs import get_logger
+from hiprouter.router import queue
+from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
+from hiprouter.schema import Job, Send
+
+log = get_logger(__name__)
+
+PIPELINE_JOB = audit.Code("HIP006", "Pipeline Job")
+
+
+def owner_id(tag: str) -> str:
+    """A lease owner name unique across hosts, processes and threads."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{tag}"
+
+
+def enqueue_sends(session: Session, job: Job, paths: Sequence[Path]) -> int:
+    """Queue each file for each of the job's destinations; returns how many are pending.
+
+    A (SOP Instance UID, destination) pair has one row for ever: a re-run of the job
+    re-uses it (already sent stays sent), a replay sends it again, a pending or failed
+    row just points at the new file.
+    """
+    insert = pg_insert if queue.is_postgres(session) else sqlite_insert
+    now = utcnow()
+    queued = 0
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID"])
+        sop_uid, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+        for dest in job.send_to:
+            session.execute(
+                insert(Send).values(
+                    job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid,
+                    sop_class_uid=sop_class, destination=dest, path=str(path),
+                    state=queue.PENDING, attempts=0, next_run_at=now, created_at=now,
+                ).on_conflict_do_nothing(index_elements=["sop_instance_uid", "destination"])
+            )
+            row = session.scalars(
+                select(Send).where(Send.sop_instance_uid == sop_uid, Send.destination == dest)
+            ).one()
+            if row.state == queue.RUNNING:
+                continue  # being sent right now; its dispatcher finishes it
+            if row.state in (queue.SENT, queue.DEAD) and not job.replay:
+                continue
+            if row.state in (queue.SENT, queue.DEAD):
+                row.state, row.attempts, row.next_run_at = queue.PENDING, 0, now
+            row.path, row.job_id = str(path), job.id
+            queued += 1
+    return queued
+
+
+def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: PipelineCache,
+            job: Job, owner: str) -> str:
+    """Run one claimed job to done, failed or dead; returns the outcome."""
+    bound = log.bind(job_id=job.id, study_uid=job.study_uid, pipeline=job.pipeline,
+                     attempt=job.attempts)
+    lease_s = settings.queue.lease_s
+    stop_beat = threading.Event()
+    beat = threading.Thread(target=_heartbeat, name=f"lease-{job.id}",
+                            args=(factory, job.id, owner, lease_s, stop_beat), daemon=True)
+    beat.start()
+    ctx = None
+    try:
+        ctx = make_context(settings, factory, job, bound)
+        if not ctx.instances:
+            raise RuntimeError("the job has no stored instances")
+        paths = pipelines.get(job.pipeline)(ctx)
+        with write_transaction(factory) as session:
+            queue.complete(session, job.id, owner)
+            queued = enqueue_sends(session, job, paths)
+            audit.record(
+                session, PIPELINE_JOB, "E", audit.SUCCESS,
+                description=f"{job.pipeline} attempt {job.attempts}: {len(paths)} objects, "
+                            f"{queued} sends queued",
+                participants=[audit.participant("application", settings.node.ae_title,
+                                                worker=owner)],
+                objects={"study_uid": job.study_uid, "job_id": job.id,
+                         "pipeline": job.pipeline, "send_to": job.send_to},
+            )
+        bound.info("job done", objects=len(paths), sends=queued)
+        return queue.DONE
+    except queue.LeaseLost as exc:
+        bound.warning("job result discarded, lease lost", error=str(exc))
+        return "lost"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        bound.error("job failed", error=error, trace=traceback.format_exc(limit=5))
+        state = queue.fail(factory, job.id, owner, error, settings.queue.retry)
+        _audit_failure(factory, settings, job, owner, error, state)
+        return state or "lost"
+    finally:
+        stop_beat.set()
+        beat.join()
+        if ctx is not None and ctx.output_dir.exists() and not any(ctx.output_dir.iterdir()):
+            shutil.rmtree(ctx.output_dir, ignore_errors=True)
+
+
+def _audit_failure(factory: sessionmaker[Session], settings: Settings, job: Job, owner: str,
+                   error: str, state: str | None) -> None:
+    try:
+        audit.record_now(
+            factory, PIPELINE_JOB, "E", audit.SERIOUS_FAILURE if state == queue.DEAD
+            else audit.MINOR_FAILURE,
+            description=f"{job.pipeline} attempt {job.attempts} -> {state}: {error}"[:4000],
+            participants=[audit.participant("application", settings.node.ae_title,
+                                            worker=owner)],
+            objects={"study_uid": job.study_uid, "job_id": job.id, "pipeline": job.pipeline},
+        )
+    except Exception as exc:
+        log.error("cannot audit job failure", job_id=job.id, error=str(exc))
+
+
+def _heartbeat(factory: sessionmaker[Session], job_id: int, owner: str, lease_s: float,
+               stop: threading.Event) -> None:
+    while not stop.wait(max(lease_s / 3, 0.2)):
+        try:
+            if not queue.heartbeat(factory, job_id, owner, lease_s):
+                log.warning("job lease lost", job_id=job_id, owner=owner)
+                return
+        except Exception as exc:  # the database may be briefly unreachable
+            log.warning("lease renewal failed", job_id=job_id, error=str(exc))
+
+
+class JobWorker(threading.Thread):
+    """One worker thread: claims and runs jobs until `stop` is set."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: Settings,
+                 pipelines: PipelineCache, stop: threading.Event, index: int) -> None:
+        super().__init__(name=f"job-worker-{index}", daemon=True)
+        self.factory, self.settings, self.pipelines, self.stop = (
+            factory, settings, pipelines, stop)
+        self.owner = owner_id(f"w{index}")
+
+    def run(self) -> None:
+        q = self.settings.queue
+        while not self.stop.is_set():
+            try:
+                job = queue.claim(self.factory, self.owner, q.lease_s, q.retry)
+            except Exception as exc:
+                log.error("job claim failed", error=str(exc))
+                job = None
+            if job is None:
+                self.stop.wait(q.poll_interval_s)
+                continue
+            run_job(self.factory, self.settings, self.pipelines, job, self.owner)
+
+
+class Workers:
+    """Job worker threads plus the dispatcher, started and stopped together."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], count: int,
+                 dispatch: bool = True) -> None:
+        from hiprouter.router.dispatch import Dispatcher
+
+        check_pipelines(settings)
+        self.stop_event = threading.Event()
+        pipelines = PipelineCache(settings)
+        self.threads: list[threading.Thread] = [
+            JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
+        ]
+        self.dispatcher = Dispatcher(settings, factory, self.stop_event) if dispatch else None
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        log.info("workers started", job_workers=len(self.threads),
+                 dispatch=self.dispatcher is not None)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Finish the jobs and sends in hand, then return."""
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout_s)
+        if self.dispatcher is not None:
+            self.dispatcher.join(timeout_s)
+        log.info("workers stopped")
+
+
+def run_worker_process(settings: Settings, count: int, dispatch: bool = True) -> None:
+    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
+    engine = dbmod.make_engine(settings.database.url)
+    factory = dbmod.session_factory(engine)
+    workers = Workers(settings, factory, count, dispatch)
+    done = threading.Event()
+
+    def _signal(signum: int, _frame: Any) -> None:
+        log.info("signal received, stopping workers", signal=signal.Signals(signum).name)
+        done.set()
+
+    previous = {sig: signal.signal(sig, _signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        workers.start()
+        log.info("worker process ready", pid=os.getpid())
+        done.wait()
+    finally:
+        workers.stop()
+        engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
