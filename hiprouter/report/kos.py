@@ -1,0 +1,64 @@
+"""The triage flag: a Key Object Selection document titled "Of Interest".
+
+It references the radiographs, the SR and the SC overlays, and its Key Object Description
+is "AI TRIAGE PRIORITY=<level>: <reason>", in a series described "AI TRIAGE: <level>", so a
+worklist or viewer can sort urgent studies first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from hiprouter.inference.results import ModelInfo
+from hiprouter.report.sr import algorithm_equipment_for
+
+KOS_SERIES_NUMBER = 9903
+OF_INTEREST = hd.sr.CodedConcept("113000", "DCM", "Of Interest")
+DESCRIPTION_PREFIX = "AI TRIAGE PRIORITY="
+
+
+def triage_description(level: str, reason: str) -> str:
+    """The Key Object Description text."""
+    return f"{DESCRIPTION_PREFIX}{level}: {reason}"[:1024]
+
+
+def triage_series_description(level: str) -> str:
+    """Series Description of the KOS series."""
+    return f"AI TRIAGE: {level}"
+
+
+def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model: ModelInfo,
+              level: str, reason: str, *, series_uid: str,
+              sop_uid: str) -> hd.ko.KeyObjectSelectionDocument:
+    """The KOS flagging one study; ``created`` are the SR and SC objects of the same result."""
+    if not radiographs:
+        raise ValueError("build_kos: no radiograph to reference")
+    referenced = [*radiographs, *created]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=model.device_uid, name=model.name[:64],
+            manufacturer_name=model.manufacturer[:64], model_name=model.architecture[:64]),
+    )
+    content = hd.ko.KeyObjectSelection(
+        document_title=OF_INTEREST,
+        referenced_objects=referenced,
+        observer_device_context=observer,
+        description=triage_description(level, reason),
+    )
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=referenced,
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=KOS_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=model.manufacturer[:64],
+        series_description=triage_series_description(level),
+        contributing_equipment=[algorithm_equipment_for(model, "AI triage")],
+        specific_character_set="ISO_IR 192",
+    )
