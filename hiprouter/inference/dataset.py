@@ -1,0 +1,180 @@
+"""Labelled hips for training and evaluation: a folder of DICOM files plus a labels CSV.
+
+The CSV has one row per (image, hip): `path` (relative to the data folder), `study_uid`,
+`patient_id`, `laterality` (R|L|U) and a label column (default `hardware`, a class key).
+Each image is decoded once, cut into per-hip crops (laterality.py), letterboxed to the input
+size and cached as uint8 (one .npz per image and size), so epochs never re-decode DICOM.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
+from hiprouter.inference.laterality import hip_crops
+from hiprouter.inference.preprocess import letterbox
+
+SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+class DatasetError(Exception):
+    """A labels CSV or data folder that cannot be used, with the reason."""
+
+
+@dataclass(frozen=True)
+class LabelledHip:
+    """One row of the labels CSV."""
+
+    path: str
+    study_uid: str
+    patient_id: str
+    laterality: str
+    label: str
+    view: str = ""
+
+
+def read_labels(csv_path: Path, classes: Sequence[str],
+                label_column: str = "hardware") -> list[LabelledHip]:
+    """Read and check a labels CSV; every label must be one of `classes`."""
+    try:
+        with Path(csv_path).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = set(reader.fieldnames or [])
+            missing = {"path", label_column} - fields
+            if missing:
+                raise DatasetError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
+            rows = list(reader)
+    except OSError as exc:
+        raise DatasetError(f"cannot read labels {csv_path}: {exc}") from exc
+    out = []
+    known = set(classes)
+    for n, row in enumerate(rows, start=2):
+        label = (row.get(label_column) or "").strip()
+        if label not in known:
+            raise DatasetError(f"{csv_path}:{n}: label {label!r} is not one of {sorted(known)}")
+        path = (row.get("path") or "").strip()
+        study = (row.get("study_uid") or "").strip() or path
+        out.append(LabelledHip(
+            path=path,
+            study_uid=study,
+            patient_id=(row.get("patient_id") or "").strip() or study,
+            laterality=((row.get("laterality") or "U").strip().upper() or "U")[:1],
+            label=label,
+            view=(row.get("view") or "").strip(),
+        ))
+    if not out:
+        raise DatasetError(f"{csv_path}: no rows")
+    return out
+
+
+def _cache_file(cache_dir: Path, image: Path, size: int) -> Path:
+    stat = image.stat()
+    key = f"{image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}"
+    return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}-{size}.npz"
+
+
+def image_crops(image: Path, size: int, cache_dir: Path | None,
+                modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> dict[str, np.ndarray]:
+    """Letterboxed uint8 crops of one image keyed by laterality (R, L, U); cached."""
+    cached = _cache_file(cache_dir, image, size) if cache_dir else None
+    if cached is not None and cached.is_file():
+        with np.load(cached) as npz:
+            return {k: npz[k] for k in npz.files}
+    ds, decoded = decode_file(image, modalities)
+    crops: dict[str, np.ndarray] = {}
+    for crop in hip_crops(ds, decoded.pixels):
+        boxed, _ = letterbox(crop.pixels, size)
+        crops.setdefault(crop.laterality, np.rint(boxed * 255).astype(np.uint8))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, **crops)
+        tmp.replace(cached)
+    return crops
+
+
+def crop_for(crops: dict[str, np.ndarray], laterality: str) -> np.ndarray | None:
+    """The crop of the labelled hip: same laterality, or the only crop of a single-hip view."""
+    if laterality in crops:
+        return crops[laterality]
+    if len(crops) == 1:
+        return next(iter(crops.values()))
+    return None
+
+
+def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir: Path | None,
+               progress: Callable | None = None,
+               ) -> tuple[np.ndarray, list[int], dict[str, str]]:
+    """uint8 array (N, size, size) for the usable rows, their row indices, refusals by path."""
+    images: list[np.ndarray] = []
+    used: list[int] = []
+    refused: dict[str, str] = {}
+    by_path: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_path.setdefault(row.path, []).append(i)
+    items = list(by_path.items())
+    for path, idx in (progress(items) if progress else items):
+        try:
+            crops = image_crops(Path(data_dir) / path, size, cache_dir)
+        except (RefusedImage, OSError) as exc:
+            refused[path] = getattr(exc, "reason", str(exc))
+            continue
+        for i in idx:
+            crop = crop_for(crops, rows[i].laterality)
+            if crop is None:
+                refused[path] = f"no {rows[i].laterality} hip found in this image"
+                continue
+            images.append(crop)
+            used.append(i)
+    order = np.argsort(used, kind="stable")
+    stacked = np.stack([images[j] for j in order]) if images else np.zeros((0, size, size),
+                                                                           np.uint8)
+    return stacked, [used[j] for j in order], refused
+
+
+def split_patients(rows: Sequence[LabelledHip], seed: int = 0) -> dict[str, list[int]]:
+    """Patient-level, class-stratified 70/10/20 split of row indices (train/val/test)."""
+
+    groups = [r.patient_id for r in rows]
+    labels = [r.label for r in rows]
+    try:
+        assign = _stratified_assign(groups, labels, seed)
+    except ValueError:  # too few patients per class to stratify
+        assign = _proportional_assign(groups, seed)
+    split = {name: [i for i, a in enumerate(assign) if a == name] for name in SPLIT_FRACTIONS}
+    if not split["val"]:
+        split["val"] = list(split["train"])
+    if not split["test"]:
+        split["test"] = list(split["val"])
+    return split
+
+
+def _stratified_assign(groups: list[str], labels: list[str], seed: int) -> list[str]:
+    """10 class-stratified patient folds: 2 test, 1 validation, 7 training."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+    fold_of = np.zeros(len(groups), dtype=int)
+    for k, (_, test_idx) in enumerate(folds.split(np.zeros(len(groups)), labels, groups)):
+        fold_of[test_idx] = k
+    names = {0: "test", 1: "test", 2: "val"}
+    return [names.get(int(f), "train") for f in fold_of]
+
+
+def _proportional_assign(groups: list[str], seed: int) -> list[str]:
+    """Whole patients in proportion (at least one each for test and val when possible)."""
+    rng = np.random.default_rng(seed)
+    patients = sorted(set(groups))
+    rng.shuffle(patients)
+    n = len(patients)
+    n_test = max(1, round(0.2 * n)) if n >= 3 else 0
+    n_val = max(1, round(0.1 * n)) if n >= 3 else 0
+    role = {p: "test" for p in patients[:n_test]}
+    role.update({p: "val" for p in patients[n_test : n_test + n_val]})
+    return [role.get(g, "train") for g in groups]

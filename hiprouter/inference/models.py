@@ -1,0 +1,199 @@
+"""Model cards, weights and devices: timm backbones with single-channel input.
+
+A model directory holds `card.yaml` (the model card) and the weights in safetensors. The
+card records the sha256 of the weights file and a DICOM Device UID derived from it, so the
+UID written into SR/SC output changes whenever the weights change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydicom.uid import generate_uid
+
+import hiprouter
+from hiprouter.inference.results import ModelInfo
+
+CARD_FILE = "card.yaml"
+WEIGHTS_FILE = "model.safetensors"
+MODELS_ROOT = Path(hiprouter.__file__).resolve().parent.parent / "models"
+"""Models shipped with the repository (models/<name>/card.yaml)."""
+DEMO_MODEL_DIR = MODELS_ROOT / "hardware-demo"
+
+SYNTHETIC_DISCLAIMER = (
+    "Trained and evaluated on synthetic radiographs only. Figures on synthetic data say "
+    "nothing about accuracy on real patients. Demo output, not for diagnostic use."
+)
+
+
+class ModelError(Exception):
+    """A model directory that cannot be used (missing files, bad card, weights changed)."""
+
+
+class ModelCard(BaseModel):
+    """What a model is, what it was trained on and how well it did (card.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    version: str
+    architecture: str
+    """timm model name, e.g. efficientnet_b4."""
+    input_size: int = Field(gt=15)
+    in_chans: int = 1
+    label_set: str = "hardware"
+    classes: list[str]
+    """Class keys (classes.py) in output order."""
+    training_data: str
+    synthetic_demo: bool = False
+    intended_use: str = "Prepopulate the radiology report; a radiologist verifies every result."
+    limitations: str = ""
+    training: dict[str, Any] = {}
+    """Recipe: epochs, learning rates, augmentation, split, seed."""
+    evaluation: dict[str, Any] = {}
+    """Figures on the held-out test set (accuracy, kappa, per-class AUC with CIs, ...)."""
+    weights_file: str = WEIGHTS_FILE
+    weights_sha256: str = ""
+    device_uid: str = ""
+    created: str = ""
+
+    def info(self) -> ModelInfo:
+        """The identity reporting writes into SR/SC output."""
+        return ModelInfo(
+            name=self.name,
+            version=self.version,
+            architecture=f"{self.architecture}@{self.input_size}px",
+            device_uid=self.device_uid,
+            synthetic_demo=self.synthetic_demo,
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def device_uid_for(weights_sha256: str) -> str:
+    """A DICOM UID that is a pure function of the weights (changes when they change)."""
+    return str(generate_uid(entropy_srcs=["hiprouter-model-weights", weights_sha256]))
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    """Read and validate `card.yaml` of a model directory."""
+    path = Path(model_dir) / CARD_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"{model_dir}: no readable {CARD_FILE} ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise ModelError(f"{path}: invalid model card: {exc}") from exc
+
+
+def write_card(model_dir: Path, card: ModelCard) -> Path:
+    """Write `card.yaml` (key order as in the model)."""
+    path = Path(model_dir) / CARD_FILE
+    text = yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False, allow_unicode=True,
+                          width=100)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def verify_weights(model_dir: Path, card: ModelCard | None = None) -> bool:
+    """True when the weights file exists and matches the card's sha256."""
+    card = card or read_card(model_dir)
+    weights = Path(model_dir) / card.weights_file
+    return weights.is_file() and sha256_file(weights) == card.weights_sha256
+
+
+def create_model(architecture: str, num_classes: int, in_chans: int = 1) -> Any:
+    """A timm backbone with a fresh head (never downloads weights)."""
+    import timm
+
+    try:
+        return timm.create_model(architecture, pretrained=False, in_chans=in_chans,
+                                 num_classes=num_classes)
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ModelError(f"unknown timm architecture {architecture!r}: {exc}") from exc
+
+
+def save_model(module: Any, card: ModelCard, model_dir: Path) -> ModelCard:
+    """Write weights (safetensors) and the card with sha256 and Device UID filled in."""
+    from safetensors.torch import save_file
+
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    weights = model_dir / card.weights_file
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(weights), metadata={"architecture": card.architecture,
+                                             "name": card.name, "version": card.version})
+    sha = sha256_file(weights)
+    card = card.model_copy(update={
+        "weights_sha256": sha,
+        "device_uid": device_uid_for(sha),
+        "created": card.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+    write_card(model_dir, card)
+    return card
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: card, torch module (eval mode), its directory."""
+
+    card: ModelCard
+    module: Any
+    model_dir: Path
+
+
+def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:
+    """Load a model directory; refuses weights whose sha256 differs from the card's."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    weights = model_dir / card.weights_file
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
+    sha = sha256_file(weights)
+    if sha != card.weights_sha256:
+        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
+                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
+    module = create_model(card.architecture, len(card.classes), card.in_chans)
+    try:
+        module.load_state_dict(load_file(str(weights)))
+    except RuntimeError as exc:
+        raise ModelError(f"{weights}: weights do not fit {card.architecture}: {exc}") from exc
+    module.eval().to(device)
+    return LoadedModel(card, module, model_dir)
+
+
+def select_device(preference: str = "auto") -> Any:
+    """CUDA when present (or asked for), else CPU."""
+    import torch
+
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda requested but no CUDA device is available")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def installed_models(root: Path = MODELS_ROOT) -> list[Path]:
+    """Model directories (those with a card.yaml) under `root`."""
+    if not Path(root).is_dir():
+        return []
+    return sorted(p.parent for p in Path(root).glob(f"*/{CARD_FILE}"))

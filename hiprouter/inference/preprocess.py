@@ -1,0 +1,68 @@
+"""Model input from a display-space crop: aspect-preserving resize with padding ("letterbox").
+
+The `Letterbox` transform is kept so a heat map computed on the model input can be mapped
+back onto the crop, and from there (with the crop's box) onto the source radiograph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+INPUT_MEAN = 0.5
+"""Model inputs are (pixel - INPUT_MEAN) / INPUT_STD with pixels in [0, 1]."""
+INPUT_STD = 0.25
+PAD_VALUE = 0.0
+"""Padding is black in display space."""
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a (height, width) crop sits inside the square model input of side `size`."""
+
+    src_height: int
+    src_width: int
+    size: int
+    scale: float
+    top: int
+    left: int
+    height: int
+    """Height of the resized crop inside the input (without padding)."""
+    width: int
+
+    def to_source(self, model_map: np.ndarray) -> np.ndarray:
+        """Map an array in model-input space (any resolution) back to the crop's geometry."""
+        full = _resize(model_map.astype(np.float32), (self.size, self.size))
+        region = full[self.top : self.top + self.height, self.left : self.left + self.width]
+        return _resize(region, (self.src_height, self.src_width))
+
+
+def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear (antialiased when shrinking) resize of a float32 2-D array to (h, w)."""
+    h, w = shape
+    if img.shape == (h, w):
+        return img.astype(np.float32, copy=False)
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize a float [0, 1] crop to fit `size` x `size`, keeping its aspect, pad the rest."""
+    if img.ndim != 2 or min(img.shape) < 1:
+        raise ValueError(f"expected a non-empty 2-D image, got shape {img.shape}")
+    src_h, src_w = img.shape
+    scale = size / max(src_h, src_w)
+    height = max(1, min(size, round(src_h * scale)))
+    width = max(1, min(size, round(src_w * scale)))
+    resized = _resize(img, (height, width))
+    top, left = (size - height) // 2, (size - width) // 2
+    out = np.full((size, size), PAD_VALUE, dtype=np.float32)
+    out[top : top + height, left : left + width] = resized
+    return out, Letterbox(src_h, src_w, size, scale, top, left, height, width)
+
+
+def normalise(batch: np.ndarray) -> np.ndarray:
+    """Display-space [0, 1] pixels -> model input scale."""
+    return ((batch - INPUT_MEAN) / INPUT_STD).astype(np.float32)

@@ -1,0 +1,77 @@
+"""Small DICOM radiographs built in memory for the inference tests."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage as CRImageStorage
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+
+def make_radiograph(pixels: np.ndarray, modality: str = "CR",
+                    photometric: str = "MONOCHROME2", bits_stored: int = 12,
+                    **tags: object) -> Dataset:
+    """A single-frame CR/DX dataset with the given 16-bit pixels and extra tags."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CRImageStorage
+    ds.SOPClassUID = CRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "TEST"
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def blob_image(shape: tuple[int, int], centre: tuple[int, int], radius: int,
+               background: int = 400, peak: int = 4000) -> np.ndarray:
+    """A dark image with one bright disc."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, background, dtype=np.uint16)
+    img[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2] = peak
+    return img
+
+
+def toy_dataset(folder: Path, patients: int, classes: list[str], seed: int = 0) -> Path:
+    """AP pelvis studies whose 'hardware' is a bright bar at a class-specific angle."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in range(patients):
+        labels = {lat: classes[rng.integers(len(classes))] for lat in ("R", "L")}
+        img = rng.normal(800, 60, (96, 160)).clip(0, 4095)
+        for lat, x0 in (("R", 40), ("L", 120)):
+            k = classes.index(labels[lat])
+            angle = np.pi * k / len(classes)
+            for t in np.linspace(-25, 25, 60):
+                y, x = int(48 + t * np.sin(angle)), int(x0 + t * np.cos(angle))
+                img[max(0, y - 2) : y + 2, max(0, x - 2) : x + 2] = 3800
+        ds = make_radiograph(img, SeriesDescription="AP PELVIS", PatientID=f"P{p}")
+        name = f"img{p:03d}.dcm"
+        ds.save_as(folder / name, enforce_file_format=True)
+        for lat in ("R", "L"):
+            rows.append({"path": name, "study_uid": ds.StudyInstanceUID,
+                         "patient_id": f"P{p}", "view": "ap_pelvis", "laterality": lat,
+                         "hardware": labels[lat]})
+    labels_csv = folder / "labels.csv"
+    with labels_csv.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return labels_csv
