@@ -85,6 +85,9 @@ class StorageConfig(_Strict):
     output_dir: Path = Path("var/outputs")
     min_free_mb: int = Field(500, ge=0)
     retention_days: float = Field(30, ge=0)
+    """Finished studies older than this are removed; 0 keeps everything."""
+    retention_check_s: float = Field(3600, gt=0)
+    """How often the retention job runs."""
     fsync: bool = True
 
 

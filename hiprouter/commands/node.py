@@ -14,9 +14,10 @@ from hiprouter.cli import Context, pass_ctx
 @pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM node (SCP, study completion, workers) until SIGTERM/SIGINT."""
+    from hiprouter.router.worker import attach_to_node, routing_callback
     from hiprouter.service import serve as run
 
-    run(ctx.settings)
+    run(ctx.settings, on_complete=routing_callback(ctx.settings), configure=attach_to_node)
 
 
 @click.command()

@@ -32,6 +32,7 @@ from hiprouter.logs import get_logger
 from hiprouter.router.pdu_guard import Limits, guarded_request_handler
 from hiprouter.router.spool import Spool
 from hiprouter.router.studies import note_instance
+from hiprouter.router.tls import server_ssl_context
 from hiprouter.schema import Association, Instance
 
 log = get_logger(__name__)
@@ -178,6 +179,7 @@ class StorageSCP:
             evt_handlers=self.handlers(),
             server_class=ThreadedAssociationServer,
             request_handler=handler,
+            ssl_context=server_ssl_context(node.tls) if node.tls.enabled else None,
         )
         server.daemon_threads = True
         self.ae._servers.append(server)
@@ -245,6 +247,7 @@ class StorageSCP:
             return
         assoc.acse.send_reject(0x01, 0x01, 0x03)
         self._record_rejection(assoc, called, reason)
+        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
 
     def _on_rejected(self, event: Any) -> None:
         assoc = event.assoc

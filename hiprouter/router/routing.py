@@ -78,13 +78,14 @@ def route_study(session: Session, settings: Settings, study: Study) -> list[Job]
 
 def _enqueue_route(session: Session, study: Study, route: Route) -> list[Job]:
     rule = route.rule
-    wanted = [(p, rule.send_to) for p in rule.pipelines]
-    if rule.forward_to:
-        wanted.append((FORWARD, rule.forward_to))
+    wanted = {p: list(rule.send_to) for p in rule.pipelines}
+    if rule.forward_to:  # one forward job even when `forward` is also a listed pipeline
+        merged = wanted.setdefault(FORWARD, [])
+        merged.extend(d for d in rule.forward_to if d not in merged)
     return [
         queue.enqueue(session, study_uid=study.study_uid, pipeline=pipeline, rule=rule.name,
                       send_to=send_to, series_uids=route.series_uids, episode=study.episode)
-        for pipeline, send_to in wanted
+        for pipeline, send_to in wanted.items()
     ]
 
 

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+from typing import Any
 
 from hiprouter.config import ConfigError, TLSConfig
 
@@ -20,14 +22,30 @@ def _require(tls: TLSConfig, *attrs: str, where: str) -> None:
             raise ConfigError(f"{where}.tls.{attr}: file {path} does not exist")
 
 
-def server_ssl_context(tls: TLSConfig, where: str = "node") -> ssl.SSLContext:
+class _HandshakeTimeoutContext(ssl.SSLContext):
+    """pynetdicom runs the server-side handshake in its accept loop; bound how long a
+    silent client can hold it there."""
+
+    handshake_timeout_s: float = 10.0
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock.settimeout(self.handshake_timeout_s)
+        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        wrapped.settimeout(None)
+        return wrapped
+
+
+def server_ssl_context(tls: TLSConfig, where: str = "node",
+                       handshake_timeout_s: float = 10.0) -> ssl.SSLContext:
     """Context for accepting associations: our certificate, optionally client certificates.
 
     With `require_client_cert` a client must present a certificate signed by `ca_file`;
     otherwise a certificate is verified when offered (if `ca_file` is set) but not needed.
     """
     _require(tls, "cert_file", "key_file", where=where)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = _HandshakeTimeoutContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.handshake_timeout_s = handshake_timeout_s
+    ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.require_client_cert:

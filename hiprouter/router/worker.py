@@ -15,9 +15,9 @@ import signal
 import socket
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from sqlalchemy import select
@@ -32,7 +32,10 @@ from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.router import queue
 from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
-from hiprouter.schema import Job, Send
+from hiprouter.schema import Job, Send, Study
+
+if TYPE_CHECKING:
+    from hiprouter.service import Node
 
 log = get_logger(__name__)
 
@@ -207,6 +210,34 @@ class Workers:
         if self.dispatcher is not None:
             self.dispatcher.join(timeout_s)
         log.info("workers stopped")
+
+
+def routing_callback(settings: Settings) -> Callable[[Session, Study], None]:
+    """The study-completion callback for `Node`: route the study in that transaction."""
+    from hiprouter.router.routing import route_study
+
+    def on_complete(session: Session, study: Study) -> None:
+        route_study(session, settings, study)
+
+    return on_complete
+
+
+def attach_to_node(node: Node) -> None:
+    """Add `queue.workers` job workers, the dispatcher and the retention job to `serve`."""
+    from hiprouter.router.retention import sweep_retention
+
+    settings = node.settings
+    workers = Workers(settings, node.factory, settings.queue.workers)
+    node.start_hooks.append(lambda _node: workers.start())
+    node.stop_hooks.append(lambda _node: workers.stop())
+
+    def retention() -> None:
+        try:
+            sweep_retention(node.factory, settings)
+        except Exception as exc:
+            log.error("retention sweep failed", error=str(exc))
+
+    node.add_interval_job(retention, settings.storage.retention_check_s, "retention")
 
 
 def run_worker_process(settings: Settings, count: int, dispatch: bool = True) -> None:

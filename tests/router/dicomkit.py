@@ -71,3 +71,33 @@ def make_study(folder: Path, n_series: int = 1, per_series: int = 2, **attrs: An
                               InstanceNumber=i + 1, **attrs)
             paths.append(write_dataset(ds, folder / f"s{s}i{i}.dcm"))
     return paths
+
+
+def add_study(factory: Any, paths: list[Path], *, calling_ae: str | None = "MODALITY",
+              state: str = "complete", received_at: Any = None) -> str:
+    """Record files as received instances of one study (as the receiver would), without
+    a network; returns the Study Instance UID."""
+    import hashlib
+
+    from pydicom import dcmread
+
+    from hiprouter.db import utcnow
+    from hiprouter.schema import Instance, Study
+
+    at = received_at or utcnow()
+    with factory() as session, session.begin():
+        study_uid = ""
+        for path in paths:
+            ds = dcmread(path, stop_before_pixels=True)
+            study_uid = str(ds.StudyInstanceUID)
+            data = path.read_bytes()
+            session.add(Instance(
+                sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+                study_uid=study_uid, series_uid=str(ds.SeriesInstanceUID),
+                transfer_syntax=str(ds.file_meta.TransferSyntaxUID), size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(), spool_path=str(path),
+                received_at=at, calling_ae=calling_ae, state="stored"))
+        session.add(Study(study_uid=study_uid, state=state, first_received_at=at,
+                          last_received_at=at, completed_at=at, instance_count=len(paths),
+                          calling_ae=calling_ae, episode=1))
+    return study_uid
