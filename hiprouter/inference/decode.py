@@ -110,10 +110,13 @@ def _voi(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float],
     has_window = "WindowCenter" in ds and "WindowWidth" in ds
     if has_lut or has_window:
         try:
+            if has_lut:  # a LUT is indexed by stored values: integers
+                arr = np.rint(arr).astype(np.int64)
             out = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
             # The nominal output range: the transform applied to values far outside the data.
             span = float(np.ptp(arr)) + 1.0
             probe = np.array([float(arr.min()) - 1e3 * span, float(arr.max()) + 1e3 * span])
+            probe = probe.astype(np.int64) if has_lut else probe
             ends = apply_voi_lut(probe, ds, index=0, prefer_lut=True).astype(np.float64)
             lo, hi = float(ends.min()), float(ends.max())
             if np.isfinite(lo) and np.isfinite(hi) and hi > lo:

@@ -175,7 +175,7 @@ class HardwareClassifier:
             groups.setdefault(key, []).append(i)
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         hips = []
-        for key, idx in sorted(groups.items()):
+        for key, idx in sorted(groups.items(), key=lambda kv: ("RLU".index(kv[0][0]), kv[0])):
             mean = np.mean([preds[i].probabilities for i in idx], axis=0)
             best = int(mean.argmax())
             hips.append(HipResult(

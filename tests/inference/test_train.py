@@ -1,0 +1,99 @@
+"""A tiny end-to-end training run, evaluation and the model registry commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hiprouter.cli import main
+from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.inference.models import ModelError, load_model, read_card, verify_weights
+from hiprouter.inference.predict import HardwareClassifier
+from tests.inference.helpers import make_radiograph, toy_dataset
+
+CLASSES = [c.key for c in HARDWARE_CLASSES]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("train")
+    labels = toy_dataset(root / "data", 14, CLASSES, seed=3)
+    out = root / "model"
+    result = CliRunner().invoke(main, [
+        "train", str(root / "data"), "--labels", str(labels), "--out", str(out),
+        "--arch", "resnet10t", "--input-size", "48", "--epochs-head", "1", "--epochs", "2",
+        "--batch-size", "8", "--max-steps", "5", "--name", "toy", "--synthetic-demo",
+    ])
+    assert result.exit_code == 0, result.output
+    return root, out, result.output
+
+
+def test_training_writes_card_weights_split_and_report(trained) -> None:
+    root, out, output = trained
+    assert "split (hips): train" in output and "Device UID" in output
+    card = read_card(out)
+    assert card.architecture == "resnet10t" and card.input_size == 48
+    assert card.classes == CLASSES and card.synthetic_demo
+    assert card.training["steps"] == 5
+    assert 0.0 <= card.evaluation["test_split"]["accuracy"] <= 1.0
+    assert verify_weights(out, card)
+    assert card.device_uid.startswith("1.2.826.0.1.3680043.8.498.")
+    split = (out / "split.csv").read_text().splitlines()
+    assert len(split) == 1 + 28
+    patients = {}
+    for line in split[1:]:
+        part, *_, patient, _lat, _label = line.split(",")
+        patients.setdefault(patient, set()).add(part)
+    assert all(len(parts) == 1 for parts in patients.values())  # patient-level split
+    assert (out / "evaluation" / "report.md").is_file()
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert list((out / "cache").glob("*.npz"))
+
+
+def test_trained_model_reloads_and_predicts(trained) -> None:
+    root, out, _ = trained
+    clf = HardwareClassifier.from_dirs([out], "cpu", "torch")
+    assert clf.info.name == "toy" and clf.info.synthetic_demo
+    import numpy as np
+
+    ds = make_radiograph(np.full((48, 96), 900, np.uint16), SeriesDescription="AP PELVIS")
+    result = clf.predict_study([ds], ds.StudyInstanceUID)
+    assert [h.laterality for h in result.hips] == ["R", "L"]
+
+
+def test_evaluate_command(trained, tmp_path) -> None:
+    root, out, _ = trained
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(root / "data"),
+                                       "--out", str(tmp_path / "ev"), "--bootstrap", "50"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output and "no_hardware" in result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["n"] == 28 and len(report["confusion_matrix"]) == 9
+    assert "synthetic" in report["note"].lower()
+
+
+def test_changed_weights_are_refused_and_listed(trained, tmp_path) -> None:
+    root, out, _ = trained
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"pipelines": {"hardware": {"models": [str(out)]}}}))
+    listed = CliRunner().invoke(main, ["--config", str(cfg), "models", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["dir"]: r for r in json.loads(listed.output)}
+    assert rows[str(out)]["sha256_ok"] and rows[str(out)]["synthetic_demo"]
+    weights = out / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-4] + b"\0\0\0\1")
+        with pytest.raises(ModelError, match="does not match the model card"):
+            load_model(out)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_bad_labels_are_reported(tmp_path) -> None:
+    (tmp_path / "labels.csv").write_text("path,hardware\nx.dcm,spaceship\n")
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "spaceship" in result.output
