@@ -50,7 +50,7 @@ def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model:
         observer_device_context=observer,
         description=triage_description(level, reason),
     )
-    return hd.ko.KeyObjectSelectionDocument(
+    kos = hd.ko.KeyObjectSelectionDocument(
         evidence=referenced,
         content=content,
         series_instance_uid=series_uid,
@@ -62,3 +62,9 @@ def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model:
         contributing_equipment=[algorithm_equipment_for(model, "AI triage")],
         specific_character_set="ISO_IR 192",
     )
+    for item in kos.ContentSequence:
+        # TID 2010 forbids a Purpose of Reference (concept name) on the references;
+        # highdicom names them (SCT 260753009 "Source").
+        if item.ValueType in ("IMAGE", "COMPOSITE") and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence
+    return kos

@@ -90,17 +90,22 @@ def render_overlay(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelIn
     margin = max(4, min(width, height) // 60)
     right_left = _right_on_image_left(source)
 
+    line = font.size * 1.4 if isinstance(font, ImageFont.FreeTypeFont) else 14
     sided = [h for h in hips if h.laterality in ("R", "L")]
-    for hip in sided:
+    labels = [hip_label(h) for h in sided]
+    # Two labels that would overlap go on separate lines, each still on its hip's side.
+    stacked = len(sided) == 2 and sum(draw.textlength(t, font=font) for t in labels) + (
+        4 * margin) > width
+    for i, (hip, text) in enumerate(zip(sided, labels, strict=True)):
         on_left = (hip.laterality == "R") == right_left
         x, anchor = (margin, "la") if on_left else (width - margin, "ra")
         if len(sided) == 1:
             x, anchor = width / 2, "ma"
-        _draw_label(draw, (x, margin), hip_label(hip), font, anchor)
-    line = font.size * 1.4 if isinstance(font, ImageFont.FreeTypeFont) else 14
+        _draw_label(draw, (x, margin + (line * i if stacked else 0)), text, font, anchor)
+    first_free = (2 if stacked else 1) if sided else 0
     for i, hip in enumerate(h for h in hips if h.laterality not in ("R", "L")):
-        _draw_label(draw, (width / 2, margin + line * (i + (1 if sided else 0))),
-                    hip_label(hip), font, "ma")
+        _draw_label(draw, (width / 2, margin + line * (first_free + i)), hip_label(hip), font,
+                    "ma")
 
     footer = [f"AI: {model.name} {model.version}", "NOT FOR DIAGNOSTIC USE"]
     if model.synthetic_demo:

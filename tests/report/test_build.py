@@ -292,3 +292,27 @@ def test_bad_input_is_rejected() -> None:
     result, sources = make_study(right=None, left=None, refused=1)
     with pytest.raises(NothingToReport, match="no hip result"):
         build_outputs(result, sources, PipelineConfig())
+
+
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+
+
+def test_sr_and_kos_pass_pixelmed_template_validation(tmp_path: Path) -> None:
+    """PixelMed's template-aware validator (Debian libpixelmed-java) checks TID 1500/2010."""
+    java = require_tool("java")
+    if not PIXELMED_JAR.is_file():
+        pytest.skip("libpixelmed-java not installed")
+    result, sources = make_study(right=("femoral_neck_fracture", 0.91), left=("tha", 0.9))
+    paths = [p for p in write_bundle(build_outputs(result, sources, PipelineConfig()), tmp_path)
+             if p.name.startswith(("sr-", "ko-"))]
+    limits = [f"-Djdk.xml.{k}=0" for k in ("xpathExprOpLimit", "xpathExprGrpLimit",
+                                            "xpathTotalOpLimit")]
+    out = ""
+    for path in paths:  # the validator takes one file per run
+        proc = subprocess.run([java, *limits, "-cp", str(PIXELMED_JAR),
+                               "com.pixelmed.validate.DicomSRValidator", str(path)],
+                              capture_output=True, text=True, timeout=120)
+        out += proc.stdout + proc.stderr
+    assert out.count("Root Template Validation Complete") == 2, out
+    assert "TID_1500" in out and "TID_2010" in out
+    assert not [line for line in out.splitlines() if line.startswith("Error")], out
