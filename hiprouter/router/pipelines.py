@@ -108,13 +108,20 @@ def factory_for(kind: str) -> PipelineFactory:
 
 
 def check_pipelines(settings: Settings) -> None:
-    """Fail early (ConfigError naming the pipeline) when a configured kind is unknown."""
+    """Fail early (ConfigError naming the pipeline) when a configured kind is unknown.
+
+    A built-in kind whose module cannot be imported (e.g. missing optional dependencies)
+    is logged instead: its jobs fail with that error, everything else keeps working.
+    """
     load_plugins(settings)
     for name, cfg in settings.pipelines.items():
         try:
             factory_for(cfg.kind)
         except PipelineError as exc:
-            raise ConfigError(f"pipelines.{name}.kind: {exc}") from exc
+            if cfg.kind not in BUILTIN_MODULES:
+                raise ConfigError(f"pipelines.{name}.kind: {exc}") from exc
+            get_logger(__name__).error("pipeline not available", pipeline=name,
+                                       kind=cfg.kind, error=str(exc))
 
 
 class PipelineCache:
