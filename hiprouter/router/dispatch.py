@@ -190,7 +190,7 @@ def _c_store(assoc: object, item: _Item) -> tuple[int | None, str | None]:
     try:
         if ts not in UNCOMPRESSED and (item.send.sop_class_uid, ts) not in accepted:
             ds = dcmread(path)
-            ds.decompress()
+            ds.decompress(generate_instance_uid=False)  # same object, same UID
             dataset = ds
         rsp = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
     except Exception as exc:

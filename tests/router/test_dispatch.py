@@ -1,0 +1,194 @@
+"""Dispatch to real peers: backoff and dead letters, DIMSE statuses, per-destination
+concurrency, transfer syntax negotiation, missing files."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import RLELossless
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter import db
+from hiprouter.config import Settings
+from hiprouter.router import queue
+from hiprouter.router.dispatch import Dispatcher, claim_sends, send_batch
+from hiprouter.router.worker import enqueue_sends
+from hiprouter.schema import Instance, Send, SendAttempt
+from tests.conftest import free_port
+from tests.router.dicomkit import add_study, make_dataset, make_study, write_dataset
+from tests.router.pacs import StoreSCP
+
+
+def settings_for(tmp_path: Path, port: int, url: str | None = None, **dest: object) -> Settings:
+    return Settings.model_validate({
+        "database": {"url": url or f"sqlite:///{tmp_path / 'db.sqlite'}"},
+        "storage": {"spool_dir": str(tmp_path / "spool"), "output_dir": str(tmp_path / "out")},
+        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": port,
+                                  **dest}},
+        "queue": {"poll_interval_s": 0.05, "send_batch": 1,
+                  "retry": {"initial_s": 0.05, "factor": 2, "max_s": 0.1, "max_attempts": 3}},
+    })
+
+
+def queue_files(settings: Settings, paths: list[Path]) -> sessionmaker[Session]:
+    db.upgrade(settings.database.url)
+    factory = db.session_factory(db.make_engine(settings.database.url))
+    uid = add_study(factory, paths, state="routed")
+    with factory() as s, s.begin():
+        job = queue.enqueue(s, study_uid=uid, pipeline="forward", rule="t", send_to=["pacs"])
+        enqueue_sends(s, job, [Path(p) for p in s.scalars(select(Instance.spool_path))])
+    return factory
+
+
+def make_due(factory: sessionmaker[Session]) -> None:
+    with factory() as s, s.begin():
+        s.execute(update(Send).values(next_run_at=db.utcnow() - timedelta(seconds=1)))
+
+
+def test_unreachable_destination_backs_off_then_dead_then_retry(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, free_port())  # nothing listens there
+    factory = queue_files(settings, make_study(tmp_path / "in", 1, 1))
+    for _ in range(3):
+        sends = claim_sends(factory, settings, "pacs", "o")
+        assert len(sends) == 1
+        assert send_batch(factory, settings, "pacs", sends, "o") == 0
+        assert claim_sends(factory, settings, "pacs", "o") == []  # backing off
+        make_due(factory)
+    with factory() as s:
+        row = s.scalars(select(Send)).one()
+        attempts = s.scalars(select(SendAttempt).order_by(SendAttempt.attempt)).all()
+    assert (row.state, row.attempts) == ("dead", 3)
+    assert [(a.attempt, a.status) for a in attempts] == [(1, None), (2, None), (3, None)]
+    assert all("association" in a.error for a in attempts)
+    assert claim_sends(factory, settings, "pacs", "o") == []
+    assert queue.retry_dead(factory).sends == 1
+    assert len(claim_sends(factory, settings, "pacs", "o")) == 1
+
+
+def test_dimse_failure_status_is_recorded_and_retried(tmp_path: Path) -> None:
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    answers = [0xA700, 0x0000]
+    got: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        return answers.pop(0)
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        settings = settings_for(tmp_path, port)
+        factory = queue_files(settings, make_study(tmp_path / "in", 1, 1))
+        assert send_batch(factory, settings, "pacs",
+                          claim_sends(factory, settings, "pacs", "o"), "o") == 0
+        make_due(factory)
+        assert send_batch(factory, settings, "pacs",
+                          claim_sends(factory, settings, "pacs", "o"), "o") == 1
+    finally:
+        server.shutdown()
+    with factory() as s:
+        attempts = s.scalars(select(SendAttempt).order_by(SendAttempt.attempt)).all()
+        row = s.scalars(select(Send)).one()
+    assert [(a.attempt, a.status) for a in attempts] == [(1, 0xA700), (2, 0)]
+    assert "0xA700" in attempts[0].error and attempts[1].error is None
+    assert row.state == "sent" and len(got) == 2 and len(set(got)) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_per_destination_concurrency_across_owners(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    settings = settings_for(tmp_path, free_port(), url=url, max_concurrent=2)
+    factory = queue_files(settings, make_study(tmp_path / "in", 1, 4))
+    a = claim_sends(factory, settings, "pacs", "host1:a")
+    b = claim_sends(factory, settings, "pacs", "host2:b")
+    assert len(a) == len(b) == 1 and a[0].id != b[0].id
+    assert claim_sends(factory, settings, "pacs", "host3:c") == []  # two senders active
+    send_batch(factory, settings, "pacs", a, "host1:a")  # fails fast, releases its lease
+    assert len(claim_sends(factory, settings, "pacs", "host3:c")) == 1
+
+
+def test_dispatcher_threads_respect_max_concurrent(tmp_path: Path) -> None:
+    """A storescp that accepts slowly: never more than max_concurrent associations."""
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    try:
+        settings = settings_for(tmp_path, pacs.port, max_concurrent=2)
+        factory = queue_files(settings, make_study(tmp_path / "in", 1, 12))
+        stop = threading.Event()
+        dispatcher = Dispatcher(settings, factory, stop)
+        assert len(dispatcher.threads) == 2
+        peak = 0
+        dispatcher.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with factory() as s:
+                states = s.scalars(select(Send.state)).all()
+                owners = set(s.scalars(select(Send.lease_owner)
+                                       .where(Send.state == "running")))
+            peak = max(peak, len(owners))
+            if states.count("sent") == 12:
+                break
+        stop.set()
+        dispatcher.join(10)
+        received = pacs.received()
+    finally:
+        pacs.stop()
+    assert peak <= 2
+    assert len(received) == 12 and set(received.values()) == {1}
+
+
+def test_compressed_file_is_decompressed_when_peer_accepts_only_uncompressed(
+    tmp_path: Path
+) -> None:
+    ds = make_dataset(BodyPartExamined="HIP")
+    ds.compress(RLELossless, generate_instance_uid=False)
+    path = write_dataset(ds, tmp_path / "in" / "rle.dcm")
+    assert dcmread(path).file_meta.TransferSyntaxUID == RLELossless
+    for name, extra in (("plain", []), ("accept-all", ["+xa"])):
+        pacs = StoreSCP(tmp_path / name, extra=extra).start()
+        try:
+            settings = settings_for(tmp_path / f"{name}-router", pacs.port)
+            factory = queue_files(settings, [path])
+            assert send_batch(factory, settings, "pacs",
+                              claim_sends(factory, settings, "pacs", "o"), "o") == 1
+            (stored,) = [f for f in (tmp_path / name).iterdir() if f.is_file()]
+            got = dcmread(stored)
+        finally:
+            pacs.stop()
+        assert got.SOPInstanceUID == ds.SOPInstanceUID
+        expected = RLELossless if name == "accept-all" else None
+        if expected:
+            assert got.file_meta.TransferSyntaxUID == expected
+        else:
+            assert not got.file_meta.TransferSyntaxUID.is_compressed
+        assert (got.pixel_array == ds.pixel_array).all()
+
+
+def test_missing_file_is_an_attempt_with_a_reason(tmp_path: Path) -> None:
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    try:
+        settings = settings_for(tmp_path, pacs.port)
+        paths = make_study(tmp_path / "in", 1, 2)
+        factory = queue_files(settings, paths)
+        paths[0].unlink()
+        sent = 0
+        for _ in range(2):
+            sent += send_batch(factory, settings, "pacs",
+                               claim_sends(factory, settings, "pacs", "o"), "o")
+    finally:
+        pacs.stop()
+    assert sent == 1
+    with factory() as s:
+        errors = s.scalars(select(SendAttempt.error).where(SendAttempt.error.is_not(None))).all()
+    assert len(errors) == 1 and "cannot read" in errors[0]
