@@ -1,0 +1,386 @@
+"""Anatomy of synthetic pelvis/hip radiographs: soft tissue, pelvis, sacrum, spine, femora.
+
+Coordinates are standard millimetres of an average adult. The pelvis frame has its origin
+midway between the acetabular centres, x towards the image right (the patient's left on an
+AP view) and y towards the feet; each hemipelvis is drawn in a mirrored frame where u points
+laterally. Each femur has its own frame: origin at the femoral head centre, x lateral, y
+distal. Fragments of a fractured femur are the same femur drawn twice through two frames,
+each clipped to its side of the fracture line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from hiprouter.inference.synth_canvas import (
+    Array,
+    Canvas,
+    Field,
+    Point,
+    affine,
+    band_noise,
+    bbox_of,
+    ellipsoid,
+    line,
+    shell,
+    smooth_polygon,
+    smoothstep,
+    sphere,
+    tube,
+)
+
+# Linear attenuation in arbitrary units per mm, added on top of the soft tissue they replace.
+MU_SOFT = 0.020
+MU_FAT = 0.016
+MU_CANCELLOUS = 0.010
+MU_CORTEX = 0.040
+MU_METAL = 0.60
+MU_CEMENT = 0.050
+
+ACETABULUM_U = 95.0
+"""Distance (mm) of each acetabular centre from the midline in the standard pelvis."""
+
+# Right hemipelvis outline (u lateral, v distal), acetabular centre at (95, 0).
+_HEMIPELVIS = [
+    (40, -102), (52, -126), (78, -143), (108, -142), (134, -126), (148, -98), (151, -72),
+    (141, -56), (139, -41), (126, -28), (121, -12), (115, 6), (106, 22), (97, 30), (99, 46),
+    (106, 68), (104, 90), (92, 104), (76, 106), (62, 96), (50, 80), (33, 74), (15, 72),
+    (3, 64), (3, 31), (20, 23), (45, 16), (66, 3), (66, -20), (57, -50), (46, -78),
+]
+_OBTURATOR = ((62.0, 55.0), 19.0, 26.0, 18.0)  # centre, semi-axes, angle (deg)
+_SACRUM = [
+    (-54, -108), (-28, -114), (0, -111), (28, -114), (54, -108), (47, -72), (33, -38),
+    (16, -12), (0, -4), (-16, -12), (-33, -38), (-47, -72),
+]
+
+
+@dataclass
+class FemurShape:
+    """Proximal femur of one side (standard mm, femur frame)."""
+
+    head_r: float
+    neck_len: float
+    neck_r: float
+    neck_shaft_deg: float
+    shaft_tilt_deg: float
+    shaft_r: float
+    canal_r: float
+    gt_size: tuple[float, float]
+    lt_size: tuple[float, float]
+    lt_offset: float
+    gt_shift: float = 0.0
+    """Greater trochanter moved medially over the neck (frog-leg, lateral views)."""
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> FemurShape:
+        head_r = rng.uniform(21.5, 26.0)
+        return cls(
+            head_r=head_r,
+            neck_len=rng.uniform(1.85, 2.25) * head_r,
+            neck_r=rng.uniform(0.60, 0.70) * head_r,
+            neck_shaft_deg=rng.uniform(122, 138),
+            shaft_tilt_deg=rng.uniform(5, 11),
+            shaft_r=rng.uniform(13.5, 16.5),
+            canal_r=rng.uniform(0.50, 0.62),
+            gt_size=(rng.uniform(12, 16), rng.uniform(18, 25)),
+            lt_size=(rng.uniform(5, 8), rng.uniform(9, 13)),
+            lt_offset=rng.uniform(0.8, 1.0),
+        )
+
+    # Landmarks in the femur frame.
+    @property
+    def shaft_dir(self) -> Array:
+        t = np.radians(self.shaft_tilt_deg)
+        return np.array([-np.sin(t), np.cos(t)])
+
+    @property
+    def lateral_dir(self) -> Array:
+        t = np.radians(self.shaft_tilt_deg)
+        return np.array([np.cos(t), np.sin(t)])
+
+    @property
+    def neck_dir(self) -> Array:
+        """Unit vector from the neck base towards the head centre."""
+        a = np.radians(90 + self.shaft_tilt_deg + self.neck_shaft_deg)
+        return np.array([np.cos(a), np.sin(a)])
+
+    @property
+    def junction(self) -> Array:
+        """Where the neck axis meets the shaft axis."""
+        return -self.neck_len * self.neck_dir
+
+    def shaft_point(self, dist: float, lateral: float = 0.0) -> Array:
+        """Point `dist` mm distal of the junction along the shaft, `lateral` mm outwards."""
+        return self.junction + dist * self.shaft_dir + lateral * self.lateral_dir
+
+    @property
+    def gt_centre(self) -> Array:
+        return self.shaft_point(-self.gt_size[1] * 0.55, 20.0 - self.gt_shift)
+
+    @property
+    def lt_centre(self) -> Array:
+        return self.shaft_point(35.0 * self.lt_offset, -self.shaft_r - 2.0)
+
+
+def femur_field(f: FemurShape, texture: Array | None = None) -> Field:
+    """Extra attenuation of the proximal femur (cancellous + cortex), femur frame."""
+    j, sd, ld = f.junction, f.shaft_dir, f.lateral_dir
+    tilt = f.shaft_tilt_deg
+    neck_angle = float(np.degrees(np.arctan2(f.neck_dir[1], f.neck_dir[0])))
+    top = j - 12 * sd
+    far = j + 700 * sd
+    meta_c = tuple(j + 10 * sd + 3 * ld)
+    head = sphere((0, 0), f.head_r)
+    head_in = sphere((0, 0), f.head_r - 2.0)
+    neck = tube((0, 0), tuple(j + 6 * sd), f.neck_r)
+    neck_in = tube((0, 0), tuple(j + 6 * sd), f.neck_r - 2.2)
+    meta = ellipsoid(meta_c, 24, 34, angle=tilt, depth=20)
+    gt = ellipsoid(tuple(f.gt_centre), f.gt_size[0], f.gt_size[1], angle=tilt - 12, depth=16)
+    lt = ellipsoid(tuple(f.lt_centre), f.lt_size[0], f.lt_size[1], angle=tilt + 25, depth=7)
+    shaft = tube(tuple(top), tuple(far), f.shaft_r, cap=10)
+    canal = tube(tuple(j + 15 * sd), tuple(far), f.shaft_r * f.canal_r, cap=25)
+    # cortex of the shaft thickens distally: a second, thinner canal further down
+    canal_d = tube(tuple(j + 80 * sd), tuple(far), f.shaft_r * (f.canal_r - 0.08), cap=40)
+    calcar = line([tuple(j + 4 * sd - 10 * ld), tuple(j - 0.55 * f.neck_len * f.neck_dir
+                                                       - 0.8 * f.neck_r * _perp(neck_angle))],
+                  2.0)
+
+    def field(x: Array, y: Array) -> Array:
+        h, n, m, g, lt_ = head(x, y), neck(x, y), meta(x, y), gt(x, y), lt(x, y)
+        s, c, cd = shaft(x, y), canal(x, y), canal_d(x, y)
+        cancellous = np.maximum.reduce([h, n, m, g, lt_, c])
+        cortex = np.maximum.reduce([
+            h - head_in(x, y), n - neck_in(x, y), 0.25 * m, 0.35 * g, 0.5 * lt_,
+            s - 0.8 * c - 0.2 * cd,
+        ])
+        v = MU_CANCELLOUS * cancellous + MU_CORTEX * cortex + 0.25 * calcar(x, y)
+        if texture is not None:
+            n = texture.shape[0]
+            tex = texture[(y * 1.5).astype(np.int32) % n, (x * 1.5).astype(np.int32) % n]
+            v = v * (1 + 0.22 * tex)
+        return v
+
+    return field
+
+
+def _perp(angle_deg: float) -> Array:
+    a = np.radians(angle_deg + 90)
+    return np.array([np.cos(a), np.sin(a)])
+
+
+@dataclass
+class Cut:
+    """A line across the femur (femur frame): fracture or resection."""
+
+    point: Point
+    angle_deg: float
+    """Direction of the line."""
+    keep: str = "both"
+    """'distal' for a resection (head removed), 'both' for a fracture."""
+    gap: float = 1.0
+    wiggle: float = 1.2
+    distal_shift: tuple[float, float] = (0.0, 0.0)
+    distal_rot_deg: float = 0.0
+
+    def side(self, x: Array, y: Array) -> Array:
+        """Signed distance from the line, positive on the head side."""
+        a = np.radians(self.angle_deg)
+        ux, uy = np.cos(a), np.sin(a)
+        rx, ry = x - self.point[0], y - self.point[1]
+        along = rx * ux + ry * uy
+        d = rx * -uy + ry * ux
+        sign = -1.0 if (-self.point[0] * -uy + -self.point[1] * ux) < 0 else 1.0
+        return sign * d + self.wiggle * np.sin(along * 0.45 + 1.3) * np.sin(along * 0.17)
+
+
+def add_femur(canvas: Canvas, frame: Array, f: FemurShape, cut: Cut | None,
+              texture: Array | None, layer: str = "bone") -> Array:
+    """Draw a femur (with its fracture or resection); returns the distal fragment's frame."""
+    base = femur_field(f, texture)
+    bbox = (-f.head_r - 40, -f.head_r - 40, f.neck_len + 80, 900)
+    if cut is None:
+        canvas.add(layer, frame, base, bbox)
+        return frame
+    if cut.keep == "both":
+        canvas.add(layer, frame,
+                   lambda x, y: base(x, y) * smoothstep(cut.gap / 2, cut.gap / 2 + 0.6,
+                                                        cut.side(x, y)), bbox)
+    px, py = cut.point
+    distal = (frame @ affine(tx=px, ty=py) @ affine(rot_deg=cut.distal_rot_deg)
+              @ affine(tx=-px + cut.distal_shift[0], ty=-py + cut.distal_shift[1]))
+    g = cut.gap / 2 if cut.keep == "both" else 0.0
+    canvas.add(layer, distal,
+               lambda x, y: base(x, y) * smoothstep(-g, -g - 0.6, cut.side(x, y)), bbox)
+    return distal
+
+
+# ---- pelvis ---------------------------------------------------------------------------
+
+
+@dataclass
+class PelvisShape:
+    """Per-patient pelvis with independent jitter of each side."""
+
+    outline: dict[str, Array]
+    obturator: dict[str, tuple[Point, float, float, float]]
+    sacrum: Array
+    lumbar_tilt: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> PelvisShape:
+        outline, obt = {}, {}
+        base = np.asarray(_HEMIPELVIS, float)
+        for side in ("R", "L"):
+            jitter = ndimage.gaussian_filter1d(rng.normal(0, 5.0, base.shape), 1.5, axis=0,
+                                               mode="wrap")
+            flare = np.array([1 + rng.normal(0, 0.04), 1 + rng.normal(0, 0.03)])
+            pts = base.copy()
+            upper = pts[:, 1] < -30
+            pts[upper] = (pts[upper] - [ACETABULUM_U, 0]) * flare + [ACETABULUM_U, 0]
+            outline[side] = smooth_polygon(pts + jitter, 3)
+            (cx, cy), a, b, ang = _OBTURATOR
+            obt[side] = ((cx + rng.normal(0, 2), cy + rng.normal(0, 2)),
+                         a * rng.uniform(0.85, 1.15), b * rng.uniform(0.85, 1.1),
+                         ang + rng.normal(0, 5))
+        sac = np.asarray(_SACRUM, float) + rng.normal(0, 2.5, (len(_SACRUM), 2))
+        return cls(outline, obt, smooth_polygon(sac, 3), rng.normal(0, 2))
+
+
+def hemipelvis_frame(pelvis_frame: Array, side: str, image_x_of_right: int) -> Array:
+    """Frame of one hemipelvis: u lateral. image_x_of_right is -1 when the patient's right
+    is on the image left."""
+    lateral_sign = image_x_of_right if side == "R" else -image_x_of_right
+    return pelvis_frame @ affine(mirror_x=lateral_sign < 0)
+
+
+def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head_r: float,
+                   rng: np.random.Generator) -> None:
+    """One os coxae in AP projection: plate bone with cortical rims and thick columns."""
+    mask = canvas.polygon_mask(frame, p.outline[side])
+    (cx, cy), a, b, ang = p.obturator[side]
+    hole = canvas.polygon_mask(frame, _ellipse_pts((cx, cy), a, b, ang))
+    mask &= ~hole
+    depth = canvas.inside_depth(mask)
+    sl, u, v = canvas.local_grid(frame)
+    bumps = (22 * _gauss(u, v, (ACETABULUM_U - 6, -8), 30)
+             + 13 * _gauss(u, v, (ACETABULUM_U - 15, -45), 26)
+             + 10 * _gauss(u, v, (52, -80), 22)
+             + 16 * _gauss(u, v, (80, 92), 16)
+             + 10 * _gauss(u, v, (12, 48), 14)
+             + 6 * _gauss(u, v, (140, -72), 10))
+    plate = (4.0 + bumps) * smoothstep(0, 2.5, depth) + 3.2 * np.exp(-depth / 1.6) * mask
+    tex = band_noise(rng, canvas.shape, 1.0, 4.0)
+    canvas.layers["bone"] += 2.5 * (MU_CANCELLOUS * plate * (1 + 0.15 * tex)
+                                    + MU_CORTEX * 1.5 * np.exp(-depth / 1.0) * mask)
+    a_c = (ACETABULUM_U, 0.0)
+    r = head_r + 2.5
+    brim = [(42, -92), (57, -58), (67, -25), (70, 0), (60, 14), (36, 20), (12, 25)]
+    sourcil = _arc(a_c, r, 205, 335)
+    teardrop = [(ACETABULUM_U - 30, -4), (ACETABULUM_U - 35, 14), (ACETABULUM_U - 29, 24),
+                (ACETABULUM_U - 24, 14), (ACETABULUM_U - 25, -2)]
+    post_wall = _arc(a_c, r + 1, 300, 420, squash=0.75)
+    ant_wall = _arc((ACETABULUM_U - 6, 2), r - 1, 320, 430, squash=0.55)
+    ilioischial = [(66, -20), (70, 10), (78, 40), (88, 75)]
+    for pts, width, strength in ((brim, 1.6, 0.10), (sourcil, 1.8, 0.16), (teardrop, 1.3, 0.10),
+                                 (post_wall, 1.1, 0.07), (ant_wall, 1.0, 0.05),
+                                 (ilioischial, 1.3, 0.07)):
+        canvas.add("bone", frame, line(pts, width), bbox_of(pts, 6), mu=strength)
+    del sl
+
+
+def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
+                     rng: np.random.Generator) -> None:
+    """Sacrum with foramina, coccyx, and the lower lumbar vertebrae."""
+    mask = canvas.polygon_mask(frame, p.sacrum)
+    for v, r in ((-88, 6.0), (-66, 5.2), (-46, 4.5), (-29, 3.8)):
+        for u in (-22 + 0.1 * v * 0.1, 22 - 0.1 * v * 0.1):
+            mask &= ~canvas.polygon_mask(frame, _ellipse_pts((u * (1 + v / 400), v), r, r, 0))
+    depth = canvas.inside_depth(mask)
+    tex = band_noise(rng, canvas.shape, 1.0, 5.0)
+    body = MU_CANCELLOUS * 9 * smoothstep(0, 3, depth) * (1 + 0.15 * tex)
+    canvas.layers["bone"] += 2.0 * (body + MU_CORTEX * 1.2 * np.exp(-depth / 1.2) * mask)
+    canvas.add("bone", frame, line([(0, -108), (0, -20)], 2.0), (-6, -112, 6, -15), mu=0.05)
+    canvas.add("bone", frame, ellipsoid((0, 8), 5, 9), (-8, -4, 8, 20), mu=MU_CANCELLOUS * 1.5)
+    spine = frame @ affine(rot_deg=p.lumbar_tilt, tx=0, ty=-116)
+    for i, top in enumerate((0.0, -38.0, -76.0)):
+        w = 26 - 1.5 * i
+        body = smooth_polygon([(-w, top - 30), (w, top - 30), (w + 2, top - 2), (-w - 2, top - 2)],
+                              2)
+        m = canvas.polygon_mask(spine, body)
+        d = canvas.inside_depth(m)
+        canvas.layers["bone"] += (MU_CANCELLOUS * 14 * smoothstep(0, 2, d)
+                                  + MU_CORTEX * 1.6 * np.exp(-d / 1.0) * m)
+        for sx in (-1, 1):
+            ped = shell((sx * (w - 8), top - 20), 6.5, 4.5)
+            canvas.add("bone", spine, ped, (sx * (w - 8) - 8, top - 30, sx * (w - 8) + 8, top - 10),
+                       mu=MU_CORTEX * 0.7)
+            tp = [(sx * (w - 4), top - 16), (sx * (w + 26), top - 20 + 3 * i)]
+            canvas.add("bone", spine, tube(tp[0], tp[1], 5.0, 3.5), bbox_of(tp, 8),
+                       mu=MU_CANCELLOUS * 1.5)
+        sp = ellipsoid((0, top - 12), 5, 11)
+        canvas.add("bone", spine, sp, (-8, top - 26, 8, top), mu=MU_CORTEX * 0.4)
+
+
+def _gauss(u: Array, v: Array, c: Point, s: float) -> Array:
+    return np.exp(-((u - c[0]) ** 2 + (v - c[1]) ** 2) / (2 * s * s))
+
+
+def _ellipse_pts(c: Point, a: float, b: float, angle: float, n: int = 48) -> Array:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    ca, sa = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+    x, y = a * np.cos(t), b * np.sin(t)
+    return np.stack([c[0] + x * ca - y * sa, c[1] + x * sa + y * ca], axis=1)
+
+
+def _arc(c: Point, r: float, a0: float, a1: float, n: int = 24, squash: float = 1.0
+         ) -> list[Point]:
+    t = np.radians(np.linspace(a0, a1, n))
+    return [(c[0] + r * np.cos(a) * squash, c[1] + r * np.sin(a)) for a in t]
+
+
+# ---- soft tissue ----------------------------------------------------------------------
+
+
+@dataclass
+class Habitus:
+    """Body size, independent of the skeleton's size."""
+
+    half_width: float
+    depth: float
+    fat: float
+    thigh_r: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> Habitus:
+        fat = rng.uniform(0.05, 0.35)
+        return cls(half_width=rng.uniform(165, 225) * (1 + fat * 0.5),
+                   depth=rng.uniform(170, 260) * (1 + fat * 0.6), fat=fat,
+                   thigh_r=rng.uniform(70, 95) * (1 + fat * 0.5))
+
+
+def add_soft_tissue_ap(canvas: Canvas, frame: Array, h: Habitus,
+                       thighs: list[tuple[Point, Point]], rng: np.random.Generator) -> None:
+    """Trunk with curved gluteal folds merging into the thighs (AP projection), bowel gas.
+
+    thighs: axis of each thigh (pelvis frame), from the hip downwards."""
+    hw, d = h.half_width, h.depth
+    thigh_fields = [tube(p0, p1, h.thigh_r, cap=40) for p0, p1 in thighs]
+
+    def body(x: Array, y: Array) -> Array:
+        q = np.clip(1 - (x / hw) ** 2, 0, None)
+        q_in = np.clip(1 - (x / (hw * (1 - h.fat * 0.6))) ** 2, 0, None)
+        fold = 95 + 35 * np.abs(x) / hw
+        fade = smoothstep(fold + 45, fold - 15, y)
+        trunk = (MU_FAT * np.sqrt(q) + (MU_SOFT - MU_FAT) * (1 - h.fat) * np.sqrt(q_in)) * d
+        legs = [MU_SOFT * 0.85 * d / (2 * h.thigh_r) * t(x, y) for t in thigh_fields]
+        return np.maximum.reduce([trunk * fade, *legs])
+
+    canvas.add("soft", frame, body)
+    for _ in range(int(rng.integers(0, 16))):
+        c = (rng.uniform(-120, 120), rng.uniform(-190, 10))
+        a, b = rng.uniform(6, 28), rng.uniform(5, 16)
+        canvas.add("soft", frame, ellipsoid(c, a, b, rng.uniform(0, 180), depth=b),
+                   bbox_of([c], a + 2), mu=-MU_SOFT * rng.uniform(0.4, 1.0))

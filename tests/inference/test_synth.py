@@ -1,0 +1,203 @@
+"""Synthetic radiograph generator: determinism, labels, DICOM validity, image content."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from scipy import ndimage
+
+from hiprouter.cli import main
+from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.inference.synth import (
+    LABEL_FIELDS,
+    generate_dataset,
+    make_study,
+    sample_hips,
+)
+from tests.conftest import REPO
+
+SMALL = (320, 420)
+VALIDATOR = REPO.parent / "shared" / "tools" / "validate_dicom.py"
+KEYS = [c.key for c in HARDWARE_CLASSES]
+
+
+def _stored(ds: pydicom.Dataset) -> np.ndarray:
+    return ds.pixel_array.astype(np.int64)
+
+
+def test_same_seed_same_study_other_seed_differs() -> None:
+    a = make_study(11, 3, size=SMALL)
+    b = make_study(11, 3, size=SMALL)
+    c = make_study(12, 3, size=SMALL)
+    assert [i.dataset.SOPInstanceUID for i in a.images] == [
+        i.dataset.SOPInstanceUID for i in b.images]
+    assert all(x.dataset.PixelData == y.dataset.PixelData for x, y in zip(a.images, b.images,
+                                                                          strict=True))
+    assert a.study_uid != c.study_uid
+    assert a.images[0].dataset.PixelData != c.images[0].dataset.PixelData
+
+
+def test_sampling_covers_all_classes_and_bilateral_combinations() -> None:
+    counts: Counter[str] = Counter()
+    bilateral = 0
+    for i in range(600):
+        hips, index = sample_hips(np.random.default_rng([5, i]))
+        counts.update(h.hardware for h in hips.values())
+        bilateral += all(h.hardware != "no_hardware" for h in hips.values())
+        assert hips[index].hardware in KEYS
+    assert set(counts) == set(KEYS)
+    assert min(counts.values()) >= 600 * 2 / 9 * 0.4
+    assert bilateral > 50
+    only = Counter(h.hardware for i in range(100)
+                   for h in sample_hips(np.random.default_rng(i), {"tha": 1, "im_nail": 1})[0]
+                   .values())
+    assert set(only) == {"tha", "im_nail"}
+
+
+def test_dataset_labels_match_files(tmp_path: Path) -> None:
+    labels = generate_dataset(tmp_path, 4, 21, progress=False, size=SMALL)
+    with labels.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == LABEL_FIELDS
+        rows = list(reader)
+    by_path: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by_path.setdefault(r["path"], []).append(r)
+    assert len(by_path) >= 4
+    for rel, hips in by_path.items():
+        ds = pydicom.dcmread(tmp_path / rel)
+        for r in hips:
+            assert r["sop_instance_uid"] == ds.SOPInstanceUID
+            assert r["series_uid"] == ds.SeriesInstanceUID
+            assert r["study_uid"] == ds.StudyInstanceUID
+            assert r["patient_id"] == ds.PatientID
+            assert r["photometric"] == ds.PhotometricInterpretation
+            assert int(r["bits_stored"]) == ds.BitsStored
+            assert r["modality"] == ds.Modality
+            assert (int(r["rows"]), int(r["columns"])) == (ds.Rows, ds.Columns)
+        assert str(ds.PatientName).startswith("SYNTH^")
+        assert ds.PatientID.startswith("SYN")
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.pixel_array.max() < 2**ds.BitsStored
+        sides = sorted(r["laterality"] for r in hips)
+        if hips[0]["view"] == "ap_pelvis":
+            assert sides == ["L", "R"]
+        else:
+            assert len(sides) == 1
+    # one patient per study folder, same hardware per hip across its views
+    for folder in {p.split("/")[0] for p in by_path}:
+        per_hip: dict[str, set[str]] = {}
+        for r in rows:
+            if r["path"].startswith(folder + "/"):
+                per_hip.setdefault(r["laterality"], set()).add(r["hardware"])
+        assert all(len(v) == 1 for v in per_hip.values())
+
+
+def test_dicom_objects_pass_dciodvfy(tmp_path: Path) -> None:
+    if not VALIDATOR.exists():
+        pytest.skip("../shared/tools/validate_dicom.py not present")
+    if shutil.which("dciodvfy") is None or shutil.which("dcmdump") is None:
+        pytest.skip("dciodvfy/dcmdump not installed (scripts/test.sh installs them)")
+    paths = []
+    for i, (modality, photometric) in enumerate(
+            [("CR", "MONOCHROME1"), ("DX", "MONOCHROME2"), ("DX", "MONOCHROME1"),
+             ("CR", "MONOCHROME2")]):
+        study = make_study(31, i, modality=modality, photometric=photometric, size=SMALL,
+                           views=("ap_pelvis", "ap_hip", "cross_table_lateral")[: 1 + i % 3])
+        for n, img in enumerate(study.images):
+            p = tmp_path / f"{i}_{n}.dcm"
+            img.dataset.save_as(p, enforce_file_format=True)
+            paths.append(str(p))
+    out = subprocess.run([sys.executable, str(VALIDATOR), *paths], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout
+
+
+def test_monochrome1_is_the_inverse_of_monochrome2() -> None:
+    m1 = make_study(8, 2, photometric="MONOCHROME1", size=SMALL)
+    m2 = make_study(8, 2, photometric="MONOCHROME2", size=SMALL)
+    for a, b in zip(m1.images, m2.images, strict=True):
+        assert a.dataset.PhotometricInterpretation == "MONOCHROME1"
+        assert b.dataset.PhotometricInterpretation == "MONOCHROME2"
+        maxval = 2 ** a.dataset.BitsStored - 1
+        assert np.array_equal(_stored(a.dataset), maxval - _stored(b.dataset))
+        # dense (implant or bone) is bright in MONOCHROME2 display: stored high in M2, low in M1
+        dense = a.display > 0.9
+        if dense.any():
+            assert _stored(b.dataset)[dense].mean() > _stored(a.dataset)[dense].mean()
+
+
+def test_ap_marker_and_hips_are_on_the_correct_side() -> None:
+    seen = Counter()
+    for i in range(8):
+        study = make_study(40, i, views=("ap_pelvis",), size=SMALL)
+        img = study.images[0]
+        assert img.right_on_image_left is True
+        right, left = (next(r for r in img.labels if r["laterality"] == s) for s in "RL")
+        assert float(right["hip_x"]) < img.dataset.Columns / 2 < float(left["hip_x"])
+        assert img.dataset.PatientOrientation == ["L", "F"]
+        if not img.marker:
+            continue
+        x0, y0, x1, y1 = img.marker_box
+        centre = (x0 + x1) / 2
+        if img.marker == "R":
+            assert centre < img.dataset.Columns / 2
+        else:
+            assert centre > img.dataset.Columns / 2
+        # lead marker: the brightest pixels of its box are saturated white in display
+        assert np.percentile(img.display[y0:y1, x0:x1], 99) > 0.97
+        seen[img.marker] += 1
+    assert seen["R"] + seen["L"] >= 4
+
+
+@pytest.mark.parametrize("hardware", KEYS)
+def test_hardware_is_radiodense_where_drawn(hardware: str) -> None:
+    study = make_study(50, KEYS.index(hardware), views=("ap_pelvis",),
+                       hardware={"R": hardware, "L": "no_hardware"}, size=SMALL)
+    img = study.images[0]
+    assert [r["hardware"] for r in img.labels] == [hardware, "no_hardware"]
+    mask = img.implant_mask()
+    if hardware == "no_hardware":
+        assert not mask.any()
+        return
+    assert mask.sum() > 50
+    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(mask,
+                                                                                   iterations=2)
+    assert img.display[mask].mean() > img.display[ring].mean() + 0.1
+    # implants are on the right hip: the image left half
+    cols = np.nonzero(mask.any(axis=0))[0]
+    assert np.median(cols) < img.display.shape[1] / 2
+
+
+def test_bad_requests_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown hardware"):
+        make_study(1, hardware={"R": "screwdriver"})
+    with pytest.raises(ValueError, match="native femoral neck"):
+        make_study(1, hardware={"R": "tha"}, fracture={"R": "femoral_neck_fracture"})
+    with pytest.raises(ValueError, match="only generated for 'tha'"):
+        make_study(1, hardware={"R": "im_nail"}, dislocation={"R": True})
+    with pytest.raises(ValueError, match="unknown views"):
+        make_study(1, views=("pa_chest",))
+    with pytest.raises(ValueError, match="class_weights"):
+        sample_hips(np.random.default_rng(0), {"tha": 0.0})
+
+
+def test_cli_writes_studies_and_prints_counts(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["synth", str(tmp_path / "out"), "--studies", "2", "--seed", "3",
+                               "--size", "256", "320", "--quiet", "--views", "ap_pelvis"])
+    assert res.exit_code == 0, res.output
+    assert "dynamic_hip_screw" in res.output
+    rows = list(csv.DictReader((tmp_path / "out" / "labels.csv").open()))
+    assert len(rows) == 4 and {r["view"] for r in rows} == {"ap_pelvis"}
+    bad = runner.invoke(main, ["synth", str(tmp_path / "x"), "--classes", "tha,foo"])
+    assert bad.exit_code == 2 and "foo" in bad.output
