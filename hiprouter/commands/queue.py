@@ -44,36 +44,50 @@ def _dicom_files(paths: tuple[str, ...]) -> list[Path]:
 @rules.command("test")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--calling-ae", default=None, help="Value of CallingAETitle for the rules.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_ctx
-def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None) -> None:
+def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None,
+               as_json: bool) -> None:
     """Show which rule matches each FILE (or each file under DIR) and why."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from hiprouter.router.routing import read_header
     from hiprouter.router.rules import first_matching, rule_decision
 
     settings = ctx.settings
-    table = Table(title=f"rules ({settings.rule_mode} match)")
-    for col in ("file", "level", "matched rule", "deciding condition"):
-        table.add_column(col, overflow="fold")
-    matched = 0
+    rows: list[dict[str, str | None]] = []
     for path in _dicom_files(paths):
         header = read_header(path, calling_ae)
         if header is None:
-            table.add_row(str(path), "-", "[red]not readable as DICOM[/red]", "-")
+            rows.append({"file": str(path), "level": None, "rule": None,
+                         "condition": "not readable as DICOM"})
             continue
         hits = first_matching(settings.rules, header, settings.rule_mode)
-        if hits:
-            matched += 1
-            for rule, decision in hits:
-                table.add_row(str(path), rule.level, rule.name, decision.reason)
-        else:
+        rows.extend({"file": str(path), "level": rule.level, "rule": rule.name,
+                     "condition": decision.reason} for rule, decision in hits)
+        if not hits:
             why = "; ".join(f"{r.name}: {rule_decision(r, header).reason}"
                             for r in settings.rules) or "no rules configured"
-            table.add_row(str(path), "-", "[yellow]no match (ignored)[/yellow]", why)
+            rows.append({"file": str(path), "level": None, "rule": None,
+                         "condition": f"no match (ignored): {why}"})
+    matched = len({r["file"] for r in rows if r["rule"]})
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        return
+    table = Table(title=f"rules ({settings.rule_mode} match)")
+    for col in ("file", "level", "matched rule", "deciding condition"):
+        table.add_column(col, overflow="fold")
+    for row in rows:  # Text(): rule text such as [a-z] is not rich markup
+        table.add_row(Text(row["file"] or ""), row["level"] or "-",
+                      Text(row["rule"] or "-", style="" if row["rule"] else "yellow"),
+                      Text(row["condition"] or ""))
     Console(width=200).print(table)
-    click.echo(f"{matched} matched")
+    click.echo(f"{matched} of {len({r['file'] for r in rows})} files matched")
 
 
 @click.command()

@@ -310,3 +310,33 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
                                                 ("end", second.pid)]
     assert job.state == "done" and job.attempts == 2
     assert list(received.values()) == [1]
+
+
+def test_retry_and_replay_commands(tmp_path: Path, sqlite_url: str) -> None:
+    from click.testing import CliRunner
+
+    from hiprouter.cli import main
+
+    db.upgrade(sqlite_url)
+    factory = db.session_factory(db.make_engine(sqlite_url))
+    settings = make_settings(tmp_path, sqlite_url)
+    uid = add_study(factory, make_study(tmp_path / "in", 1, 1, BodyPartExamined="HIP"))
+    (job,) = _route(factory, settings, uid)
+    ignored = add_study(factory, make_study(tmp_path / "ct", 1, 1, BodyPartExamined="HEAD"))
+    _route(factory, settings, ignored)
+    with factory() as s, s.begin():
+        s.execute(update(Job).values(state="dead", last_error="boom"))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json", by_alias=True,
+                                                      exclude_none=True)))
+    run = CliRunner().invoke
+    result = run(main, ["--config", str(cfg), "retry"])
+    assert result.exit_code == 0 and "re-queued 1 dead jobs and 0 dead sends" in result.output
+    with factory() as s:
+        assert s.get(Job, job.id).state == "pending"
+    result = run(main, ["--config", str(cfg), "replay", uid])
+    assert result.exit_code == 0 and "1 jobs re-queued" in result.output
+    result = run(main, ["--config", str(cfg), "replay", ignored])
+    assert result.exit_code == 0 and "0 jobs routed again" in result.output
+    result = run(main, ["--config", str(cfg), "replay", "1.2.3.999"])
+    assert result.exit_code == 1 and "not known" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,32 @@ def test_first_versus_all_match_mode_and_fallback() -> None:
         ("rest", ["2.1"])]
     no_fallback = _settings(rules[:2])
     assert plan_routes(no_fallback.rules, "first", ct) == []
+
+
+def test_rules_test_command_shows_rule_and_deciding_condition(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hiprouter.cli import main
+
+    folder = tmp_path / "files"
+    write_dataset(make_dataset(BodyPartExamined="HIP"), folder / "hip.dcm")
+    write_dataset(make_dataset(charset="ISO_IR 192", StudyDescription="Hüfte links"),
+                  folder / "sub" / "huefte.dcm")
+    write_dataset(make_dataset(BodyPartExamined="CHEST"), folder / "chest.dcm")
+    (folder / "notes.txt").write_text("not dicom")
+    cfg = ["--config", str(REPO / "config.yaml"), "rules", "test", str(folder)]
+    result = CliRunner().invoke(main, [*cfg, "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith('{"file"')]
+    rows = {Path(r["file"]).name: r for r in map(json.loads, lines)}
+    assert rows["hip.dcm"]["rule"] == "hip-pelvis-radiograph"
+    assert rows["hip.dcm"]["level"] == "series"
+    assert "BodyPartExamined in ['HIP', 'PELVIS'] (value 'HIP')" in rows["hip.dcm"]["condition"]
+    assert "'Hüfte links'" in rows["huefte.dcm"]["condition"]
+    assert rows["chest.dcm"]["rule"] is None
+    assert "no match" in rows["chest.dcm"]["condition"] and "'CHEST'" in \
+        rows["chest.dcm"]["condition"]
+    assert rows["notes.txt"]["condition"] == "not readable as DICOM"
+    table = CliRunner().invoke(main, cfg)
+    assert table.exit_code == 0 and "2 of 4 files matched" in table.output
+    assert "[a-km-qs-z]" in table.output  # rule text printed literally, not as markup
