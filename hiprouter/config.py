@@ -146,7 +146,8 @@ class Rule(_Strict):
 class TriageRule(_Strict):
     """Maps findings (class names) above a probability to a priority level."""
 
-    classes: list[str]
+    classes: list[str] = Field(min_length=1)
+    """Class keys or shell-style patterns over them, e.g. `*fracture*` (fnmatch)."""
     level: Literal["HIGH", "MEDIUM", "ROUTINE"] = "HIGH"
     min_probability: float = Field(0.5, ge=0, le=1)
 
@@ -162,8 +163,11 @@ class PipelineConfig(_Strict):
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     batch_size: int = Field(8, ge=1)
     low_confidence: float = Field(0.6, ge=0, le=1)
-    language: str = "en"
+    """Report sentences below this probability say "possible ... (low confidence)"."""
+    language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    """Report language: a folder of sr_templates (en, de, ...)."""
     triage: list[TriageRule] = []
+    """Empty: fractures and dislocations at probability >= 0.5 are HIGH (report/triage.py)."""
     default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
     heatmaps: bool = True
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from hiprouter.config import PipelineConfig, TriageRule
 from hiprouter.report.triage import triage
 from tests.report.inputs import make_study
@@ -58,3 +61,12 @@ def test_no_hips() -> None:
     result, _ = make_study(right=None, left=None, refused=1)
     assert triage(result, PipelineConfig()) == triage(result, PipelineConfig())
     assert triage(result, PipelineConfig()).reason == "no hip could be assessed"
+
+
+def test_bad_triage_and_language_config_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="classes"):
+        PipelineConfig(triage=[{"classes": []}])
+    with pytest.raises(ValidationError, match="level"):
+        PipelineConfig(triage=[{"classes": ["*fracture*"], "level": "URGENT"}])
+    with pytest.raises(ValidationError, match="language"):
+        PipelineConfig(language="../en")
