@@ -73,7 +73,9 @@ def _per_group(session: Session, group: Any, state: Any, next_run: Any) -> dict[
     for name, st, n in rows:
         out.setdefault(str(name), {})[str(st)] = int(n)
     oldest = session.execute(
-        select(group, func.min(next_run)).where(state == "pending").group_by(group)
+        # failed = waiting for a retry (e.g. the PACS is down): still pending work
+        select(group, func.min(next_run)).where(state.in_(("pending", "failed")))
+        .group_by(group)
     ).all()
     for name, when in oldest:
         out.setdefault(str(name), {})["oldest_pending_next_run_at"] = _iso(when)

@@ -90,6 +90,8 @@ def test_pacs_outage_then_restart_every_instance_exactly_once(
     data = json.loads(status.stdout)
     pending = data["sends"]["by_destination"]["pacs"]
     assert pending.get("failed", 0) + pending.get("pending", 0) + pending.get("running", 0) == 5
+    assert pending["oldest_pending_next_run_at"]  # waiting-to-retry sends count as pending
+    assert data["jobs"]["by_pipeline"]["forward"]["done"] == 1
     assert any("association" in (f["last_error"] or "") for f in
                data["sends"]["recent_failures"])
     pacs.start()
