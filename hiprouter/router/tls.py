@@ -11,6 +11,9 @@ import ssl
 from typing import Any
 
 from hiprouter.config import ConfigError, TLSConfig
+from hiprouter.logs import get_logger
+
+log = get_logger(__name__)
 
 
 def _require(tls: TLSConfig, *attrs: str, where: str) -> None:
@@ -30,7 +33,17 @@ class _HandshakeTimeoutContext(ssl.SSLContext):
 
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         sock.settimeout(self.handshake_timeout_s)
-        wrapped = super().wrap_socket(sock, *args, **kwargs)
+        try:
+            host, port = sock.getpeername()[:2]
+            peer = f"{host}:{port}"
+        except OSError:
+            peer = "unknown"
+        try:
+            wrapped = super().wrap_socket(sock, *args, **kwargs)
+        except OSError as exc:  # ssl.SSLError, timeouts: pynetdicom drops the connection
+            log.warning("TLS handshake refused", peer=peer, error=str(exc))
+            sock.close()
+            raise
         wrapped.settimeout(None)
         return wrapped
 
