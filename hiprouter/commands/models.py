@@ -40,13 +40,15 @@ def register(group: click.Group) -> None:
               help="Mark the model as trained on synthetic data (demo output only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
+@click.option("--decode-workers", default=1, show_default=True, type=int,
+              help="Processes decoding DICOM into the crop cache.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
 def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               input_size: int, epochs_head: int, epochs: int, batch_size: int, lr_head: float,
               lr: float, seed: int, max_steps: int | None, label_column: str, name: str,
               model_version: str, training_data: str, synthetic_demo: bool, device: str,
-              cache_dir: Path | None) -> None:
+              decode_workers: int, cache_dir: Path | None) -> None:
     """Train a hardware classifier on DATA_DIR (DICOM files) and a labels CSV."""
     from hiprouter.inference.dataset import DatasetError
     from hiprouter.inference.models import ModelError
@@ -59,7 +61,8 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
                       batch_size=batch_size, lr_head=lr_head, lr=lr, seed=seed,
                       max_steps=max_steps, label_column=label_column, name=name,
                       version=model_version, training_data=training_data,
-                      synthetic_demo=synthetic_demo, device=device)
+                      synthetic_demo=synthetic_demo, device=device,
+                      decode_workers=decode_workers)
     try:
         card = train(data_dir, labels_csv, out_dir, cfg, cache_dir, log=click.echo)
     except (DatasetError, ModelError, ValueError) as exc:
@@ -83,8 +86,12 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               show_default=True)
 @click.option("--label-column", default="hardware", show_default=True)
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=int)
+@click.option("--record", "record_as", metavar="NAME",
+              help="Also store the figures in MODEL_DIR/card.yaml under evaluation.NAME.")
+@click.option("--dataset-name", default="", help="How the card names this data set.")
 def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_dir: Path,
-                 device: str, runtime: str, label_column: str, n_boot: int) -> None:
+                 device: str, runtime: str, label_column: str, n_boot: int,
+                 record_as: str | None, dataset_name: str) -> None:
     """Evaluate MODEL_DIR on labelled DICOM files: metrics table, report.md/json, PNGs."""
     from rich.console import Console
     from rich.table import Table
@@ -132,6 +139,15 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
                       "clinical accuracy[/]")
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "
                   f"{paths['confusion']}")
+    if record_as:
+        from hiprouter.inference.evaluate import card_figures
+        from hiprouter.inference.models import read_card, write_card
+
+        card = read_card(model_dir)
+        name = dataset_name or f"{data_dir.name} ({labels_csv.name})"
+        card.evaluation = {**card.evaluation, record_as: card_figures(metrics, name)}
+        write_card(model_dir, card)
+        console.print(f"recorded as evaluation.{record_as} in {model_dir}/card.yaml")
 
 
 @click.group("models")

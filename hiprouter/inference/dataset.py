@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,10 +108,20 @@ def crop_for(crops: dict[str, np.ndarray], laterality: str) -> np.ndarray | None
     return None
 
 
+def _crops_or_reason(args: tuple[Path, int, Path | None]) -> dict[str, np.ndarray] | str:
+    try:
+        return image_crops(*args)
+    except (RefusedImage, OSError) as exc:
+        return getattr(exc, "reason", None) or str(exc)
+
+
 def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir: Path | None,
-               progress: Callable | None = None,
+               progress: Callable | None = None, workers: int = 1,
                ) -> tuple[np.ndarray, list[int], dict[str, str]]:
-    """uint8 array (N, size, size) for the usable rows, their row indices, refusals by path."""
+    """uint8 array (N, size, size) for the usable rows, their row indices, refusals by path.
+
+    `workers` > 1 decodes in that many processes.
+    """
     images: list[np.ndarray] = []
     used: list[int] = []
     refused: dict[str, str] = {}
@@ -119,11 +129,20 @@ def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir
     for i, row in enumerate(rows):
         by_path.setdefault(row.path, []).append(i)
     items = list(by_path.items())
-    for path, idx in (progress(items) if progress else items):
-        try:
-            crops = image_crops(Path(data_dir) / path, size, cache_dir)
-        except (RefusedImage, OSError) as exc:
-            refused[path] = getattr(exc, "reason", str(exc))
+    jobs = [(Path(data_dir) / path, size, cache_dir) for path, _ in items]
+
+    def results() -> Iterator[tuple[tuple[str, list[int]], dict[str, np.ndarray] | str]]:
+        if workers > 1 and len(jobs) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                yield from zip(items, pool.map(_crops_or_reason, jobs, chunksize=4), strict=True)
+        else:
+            yield from zip(items, map(_crops_or_reason, jobs), strict=True)
+
+    for (path, idx), crops in (progress(results()) if progress else results()):
+        if isinstance(crops, str):
+            refused[path] = crops
             continue
         for i in idx:
             crop = crop_for(crops, rows[i].laterality)

@@ -51,19 +51,22 @@ class HipCrop:
     """The display-space crop (float32, [0, 1])."""
 
 
-def _texts(ds: Dataset) -> list[str]:
-    keys = ("SeriesDescription", "StudyDescription", "ProtocolName",
-            "PerformedProcedureStepDescription", "BodyPartExamined",
-            "AcquisitionDeviceProcessingDescription")
+_SERIES_KEYS = ("SeriesDescription", "ProtocolName", "PerformedProcedureStepDescription",
+                "BodyPartExamined", "AcquisitionDeviceProcessingDescription")
+_STUDY_KEYS = ("StudyDescription", "RequestedProcedureDescription")
+
+
+def _texts(ds: Dataset, keys: tuple[str, ...] = _SERIES_KEYS + _STUDY_KEYS) -> list[str]:
     out = []
     for key in keys:
         value = ds.get(key)
         if value:
             out.append(str(value).upper())
-    for item in ds.get("ViewCodeSequence", []) or []:
-        meaning = item.get("CodeMeaning")
-        if meaning:
-            out.append(str(meaning).upper())
+    if "SeriesDescription" in keys:
+        for item in ds.get("ViewCodeSequence", []) or []:
+            meaning = item.get("CodeMeaning")
+            if meaning:
+                out.append(str(meaning).upper())
     return out
 
 
@@ -85,18 +88,28 @@ def _has(texts: list[str], words: list[str], needles: tuple[str, ...]) -> bool:
 
 
 def classify_view(ds: Dataset) -> View:
-    """The hip view of a radiograph from View Position, descriptions and body part."""
-    texts = _texts(ds)
-    words = _words(texts)
-    position = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if _has(texts, words, _FROG):
+    """The hip view from View Position and the series' words, then the study's words.
+
+    Series-level text wins: a study "PELVIS AND RIGHT HIP" holds an AP pelvis series and
+    single-hip series.
+    """
+    series = _texts(ds, _SERIES_KEYS)
+    if _has(series, _words(series), _FROG):
         return "frog_leg"
-    if position in _LATERAL_POSITIONS or _has(texts, words, _CROSS):
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if position in _LATERAL_POSITIONS:
         return "cross_table_lateral"
-    if _has(texts, words, _PELVIS):
-        return "ap_pelvis"
-    if _has(texts, words, _HIP):
-        return "ap_hip"
+    for keys in (_SERIES_KEYS, _STUDY_KEYS):
+        texts = _texts(ds, keys)
+        words = _words(texts)
+        if _has(texts, words, _FROG):
+            return "frog_leg"
+        if _has(texts, words, _CROSS):
+            return "cross_table_lateral"
+        if _has(texts, words, _PELVIS):
+            return "ap_pelvis"
+        if _has(texts, words, _HIP):
+            return "ap_hip"
     return "unknown"
 
 

@@ -49,6 +49,9 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (smoke tests)."""
     workers: int = 0
+    """DataLoader worker processes (augmentation)."""
+    decode_workers: int = 1
+    """Processes decoding DICOM into the crop cache."""
     name: str = "hardware"
     version: str = "0.1.0"
     training_data: str = ""
@@ -167,7 +170,8 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     rows = read_labels(labels_csv, classes, cfg.label_column)
     images, used, refused = load_crops(
         rows, data_dir, cfg.input_size, cache_dir or out_dir / "cache",
-        progress=lambda it: tqdm(it, desc="decode + crop", unit="image", leave=False))
+        progress=lambda it: tqdm(it, desc="decode + crop", unit="image", leave=False),
+        workers=cfg.decode_workers)
     for path, reason in refused.items():
         log(f"skipped {path}: {reason}")
     if not used:

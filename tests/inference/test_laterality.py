@@ -32,6 +32,9 @@ def test_ap_pelvis_flipped_by_patient_orientation() -> None:
     assert [(c.laterality, c.box[1]) for c in crops] == [("L", 0), ("R", 50)]
     standard = _crops(BodyPartExamined="PELVIS", PatientOrientation=["L", "F"])
     assert [c.laterality for c in standard] == ["R", "L"]
+    from_study = _crops(StudyDescription="XR PELVIS AND RIGHT HIP", SeriesDescription="AP")
+    assert [(c.view, c.laterality) for c in from_study] == [("ap_pelvis", "R"),
+                                                            ("ap_pelvis", "L")]
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,10 @@ def test_ap_pelvis_flipped_by_patient_orientation() -> None:
         ({"SeriesDescription": "Cadera derecha axial"}, "cross_table_lateral", "R"),
         ({"SeriesDescription": "FROG LEG LT HIP"}, "frog_leg", "L"),
         ({"SeriesDescription": "HIP", "ViewPosition": "LL"}, "cross_table_lateral", "U"),
+        ({"SeriesDescription": "FROG LEG", "ViewPosition": "LL", "Laterality": "L"},
+         "frog_leg", "L"),
+        ({"StudyDescription": "XR PELVIS AND RIGHT HIP", "SeriesDescription": "AP RIGHT HIP"},
+         "ap_hip", "R"),
         ({"SeriesDescription": "HIP AP"}, "ap_hip", "U"),
         ({"SeriesDescription": "HIP RIGHT AND LEFT"}, "ap_hip", "U"),
         ({"SeriesDescription": "HIP", "ImageLaterality": "B"}, "ap_hip", "U"),

@@ -26,6 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         "train", str(root / "data"), "--labels", str(labels), "--out", str(out),
         "--arch", "resnet10t", "--input-size", "48", "--epochs-head", "1", "--epochs", "2",
         "--batch-size", "8", "--max-steps", "5", "--name", "toy", "--synthetic-demo",
+        "--decode-workers", "2",
     ])
     assert result.exit_code == 0, result.output
     return root, out, result.output
