@@ -1,0 +1,215 @@
+"""`hiprouter demo`: the whole flow on one machine, for a first look.
+
+Makes a few synthetic studies, starts the router (SCP, workers, dispatcher) and a local
+receiving PACS (a pynetdicom Storage SCP writing to a folder), sends the studies, waits
+until the results arrived at the PACS, then prints where they are and the SR text.
+Everything lives under one work folder; nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.presentation import build_context
+from rich.console import Console
+from rich.table import Table
+
+from hiprouter import db as dbmod
+from hiprouter.config import Destination, Settings
+from hiprouter.inference.synth import SynthStudy, make_study
+
+KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+KIND = {SR_CLASS: "SR", SC_CLASS: "SC", KOS_CLASS: "KOS"}
+
+
+@dataclass
+class LocalPACS:
+    """A minimal receiving PACS: stores whatever it gets in `folder`, one file per instance."""
+
+    folder: Path
+    ae_title: str = "DEMOPACS"
+    port: int = 0
+    received: dict[str, list[Path]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _server: Any = None
+
+    def start(self) -> LocalPACS:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self._server.server_address[1])
+        return self
+
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        name = hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()[:24] + ".dcm"
+        path = self.folder / name
+        ds.save_as(path, enforce_file_format=True)
+        with self._lock:
+            self.received.setdefault(str(ds.StudyInstanceUID), []).append(path)
+        return 0x0000
+
+    def files(self, study_uid: str) -> list[Path]:
+        with self._lock:
+            return list(dict.fromkeys(self.received.get(study_uid, [])))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+
+def demo_settings(base: Settings, workdir: Path, pacs: LocalPACS, port: int) -> Settings:
+    """The user's settings (rules, pipelines) with a private database, spool and PACS."""
+    s = base.model_copy(deep=True)
+    s.node.host, s.node.port, s.node.allowed_calling = "127.0.0.1", port, None
+    s.database.url = f"sqlite:///{workdir / 'hiprouter.db'}"
+    s.storage.spool_dir, s.storage.output_dir = workdir / "spool", workdir / "outputs"
+    s.storage.min_free_mb = min(s.storage.min_free_mb, 100)
+    s.studies.complete_after_s, s.studies.sweep_interval_s = 2.0, 0.5
+    s.queue.poll_interval_s = 0.2
+    s.destinations = {"pacs": Destination(ae_title=pacs.ae_title, host="127.0.0.1",
+                                          port=pacs.port)}
+    for rule in s.rules:
+        rule.send_to = ["pacs"] if rule.send_to else []
+        rule.forward_to = []
+    return s
+
+
+def send_study(study: SynthStudy, port: int, called: str) -> None:
+    """C-STORE every image of a study in one association (as a modality would)."""
+    ae = AE(ae_title="DEMOMODALITY")
+    for ds in (img.dataset for img in study.images):
+        ctx = build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+        if all(c.abstract_syntax != ctx.abstract_syntax for c in ae.requested_contexts):
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise RuntimeError("the router refused the demo association")
+    try:
+        for img in study.images:
+            status = assoc.send_c_store(img.dataset)
+            if status is None or status.Status != 0x0000:
+                raise RuntimeError(f"C-STORE failed: {status}")
+    finally:
+        assoc.release()
+
+
+def sr_text(ds: Dataset) -> list[str]:
+    """The report's prepopulated text: the "Impression" TEXT item(s) of the SR."""
+    out: list[str] = []
+
+    def walk(items: Any) -> None:
+        for item in items or []:
+            names = item.get("ConceptNameCodeSequence") or []
+            if item.get("ValueType") == "TEXT" and names and names[0].CodeMeaning == "Impression":
+                out.append(str(item.TextValue))
+            walk(item.get("ContentSequence"))
+
+    walk(ds.get("ContentSequence"))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+DEMO_CASES: tuple[dict[str, Any], ...] = (
+    {"hardware": {"R": "tha", "L": "no_hardware"}, "views": ("ap_pelvis",)},
+    {"hardware": {"R": "dynamic_hip_screw", "L": "no_hardware"},
+     "views": ("ap_pelvis", "cross_table_lateral"), "side": "R"},
+    {"hardware": {"R": "tha", "L": "tha"}, "views": ("ap_pelvis",)},
+    {"hardware": {"R": "no_hardware", "L": "im_nail"}, "views": ("ap_hip", "frog_leg"),
+     "side": "L"},
+    {"hardware": {"R": "cannulated_screws", "L": "no_hardware"}, "views": ("ap_pelvis",)},
+)
+
+
+def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: float,
+             console: Console) -> int:
+    """Run the demo; returns 0 when every study's results reached the PACS."""
+    from hiprouter.router.worker import attach_to_node, routing_callback
+    from hiprouter.service import Node
+
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]hiprouter demo[/] in {workdir}")
+    made = [make_study(seed, i, **DEMO_CASES[i % len(DEMO_CASES)]) for i in range(studies)]
+    console.print(f"made {len(made)} synthetic studies "
+                  f"({sum(len(s.images) for s in made)} radiographs)")
+    pacs = LocalPACS(workdir / "pacs").start()
+    settings = demo_settings(base, workdir, pacs, _free_port())
+    dbmod.upgrade(settings.database.url)
+    node = Node(settings, on_complete=routing_callback(settings))
+    attach_to_node(node)
+    node.start()
+    console.print(f"router {settings.node.ae_title}@127.0.0.1:{settings.node.port} -> "
+                  f"PACS {pacs.ae_title}@127.0.0.1:{pacs.port} ({pacs.folder})")
+    try:
+        started = time.monotonic()
+        for study in made:
+            send_study(study, settings.node.port, settings.node.ae_title)
+        console.print("studies sent; waiting for the results at the PACS (study completes "
+                      f"after {settings.studies.complete_after_s:.0f} s idle, then inference)")
+        pending = {s.study_uid for s in made}
+        while pending and time.monotonic() - started < timeout_s:
+            for uid in list(pending):
+                kinds = {KIND.get(str(dcmread(p, stop_before_pixels=True).SOPClassUID))
+                         for p in pacs.files(uid)}
+                if "KOS" in kinds:
+                    pending.discard(uid)
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        node.stop()
+        pacs.stop()
+    _print_results(made, pacs, console)
+    if pending:
+        console.print(f"[red]{len(pending)} studies without results after {timeout_s:.0f} s; "
+                      f"see `hiprouter --config ... status` and {workdir}[/]")
+        return 1
+    console.print(f"all results at the PACS after {elapsed:.1f} s. Database: "
+                  f"{settings.database.url}")
+    return 0
+
+
+def _print_results(made: list[SynthStudy], pacs: LocalPACS, console: Console) -> None:
+    table = Table(title="results at the PACS")
+    for col in ("study", "truth (R / L)", "priority", "objects"):
+        table.add_column(col)
+    texts: list[tuple[str, list[str]]] = []
+    for study in made:
+        kinds: list[str] = []
+        priority = "-"
+        for path in pacs.files(study.study_uid):
+            ds = dcmread(path)
+            kind = KIND.get(str(ds.SOPClassUID))
+            if kind is None:
+                continue
+            kinds.append(f"{kind} {path.name}")
+            if kind == "KOS":
+                priority = str(ds.SeriesDescription)
+            if kind == "SR":
+                texts.append((study.study_uid, sr_text(ds)))
+        truth = " / ".join(study.hips[s].hardware for s in ("R", "L"))
+        table.add_row(study.study_uid[-16:], truth, priority, "\n".join(sorted(kinds)))
+    console.print(table)
+    for uid, lines in texts:
+        console.rule(f"SR text, study ...{uid[-16:]}")
+        for line in lines:
+            console.print(line)

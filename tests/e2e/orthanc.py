@@ -1,0 +1,91 @@
+"""A real Orthanc PACS on loopback for end-to-end tests (Debian package `orthanc`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc with its DICOM port and REST API."""
+
+    ae_title: str
+    dicom_port: int
+    http_port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource and decode its JSON."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return bytes(r.read())
+
+    def study_id(self, study_uid: str) -> str | None:
+        """Orthanc's identifier of a study, by Study Instance UID (None when absent)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/tools/lookup",
+                                     data=study_uid.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            found = json.loads(r.read())
+        ids = [item["ID"] for item in found if item.get("Type") == "Study"]
+        return ids[0] if ids else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Orthanc:
+    """Start Orthanc with a private storage folder; waits until its REST API answers."""
+    exe = shutil.which("Orthanc")
+    if exe is None:
+        raise FileNotFoundError("Orthanc not installed (Debian package orthanc)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "hiprouter-test-pacs",
+        "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"),
+        "HttpPort": http_port,
+        "HttpBindAddress": "127.0.0.1",
+        "DicomPort": dicom_port,
+        "DicomAet": ae_title,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "UnknownSopClassAccepted": False,
+        "Plugins": [],
+    }
+    cfg = workdir / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([exe, str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    server = Orthanc(ae_title, dicom_port, http_port, workdir, proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Orthanc exited: {(workdir / 'orthanc.log').read_text()[-2000:]}")
+        try:
+            server.get("/system")
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise TimeoutError("Orthanc did not start within 30 s")
