@@ -62,6 +62,7 @@ def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model:
         contributing_equipment=[algorithm_equipment_for(model, "AI triage")],
         specific_character_set="ISO_IR 192",
     )
+    kos.copy_patient_and_study_information(radiographs[0])  # all of Patient and General Study
     for item in kos.ContentSequence:
         # TID 2010 forbids a Purpose of Reference (concept name) on the references;
         # highdicom names them (SCT 260753009 "Source").

@@ -146,6 +146,7 @@ def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, so
         contributing_equipment=[equipment],
         specific_character_set="ISO_IR 192",
     )
+    sc.copy_patient_and_study_information(source)  # all of Patient and General Study
     if orientation is None:
         sc.PatientOrientation = None  # Type 2: unknown, never guessed
     sc.ConversionType = "WSD"

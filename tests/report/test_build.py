@@ -109,7 +109,7 @@ def assert_joins_study(ds: Dataset, src: Dataset) -> None:
     """Same Patient and Study modules, own series."""
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                     "StudyInstanceUID", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-                    "ReferringPhysicianName"):
+                    "ReferringPhysicianName", "StudyDescription"):
         assert ds[keyword].value == src[keyword].value, keyword
     assert ds.SeriesInstanceUID != src.SeriesInstanceUID
     assert "AI" in ds.SeriesDescription and len(ds.SeriesDescription) <= 64
