@@ -18,7 +18,6 @@ from scipy import ndimage
 from hiprouter.inference.synth_canvas import (
     Array,
     Canvas,
-    Field,
     Point,
     affine,
     band_noise,
@@ -35,8 +34,8 @@ from hiprouter.inference.synth_canvas import (
 # Linear attenuation in arbitrary units per mm, added on top of the soft tissue they replace.
 MU_SOFT = 0.020
 MU_FAT = 0.016
-MU_CANCELLOUS = 0.010
-MU_CORTEX = 0.040
+MU_CANCELLOUS = 0.013
+MU_CORTEX = 0.050
 MU_METAL = 0.60
 MU_CEMENT = 0.050
 
@@ -79,7 +78,7 @@ class FemurShape:
         head_r = rng.uniform(21.5, 26.0)
         return cls(
             head_r=head_r,
-            neck_len=rng.uniform(1.85, 2.25) * head_r,
+            neck_len=rng.uniform(2.15, 2.55) * head_r,
             neck_r=rng.uniform(0.60, 0.70) * head_r,
             neck_shaft_deg=rng.uniform(122, 138),
             shaft_tilt_deg=rng.uniform(5, 11),
@@ -125,50 +124,51 @@ class FemurShape:
         return self.shaft_point(35.0 * self.lt_offset, -self.shaft_r - 2.0)
 
 
-def femur_field(f: FemurShape, texture: Array | None = None) -> Field:
-    """Extra attenuation of the proximal femur (cancellous + cortex), femur frame."""
-    j, sd, ld = f.junction, f.shaft_dir, f.lateral_dir
-    tilt = f.shaft_tilt_deg
-    neck_angle = float(np.degrees(np.arctan2(f.neck_dir[1], f.neck_dir[0])))
-    top = j - 12 * sd
-    far = j + 700 * sd
-    meta_c = tuple(j + 10 * sd + 3 * ld)
-    head = sphere((0, 0), f.head_r)
-    head_in = sphere((0, 0), f.head_r - 2.0)
-    neck = tube((0, 0), tuple(j + 6 * sd), f.neck_r)
-    neck_in = tube((0, 0), tuple(j + 6 * sd), f.neck_r - 2.2)
-    meta = ellipsoid(meta_c, 24, 34, angle=tilt, depth=20)
-    gt = ellipsoid(tuple(f.gt_centre), f.gt_size[0], f.gt_size[1], angle=tilt - 12, depth=16)
-    lt = ellipsoid(tuple(f.lt_centre), f.lt_size[0], f.lt_size[1], angle=tilt + 25, depth=7)
-    shaft = tube(tuple(top), tuple(far), f.shaft_r, cap=10)
-    canal = tube(tuple(j + 15 * sd), tuple(far), f.shaft_r * f.canal_r, cap=25)
-    # cortex of the shaft thickens distally: a second, thinner canal further down
-    canal_d = tube(tuple(j + 80 * sd), tuple(far), f.shaft_r * (f.canal_r - 0.08), cap=40)
-    calcar = line([tuple(j + 4 * sd - 10 * ld), tuple(j - 0.55 * f.neck_len * f.neck_dir
-                                                       - 0.8 * f.neck_r * _perp(neck_angle))],
-                  2.0)
+def femur_outline(f: FemurShape) -> Array:
+    """Outline (femur frame) of the neck, trochanters and shaft; the head is a sphere."""
+    nd = f.neck_dir
+    sup = np.array([nd[1], -nd[0]])
+    if sup[1] > 0:
+        sup = -sup
 
-    def field(x: Array, y: Array) -> Array:
-        h, n, m, g, lt_ = head(x, y), neck(x, y), meta(x, y), gt(x, y), lt(x, y)
-        s, c, cd = shaft(x, y), canal(x, y), canal_d(x, y)
-        cancellous = np.maximum.reduce([h, n, m, g, lt_, c])
-        cortex = np.maximum.reduce([
-            h - head_in(x, y), n - neck_in(x, y), 0.25 * m, 0.35 * g, 0.5 * lt_,
-            s - 0.8 * c - 0.2 * cd,
-        ])
-        v = MU_CANCELLOUS * cancellous + MU_CORTEX * cortex + 0.25 * calcar(x, y)
-        if texture is not None:
-            n = texture.shape[0]
-            tex = texture[(y * 1.5).astype(np.int32) % n, (x * 1.5).astype(np.int32) % n]
-            v = v * (1 + 0.22 * tex)
-        return v
+    def neck(t: float, w: float) -> Array:
+        return -t * nd + w * sup
 
-    return field
+    gt, (ga, gb) = f.gt_centre, f.gt_size
+    lt, (la, lb) = f.lt_centre, f.lt_size
+    lt_t = float(np.dot(lt - f.junction, f.shaft_dir))
+    sp = f.shaft_point
+    pts = [
+        neck(f.head_r * 0.55, f.neck_r * 1.15), neck(f.neck_len * 0.5, f.neck_r * 0.95),
+        neck(f.neck_len * 0.8, f.neck_r * 1.05), gt + [-ga * 0.7, -gb * 0.75],
+        gt + [-ga * 0.1, -gb * 1.0], gt + [ga * 0.6, -gb * 0.75], gt + [ga * 1.0, -gb * 0.1],
+        sp(gb * 0.3, f.shaft_r * 1.35), sp(lt_t + 25, f.shaft_r * 1.02), sp(900, f.shaft_r),
+        sp(900, -f.shaft_r), sp(lt_t + 20, -f.shaft_r * 1.02), lt + [-la * 0.4, lb * 0.9],
+        lt + [-la * 1.0, lb * 0.1], lt + [-la * 0.5, -lb * 0.8],
+        neck(f.neck_len * 0.85, -f.neck_r * 1.25), neck(f.neck_len * 0.5, -f.neck_r * 0.95),
+        neck(f.head_r * 0.55, -f.neck_r * 1.15),
+    ]
+    return smooth_polygon([(float(x), float(y)) for x, y in pts], 3)
 
 
-def _perp(angle_deg: float) -> Array:
-    a = np.radians(angle_deg + 90)
-    return np.array([np.cos(a), np.sin(a)])
+def femur_density(f: FemurShape, depth: Array, x: Array, y: Array,
+                  texture: Array | None) -> Array:
+    """Extra attenuation of a femur from its outline depth (mm) and local coordinates."""
+    along = (x - f.junction[0]) * f.shaft_dir[0] + (y - f.junction[1]) * f.shaft_dir[1]
+    diaphysis = smoothstep(30, 110, along)
+    cortex_w = 1.4 + 3.2 * diaphysis
+    inside = depth > 0
+    in_head = smoothstep(f.head_r * 1.05, f.head_r * 0.9, np.sqrt(x * x + y * y))
+    cortex = np.exp(-depth / cortex_w) * (1 + 0.8 * diaphysis) * inside * (1 - in_head)
+    body = np.sqrt(np.clip(depth, 0, None) * 4 * f.shaft_r) * (1 - 0.5 * diaphysis)
+    head = sphere((0.0, 0.0), f.head_r)(x, y)
+    head_shell = head - sphere((0.0, 0.0), f.head_r - 1.8)(x, y)
+    cancellous = np.maximum(body, 0.75 * head)
+    if texture is not None:
+        k = texture.shape[0]
+        tex = texture[(y * 2.0).astype(np.int32) % k, (x * 2.0).astype(np.int32) % k]
+        cancellous = cancellous * (1 + 0.16 * tex)
+    return (MU_CANCELLOUS * cancellous + MU_CORTEX * (16 * cortex + 0.8 * head_shell))
 
 
 @dataclass
@@ -199,21 +199,24 @@ class Cut:
 def add_femur(canvas: Canvas, frame: Array, f: FemurShape, cut: Cut | None,
               texture: Array | None, layer: str = "bone") -> Array:
     """Draw a femur (with its fracture or resection); returns the distal fragment's frame."""
-    base = femur_field(f, texture)
-    bbox = (-f.head_r - 40, -f.head_r - 40, f.neck_len + 80, 900)
-    if cut is None:
-        canvas.add(layer, frame, base, bbox)
-        return frame
-    if cut.keep == "both":
-        canvas.add(layer, frame,
-                   lambda x, y: base(x, y) * smoothstep(cut.gap / 2, cut.gap / 2 + 0.6,
-                                                        cut.side(x, y)), bbox)
-    px, py = cut.point
-    distal = (frame @ affine(tx=px, ty=py) @ affine(rot_deg=cut.distal_rot_deg)
-              @ affine(tx=-px + cut.distal_shift[0], ty=-py + cut.distal_shift[1]))
-    g = cut.gap / 2 if cut.keep == "both" else 0.0
-    canvas.add(layer, distal,
-               lambda x, y: base(x, y) * smoothstep(-g, -g - 0.6, cut.side(x, y)), bbox)
+    outline = femur_outline(f)
+    fragments: list[tuple[Array, float]] = [(frame, 0.0)]
+    distal = frame
+    if cut is not None:
+        px, py = cut.point
+        distal = (frame @ affine(tx=px, ty=py) @ affine(rot_deg=cut.distal_rot_deg)
+                  @ affine(tx=-px + cut.distal_shift[0], ty=-py + cut.distal_shift[1]))
+        g = cut.gap / 2 if cut.keep == "both" else 0.0
+        fragments = [(distal, -1.0)] + ([(frame, 1.0)] if cut.keep == "both" else [])
+    for fr, keep in fragments:
+        mask = canvas.polygon_mask(fr, outline)
+        sl, x, y = canvas.local_grid(fr)
+        depth = canvas.inside_depth(mask)
+        v = femur_density(f, depth, x, y, texture)
+        if cut is not None:
+            side = cut.side(x, y)
+            v = v * (smoothstep(g, g + 0.6, side) if keep > 0 else smoothstep(-g, -g - 0.6, side))
+        canvas.layers[layer][sl] += v
     return distal
 
 
@@ -236,7 +239,7 @@ class PelvisShape:
         for side in ("R", "L"):
             jitter = ndimage.gaussian_filter1d(rng.normal(0, 5.0, base.shape), 1.5, axis=0,
                                                mode="wrap")
-            flare = np.array([1 + rng.normal(0, 0.04), 1 + rng.normal(0, 0.03)])
+            flare = np.array([1.08 + rng.normal(0, 0.04), 1 + rng.normal(0, 0.03)])
             pts = base.copy()
             upper = pts[:, 1] < -30
             pts[upper] = (pts[upper] - [ACETABULUM_U, 0]) * flare + [ACETABULUM_U, 0]
@@ -265,16 +268,18 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
     mask &= ~hole
     depth = canvas.inside_depth(mask)
     sl, u, v = canvas.local_grid(frame)
-    bumps = (22 * _gauss(u, v, (ACETABULUM_U - 6, -8), 30)
-             + 13 * _gauss(u, v, (ACETABULUM_U - 15, -45), 26)
-             + 10 * _gauss(u, v, (52, -80), 22)
-             + 16 * _gauss(u, v, (80, 92), 16)
-             + 10 * _gauss(u, v, (12, 48), 14)
-             + 6 * _gauss(u, v, (140, -72), 10))
-    plate = (4.0 + bumps) * smoothstep(0, 2.5, depth) + 3.2 * np.exp(-depth / 1.6) * mask
-    tex = band_noise(rng, canvas.shape, 1.0, 4.0)
-    canvas.layers["bone"] += 2.5 * (MU_CANCELLOUS * plate * (1 + 0.15 * tex)
-                                    + MU_CORTEX * 1.5 * np.exp(-depth / 1.0) * mask)
+    bumps = (30 * _gauss(u, v, (ACETABULUM_U - 8, -12), 26)
+             + 20 * _gauss(u, v, (ACETABULUM_U - 18, -48), 22)
+             + 12 * _gauss(u, v, (55, -85), 18)
+             + 16 * _gauss(u, v, (82, 92), 14)
+             + 10 * _gauss(u, v, (12, 48), 12)
+             + 8 * _gauss(u, v, (140, -74), 9)
+             + 10 * _gauss(u, v, (70, 40), 10))
+    plate = (2.5 + bumps) * smoothstep(0, 2.5, depth)
+    tex = band_noise(rng, canvas.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
+    canvas.layers["bone"] += 2.2 * (MU_CANCELLOUS * plate * (1 + 0.12 * tex)
+                                    + MU_CORTEX * (2.2 * np.exp(-depth / 1.3)
+                                                   + 0.6 * np.exp(-depth / 5.0)) * mask)
     a_c = (ACETABULUM_U, 0.0)
     r = head_r + 2.5
     brim = [(42, -92), (57, -58), (67, -25), (70, 0), (60, 14), (36, 20), (12, 25)]
@@ -284,9 +289,11 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
     post_wall = _arc(a_c, r + 1, 300, 420, squash=0.75)
     ant_wall = _arc((ACETABULUM_U - 6, 2), r - 1, 320, 430, squash=0.55)
     ilioischial = [(66, -20), (70, 10), (78, 40), (88, 75)]
-    for pts, width, strength in ((brim, 1.6, 0.10), (sourcil, 1.8, 0.16), (teardrop, 1.3, 0.10),
-                                 (post_wall, 1.1, 0.07), (ant_wall, 1.0, 0.05),
-                                 (ilioischial, 1.3, 0.07)):
+    joint = _arc(a_c, head_r + 1.0, 190, 350)
+    canvas.add("bone", frame, line(joint, 1.1), bbox_of(joint, 5), mu=-0.12)
+    for pts, width, strength in ((brim, 1.6, 0.16), (sourcil, 2.0, 0.28), (teardrop, 1.3, 0.14),
+                                 (post_wall, 1.1, 0.10), (ant_wall, 1.0, 0.07),
+                                 (ilioischial, 1.3, 0.10)):
         canvas.add("bone", frame, line(pts, width), bbox_of(pts, 6), mu=strength)
     del sl
 

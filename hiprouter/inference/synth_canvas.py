@@ -137,6 +137,8 @@ def tube(
 
     def field(x: Array, y: Array) -> Array:
         t, d, length = _segment(x, y, p0, p1)
+        if length < 1e-3:
+            return np.zeros_like(x)
         r = r0 + (r1 - r0) * np.clip(t / length, 0, 1)
         if thread is not None:
             r = r - thread[1] * (0.5 + 0.5 * np.sin(2 * np.pi * t / thread[0]))

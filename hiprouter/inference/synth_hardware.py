@@ -156,7 +156,9 @@ def _screw(canvas: Canvas, frame: Array, head_end: Array, tip: Array, r: float,
     u = axis / length
     split = tip - u * min(thread_len, length)
     bb = bbox_of([_pt(head_end), _pt(tip)], r + 8)
-    canvas.add("metal", frame, tube(_pt(head_end), _pt(split), r * 0.72, cap=0.3), bb, MU_METAL)
+    if thread_len < length:
+        canvas.add("metal", frame, tube(_pt(head_end), _pt(split), r * 0.72, cap=0.3), bb,
+                   MU_METAL)
     canvas.add("metal", frame, tube(_pt(split), _pt(tip), r, r * 0.8, thread=(2.6, r * 0.35),
                                     round_end=True, cap=0.3), bb, MU_METAL)
     if head_r:

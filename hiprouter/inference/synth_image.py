@@ -37,6 +37,8 @@ class Acquisition:
     """Fraction cut off at top, bottom, left, right."""
     collimation_white: bool
     grid_lines: bool
+    black_percentile: float
+    """Percentile of the anatomy mapped to black (the rest of the body is brighter)."""
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Acquisition:
@@ -46,7 +48,7 @@ class Acquisition:
             dose=10 ** rng.uniform(2.6, 3.6),
             electronic_noise=rng.uniform(0.5, 4.0),
             blur_mm=rng.uniform(0.15, 0.6),
-            equalisation=rng.uniform(0.25, 0.75),
+            equalisation=rng.uniform(0.4, 0.85),
             edge_gain=rng.uniform(0.0, 0.9),
             gamma=rng.uniform(0.75, 1.35),
             bits_stored=int(rng.choice([10, 12, 12, 12, 14, 15, 16])),
@@ -55,6 +57,7 @@ class Acquisition:
             collimation=coll,  # type: ignore[arg-type]
             collimation_white=rng.random() < 0.7,
             grid_lines=rng.random() < 0.25,
+            black_percentile=rng.uniform(0.0, 6.0),
         )
 
 
@@ -97,12 +100,16 @@ def form_image(attenuation: Array, implant: Array, pixel_mm: float, out_shape: t
 
     The tone curve is set from the anatomy (implants excluded), so metal saturates white.
     """
-    a = attenuation * acq.contrast
+    metal = implant
     if marker is not None:
-        a = a + marker[0] * marker[1]
-    a = ndimage.gaussian_filter(a, acq.blur_mm / pixel_mm)
-    low = ndimage.gaussian_filter(a, 30.0 / pixel_mm)
-    mid = ndimage.gaussian_filter(a, 1.2 / pixel_mm)
+        metal = implant + marker[0] * marker[1]
+    a = ndimage.gaussian_filter((attenuation - implant + metal) * acq.contrast,
+                                acq.blur_mm / pixel_mm)
+    # the console's dynamic range compression follows the anatomy; metal stays white
+    low = ndimage.gaussian_filter(a - (metal - np.minimum(metal, 1.5)) * acq.contrast,
+                                  30.0 / pixel_mm)
+    anat_a = a - ndimage.gaussian_filter(metal * acq.contrast, acq.blur_mm / pixel_mm)
+    mid = ndimage.gaussian_filter(anat_a, 1.2 / pixel_mm)
     full = _resize(a, out_shape)
     counts = acq.dose * np.exp(-np.clip(full - 3.5, -3.5, 12))
     noise = rng.standard_normal(out_shape, dtype=np.float32)
@@ -110,7 +117,7 @@ def form_image(attenuation: Array, implant: Array, pixel_mm: float, out_shape: t
     noise = 0.6 * noise + 0.8 * _resize(half, out_shape)
     counts = counts + noise * np.sqrt(counts + acq.electronic_noise**2)
     logv = -np.log(np.clip(counts, 0.5, None) / acq.dose)
-    detail = _resize(a - mid, out_shape)
+    detail = _resize(anat_a - mid, out_shape)
     proc = logv - acq.equalisation * _resize(low, out_shape) + acq.edge_gain * detail
     if acq.grid_lines:
         cols = np.arange(out_shape[1], dtype=np.float32)
@@ -119,10 +126,15 @@ def form_image(attenuation: Array, implant: Array, pixel_mm: float, out_shape: t
     t, b, lft, r = (int(f * n) for f, n in zip(acq.collimation, (rows, rows, cols_n, cols_n),
                                                strict=True))
     sub = proc[t: rows - b: 4, lft: cols_n - r: 4]
-    anatomy = Image.fromarray((implant < 0.3).astype(np.uint8)).resize(
-        (cols_n, rows), Image.Resampling.NEAREST)
+    # tone curve spans the patient's anatomy: air may clip black, metal clips white
+    anat = attenuation - implant
+    no_metal = ndimage.maximum_filter(metal, 5) < 0.3
+    body = no_metal & (anat > 0.35 * float(np.percentile(anat, 99)))
+    anatomy = Image.fromarray(body.astype(np.uint8)).resize((cols_n, rows),
+                                                            Image.Resampling.NEAREST)
     keep = np.asarray(anatomy, bool)[t: rows - b: 4, lft: cols_n - r: 4]
-    lo, hi = np.percentile(sub[keep] if keep.sum() > 100 else sub, [0.5, 99.8])
+    values = sub[keep] if keep.sum() > 100 else sub
+    lo, hi = np.percentile(values, [acq.black_percentile, 99.8])
     disp = np.clip((proc - lo) / max(hi - lo, 1e-6), 0, 1) ** acq.gamma
     edge = np.ones(out_shape, bool)
     edge[t: rows - b, lft: cols_n - r] = False

@@ -182,7 +182,7 @@ def render_view(patient: Patient, view: str, side: str | None, shape: tuple[int,
         thighs.append((tuple(axis[0]), tuple(axis[1])))
     add_soft_tissue_ap(canvas, pelvis_frame, patient.habitus, thighs, rng)
     add_sacrum_spine(canvas, pelvis_frame, patient.pelvis, rng)
-    texture = band_noise(rng, (256, 256), 0.8, 3.0)
+    texture = band_noise(rng, (256, 256), 0.7, 2.5)
     for s in SIDES:
         add_hemipelvis(canvas, hemi[s], patient.pelvis, s, patient.femur[s].head_r, rng)
         _add_hip(canvas, patient, s, shapes[s], femur_frames[s], hemi[s],
@@ -247,7 +247,7 @@ def _render_cross_table(patient: Patient, side: str, shape: tuple[int, int],
                mu=MU_CANCELLOUS * 1.5)
     arc = [(np.cos(a) * (r + 3), np.sin(a) * (r + 3)) for a in np.radians(np.linspace(70, 290, 30))]
     canvas.add("bone", scene, line(arc, 2.0), bbox_of(arc, 6), mu=MU_CORTEX * 4)
-    texture = band_noise(rng, (256, 256), 0.8, 3.0)
+    texture = band_noise(rng, (256, 256), 0.7, 2.5)
     _add_hip(canvas, patient, side, f, femur_frame, hemi,
              ViewGeometry(face=1.0, cup_opening_deg=rng.uniform(-35, -10)), texture)
     c = apply(canvas.s2p @ femur_frame, [(0, 0)])[0]
