@@ -25,39 +25,42 @@ def _require(tls: TLSConfig, *attrs: str, where: str) -> None:
             raise ConfigError(f"{where}.tls.{attr}: file {path} does not exist")
 
 
-class _HandshakeTimeoutContext(ssl.SSLContext):
-    """pynetdicom runs the server-side handshake in its accept loop; bound how long a
-    silent client can hold it there."""
+class _ServerSocket(ssl.SSLSocket):
+    """Logs the reason when a client's handshake is refused (bad or missing certificate)."""
 
-    handshake_timeout_s: float = 10.0
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        try:
+            return super().read(len, buffer)  # recv and recv_into read through here
+        except ssl.SSLError as exc:
+            try:
+                host, port = self.getpeername()[:2]
+                peer = f"{host}:{port}"
+            except OSError:
+                peer = "unknown"
+            log.warning("TLS connection refused", peer=peer, reason=exc.reason or str(exc))
+            raise
+
+
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """pynetdicom wraps accepted sockets in its accept loop, so a handshake there lets one
+    silent client stall every new association. Here the handshake is deferred: OpenSSL
+    runs it on the first read, in the association's own thread, bounded by pynetdicom's
+    network timeout; a refused handshake ends only that association."""
 
     def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock.settimeout(self.handshake_timeout_s)
-        try:
-            host, port = sock.getpeername()[:2]
-            peer = f"{host}:{port}"
-        except OSError:
-            peer = "unknown"
-        try:
-            wrapped = super().wrap_socket(sock, *args, **kwargs)
-        except OSError as exc:  # ssl.SSLError, timeouts: pynetdicom drops the connection
-            log.warning("TLS handshake refused", peer=peer, error=str(exc))
-            sock.close()
-            raise
-        wrapped.settimeout(None)
-        return wrapped
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
 
 
-def server_ssl_context(tls: TLSConfig, where: str = "node",
-                       handshake_timeout_s: float = 10.0) -> ssl.SSLContext:
+def server_ssl_context(tls: TLSConfig, where: str = "node") -> ssl.SSLContext:
     """Context for accepting associations: our certificate, optionally client certificates.
 
     With `require_client_cert` a client must present a certificate signed by `ca_file`;
     otherwise a certificate is verified when offered (if `ca_file` is set) but not needed.
     """
     _require(tls, "cert_file", "key_file", where=where)
-    ctx = _HandshakeTimeoutContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.handshake_timeout_s = handshake_timeout_s
+    ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.sslsocket_class = _ServerSocket
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))

@@ -52,6 +52,9 @@ def test_inbound_tls_requires_client_certificate(
     plain = storescu(router.port, more, timeout=60)
     assert plain.returncode != 0
     assert instances(router) == 2
+    log = router.log_text()
+    for reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"):
+        assert f'"reason": "{reason}"' in log
     # the SCP is still serving after the refused handshakes
     assert storescu(router.port, more, extra=[
         "+tls", str(certs.client_key), str(certs.client_cert), "+cf", str(certs.ca)]
@@ -142,3 +145,23 @@ def test_tls_configuration_errors_name_the_key(tmp_path: Path, certs: Certificat
         client_ssl_context(TLSConfig(enabled=True, ca_file=tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="key_file is required"):
         client_ssl_context(TLSConfig(enabled=True, cert_file=certs.client_cert))
+
+
+def test_silent_client_does_not_block_tls_associations(
+    router_process: Callable[..., RouterProcess], certs: Certificates, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    router = router_process({"node": {"tls": {
+        "enabled": True, "cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
+        "ca_file": str(certs.ca), "require_client_cert": True}}})
+    files = make_cr_files(tmp_path / "study", 1, size=32)
+    with socket.create_connection(("127.0.0.1", router.port)):  # connects, never speaks
+        time.sleep(0.2)
+        start = time.monotonic()
+        done = storescu(router.port, files, extra=[
+            "+tls", str(certs.client_key), str(certs.client_cert), "+cf", str(certs.ca)])
+        elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 5, f"the TLS association waited {elapsed:.1f} s behind a silent client"
