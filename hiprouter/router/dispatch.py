@@ -270,6 +270,8 @@ def _finish(factory: sessionmaker[Session], settings: Settings, destination: str
             audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.SUCCESS,
                          participants=parts,
                          objects={"study_uid": study_uid, "sop_instance_uids": uids})
+        for study_uid in {i.send.study_uid for i in items}:
+            queue.settle_study(session, study_uid)
         failed = len(items) - len(sent)
         if failed:
             audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.MINOR_FAILURE,

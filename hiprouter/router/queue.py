@@ -160,6 +160,8 @@ def fail(
             return None
         if job.attempts >= retry.max_attempts:
             _set_dead(job, error)
+            session.flush()
+            settle_study(session, job.study_uid)
         else:
             now = utcnow()
             job.state = FAILED
@@ -206,7 +208,19 @@ def retry_dead(factory: sessionmaker[Session], study_uid: str | None = None) -> 
             .values(state=PENDING, attempts=0, next_run_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
+        _reopen(session, study_uid)
     return Requeued(jobs or 0, sends or 0)
+
+
+def _reopen(session: Session, study_uid: str | None) -> None:
+    """Studies that have queued work again are `routed` again (not done/failed)."""
+    busy = select(Job.study_uid).where(Job.state.in_(UNFINISHED)).union(
+        select(Send.study_uid).where(Send.state.in_(UNFINISHED)))
+    query = update(Study).where(Study.state.in_(("done", "failed")),
+                                Study.study_uid.in_(busy))
+    if study_uid:
+        query = query.where(Study.study_uid == study_uid)
+    session.execute(query.values(state="routed").execution_options(synchronize_session=False))
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,7 @@ def replay_study(factory: sessionmaker[Session], settings: Settings, study_uid: 
                     finished_at=None, last_error=None)
             .execution_options(synchronize_session=False)
         ).rowcount
+        _reopen(session, study_uid)
         return Replayed(count or 0, running, False)
 
 
@@ -260,3 +275,17 @@ def unfinished_work(session: Session, study_uid: str) -> int:
         .where(Send.study_uid == study_uid, Send.state.in_(UNFINISHED))
     ) or 0
     return int(jobs) + int(sends)
+
+
+def settle_study(session: Session, study_uid: str) -> str | None:
+    """When a routed study has no unfinished jobs or sends left, mark it `done` (or
+    `failed` when something is dead); returns the new state, or None if unchanged."""
+    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+    if study is None or study.state != "routed" or unfinished_work(session, study_uid):
+        return None
+    dead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.study_uid == study_uid, Job.state == DEAD)) or session.scalar(
+        select(func.count()).select_from(Send).where(
+            Send.study_uid == study_uid, Send.state == DEAD))
+    study.state = "failed" if dead else "done"
+    return study.state

@@ -102,6 +102,8 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         with write_transaction(factory) as session:
             queue.complete(session, job.id, owner)
             queued = enqueue_sends(session, job, paths)
+            session.flush()
+            queue.settle_study(session, job.study_uid)
             audit.record(
                 session, PIPELINE_JOB, "E", audit.SUCCESS,
                 description=f"{job.pipeline} attempt {job.attempts}: {len(paths)} objects, "

@@ -13,7 +13,7 @@ from typing import Any
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
-from hiprouter.schema import Association, AuditEvent, Job, Send, SendAttempt
+from hiprouter.schema import Association, AuditEvent, Job, Send, SendAttempt, Study
 from tests.router.conftest import RouterProcess, make_cr_files, sop_instance_uid, storescu
 from tests.router.pacs import StoreSCP
 
@@ -68,6 +68,7 @@ def test_forward_study_arrives_once_with_every_attempt_recorded(
         out = s.scalars(select(Association).where(Association.direction == "out")).all()
         assert [(a.called_ae, a.outcome, a.instances_received) for a in out] == [
             ("PACS", "released", 4)]
+        assert s.scalars(select(Study.state)).all() == ["done"]
         transferred = s.scalars(select(AuditEvent).where(
             AuditEvent.event_id_code == "110104", AuditEvent.action == "R")).all()
         assert sorted(u for ev in transferred for u in ev.objects["sop_instance_uids"]) == \

@@ -185,6 +185,27 @@ def test_job_without_instances_fails_with_error(factory, tmp_path: Path) -> None
         assert "no stored instances" in s.get(Job, job.id).last_error
 
 
+def test_unknown_pipeline_kind_fails_jobs_until_dead_and_study_failed(factory, tmp_path):
+    settings = make_settings(tmp_path, factory.url,
+                             pipelines={"site": {"kind": "nosuch"}},
+                             rules=[{"name": "hip", "pipelines": ["site"]}])
+    uid = add_study(factory, make_study(tmp_path / "in", 1, 1))
+    _route(factory, settings, uid)
+    pipelines = PipelineCache(settings)
+    states = []
+    for _ in range(3):
+        job = queue.claim(factory, "w", 30, settings.queue.retry)
+        states.append(run_job(factory, settings, pipelines, job, "w"))
+        _make_due(factory, job.id)
+    assert states == ["failed", "failed", "dead"]
+    with factory() as s:
+        assert "unknown pipeline kind 'nosuch'" in s.get(Job, job.id).last_error
+        assert s.scalars(select(Study.state)).one() == "failed"
+    queue.retry_dead(factory, uid)
+    with factory() as s:
+        assert s.scalars(select(Study.state)).one() == "routed"
+
+
 # -- worker processes against a real PostgreSQL ---------------------------------------
 
 
