@@ -160,10 +160,10 @@ def femur_density(f: FemurShape, depth: Array, x: Array, y: Array,
     inside = depth > 0
     in_head = smoothstep(f.head_r * 1.05, f.head_r * 0.9, np.sqrt(x * x + y * y))
     cortex = np.exp(-depth / cortex_w) * (1 + 0.8 * diaphysis) * inside * (1 - in_head)
-    body = np.sqrt(np.clip(depth, 0, None) * 4 * f.shaft_r) * (1 - 0.5 * diaphysis)
+    body = np.sqrt(np.clip(depth, 0, None) * 7 * f.shaft_r) * (1 - 0.55 * diaphysis)
     head = sphere((0.0, 0.0), f.head_r)(x, y)
     head_shell = head - sphere((0.0, 0.0), f.head_r - 1.8)(x, y)
-    cancellous = np.maximum(body, 0.75 * head)
+    cancellous = np.maximum(body, 0.8 * head)
     if texture is not None:
         k = texture.shape[0]
         tex = texture[(y * 2.0).astype(np.int32) % k, (x * 2.0).astype(np.int32) % k]
@@ -193,7 +193,8 @@ class Cut:
         along = rx * ux + ry * uy
         d = rx * -uy + ry * ux
         sign = -1.0 if (-self.point[0] * -uy + -self.point[1] * ux) < 0 else 1.0
-        return sign * d + self.wiggle * np.sin(along * 0.45 + 1.3) * np.sin(along * 0.17)
+        return sign * d + self.wiggle * (0.6 * np.sin(along * 0.22 + 1.3)
+                                         + 0.4 * np.sin(along * 0.07))
 
 
 def add_femur(canvas: Canvas, frame: Array, f: FemurShape, cut: Cut | None,
@@ -268,7 +269,7 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
     mask &= ~hole
     depth = canvas.inside_depth(mask)
     sl, u, v = canvas.local_grid(frame)
-    bumps = (30 * _gauss(u, v, (ACETABULUM_U - 8, -12), 26)
+    bumps = (22 * _gauss(u, v, (ACETABULUM_U - 8, -16), 26)
              + 20 * _gauss(u, v, (ACETABULUM_U - 18, -48), 22)
              + 12 * _gauss(u, v, (55, -85), 18)
              + 16 * _gauss(u, v, (82, 92), 14)
@@ -291,7 +292,7 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
     ilioischial = [(66, -20), (70, 10), (78, 40), (88, 75)]
     joint = _arc(a_c, head_r + 1.0, 190, 350)
     canvas.add("bone", frame, line(joint, 1.1), bbox_of(joint, 5), mu=-0.12)
-    for pts, width, strength in ((brim, 1.6, 0.16), (sourcil, 2.0, 0.28), (teardrop, 1.3, 0.14),
+    for pts, width, strength in ((brim, 1.6, 0.16), (sourcil, 2.0, 0.45), (teardrop, 1.3, 0.14),
                                  (post_wall, 1.1, 0.10), (ant_wall, 1.0, 0.07),
                                  (ilioischial, 1.3, 0.10)):
         canvas.add("bone", frame, line(pts, width), bbox_of(pts, 6), mu=strength)
@@ -329,6 +330,25 @@ def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
                        mu=MU_CANCELLOUS * 1.5)
         sp = ellipsoid((0, top - 12), 5, 11)
         canvas.add("bone", spine, sp, (-8, top - 26, 8, top), mu=MU_CORTEX * 0.4)
+
+
+def add_plate_bone(canvas: Canvas, frame: Array, pts: Array, thickness: float,
+                   rng: np.random.Generator) -> None:
+    """Flat bone outline with a cortical rim (pelvic bones of the lateral view)."""
+    mask = canvas.polygon_mask(frame, pts)
+    depth = canvas.inside_depth(mask)
+    tex = band_noise(rng, canvas.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
+    canvas.layers["bone"] += 2.0 * (
+        MU_CANCELLOUS * thickness * smoothstep(0, 4, depth) * (1 + 0.12 * tex)
+        + MU_CORTEX * 2.0 * np.exp(-depth / 1.4) * mask)
+
+
+def jittered_ellipse(c: Point, a: float, b: float, angle: float, rng: np.random.Generator
+                     ) -> Array:
+    """Ellipse outline with smooth random bumps."""
+    pts = _ellipse_pts(c, a, b, angle, 40)
+    bumps = ndimage.gaussian_filter1d(rng.normal(0, 0.08, 40), 2, mode="wrap")
+    return c + (pts - np.asarray(c)) * (1 + bumps)[:, None]
 
 
 def _gauss(u: Array, v: Array, c: Point, s: float) -> Array:

@@ -14,7 +14,6 @@ import numpy as np
 
 from hiprouter.inference.synth_anatomy import (
     ACETABULUM_U,
-    MU_CANCELLOUS,
     MU_CORTEX,
     MU_SOFT,
     Cut,
@@ -23,8 +22,10 @@ from hiprouter.inference.synth_anatomy import (
     PelvisShape,
     add_femur,
     add_hemipelvis,
+    add_plate_bone,
     add_sacrum_spine,
     add_soft_tissue_ap,
+    jittered_ellipse,
 )
 from hiprouter.inference.synth_canvas import (
     Array,
@@ -33,9 +34,8 @@ from hiprouter.inference.synth_canvas import (
     apply,
     band_noise,
     bbox_of,
-    ellipsoid,
     line,
-    tube,
+    smoothstep,
 )
 from hiprouter.inference.synth_hardware import (
     ARTHROPLASTY,
@@ -95,13 +95,15 @@ def _fracture_cut(f: FemurShape, hip: HipSpec, rng: np.random.Generator) -> Cut 
     nd = f.neck_dir
     neck_angle = float(np.degrees(np.arctan2(nd[1], nd[0])))
     if hip.fracture == "femoral_neck_fracture":
-        p = f.junction + rng.uniform(0.45, 0.8) * f.neck_len * nd
+        p = f.junction + rng.uniform(0.5, 0.8) * f.neck_len * nd
         displaced = not fixed and rng.random() < 0.6
+        # displaced: the shaft migrates proximally along the neck (shortening) and rotates
+        along = rng.uniform(3, 9) if displaced else rng.uniform(-0.5, 1.5)
+        shift = nd * along + np.array([0.0, -rng.uniform(0, 4) if displaced else 0.0])
         return Cut(point=(float(p[0]), float(p[1])), angle_deg=neck_angle + 90 + rng.normal(0, 15),
-                   gap=rng.uniform(0.8, 2.5),
-                   distal_shift=(rng.uniform(2, 8), -rng.uniform(3, 10)) if displaced
-                   else (rng.uniform(-1, 1), -rng.uniform(0, 2.5)),
-                   distal_rot_deg=rng.uniform(-12, -3) if displaced else rng.normal(0, 1.5))
+                   gap=rng.uniform(0.8, 2.0), wiggle=rng.uniform(0.4, 1.2),
+                   distal_shift=(float(shift[0]), float(shift[1])),
+                   distal_rot_deg=rng.uniform(3, 12) if displaced else rng.normal(0, 1.5))
     if hip.fracture == "intertrochanteric_fracture":
         a = f.shaft_point(-f.gt_size[1] * 0.5, 18)
         b = f.lt_centre
@@ -109,7 +111,7 @@ def _fracture_cut(f: FemurShape, hip: HipSpec, rng: np.random.Generator) -> Cut 
         mid = (a + b) / 2
         displaced = not fixed and rng.random() < 0.6
         return Cut(point=(float(mid[0]), float(mid[1])), angle_deg=ang + rng.normal(0, 6),
-                   gap=rng.uniform(0.8, 2.5), wiggle=1.8,
+                   gap=rng.uniform(0.8, 2.0), wiggle=rng.uniform(0.6, 1.6),
                    distal_shift=(-rng.uniform(2, 9), -rng.uniform(4, 12)) if displaced
                    else (rng.uniform(-1, 1), -rng.uniform(0, 2)),
                    distal_rot_deg=rng.uniform(3, 12) if displaced else rng.normal(0, 1.5))
@@ -227,24 +229,23 @@ def _render_cross_table(patient: Patient, side: str, shape: tuple[int, int],
     femur_frame = scene @ affine(tx=-abs(dy) * 0.3, ty=dx) @ affine(rot_deg=-90 + tilt)
     hemi = scene @ affine(tx=-ACETABULUM_U)
     hab = patient.habitus
-    depth = hab.half_width * 1.6
+    depth = hab.half_width * rng.uniform(0.9, 1.2)
+    skin_front = rng.uniform(-190, -110)
+    skin_back = rng.uniform(110, 190)
+    bump = (rng.uniform(-150, -60), rng.choice([-1.0, 1.0]) * rng.uniform(40, 120))
 
     def body(x: Array, y: Array) -> Array:
-        return depth * (0.75 + 0.25 * np.exp(-((y + 10) / 140) ** 2)) * np.ones_like(x)
+        envelope = smoothstep(skin_front, skin_front + 45, y) * smoothstep(skin_back,
+                                                                           skin_back - 45, y)
+        buttock = 0.25 * np.exp(-((x - bump[0]) ** 2 + (y - bump[1]) ** 2) / (2 * 90.0**2))
+        return depth * envelope * (0.8 + buttock + 0.1 * smoothstep(0, -150, x))
 
     canvas.add("soft", scene, body, mu=MU_SOFT)
-    canvas.add("soft", femur_frame, tube((0, -40), (0, 600), hab.thigh_r * 1.1, cap=60),
-               (-130, -120, 130, 700), mu=MU_SOFT * 0.5)
-    contra = (rng.uniform(-160, -90), rng.uniform(-40, 40))
-    canvas.add("soft", scene, ellipsoid(contra, 200, hab.thigh_r, rng.normal(0, 10),
-                                        depth=hab.thigh_r), bbox_of([contra], 210), mu=MU_SOFT)
     r = f.head_r
-    canvas.add("bone", scene, ellipsoid((-35, 42), 26, 44, 15, depth=18), (-70, -10, 0, 95),
-               mu=MU_CANCELLOUS * 2)
-    canvas.add("bone", scene, ellipsoid((-20, -42), 34, 14, -25, depth=12), (-60, -65, 20, -20),
-               mu=MU_CANCELLOUS * 2)
-    canvas.add("bone", scene, ellipsoid((-80, -5), 70, 45, 0, depth=14), (-160, -60, 0, 50),
-               mu=MU_CANCELLOUS * 1.5)
+    for c, a, b, ang, th in (((-35, 45), 24, 44, 15, 22), ((-20, -42), 34, 13, -25, 14),
+                             ((-85, -5), 75, 48, 0, 12)):
+        add_plate_bone(canvas, scene, jittered_ellipse(c, a, b, ang + rng.normal(0, 5), rng),
+                       th, rng)
     arc = [(np.cos(a) * (r + 3), np.sin(a) * (r + 3)) for a in np.radians(np.linspace(70, 290, 30))]
     canvas.add("bone", scene, line(arc, 2.0), bbox_of(arc, 6), mu=MU_CORTEX * 4)
     texture = band_noise(rng, (256, 256), 0.7, 2.5)
