@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom.dul import DULServiceProvider
@@ -44,7 +46,25 @@ class Limits:
 
     max_pdu: int
     max_dataset: int
+    max_connections: int
+    """Open connections (associated or not) beyond which new ones are closed at once."""
+    read_timeout_s: float = 60.0
+    """Longest time reading one PDU may take (a peer trickling bytes is cut off)."""
     on_violation: ViolationHook | None = None
+    open_connections: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take_slot(self) -> bool:
+        """Count one more open connection, unless `max_connections` are open."""
+        with self._lock:
+            if self.open_connections >= self.max_connections:
+                return False
+            self.open_connections += 1
+            return True
+
+    def free_slot(self) -> None:
+        with self._lock:
+            self.open_connections -= 1
 
 
 class GuardedDUL(DULServiceProvider):
@@ -59,6 +79,7 @@ class GuardedDUL(DULServiceProvider):
         self._command_bytes = 0
         self.dataset_too_large = False
         """Set when the current (or last) C-STORE data set exceeded the limit."""
+        self._request_read = False
 
     def _limit_for(self, pdu_type: int) -> int:
         if pdu_type in (0x01, 0x02, 0x03):
@@ -73,12 +94,11 @@ class GuardedDUL(DULServiceProvider):
             self.event_queue.put("Evt17")
             return
         try:
-            header = _recv_exact(sock, 6)
+            header = _recv_exact(sock, 6, self.limits.read_timeout_s)
         except OSError:
-            self.event_queue.put("Evt17")
-            return
+            header = None
         if header is None:
-            self.event_queue.put("Evt17")
+            self._connection_lost()
             return
         pdu_type, _, length = _HEADER.unpack(header)
         if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
@@ -89,17 +109,18 @@ class GuardedDUL(DULServiceProvider):
             self._refuse(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
             return
         try:
-            body = _recv_exact(sock, length)
+            body = _recv_exact(sock, length, self.limits.read_timeout_s)
         except OSError:
-            self.event_queue.put("Evt17")
-            return
+            body = None
         if body is None:
-            self.event_queue.put("Evt17")
+            self._connection_lost()
             return
         if pdu_type == P_DATA_TF:
             body = self._bound_pdata(body)
             if body is None:
                 return
+        elif pdu_type == 0x01:
+            self._request_read = True
         try:
             pdu, event = self._decode_pdu(header + body)
         except Exception:
@@ -143,6 +164,25 @@ class GuardedDUL(DULServiceProvider):
             out += data
         return bytes(out)
 
+    def _connection_lost(self) -> None:
+        """Evt17; before an A-ASSOCIATE-RQ arrived also wake the waiting acceptor thread.
+
+        pynetdicom's acceptor otherwise waits the whole ACSE timeout for a request that
+        can no longer come, holding a connection slot.
+        """
+        self.event_queue.put("Evt17")
+        if not self._request_read:
+            self._abandon(0x00)
+
+    def _abandon(self, provider_reason: int) -> None:
+        """Tell the association (via an A-P-ABORT) that it is over, and stop this DUL."""
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        primitive = A_P_ABORT()
+        primitive.provider_reason = provider_reason
+        self.to_user_queue.put(primitive)
+        self.kill_dul()
+
     def _refuse(self, reason: str) -> None:
         """Abort the association without reading the offending PDU."""
         hook = self.limits.on_violation
@@ -155,21 +195,22 @@ class GuardedDUL(DULServiceProvider):
             self.socket.send(abort.encode())
         except Exception:  # the peer may be gone already
             pass
-        self.assoc.is_aborted = True
-        self.assoc.is_established = False
-        primitive = A_P_ABORT()
-        primitive.provider_reason = 0x06
-        self.to_user_queue.put(primitive)
         self.socket.close()
-        self.kill_dul()
+        self._abandon(0x06)
 
 
-def _recv_exact(sock: socket.socket, length: int) -> bytes | None:
-    """Read exactly `length` bytes, or None if the peer closed the connection first."""
+def _recv_exact(sock: socket.socket, length: int, timeout_s: float) -> bytes | None:
+    """Read exactly `length` bytes, or None if the peer closed the connection first.
+
+    Raises TimeoutError when the whole read takes longer than `timeout_s`.
+    """
     buf = bytearray(length)
     view = memoryview(buf)
     got = 0
+    deadline = time.monotonic() + timeout_s
     while got < length:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"reading a {length}-byte PDU took longer than {timeout_s} s")
         n = sock.recv_into(view[got:], length - got)
         if n == 0:
             return None
@@ -181,6 +222,22 @@ def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[Req
     """A pynetdicom request handler whose associations use `GuardedDUL`."""
 
     class GuardedRequestHandler(RequestHandler):
+        def handle(self) -> None:
+            if not limits.take_slot():
+                if limits.on_violation is not None:
+                    limits.on_violation(None, f"more than {limits.max_connections} open "
+                                              f"connections; closed {self.client_address[0]}")
+                try:
+                    self.request.close()
+                except OSError:
+                    pass
+                return
+            try:
+                super().handle()
+            except BaseException:
+                limits.free_slot()
+                raise
+
         def _create_association(self) -> Any:
             sock = self.request
             if isinstance(sock, socket.socket):
@@ -198,6 +255,15 @@ def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[Req
             # The timeout setters configure the DUL's timers: apply them to the new one.
             assoc.acse_timeout = assoc.acse_timeout
             assoc.network_timeout = assoc.network_timeout
+            run = assoc.run
+
+            def run_then_free_slot() -> None:
+                try:
+                    run()
+                finally:
+                    limits.free_slot()
+
+            assoc.run = run_then_free_slot
             return assoc
 
     return GuardedRequestHandler

@@ -150,6 +150,9 @@ class StorageSCP:
         self.limits = Limits(
             max_pdu=node.max_pdu_size,
             max_dataset=node.max_dataset_mb * 1024 * 1024,
+            # a few more than max_associations, so those get a proper A-ASSOCIATE-RJ
+            max_connections=node.max_associations + 4,
+            read_timeout_s=node.network_timeout_s,
             on_violation=self._on_violation,
         )
         self.ae = self._make_ae()
@@ -333,12 +336,14 @@ class StorageSCP:
             log.error("cannot record association end", error=str(exc))
 
     def _on_violation(self, assoc: Any, reason: str) -> None:
-        state = self._state(assoc)
-        log.warning("peer violated limits, aborting", peer=state.peer_host, reason=reason)
+        peer = self._state(assoc).peer_host if assoc is not None else None
+        log.warning("peer violated limits, aborting", peer=peer, reason=reason)
+        participants = (self._participants(assoc) if assoc is not None else
+                        [audit.participant("destination", self.settings.node.ae_title)])
         try:
             audit.record_now(
                 self.factory, audit.SECURITY_ALERT, "E", audit.SERIOUS_FAILURE,
-                description=reason, participants=self._participants(assoc),
+                description=reason, participants=participants,
             )
         except Exception as exc:
             log.error("cannot record security alert", error=str(exc))

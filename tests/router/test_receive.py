@@ -430,3 +430,48 @@ def test_every_transfer_syntax_in_the_corpus_is_stored_as_received(
     for sop_uid, (ts, path) in by_uid.items():
         assert rows[sop_uid].transfer_syntax == ts, path.name
     assert_stored_identically(router, list(by_syntax.values()))
+
+
+def _closed_by_server(sock: socket.socket, wait: float) -> bool:
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_connection_flood_is_bounded_and_recovers(router_process: Factory) -> None:
+    router = router_process({"node": {"max_associations": 2}})  # 6 open connections at most
+    idle = [socket.create_connection(("127.0.0.1", router.port)) for _ in range(9)]
+    try:
+        time.sleep(0.5)
+        closed = [s for s in idle if _closed_by_server(s, 0.2)]
+        assert len(closed) >= 3, "connections beyond the limit must be closed at once"
+        assert echoscu(router.port).returncode != 0
+    finally:
+        for s in idle:
+            s.close()
+    assert wait_for(lambda: echoscu(router.port).returncode == 0, timeout=15)
+    alerts = [e for e in audit_events(router) if e.event_id_code == "110113"]
+    assert alerts and "open connections" in alerts[0].outcome_description
+
+
+def test_peer_trickling_a_pdu_is_cut_off(router_process: Factory) -> None:
+    router = router_process({"node": {"network_timeout_s": 2}})
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 1000))
+        started = time.monotonic()
+        cut = False
+        while time.monotonic() - started < 10:
+            try:
+                sock.sendall(b"\x00")
+            except OSError:
+                cut = True
+                break
+            if _closed_by_server(sock, 0.5):
+                cut = True
+                break
+        assert cut and time.monotonic() - started < 8
+    assert echoscu(router.port).returncode == 0

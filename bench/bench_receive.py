@@ -1,0 +1,130 @@
+"""Receive throughput: hiprouter (durable: fsync + database) vs DCMTK storescp (no fsync).
+
+Sends the same N 512x512 16-bit CR files with DCMTK storescu (TCP_NODELAY=1) to both
+receivers in the same run and prints images/s for each and the ratio.
+
+    .venv/bin/python bench/bench_receive.py --n 300 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.router.conftest import make_cr_files  # noqa: E402
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def send(port: int, called: str, files: list[Path]) -> float:
+    """Seconds storescu needs to send `files` on one association."""
+    start = time.perf_counter()
+    done = subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port),
+                           *map(str, files)], env=ENV, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu failed: {done.stderr[-2000:]}")
+    return elapsed
+
+
+def start_storescp(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    out = work / "storescp"
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def start_hiprouter(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    root = work / "hiprouter"
+    root.mkdir()
+    config = {
+        "node": {"ae_title": "HIPROUTER", "host": "127.0.0.1", "port": port,
+                 "max_pdu_size": args.max_pdu},
+        "database": {"url": args.database or f"sqlite:///{root / 'hiprouter.db'}"},
+        "storage": {"spool_dir": str(root / "spool"), "min_free_mb": 100,
+                    "fsync": not args.no_fsync},
+        "studies": {"complete_after_s": 3600},
+        "logging": {"level": "WARNING", "json_logs": True},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "hiprouter"), "--config", str(root / "config.yaml"),
+         "serve"], stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"),
+    )
+    wait_port(port)
+    return proc, port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="files per run (>= 200)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per receiver")
+    parser.add_argument("--max-pdu", type=int, default=4 * 1024 * 1024,
+                        help="hiprouter node.max_pdu_size")
+    parser.add_argument("--no-fsync", action="store_true", help="storage.fsync: false")
+    parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
+    args = parser.parse_args()
+    if not shutil.which("storescu") or not shutil.which("storescp"):
+        sys.exit("needs DCMTK (apt-get install dcmtk)")
+    work = Path(tempfile.mkdtemp(prefix="hiprouter-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        files = make_cr_files(work / "files", args.n)
+        size_mb = sum(f.stat().st_size for f in files) / 2**20
+        print(f"{args.n} files, {size_mb:.0f} MiB, 512x512 16-bit CR, storescu TCP_NODELAY=1")
+        scp, scp_port = start_storescp(work)
+        hip, hip_port = start_hiprouter(work, args)
+        procs += [scp, hip]
+        rates: dict[str, list[float]] = {"storescp": [], "hiprouter": []}
+        for run in range(args.repeat):
+            # Each hiprouter run sends new SOP Instance UIDs: a resend would be duplicates.
+            batch = files if run == 0 else make_cr_files(work / f"files{run}", args.n,
+                                                         seed=run)
+            rates["storescp"].append(args.n / send(scp_port, "STORESCP", batch))
+            rates["hiprouter"].append(args.n / send(hip_port, "HIPROUTER", batch))
+            print(f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s   "
+                  f"hiprouter {rates['hiprouter'][-1]:7.1f}/s")
+        dcmtk = statistics.median(rates["storescp"])
+        ours = statistics.median(rates["hiprouter"])
+        durable = "no fsync" if args.no_fsync else "fsync file+dir+db"
+        print(f"median images/s: DCMTK storescp {dcmtk:.1f}, hiprouter {ours:.1f} ({durable}); "
+              f"ratio hiprouter/storescp {ours / dcmtk:.2f}")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
