@@ -210,14 +210,18 @@ def add_femur(canvas: Canvas, frame: Array, f: FemurShape, cut: Cut | None,
         g = cut.gap / 2 if cut.keep == "both" else 0.0
         fragments = [(distal, -1.0)] + ([(frame, 1.0)] if cut.keep == "both" else [])
     for fr, keep in fragments:
-        mask = canvas.polygon_mask(fr, outline)
-        sl, x, y = canvas.local_grid(fr)
+        reg = canvas.region(fr, np.vstack([outline, [[-f.head_r, -f.head_r], [f.head_r,
+                                                                             f.head_r]]]))
+        if reg is None:
+            continue
+        mask = reg.mask(fr, outline)
+        x, y = reg.local(fr)
         depth = canvas.inside_depth(mask)
         v = femur_density(f, depth, x, y, texture)
         if cut is not None:
             side = cut.side(x, y)
             v = v * (smoothstep(g, g + 0.6, side) if keep > 0 else smoothstep(-g, -g - 0.6, side))
-        canvas.layers[layer][sl] += v
+        reg.add(layer, v)
     return distal
 
 
@@ -263,12 +267,14 @@ def hemipelvis_frame(pelvis_frame: Array, side: str, image_x_of_right: int) -> A
 def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head_r: float,
                    rng: np.random.Generator) -> None:
     """One os coxae in AP projection: plate bone with cortical rims and thick columns."""
-    mask = canvas.polygon_mask(frame, p.outline[side])
+    reg = canvas.region(frame, p.outline[side])
+    if reg is None:
+        return
+    mask = reg.mask(frame, p.outline[side])
     (cx, cy), a, b, ang = p.obturator[side]
-    hole = canvas.polygon_mask(frame, _ellipse_pts((cx, cy), a, b, ang))
-    mask &= ~hole
+    mask &= ~reg.mask(frame, _ellipse_pts((cx, cy), a, b, ang))
     depth = canvas.inside_depth(mask)
-    sl, u, v = canvas.local_grid(frame)
+    u, v = reg.local(frame)
     bumps = (22 * _gauss(u, v, (ACETABULUM_U - 8, -16), 26)
              + 20 * _gauss(u, v, (ACETABULUM_U - 18, -48), 22)
              + 12 * _gauss(u, v, (55, -85), 18)
@@ -277,10 +283,10 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
              + 8 * _gauss(u, v, (140, -74), 9)
              + 10 * _gauss(u, v, (70, 40), 10))
     plate = (2.5 + bumps) * smoothstep(0, 2.5, depth)
-    tex = band_noise(rng, canvas.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
-    canvas.layers["bone"] += 2.2 * (MU_CANCELLOUS * plate * (1 + 0.12 * tex)
-                                    + MU_CORTEX * (2.2 * np.exp(-depth / 1.3)
-                                                   + 0.6 * np.exp(-depth / 5.0)) * mask)
+    tex = band_noise(rng, mask.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
+    reg.add("bone", 2.2 * (MU_CANCELLOUS * plate * (1 + 0.12 * tex)
+                           + MU_CORTEX * (2.2 * np.exp(-depth / 1.3)
+                                          + 0.6 * np.exp(-depth / 5.0)) * mask))
     a_c = (ACETABULUM_U, 0.0)
     r = head_r + 2.5
     brim = [(42, -92), (57, -58), (67, -25), (70, 0), (60, 14), (36, 20), (12, 25)]
@@ -296,20 +302,21 @@ def add_hemipelvis(canvas: Canvas, frame: Array, p: PelvisShape, side: str, head
                                  (post_wall, 1.1, 0.10), (ant_wall, 1.0, 0.07),
                                  (ilioischial, 1.3, 0.10)):
         canvas.add("bone", frame, line(pts, width), bbox_of(pts, 6), mu=strength)
-    del sl
 
 
 def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
                      rng: np.random.Generator) -> None:
     """Sacrum with foramina, coccyx, and the lower lumbar vertebrae."""
-    mask = canvas.polygon_mask(frame, p.sacrum)
-    for v, r in ((-88, 6.0), (-66, 5.2), (-46, 4.5), (-29, 3.8)):
-        for u in (-22 + 0.1 * v * 0.1, 22 - 0.1 * v * 0.1):
-            mask &= ~canvas.polygon_mask(frame, _ellipse_pts((u * (1 + v / 400), v), r, r, 0))
-    depth = canvas.inside_depth(mask)
-    tex = band_noise(rng, canvas.shape, 1.0, 5.0)
-    body = MU_CANCELLOUS * 9 * smoothstep(0, 3, depth) * (1 + 0.15 * tex)
-    canvas.layers["bone"] += 2.0 * (body + MU_CORTEX * 1.2 * np.exp(-depth / 1.2) * mask)
+    reg = canvas.region(frame, p.sacrum)
+    if reg is not None:
+        mask = reg.mask(frame, p.sacrum)
+        for v, r in ((-88, 6.0), (-66, 5.2), (-46, 4.5), (-29, 3.8)):
+            for u in (-22 + 0.1 * v * 0.1, 22 - 0.1 * v * 0.1):
+                mask &= ~reg.mask(frame, _ellipse_pts((u * (1 + v / 400), v), r, r, 0))
+        depth = canvas.inside_depth(mask)
+        tex = band_noise(rng, mask.shape, 1.0, 5.0)
+        body = MU_CANCELLOUS * 9 * smoothstep(0, 3, depth) * (1 + 0.15 * tex)
+        reg.add("bone", 2.0 * (body + MU_CORTEX * 1.2 * np.exp(-depth / 1.2) * mask))
     canvas.add("bone", frame, line([(0, -108), (0, -20)], 2.0), (-6, -112, 6, -15), mu=0.05)
     canvas.add("bone", frame, ellipsoid((0, 8), 5, 9), (-8, -4, 8, 20), mu=MU_CANCELLOUS * 1.5)
     spine = frame @ affine(rot_deg=p.lumbar_tilt, tx=0, ty=-116)
@@ -317,10 +324,12 @@ def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
         w = 26 - 1.5 * i
         body = smooth_polygon([(-w, top - 30), (w, top - 30), (w + 2, top - 2), (-w - 2, top - 2)],
                               2)
-        m = canvas.polygon_mask(spine, body)
-        d = canvas.inside_depth(m)
-        canvas.layers["bone"] += (MU_CANCELLOUS * 14 * smoothstep(0, 2, d)
-                                  + MU_CORTEX * 1.6 * np.exp(-d / 1.0) * m)
+        vreg = canvas.region(spine, body)
+        if vreg is not None:
+            m = vreg.mask(spine, body)
+            d = canvas.inside_depth(m)
+            vreg.add("bone", MU_CANCELLOUS * 14 * smoothstep(0, 2, d)
+                     + MU_CORTEX * 1.6 * np.exp(-d / 1.0) * m)
         for sx in (-1, 1):
             ped = shell((sx * (w - 8), top - 20), 6.5, 4.5)
             canvas.add("bone", spine, ped, (sx * (w - 8) - 8, top - 30, sx * (w - 8) + 8, top - 10),
@@ -335,12 +344,14 @@ def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
 def add_plate_bone(canvas: Canvas, frame: Array, pts: Array, thickness: float,
                    rng: np.random.Generator) -> None:
     """Flat bone outline with a cortical rim (pelvic bones of the lateral view)."""
-    mask = canvas.polygon_mask(frame, pts)
+    reg = canvas.region(frame, pts)
+    if reg is None:
+        return
+    mask = reg.mask(frame, pts)
     depth = canvas.inside_depth(mask)
-    tex = band_noise(rng, canvas.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
-    canvas.layers["bone"] += 2.0 * (
-        MU_CANCELLOUS * thickness * smoothstep(0, 4, depth) * (1 + 0.12 * tex)
-        + MU_CORTEX * 2.0 * np.exp(-depth / 1.4) * mask)
+    tex = band_noise(rng, mask.shape, 0.6 / canvas.pixel_mm, 2.5 / canvas.pixel_mm)
+    reg.add("bone", 2.0 * (MU_CANCELLOUS * thickness * smoothstep(0, 4, depth) * (1 + 0.12 * tex)
+                           + MU_CORTEX * 2.0 * np.exp(-depth / 1.4) * mask))
 
 
 def jittered_ellipse(c: Point, a: float, b: float, angle: float, rng: np.random.Generator

@@ -82,12 +82,17 @@ class Canvas:
         if x.size:
             self.layers[layer][sl] += mu * field(x, y)
 
+    def region(self, frame: Array, pts: Sequence[Point] | Array, pad_mm: float = 6.0
+               ) -> Region | None:
+        """The part of the canvas around a local-mm outline (None when it is off-canvas)."""
+        r0, r1, c0, c1 = self._window(frame, bbox_of(pts, pad_mm))
+        if r1 <= r0 or c1 <= c0:
+            return None
+        return Region(self, (slice(r0, r1), slice(c0, c1)))
+
     def polygon_mask(self, frame: Array, pts: Sequence[Point] | Array) -> Array:
-        """Boolean mask of a polygon given in local mm."""
-        pix = apply(self.s2p @ frame, pts)
-        img = Image.new("L", (self.shape[1], self.shape[0]), 0)
-        ImageDraw.Draw(img).polygon([tuple(p) for p in pix], fill=1)
-        return np.asarray(img, dtype=bool)
+        """Boolean mask (whole canvas) of a polygon given in local mm."""
+        return Region(self, (slice(0, self.shape[0]), slice(0, self.shape[1]))).mask(frame, pts)
 
     def inside_depth(self, mask: Array) -> Array:
         """Distance (mm) from each pixel inside mask to the mask's edge."""
@@ -96,6 +101,34 @@ class Canvas:
     @property
     def total(self) -> Array:
         return self.layers["soft"] + self.layers["bone"] + self.layers["metal"]
+
+
+class Region:
+    """A rectangular window of a canvas, for the outline-based (rasterised) objects."""
+
+    def __init__(self, canvas: Canvas, sl: tuple[slice, slice]) -> None:
+        self.canvas = canvas
+        self.sl = sl
+        self.shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+
+    def mask(self, frame: Array, pts: Sequence[Point] | Array) -> Array:
+        """Boolean mask of a polygon (local mm) inside the window."""
+        pix = apply(self.canvas.s2p @ frame, pts) - [self.sl[1].start, self.sl[0].start]
+        img = Image.new("L", (self.shape[1], self.shape[0]), 0)
+        ImageDraw.Draw(img).polygon([tuple(p) for p in pix], fill=1)
+        return np.asarray(img, dtype=bool)
+
+    def local(self, frame: Array) -> tuple[Array, Array]:
+        """Local coordinates (mm) of the window's pixels."""
+        m = np.linalg.inv(frame) @ self.canvas.p2s
+        cc = np.arange(self.sl[1].start, self.sl[1].stop, dtype=np.float32)[None, :]
+        rr = np.arange(self.sl[0].start, self.sl[0].stop, dtype=np.float32)[:, None]
+        x = m[0, 0] * cc + m[0, 1] * rr + m[0, 2]
+        y = m[1, 0] * cc + m[1, 1] * rr + m[1, 2]
+        return x.astype(np.float32), y.astype(np.float32)
+
+    def add(self, layer: str, values: Array) -> None:
+        self.canvas.layers[layer][self.sl] += values
 
 
 # ---- projected thickness of simple solids (mm of path length) -------------------------

@@ -63,12 +63,13 @@ def _pt(a: Array) -> Point:
 
 
 def _add_metal_polygon(canvas: Canvas, frame: Array, pts, thickness: float,
-                       mu: float = MU_METAL, layer: str = "metal") -> Array:
+                       mu: float = MU_METAL, layer: str = "metal") -> None:
     """A flat implant outline; projected thickness rounds off over 1.5 mm at its edge."""
-    mask = canvas.polygon_mask(frame, pts)
-    depth = canvas.inside_depth(mask)
-    canvas.layers[layer] += mu * thickness * smoothstep(0, 1.5, depth)
-    return mask
+    reg = canvas.region(frame, pts)
+    if reg is None:
+        return
+    depth = canvas.inside_depth(reg.mask(frame, pts))
+    reg.add(layer, mu * thickness * smoothstep(0, 1.5, depth))
 
 
 def add_stem(canvas: Canvas, frame: Array, f: FemurShape, rng: np.random.Generator, *,
@@ -92,10 +93,12 @@ def add_stem(canvas: Canvas, frame: Array, f: FemurShape, rng: np.random.Generat
     ]
     outline = smooth_polygon([_pt(p) for p in outline], 2)
     if cemented:
-        mantle = canvas.polygon_mask(frame, outline)
-        grown = ndimage.binary_dilation(mantle, iterations=max(1, int(3.0 / canvas.pixel_mm)))
-        d = canvas.inside_depth(grown)
-        canvas.layers["metal"] += MU_CEMENT * 24 * smoothstep(0, 2.0, d) * (1 + 0.1 * np.cos(d))
+        reg = canvas.region(frame, outline, pad_mm=10)
+        if reg is not None:
+            grown = ndimage.binary_dilation(reg.mask(frame, outline),
+                                            iterations=max(1, int(3.0 / canvas.pixel_mm)))
+            d = canvas.inside_depth(grown)
+            reg.add("metal", MU_CEMENT * 24 * smoothstep(0, 2.0, d) * (1 + 0.1 * np.cos(d)))
         plug = sp(length + rng.uniform(12, 25))
         canvas.add("metal", frame, ellipsoid(_pt(plug), 7, 5, f.shaft_tilt_deg),
                    bbox_of([plug], 10), mu=MU_CEMENT * 1.5)
