@@ -170,6 +170,8 @@ class PipelineConfig(_Strict):
     """Empty: fractures and dislocations at probability >= 0.5 are HIGH (report/triage.py)."""
     default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
     heatmaps: bool = True
+    modalities: list[str] = ["CR", "DX"]
+    """Modalities the model accepts; others are refused with a reason (add RG/OT to opt in)."""
 
 
 class LoggingConfig(_Strict):

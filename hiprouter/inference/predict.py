@@ -81,7 +81,8 @@ class HardwareClassifier:
         """From a `PipelineConfig` (models, device, runtime, batch_size, heatmaps)."""
         return cls.from_dirs(pipeline_cfg.models, pipeline_cfg.device, pipeline_cfg.runtime,
                              batch_size=pipeline_cfg.batch_size,
-                             heatmaps=pipeline_cfg.heatmaps)
+                             heatmaps=pipeline_cfg.heatmaps,
+                             modalities=getattr(pipeline_cfg, "modalities", RADIOGRAPH_MODALITIES))
 
     @property
     def info(self) -> ModelInfo:

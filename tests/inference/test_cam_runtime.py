@@ -103,3 +103,17 @@ def test_letterbox_round_trip(shape: tuple[int, int]) -> None:
     assert back.shape == shape
     assert np.abs(back - img).mean() < 0.3
     assert normalise(boxed).dtype == np.float32
+
+
+def test_from_config_modalities_opt_in(tiny_model_dir) -> None:
+    from hiprouter.config import PipelineConfig
+
+    ot = make_radiograph(blob_image((64, 64), (32, 32), 6), modality="OT",
+                         SeriesDescription="HIP RIGHT")
+    strict = HardwareClassifier.from_config(PipelineConfig(models=[tiny_model_dir]))
+    assert "modality OT" in strict.predict_study([ot], "s").refused[ot.SOPInstanceUID]
+    opted = HardwareClassifier.from_config(
+        PipelineConfig(models=[tiny_model_dir], modalities=["CR", "DX", "OT"], heatmaps=False))
+    result = opted.predict_study([ot], "s")
+    assert not result.refused and [h.laterality for h in result.hips] == ["R"]
+    assert result.heatmaps == []
