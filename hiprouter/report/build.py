@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from hiprouter.config import PipelineConfig
 from hiprouter.inference.results import StudyResult
+from hiprouter.report.header import source_header
 from hiprouter.report.kos import build_kos
 from hiprouter.report.sc import build_sc
 from hiprouter.report.sr import build_sr
@@ -74,6 +75,12 @@ def _used_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Datas
     return [by_uid[uid] for uid in wanted]
 
 
+def series_laterality(sources: Sequence[Dataset]) -> str:
+    """R or L when every source shows that side (Laterality or Image Laterality), else ""."""
+    sides = {str(ds.get("Laterality") or ds.get("ImageLaterality") or "") for ds in sources}
+    return sides.pop() if len(sides) == 1 and sides <= {"R", "L"} else ""
+
+
 def _tracking_uids(result: StudyResult, key: str) -> list[str]:
     seen: Counter[str] = Counter()
     uids = []
@@ -94,7 +101,7 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
     """
     if not result.hips:
         raise NothingToReport(f"study {result.study_uid}: no hip result to report")
-    used = _used_sources(result, sources)
+    used = [source_header(ds) for ds in _used_sources(result, sources)]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in used}
     key = model_key(result)
 
@@ -106,16 +113,14 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
     sr = build_sr(result, used, text, series_uid=uid("sr-series"), sop_uid=uid("sr-instance"),
                   tracking_uids=_tracking_uids(result, key))
     scs = []
-    if pipeline_cfg.heatmaps:
-        for heat in result.heatmaps:
-            source = by_uid.get(heat.sop_instance_uid)
-            if source is None:  # refused image
-                continue
-            hips = [h for h in result.hips if heat.sop_instance_uid in h.source_sop_uids]
-            scs.append(build_sc(heat, hips, result.model, source,
-                                series_uid=uid("sc-series"),
-                                sop_uid=uid("sc-instance", heat.sop_instance_uid),
-                                instance_number=len(scs) + 1))
+    heats = [h for h in result.heatmaps if h.sop_instance_uid in by_uid] * pipeline_cfg.heatmaps
+    laterality = series_laterality([by_uid[h.sop_instance_uid] for h in heats])
+    for heat in heats:
+        hips = [h for h in result.hips if heat.sop_instance_uid in h.source_sop_uids]
+        scs.append(build_sc(heat, hips, result.model, by_uid[heat.sop_instance_uid],
+                            series_uid=uid("sc-series"),
+                            sop_uid=uid("sc-instance", heat.sop_instance_uid),
+                            instance_number=len(scs) + 1, series_laterality=laterality))
     flag = triage(result, pipeline_cfg)
     kos = build_kos(used, [sr, *scs], result.model, flag.level, flag.reason,
                     series_uid=uid("ko-series"), sop_uid=uid("ko-instance"))

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from hiprouter.inference.classes import class_by_key
 from hiprouter.inference.results import HipResult, ImageHeatmap, ModelInfo
+from hiprouter.report.header import paired_body_part
 from hiprouter.report.sr import algorithm_equipment_for
 
 SC_SERIES_NUMBER = 9902
@@ -122,8 +123,14 @@ def _orientation(source: Dataset) -> tuple[str, str] | None:
 
 def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, source: Dataset,
              *, series_uid: str, sop_uid: str, instance_number: int,
-             series_description: str = SC_SERIES_DESCRIPTION) -> hd.sc.SCImage:
-    """The Secondary Capture of one radiograph, in the source's study."""
+             series_description: str = SC_SERIES_DESCRIPTION,
+             series_laterality: str = "") -> hd.sc.SCImage:
+    """The Secondary Capture of one radiograph, in the source's study.
+
+    ``source`` should be a `header.source_header`; ``series_laterality`` (R, L or "" for
+    unknown) is written unless the body part is a known unpaired one, as the General Series
+    module requires.
+    """
     if str(source.SOPInstanceUID) != heat.sop_instance_uid:
         raise ValueError("build_sc: heat map and source radiograph differ")
     pixels = render_overlay(heat, hips, model, source)
@@ -164,4 +171,6 @@ def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, so
     sc.SourceImageSequence = [item]
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
+    if paired_body_part(source):
+        sc.Laterality = series_laterality if series_laterality in ("R", "L") else None
     return sc

@@ -1,0 +1,78 @@
+"""Source headers: real-world defects in the source must not break or invalidate the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hiprouter.config import PipelineConfig
+from hiprouter.report.build import build_outputs, write_bundle
+from hiprouter.report.header import paired_body_part, source_header
+from tests.report.inputs import make_study
+from tests.report.test_build import validate
+
+
+def test_missing_and_invalid_patient_study_attributes() -> None:
+    _, (ds,) = make_study()
+    del ds.PatientID, ds.PatientBirthDate, ds.StudyID
+    ds.StudyDate = "d14a028c2a3a2bc9476102bb288234c4"  # seen in the wild
+    ds.AccessionNumber = "A" * 56  # SH allows 16
+    ds.AcquisitionDate = "not a date"  # Type 3: dropped
+    header = source_header(ds)
+    for keyword in ("PatientID", "PatientBirthDate", "StudyID", "StudyDate", "AccessionNumber"):
+        assert keyword in header and header[keyword].value in (None, ""), keyword
+    assert "AcquisitionDate" not in header
+    assert "PixelData" not in header
+    assert header.SOPInstanceUID == ds.SOPInstanceUID
+    assert str(header.PatientName) == "Müller^Anna"
+    assert ds.AccessionNumber == "A" * 56  # the source is not changed
+
+
+def test_outputs_from_a_defective_source_are_valid(tmp_path: Path) -> None:
+    result, sources = make_study(right=("femoral_neck_fracture", 0.8))
+    ds = sources[0]
+    del ds.PatientID, ds.PatientSex, ds.ReferringPhysicianName
+    ds.StudyDate = "2026-11-20"  # not DA
+    ds.AccessionNumber = "ACC-" + "9" * 30
+    ds.add_new(0x60003000, "OW", b"\x00" * (ds.Rows * ds.Columns // 8))  # an overlay
+    bundle = build_outputs(result, sources, PipelineConfig())
+    assert bundle.sr.AccessionNumber in (None, "") and bundle.sr.PatientID in (None, "")
+    validate(write_bundle(bundle, tmp_path))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")
+@pytest.mark.parametrize(("body_part", "paired"), [
+    ("HIP", True), ("PELVIS", False), ("pelvis", False), ("CHEST", False), ("KNEE", True),
+    ("HUEFTE", True), ("", True), (None, True),
+])
+def test_paired_body_part(body_part: str | None, paired: bool) -> None:
+    _, (ds,) = make_study()
+    if body_part is None:
+        del ds.BodyPartExamined
+    else:
+        ds.BodyPartExamined = body_part
+    assert paired_body_part(ds) is paired
+
+
+@pytest.mark.parametrize(("body_part", "image_laterality", "expected"), [
+    ("HIP", "R", "R"),  # single-hip view of the right hip
+    ("HIP", "U", ""),  # paired body part, side unknown: present and empty
+    ("PELVIS", "U", None),  # unpaired: absent
+    (None, "L", "L"),  # no body part: counted as paired
+])
+def test_sc_series_laterality(tmp_path: Path, body_part: str | None, image_laterality: str,
+                              expected: str | None) -> None:
+    result, sources = make_study(right=("tha", 0.9), left=None)
+    if body_part is None:
+        del sources[0].BodyPartExamined
+    else:
+        sources[0].BodyPartExamined = body_part
+    sources[0].ImageLaterality = image_laterality
+    bundle = build_outputs(result, sources, PipelineConfig())
+    (sc,) = bundle.scs
+    if expected is None:
+        assert "Laterality" not in sc
+    else:
+        assert (sc.Laterality or "") == expected
+    validate(write_bundle(bundle, tmp_path))
