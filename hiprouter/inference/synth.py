@@ -272,8 +272,8 @@ def _make_image(rng: np.random.Generator, patient: Patient, header: StudyHeader,
         margin = max(2, round(max(acq.collimation) * max(work)) + round(rng.uniform(4, 20)))
         mask, box_work = marker_mask(work, letter, corner, size_px, margin, rng.random() < 0.6)
         marker = (mask, 30.0)
-    stored, display = form_image(scene.attenuation, scene.implant, scene.pixel_mm, out_shape,
-                                 acq, rng, marker)
+    stored, display = form_image(scene.attenuation, scene.implant + scene.foreign,
+                                 scene.pixel_mm, out_shape, acq, rng, marker)
     maxval = 2**acq.bits_stored - 1
     mod = modality or str(rng.choice(["CR", "DX"]))
     if mod not in ("CR", "DX"):
@@ -285,8 +285,7 @@ def _make_image(rng: np.random.Generator, patient: Patient, header: StudyHeader,
         sop_uid=det_uid(seed, index, number, "image"), series_number=number, modality=mod,
         view_position=_view_position(view, side), series_description=_series_text(
             rng, view, side, lang), body_part=_body_part(rng, view),
-        laterality=_laterality(rng, view, side, mod), patient_orientation=(
-            ("F", "P") if view == "cross_table_lateral" else ("L", "F")),
+        laterality=_laterality(rng, view, side, mod), patient_orientation=scene.orientation,
         pixel_spacing_mm=fov[0] / out_shape[1], kvp=rng.uniform(65, 90),
         exposure_mas=rng.uniform(8, 40),
         window=window if (mod == "DX" or rng.random() < 0.7) else None,

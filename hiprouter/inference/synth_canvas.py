@@ -19,7 +19,8 @@ Array = np.ndarray
 Point = tuple[float, float]
 Field = Callable[[Array, Array], Array]
 
-LAYERS = ("soft", "bone", "metal")
+LAYERS = ("soft", "bone", "metal", "foreign")
+"""Implants are in "metal"; unrelated radiodense objects (clothing, clips) in "foreign"."""
 
 
 def affine(
@@ -100,7 +101,7 @@ class Canvas:
 
     @property
     def total(self) -> Array:
-        return self.layers["soft"] + self.layers["bone"] + self.layers["metal"]
+        return sum((self.layers[k] for k in LAYERS[1:]), self.layers["soft"].copy())
 
 
 class Region:

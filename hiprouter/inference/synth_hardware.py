@@ -413,3 +413,48 @@ def add_hip_hardware(canvas: Canvas, hardware: str, femur_frame: Array, hemi: Ar
         add_cement_spacer(canvas, femur_frame, hemi, f, rng)
     else:
         raise ValueError(f"unknown hardware class {hardware!r}")
+
+
+def add_foreign_bodies(canvas: Canvas, frame: Array, region: tuple[float, float, float, float],
+                       rng: np.random.Generator) -> None:
+    """Objects unrelated to the hip labels: clothing snaps, zips, surgical clips, monitoring
+    leads (layer "foreign"), phleboliths and vascular calcification (layer "bone")."""
+    x0, y0, x1, y1 = region
+
+    def anywhere() -> Point:
+        return (float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1)))
+
+    if rng.random() < 0.12:
+        for _ in range(int(rng.integers(1, 5))):
+            c, r = anywhere(), float(rng.uniform(4, 9))
+            canvas.add("foreign", frame, shell(c, r, r * 0.6), bbox_of([c], r + 2), mu=MU_METAL)
+    if rng.random() < 0.06:
+        top = anywhere()
+        teeth = [(top[0] + rng.normal(0, 0.3), top[1] + 3.0 * k) for k in range(25, 55)]
+        for t in teeth[: int(rng.integers(10, 30))]:
+            canvas.add("foreign", frame, strip([(t[0] - 2.5, t[1]), (t[0] + 2.5, t[1])], 0.8),
+                       bbox_of([t], 5), mu=MU_METAL * 3)
+    if rng.random() < 0.06:
+        for _ in range(int(rng.integers(1, 6))):
+            c = anywhere()
+            a = rng.uniform(0, np.pi)
+            d = np.array([np.cos(a), np.sin(a)]) * rng.uniform(3, 5)
+            pts = [(c[0] - d[0], c[1] - d[1]), (c[0] + d[0], c[1] + d[1])]
+            canvas.add("foreign", frame, line(pts, 0.6), bbox_of(pts, 3), mu=MU_METAL * 4)
+    if rng.random() < 0.05:
+        c = np.array(anywhere())
+        pts, heading = [], rng.uniform(0, 2 * np.pi)
+        for _ in range(40):
+            pts.append((float(c[0]), float(c[1])))
+            heading += rng.normal(0, 0.12)
+            c = c + 6.0 * np.array([np.cos(heading), np.sin(heading)])
+        canvas.add("foreign", frame, line(pts, 0.7), bbox_of(pts, 3), mu=MU_METAL * 2)
+        canvas.add("foreign", frame, shell(pts[0], 9, 7), bbox_of(pts[:1], 11), mu=MU_METAL)
+    if rng.random() < 0.3:
+        for _ in range(int(rng.integers(1, 8))):
+            c, r = anywhere(), float(rng.uniform(1.5, 3.5))
+            canvas.add("bone", frame, shell(c, r, r * 0.5), bbox_of([c], r + 1), mu=0.08)
+    if rng.random() < 0.15:
+        c = np.array(anywhere())
+        pts = [(float(c[0] + rng.normal(0, 2)), float(c[1] + 8 * k)) for k in range(10)]
+        canvas.add("bone", frame, line(pts, 0.8), bbox_of(pts, 3), mu=0.12)

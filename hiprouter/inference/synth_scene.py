@@ -40,6 +40,7 @@ from hiprouter.inference.synth_canvas import (
 from hiprouter.inference.synth_hardware import (
     ARTHROPLASTY,
     ViewGeometry,
+    add_foreign_bodies,
     add_hip_hardware,
     resection_cut,
 )
@@ -130,6 +131,10 @@ class ViewScene:
     """For AP projections: True when the patient's right is on the image left."""
     hip_centres: dict[str, tuple[float, float]]
     """Working-resolution (column, row) of the visible femoral heads."""
+    foreign: Array
+    """Attenuation of radiodense objects that are not implants (clothing, clips)."""
+    orientation: tuple[str, str]
+    """PatientOrientation: directions of the rows and of the columns."""
 
 
 def _femur_pose(view: str, side: str, index_side: str | None, f: FemurShape,
@@ -195,7 +200,9 @@ def render_view(patient: Patient, view: str, side: str | None, shape: tuple[int,
         c = apply(canvas.s2p @ femur_frames[s], [(0, 0)])[0]
         if 0 <= c[0] < cols and 0 <= c[1] < rows:
             centres[s] = (float(c[0]), float(c[1]))
-    return ViewScene(canvas.total, canvas.layers["metal"].copy(), px, True, centres)
+    add_foreign_bodies(canvas, pelvis_frame, (-150, -150, 150, 150), rng)
+    return ViewScene(canvas.total, canvas.layers["metal"].copy(), px, True, centres,
+                     canvas.layers["foreign"].copy(), ("L", "F"))
 
 
 def _add_hip(canvas: Canvas, patient: Patient, s: str, f: FemurShape, frame: Array,
@@ -217,8 +224,9 @@ def _render_cross_table(patient: Patient, side: str, shape: tuple[int, int],
     k = patient.scale
     centre = (rng.uniform(40, 90), rng.normal(0, 15))
     tilt = rng.normal(-8, 6)
+    mirror = bool(rng.random() < 0.5)  # femoral shaft towards the image left or right
     pixel_to_scene = (affine(tx=centre[0], ty=centre[1]) @ affine(rot_deg=rng.normal(0, 3),
-                                                                  scale=px)
+                                                                  scale=px, mirror_x=mirror)
                       @ affine(tx=-cols / 2, ty=-rows / 2))
     canvas = Canvas(shape, pixel_to_scene)
     f0 = patient.femur[side]
@@ -251,6 +259,8 @@ def _render_cross_table(patient: Patient, side: str, shape: tuple[int, int],
     texture = band_noise(rng, (256, 256), 0.7, 2.5)
     _add_hip(canvas, patient, side, f, femur_frame, hemi,
              ViewGeometry(face=1.0, cup_opening_deg=rng.uniform(-35, -10)), texture)
+    add_foreign_bodies(canvas, scene, (-150, -120, 150, 120), rng)
     c = apply(canvas.s2p @ femur_frame, [(0, 0)])[0]
     return ViewScene(canvas.total, canvas.layers["metal"].copy(), px, None,
-                     {side: (float(c[0]), float(c[1]))})
+                     {side: (float(c[0]), float(c[1]))}, canvas.layers["foreign"].copy(),
+                     ("H" if mirror else "F", "P"))

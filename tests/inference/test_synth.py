@@ -201,3 +201,52 @@ def test_cli_writes_studies_and_prints_counts(tmp_path: Path) -> None:
     assert len(rows) == 4 and {r["view"] for r in rows} == {"ap_pelvis"}
     bad = runner.invoke(main, ["synth", str(tmp_path / "x"), "--classes", "tha,foo"])
     assert bad.exit_code == 2 and "foo" in bad.output
+
+
+@pytest.mark.parametrize("fracture", ["femoral_neck_fracture", "intertrochanteric_fracture"])
+def test_fracture_is_drawn_at_the_labelled_hip(fracture: str) -> None:
+    kwargs = dict(views=("ap_pelvis",), hardware={"R": "no_hardware", "L": "no_hardware"},
+                  photometric="MONOCHROME2", size=SMALL)
+    intact = make_study(60, 1, fracture={"R": "none", "L": "none"}, **kwargs).images[0]
+    broken = make_study(60, 1, fracture={"R": "none", "L": fracture}, **kwargs).images[0]
+    assert [r["fracture"] for r in broken.labels] == ["none", fracture]
+    diff = np.abs(broken.display - intact.display)
+    rows, cols = np.nonzero(diff > 0.15)
+    assert rows.size > 20
+    left = next(r for r in broken.labels if r["laterality"] == "L")
+    # the changed pixels are on the left femur (image right), starting near its head
+    assert (cols > broken.display.shape[1] / 2).mean() > 0.9
+    dist = np.hypot(cols - float(left["hip_x"]), rows - float(left["hip_y"]))
+    assert dist.min() < 0.2 * broken.display.shape[1]  # within ~80 mm of the head centre
+
+
+def test_tha_dislocation_moves_the_head_out_of_the_cup() -> None:
+    kwargs = dict(views=("ap_hip",), side="R", hardware={"R": "tha", "L": "no_hardware"},
+                  photometric="MONOCHROME2", size=SMALL)
+    seated = make_study(61, 0, dislocation={"R": False}, **kwargs).images[0]
+    out = make_study(61, 0, dislocation={"R": True}, **kwargs).images[0]
+    assert [r["dislocation"] for r in out.labels] == [1]
+    assert [r["dislocation"] for r in seated.labels] == [0]
+    moved = float(np.hypot(float(out.labels[0]["hip_x"]) - float(seated.labels[0]["hip_x"]),
+                           float(out.labels[0]["hip_y"]) - float(seated.labels[0]["hip_y"])))
+    assert moved > 0.04 * seated.display.shape[0]
+    assert (out.implant_mask() != seated.implant_mask()).sum() > 100
+
+
+def test_lateral_views_have_lateral_headers() -> None:
+    orientations = set()
+    for i in range(6):
+        study = make_study(62, i, views=("frog_leg", "cross_table_lateral"), side="L",
+                           modality="DX", size=SMALL)
+        frog, xtl = (img.dataset for img in study.images)
+        assert frog.ViewPosition == "AP" and frog.PatientOrientation == ["L", "F"]
+        assert xtl.ViewPosition == "LL"
+        # laterality in the header, or (like some sites) only in the description
+        assert xtl.ImageLaterality == "L" or (
+            xtl.ImageLaterality == "U"
+            and any(w in xtl.SeriesDescription for w in ("LEFT", "LINKS", "GAUCHE")))
+        assert xtl.ViewCodeSequence[0].CodeMeaning == "left lateral"
+        orientations.add(tuple(xtl.PatientOrientation))
+        assert all(r["laterality"] == "L" and len(img.labels) == 1
+                   for img in study.images for r in img.labels)
+    assert orientations == {("F", "P"), ("H", "P")}
