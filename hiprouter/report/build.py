@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ from hiprouter.report.sr import build_sr
 from hiprouter.report.text import ReportText, render_report_text
 from hiprouter.report.triage import triage
 from hiprouter.report.uids import output_uid
+
+# highdicom warns about single-component person names (legal in DICOM, common in real data)
+# and quotes the name in the message; patient names must never reach stderr or the logs.
+warnings.filterwarnings(
+    "ignore", message=r'The string ".*" is unlikely to represent the intended person name',
+    category=UserWarning)
 
 
 class NothingToReport(ValueError):
