@@ -93,11 +93,12 @@ class GuardedDUL(DULServiceProvider):
         if sock is None:
             self.event_queue.put("Evt17")
             return
+        header = bytearray(6)
         try:
-            header = _recv_exact(sock, 6, self.limits.read_timeout_s)
+            complete = _recv_into(sock, memoryview(header), self.limits.read_timeout_s)
         except OSError:
-            header = None
-        if header is None:
+            complete = False
+        if not complete:
             self._connection_lost()
             return
         pdu_type, _, length = _HEADER.unpack(header)
@@ -108,31 +109,38 @@ class GuardedDUL(DULServiceProvider):
         if length > limit:
             self._refuse(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
             return
+        pdu_bytes = bytearray(6 + length)
+        pdu_bytes[:6] = header
         try:
-            body = _recv_exact(sock, length, self.limits.read_timeout_s)
+            complete = _recv_into(sock, memoryview(pdu_bytes)[6:], self.limits.read_timeout_s)
         except OSError:
-            body = None
-        if body is None:
+            complete = False
+        if not complete:
             self._connection_lost()
             return
         if pdu_type == P_DATA_TF:
-            body = self._bound_pdata(body)
-            if body is None:
+            bounded = self._bound_pdata(memoryview(pdu_bytes)[6:])
+            if bounded is None:
                 return
+            if bounded is not True:
+                pdu_bytes = header + bounded
         elif pdu_type == 0x01:
             self._request_read = True
         try:
-            pdu, event = self._decode_pdu(header + body)
+            pdu, event = self._decode_pdu(pdu_bytes)
         except Exception:
             self.event_queue.put("Evt19")
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
 
-    def _bound_pdata(self, body: bytes) -> bytes | None:
-        """Count data-set bytes per message; drop fragments beyond the limit."""
+    def _bound_pdata(self, view: memoryview) -> bytes | bool | None:
+        """Count data-set bytes per message; drop fragments beyond the limit.
+
+        Returns True to keep the PDU as read, replacement bytes for the PDU body, or None
+        when the association was aborted.
+        """
         items: list[tuple[int, int, memoryview]] = []
-        view = memoryview(body)
         offset, dropped = 0, False
         while offset + 6 <= len(view):
             item_len, context_id, control = _PDV_HEADER.unpack_from(view, offset)
@@ -157,7 +165,7 @@ class GuardedDUL(DULServiceProvider):
                     data, dropped = view[0:0], True
             items.append((context_id, control, data))
         if not dropped:
-            return body
+            return True
         out = bytearray()
         for context_id, control, data in items:
             out += _PDV_HEADER.pack(len(data) + 2, context_id, control)
@@ -199,13 +207,12 @@ class GuardedDUL(DULServiceProvider):
         self._abandon(0x06)
 
 
-def _recv_exact(sock: socket.socket, length: int, timeout_s: float) -> bytes | None:
-    """Read exactly `length` bytes, or None if the peer closed the connection first.
+def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
+    """Fill `view` from the socket; False if the peer closed the connection first.
 
     Raises TimeoutError when the whole read takes longer than `timeout_s`.
     """
-    buf = bytearray(length)
-    view = memoryview(buf)
+    length = len(view)
     got = 0
     deadline = time.monotonic() + timeout_s
     while got < length:
@@ -213,9 +220,9 @@ def _recv_exact(sock: socket.socket, length: int, timeout_s: float) -> bytes | N
             raise TimeoutError(f"reading a {length}-byte PDU took longer than {timeout_s} s")
         n = sock.recv_into(view[got:], length - got)
         if n == 0:
-            return None
+            return False
         got += n
-    return bytes(buf)
+    return True
 
 
 def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:

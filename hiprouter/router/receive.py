@@ -21,13 +21,13 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
 from hiprouter.config import Settings
-from hiprouter.db import utcnow, write_transaction
+from hiprouter.db import utcnow
 from hiprouter.logs import get_logger
 from hiprouter.router.pdu_guard import Limits, guarded_request_handler
 from hiprouter.router.spool import Spool
@@ -142,6 +142,7 @@ class StorageSCP:
     ) -> None:
         self.settings = settings
         self.factory = factory
+        self.engine = factory.kw["bind"]
         self.spool = spool
         self.allow = AllowList(settings)
         self.server: ThreadedAssociationServer | None = None
@@ -408,34 +409,39 @@ class StorageSCP:
 
     def _record(self, event: Any, state: AssociationState, ids: Identifiers,
                 spooled: Any) -> None:
+        """Insert the instance and count it for its study, in one committed transaction.
+
+        Core statements on a plain connection: the ORM unit of work cost more than the
+        SQL itself on this hot path.
+        """
         now = utcnow()
-        with write_transaction(self.factory) as session:
-            session.add(Instance(
-                sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
-                study_uid=ids.study_uid, series_uid=ids.series_uid,
-                transfer_syntax=str(event.context.transfer_syntax),
-                size=spooled.size, sha256=spooled.sha256, spool_path=str(spooled.path),
-                received_at=now, association_id=state.row_id,
-                calling_ae=state.calling_ae[:16] or None, duplicates=0, state="stored",
-            ))
-            session.flush()
-            note_instance(session, ids.study_uid, state.calling_ae[:16] or None, now)
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
+            with conn.begin():
+                conn.execute(insert(Instance).values(
+                    sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
+                    study_uid=ids.study_uid, series_uid=ids.series_uid,
+                    transfer_syntax=str(event.context.transfer_syntax),
+                    size=spooled.size, sha256=spooled.sha256, spool_path=str(spooled.path),
+                    received_at=now, association_id=state.row_id,
+                    calling_ae=state.calling_ae[:16] or None, duplicates=0, state="stored",
+                ))
+                note_instance(conn, ids.study_uid, state.calling_ae[:16] or None, now)
 
     def _is_duplicate(self, sop_uid: str) -> bool:
         """If `sop_uid` is already stored, count the duplicate and return True."""
-        with self.factory() as session:
-            exists = session.scalar(
+        with self.engine.connect() as conn:
+            found = conn.execute(
                 select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
-            )
-        if exists is None:
+            ).scalar()
+            conn.rollback()
+        if found is None:
             return False
-        with write_transaction(self.factory) as session:
-            session.execute(
-                update(Instance)
-                .where(Instance.id == exists)
-                .values(duplicates=Instance.duplicates + 1)
-                .execution_options(synchronize_session=False)
-            )
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
+            with conn.begin():
+                conn.execute(
+                    update(Instance).where(Instance.id == found)
+                    .values(duplicates=Instance.duplicates + 1)
+                )
         log.info("duplicate instance", sop_instance_uid=sop_uid)
         return True
 

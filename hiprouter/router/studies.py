@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Connection, case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,36 +30,30 @@ CompletionCallback = Callable[[Session, Study], None]
 
 
 def note_instance(
-    session: Session, study_uid: str, calling_ae: str | None, at: datetime
+    session: Session | Connection, study_uid: str, calling_ae: str | None, at: datetime
 ) -> None:
     """Count one new instance for `study_uid` in the caller's transaction.
 
     Creates the study in state `receiving`, or moves a completed (routed, done, ...)
     study back to `receiving` with `episode + 1` so it is routed again later.
     """
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(Study)
-        .values(
-            study_uid=study_uid, state=RECEIVING, first_received_at=at, last_received_at=at,
-            instance_count=0, calling_ae=calling_ae, episode=1,
-        )
-        .on_conflict_do_nothing(index_elements=["study_uid"])
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(Study).values(
+        study_uid=study_uid, state=RECEIVING, first_received_at=at, last_received_at=at,
+        instance_count=1, calling_ae=calling_ae, episode=1,
     )
     reopened = Study.state != RECEIVING
-    session.execute(
-        update(Study)
-        .where(Study.study_uid == study_uid)
-        .values(
-            instance_count=Study.instance_count + 1,
-            last_received_at=at,
-            episode=case((reopened, Study.episode + 1), else_=Study.episode),
-            completed_at=case((reopened, None), else_=Study.completed_at),
-            state=RECEIVING,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(stmt.on_conflict_do_update(
+        index_elements=["study_uid"],
+        set_={
+            "instance_count": Study.instance_count + 1,
+            "last_received_at": stmt.excluded.last_received_at,
+            "episode": case((reopened, Study.episode + 1), else_=Study.episode),
+            "completed_at": case((reopened, None), else_=Study.completed_at),
+            "state": RECEIVING,
+        },
+    ))
 
 
 def sweep_complete_studies(
