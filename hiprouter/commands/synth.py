@@ -27,8 +27,10 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--size", nargs=2, type=click.IntRange(min=64), default=None,
               help="Range of the image's long side in pixels (default 1500 2500).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a PNG contact sheet: one AP pelvis per hardware class.")
 def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | None,
-          size: tuple[int, int] | None, quiet: bool) -> None:
+          size: tuple[int, int] | None, quiet: bool, preview: Path | None) -> None:
     """Generate synthetic studies in OUT with ground truth per hip in OUT/labels.csv.
 
     Synthetic images are for tests and demos only, not for clinical use.
@@ -71,6 +73,10 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
     table.add_row("tha_dislocation", str(dislocated))
     Console().print(table)
     click.echo(f"labels: {labels}")
+    if preview is not None:
+        from hiprouter.inference.synth_preview import write_example_sheet
+
+        click.echo(f"preview: {write_example_sheet(preview, seed)}")
 
 
 def register(group: click.Group) -> None:

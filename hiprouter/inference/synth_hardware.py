@@ -298,11 +298,13 @@ def add_im_nail(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
 
 def add_fixation_on_tha(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
                         stem_len: float, rng: np.random.Generator) -> None:
-    """Additional femoral fixation with a THA: cerclage wires/cables, a plate, or both."""
+    """Additional femoral fixation with a THA: cerclage wires/cables, a plate, or both.
+
+    It always starts within ~90 mm of the neck base, so AP pelvis views show it."""
     kind = rng.choice(["cerclage", "plate", "plate_cerclage", "trochanteric"])
     if kind in ("cerclage", "plate_cerclage"):
         for _ in range(int(rng.integers(2, 5))):
-            t = rng.uniform(10, stem_len + 30)
+            t = rng.uniform(5, min(stem_len + 30, 90))
             tilt = rng.normal(0, 0.15)
             a = f.shaft_point(t + f.shaft_r * tilt, f.shaft_r + 2)
             b = f.shaft_point(t - f.shaft_r * tilt, -f.shaft_r - 2)
@@ -312,7 +314,7 @@ def add_fixation_on_tha(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGe
             canvas.add("metal", frame, ellipsoid(_pt(a), 2.5, 2.0), bbox_of([_pt(a)], 4),
                        mu=MU_METAL)
     if kind in ("plate", "plate_cerclage"):
-        t0 = rng.uniform(stem_len * 0.3, stem_len * 0.8)
+        t0 = rng.uniform(-15, 45)
         face = geo.face
         lat = (1 - face) * (f.shaft_r + 2.8)
         half = 2.8 + face * 5.5
