@@ -120,7 +120,9 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
     sr = build_sr(result, used, text, series_uid=uid("sr-series"), sop_uid=uid("sr-instance"),
                   tracking_uids=_tracking_uids(result, key))
     scs = []
-    heats = [h for h in result.heatmaps if h.sop_instance_uid in by_uid] * pipeline_cfg.heatmaps
+    heats = [h for h in result.heatmaps if h.sop_instance_uid in by_uid]  # not refused ones
+    if not pipeline_cfg.heatmaps:
+        heats = []
     laterality = series_laterality([by_uid[h.sop_instance_uid] for h in heats])
     for heat in heats:
         hips = [h for h in result.hips if heat.sop_instance_uid in h.source_sop_uids]

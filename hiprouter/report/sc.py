@@ -51,7 +51,7 @@ def _fit(heat: ImageHeatmap) -> tuple[np.ndarray, np.ndarray]:
     if scale < 1.0:
         display = np.asarray(Image.fromarray(display).resize(size, Image.Resampling.LANCZOS))
     if heatmap.shape != display.shape:
-        heatmap = np.asarray(Image.fromarray(heatmap, mode="F").resize(
+        heatmap = np.asarray(Image.fromarray(heatmap).resize(
             size, Image.Resampling.BILINEAR))
     return display, heatmap
 
@@ -84,7 +84,7 @@ def render_overlay(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelIn
                    source: Dataset) -> np.ndarray:
     """The labelled RGB overlay of one radiograph."""
     display, heatmap = _fit(heat)
-    image = Image.fromarray(blend(display, heatmap), mode="RGB")
+    image = Image.fromarray(blend(display, heatmap))
     width, height = image.size
     font = ImageFont.load_default(size=max(10, min(width, height) // 28))
     draw = ImageDraw.Draw(image)
