@@ -26,11 +26,14 @@ def _split(value: str | None) -> list[str] | None:
               help="Comma-separated hardware classes to sample (equal weights); default all 9.")
 @click.option("--size", nargs=2, type=click.IntRange(min=64), default=None,
               help="Range of the image's long side in pixels (default 1500 2500).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes; the output does not depend on it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write a PNG contact sheet: one AP pelvis per hardware class.")
 def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | None,
-          size: tuple[int, int] | None, quiet: bool, preview: Path | None) -> None:
+          size: tuple[int, int] | None, workers: int, quiet: bool, preview: Path | None
+          ) -> None:
     """Generate synthetic studies in OUT with ground truth per hip in OUT/labels.csv.
 
     Synthetic images are for tests and demos only, not for clinical use.
@@ -54,7 +57,8 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
         raise click.BadParameter("MIN must not exceed MAX", param_hint="--size")
     try:
         labels = generate_dataset(out, studies, seed, progress=not quiet,
-                                  class_weights=weights, views=_split(views), size=size)
+                                  class_weights=weights, views=_split(views), size=size,
+                                  workers=workers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     with labels.open(newline="") as fh:

@@ -279,7 +279,11 @@ def _make_image(rng: np.random.Generator, patient: Patient, header: StudyHeader,
     if mod not in ("CR", "DX"):
         raise ValueError("modality must be CR or DX")
     lo, hi = float(stored.min()), float(stored.max())
-    window = ((lo + hi) / 2 + rng.normal(0, 0.03) * (hi - lo), (hi - lo) * rng.uniform(0.8, 1.1))
+    rescale = _rescale(rng, mod, acq.bits_stored)
+    slope, intercept = rescale or (1.0, 0.0)
+    centre = (lo + hi) / 2 + rng.normal(0, 0.03) * (hi - lo)
+    # the VOI window applies to modality values (after Rescale Slope/Intercept)
+    window = (centre * slope + intercept, (hi - lo) * slope * rng.uniform(0.8, 1.1))
     series = SeriesHeader(
         series_uid=det_uid(seed, index, number, "series"),
         sop_uid=det_uid(seed, index, number, "image"), series_number=number, modality=mod,
@@ -289,7 +293,7 @@ def _make_image(rng: np.random.Generator, patient: Patient, header: StudyHeader,
         pixel_spacing_mm=fov[0] / out_shape[1], kvp=rng.uniform(65, 90),
         exposure_mas=rng.uniform(8, 40),
         window=window if (mod == "DX" or rng.random() < 0.7) else None,
-        rescale=(1.0, 0.0) if (mod == "DX" or rng.random() < 0.4) else None,
+        rescale=rescale,
         acquisition_dt=datetime.strptime(header.study_date + header.study_time, "%Y%m%d%H%M%S")
         + timedelta(seconds=60 * number))
     ds = build_dataset(header, series, stored, acq.bits_stored, acq.photometric)
@@ -314,6 +318,20 @@ def _make_image(rng: np.random.Generator, patient: Patient, header: StudyHeader,
     del maxval
     return SynthImage(ds, view, labels, display, scene.implant, letter, box,  # type: ignore[arg-type]
                       scene.right_on_image_left)
+
+
+def _rescale(rng: np.random.Generator, modality: str, bits: int) -> tuple[float, float] | None:
+    """DX: identity (the standard requires it). CR: absent, identity, an offset or a gain."""
+    if modality == "DX":
+        return (1.0, 0.0)
+    u = rng.random()
+    if u < 0.5:
+        return None
+    if u < 0.8:
+        return (1.0, 0.0)
+    if u < 0.9:
+        return (1.0, -float(2 ** (bits - 1)))
+    return (2.0, 0.0)
 
 
 def _marker(rng: np.random.Generator, view: str, side: str, right_on_left: bool | None
@@ -352,31 +370,66 @@ def _laterality(rng: np.random.Generator, view: str, side: str, modality: str) -
     return side if rng.random() < 0.75 else None
 
 
+def write_study(out_dir: Path, seed: int, index: int, *,
+                class_weights: Mapping[str, float] | None = None,
+                views: Sequence[str] | None = None,
+                size: tuple[int, int] | None = None) -> list[dict[str, object]]:
+    """Write one study as out_dir/S<index>/IM<n>.dcm; returns its label rows."""
+    study = make_study(seed, index, class_weights=class_weights, views=views, size=size)
+    folder = Path(out_dir) / f"S{index:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+    for n, img in enumerate(study.images, start=1):
+        rel = f"{folder.name}/IM{n}.dcm"
+        img.dataset.save_as(folder / f"IM{n}.dcm", enforce_file_format=True)
+        rows.extend({"path": rel, **row} for row in img.labels)
+    return rows
+
+
+def _write_study_args(args: tuple) -> list[dict[str, object]]:
+    out_dir, seed, index, kwargs = args
+    return write_study(out_dir, seed, index, **kwargs)
+
+
 def generate_dataset(out_dir: Path, studies: int, seed: int, *, progress: bool = True,
                      class_weights: Mapping[str, float] | None = None,
                      views: Sequence[str] | None = None,
-                     size: tuple[int, int] | None = None) -> Path:
+                     size: tuple[int, int] | None = None, workers: int = 1) -> Path:
     """Write `studies` synthetic studies under out_dir and return the labels.csv path.
 
-    Files are out_dir/S<index>/IM<n>.dcm; labels.csv has one row per image and hip.
+    Files are out_dir/S<index>/IM<n>.dcm; labels.csv has one row per image and hip. The
+    output depends only on the arguments, not on `workers` (processes used).
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     if studies < 0:
         raise ValueError("studies must be >= 0")
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    _weights(class_weights)  # fail early on bad weights
+    if views is not None and any(v not in VIEWS for v in views):
+        raise ValueError(f"unknown views {list(views)}; choose from {VIEWS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels_path = out_dir / "labels.csv"
+    kwargs = {"class_weights": dict(class_weights) if class_weights else None,
+              "views": tuple(views) if views else None, "size": size}
+    jobs = [(out_dir, seed, i, kwargs) for i in range(studies)]
     with labels_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LABEL_FIELDS)
         writer.writeheader()
-        for i in tqdm(range(studies), disable=not progress, desc="synth", unit="study"):
-            study = make_study(seed, i, class_weights=class_weights, views=views, size=size)
-            folder = out_dir / f"S{i:06d}"
-            folder.mkdir(exist_ok=True)
-            for n, img in enumerate(study.images, start=1):
-                rel = f"{folder.name}/IM{n}.dcm"
-                img.dataset.save_as(out_dir / rel, enforce_file_format=True)
-                for row in img.labels:
-                    writer.writerow({"path": rel, **row})
+        bar = tqdm(total=studies, disable=not progress, desc="synth", unit="study")
+        if workers == 1:
+            results = map(_write_study_args, jobs)
+            for rows in results:
+                writer.writerows(rows)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for rows in pool.map(_write_study_args, jobs, chunksize=2):
+                    writer.writerows(rows)
+                    bar.update()
+        bar.close()
     return labels_path

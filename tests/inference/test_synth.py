@@ -88,6 +88,10 @@ def test_dataset_labels_match_files(tmp_path: Path) -> None:
         assert ds.PatientID.startswith("SYN")
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert ds.pixel_array.max() < 2**ds.BitsStored
+        if "WindowCenter" in ds:  # the window lies on the modality values
+            slope = float(ds.get("RescaleSlope", 1))
+            values = ds.pixel_array * slope + float(ds.get("RescaleIntercept", 0))
+            assert values.min() <= float(ds.WindowCenter) <= values.max()
         sides = sorted(r["laterality"] for r in hips)
         if hips[0]["view"] == "ap_pelvis":
             assert sides == ["L", "R"]
@@ -250,3 +254,13 @@ def test_lateral_views_have_lateral_headers() -> None:
         assert all(r["laterality"] == "L" and len(img.labels) == 1
                    for img in study.images for r in img.labels)
     assert orientations == {("F", "P"), ("H", "P")}
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path: Path) -> None:
+    one = generate_dataset(tmp_path / "one", 3, 77, progress=False, size=(200, 260))
+    two = generate_dataset(tmp_path / "two", 3, 77, progress=False, size=(200, 260), workers=2)
+    assert one.read_text() == two.read_text()
+    for f in sorted((tmp_path / "one").glob("S*/*.dcm")):
+        assert f.read_bytes() == (tmp_path / "two" / f.relative_to(tmp_path / "one")).read_bytes()
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(tmp_path / "x", 1, 1, workers=0)
