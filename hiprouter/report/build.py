@@ -8,6 +8,7 @@ for the same study, pipeline and model gives the same SOP Instance UIDs and a re
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 import warnings
@@ -20,6 +21,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 
 from hiprouter.config import PipelineConfig
+from hiprouter.inference.classes import class_by_key
 from hiprouter.inference.results import StudyResult
 from hiprouter.report.header import source_header
 from hiprouter.report.kos import build_kos
@@ -82,6 +84,20 @@ def _used_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Datas
     return [by_uid[uid] for uid in wanted]
 
 
+def _check_hips(result: StudyResult) -> None:
+    """Reject hip results that would make invalid objects, naming what is wrong."""
+    for n, hip in enumerate(result.hips):
+        where = f"study {result.study_uid} hip {n}"
+        if hip.laterality not in ("R", "L", "U"):
+            raise ValueError(f"{where}: laterality {hip.laterality!r} is not R, L or U")
+        try:
+            class_by_key(hip.predicted_class)
+        except KeyError as exc:
+            raise ValueError(f"{where}: unknown class {hip.predicted_class!r}") from exc
+        if not (math.isfinite(hip.probability) and 0.0 <= hip.probability <= 1.0):
+            raise ValueError(f"{where}: probability {hip.probability!r} is not in [0, 1]")
+
+
 def series_laterality(sources: Sequence[Dataset]) -> str:
     """R or L when every source shows that side (Laterality or Image Laterality), else ""."""
     sides = {str(ds.get("Laterality") or ds.get("ImageLaterality") or "") for ds in sources}
@@ -108,6 +124,7 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
     """
     if not result.hips:
         raise NothingToReport(f"study {result.study_uid}: no hip result to report")
+    _check_hips(result)
     used = [source_header(ds) for ds in _used_sources(result, sources)]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in used}
     key = model_key(result)

@@ -294,6 +294,19 @@ def test_bad_input_is_rejected() -> None:
         build_outputs(result, sources, PipelineConfig())
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("probability", float("nan"), "probability nan is not in"),
+    ("probability", 1.5, "probability 1.5 is not in"),
+    ("laterality", "B", "laterality 'B' is not R, L or U"),
+    ("predicted_class", "spaceship", "unknown class 'spaceship'"),
+])
+def test_bad_hip_results_are_rejected(field: str, value: object, message: str) -> None:
+    result, sources = make_study()
+    setattr(result.hips[0], field, value)
+    with pytest.raises(ValueError, match=message):
+        build_outputs(result, sources, PipelineConfig())
+
+
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 
 
