@@ -16,14 +16,16 @@ import socket
 import struct
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import RequestHandler
+
+from hiprouter.router.reactor import WakeableDUL, run_association_reactor
 
 # Longest A-ASSOCIATE-RQ/AC/RJ we read: 128 presentation contexts with many transfer
 # syntaxes each stay far below this.
@@ -67,7 +69,7 @@ class Limits:
             self.open_connections -= 1
 
 
-class GuardedDUL(DULServiceProvider):
+class GuardedDUL(WakeableDUL):
     """A DUL service provider that checks declared PDU lengths before reading."""
 
     limits: Limits
@@ -226,7 +228,8 @@ def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
 
 
 def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:
-    """A pynetdicom request handler whose associations use `GuardedDUL`."""
+    """A pynetdicom request handler whose associations use `GuardedDUL` and the
+    event-driven association loop of `hiprouter.router.reactor`."""
 
     class GuardedRequestHandler(RequestHandler):
         def handle(self) -> None:
@@ -271,6 +274,7 @@ def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[Req
                     limits.free_slot()
 
             assoc.run = run_then_free_slot
+            assoc._run_reactor = types.MethodType(run_association_reactor, assoc)
             return assoc
 
     return GuardedRequestHandler
