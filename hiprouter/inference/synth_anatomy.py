@@ -390,13 +390,17 @@ class Habitus:
     depth: float
     fat: float
     thigh_r: float
+    squareness: float = 2.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Habitus:
         fat = rng.uniform(0.05, 0.35)
-        return cls(half_width=rng.uniform(165, 225) * (1 + fat * 0.5),
-                   depth=rng.uniform(170, 260) * (1 + fat * 0.6), fat=fat,
-                   thigh_r=rng.uniform(70, 95) * (1 + fat * 0.5))
+        thigh_r = rng.uniform(70, 95) * (1 + fat * 0.5)
+        # at the hips the body is at least as wide as both thighs
+        half_width = max(rng.uniform(165, 225) * (1 + fat * 0.5),
+                         (ACETABULUM_U + 35 + thigh_r) * rng.uniform(0.97, 1.08))
+        return cls(half_width=half_width, depth=rng.uniform(170, 260) * (1 + fat * 0.6),
+                   fat=fat, thigh_r=thigh_r, squareness=rng.uniform(2.5, 4.0))
 
 
 def add_soft_tissue_ap(canvas: Canvas, frame: Array, h: Habitus,
@@ -405,15 +409,16 @@ def add_soft_tissue_ap(canvas: Canvas, frame: Array, h: Habitus,
 
     thighs: axis of each thigh (pelvis frame), from the hip downwards."""
     hw, d = h.half_width, h.depth
-    thigh_fields = [tube(p0, p1, h.thigh_r, cap=40) for p0, p1 in thighs]
+    thigh_fields = [tube(p0, p1, h.thigh_r, cap=90) for p0, p1 in thighs]
 
     def body(x: Array, y: Array) -> Array:
-        q = np.clip(1 - (x / hw) ** 2, 0, None)
-        q_in = np.clip(1 - (x / (hw * (1 - h.fat * 0.6))) ** 2, 0, None)
-        fold = 95 + 35 * np.abs(x) / hw
-        fade = smoothstep(fold + 45, fold - 15, y)
+        # the hips are the widest part of the body: a flattened (super-elliptic) section
+        q = np.clip(1 - np.abs(x / hw) ** h.squareness, 0, None)
+        q_in = np.clip(1 - np.abs(x / (hw * (1 - h.fat * 0.6))) ** h.squareness, 0, None)
+        fold = 90 + 60 * np.abs(x) / hw
+        fade = smoothstep(fold + 50, fold - 20, y)
         trunk = (MU_FAT * np.sqrt(q) + (MU_SOFT - MU_FAT) * (1 - h.fat) * np.sqrt(q_in)) * d
-        legs = [MU_SOFT * 0.85 * d / (2 * h.thigh_r) * t(x, y) for t in thigh_fields]
+        legs = [MU_SOFT * 0.95 * d / (2 * h.thigh_r) * t(x, y) for t in thigh_fields]
         return np.maximum.reduce([trunk * fade, *legs])
 
     canvas.add("soft", frame, body)

@@ -39,6 +39,8 @@ class Acquisition:
     grid_lines: bool
     black_percentile: float
     """Percentile of the anatomy mapped to black (the rest of the body is brighter)."""
+    soft_lift: float
+    """How far below that percentile black lies, as a fraction of the display range."""
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Acquisition:
@@ -58,6 +60,7 @@ class Acquisition:
             collimation_white=rng.random() < 0.7,
             grid_lines=rng.random() < 0.25,
             black_percentile=rng.uniform(0.0, 6.0),
+            soft_lift=rng.uniform(0.0, 0.35),
         )
 
 
@@ -135,6 +138,7 @@ def form_image(attenuation: Array, implant: Array, pixel_mm: float, out_shape: t
     keep = np.asarray(anatomy, bool)[t: rows - b: 4, lft: cols_n - r: 4]
     values = sub[keep] if keep.sum() > 100 else sub
     lo, hi = np.percentile(values, [acq.black_percentile, 99.8])
+    lo = lo - acq.soft_lift * (hi - lo)  # soft tissue grey rather than black
     disp = np.clip((proc - lo) / max(hi - lo, 1e-6), 0, 1) ** acq.gamma
     edge = np.ones(out_shape, bool)
     edge[t: rows - b, lft: cols_n - r] = False

@@ -185,7 +185,7 @@ def render_view(patient: Patient, view: str, side: str | None, shape: tuple[int,
     for s in SIDES:
         f = shapes[s]
         axis = apply(np.linalg.inv(pelvis_frame) @ femur_frames[s],
-                     [f.shaft_point(-60, -8), f.shaft_point(900, -8)])
+                     [f.shaft_point(30, -8), f.shaft_point(900, -8)])
         thighs.append((tuple(axis[0]), tuple(axis[1])))
     add_soft_tissue_ap(canvas, pelvis_frame, patient.habitus, thighs, rng)
     add_sacrum_spine(canvas, pelvis_frame, patient.pelvis, rng)
