@@ -310,13 +310,17 @@ def add_sacrum_spine(canvas: Canvas, frame: Array, p: PelvisShape,
     reg = canvas.region(frame, p.sacrum)
     if reg is not None:
         mask = reg.mask(frame, p.sacrum)
+        holes = np.zeros(mask.shape, bool)
         for v, r in ((-88, 6.0), (-66, 5.2), (-46, 4.5), (-29, 3.8)):
             for u in (-22 + 0.1 * v * 0.1, 22 - 0.1 * v * 0.1):
-                mask &= ~reg.mask(frame, _ellipse_pts((u * (1 + v / 400), v), r, r, 0))
+                holes |= reg.mask(frame, _ellipse_pts((u * (1 + v / 400), v), r, r * 0.8, 0))
         depth = canvas.inside_depth(mask)
+        hole_depth = canvas.inside_depth(holes)
         tex = band_noise(rng, mask.shape, 1.0, 5.0)
-        body = MU_CANCELLOUS * 9 * smoothstep(0, 3, depth) * (1 + 0.15 * tex)
-        reg.add("bone", 2.0 * (body + MU_CORTEX * 1.2 * np.exp(-depth / 1.2) * mask))
+        body = MU_CANCELLOUS * 7 * smoothstep(0, 3, depth) * (1 + 0.15 * tex)
+        body = body * (1 - 0.55 * smoothstep(0, 2.0, hole_depth))
+        rims = np.exp(-depth / 1.2) * mask + 0.5 * np.exp(-hole_depth / 0.8) * holes
+        reg.add("bone", 2.0 * (body + MU_CORTEX * 1.2 * rims))
     canvas.add("bone", frame, line([(0, -108), (0, -20)], 2.0), (-6, -112, 6, -15), mu=0.05)
     canvas.add("bone", frame, ellipsoid((0, 8), 5, 9), (-8, -4, 8, 20), mu=MU_CANCELLOUS * 1.5)
     spine = frame @ affine(rot_deg=p.lumbar_tilt, tx=0, ty=-116)
