@@ -21,7 +21,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -384,19 +384,17 @@ class StorageSCP:
             )
         encoded = event.encoded_dataset()
         ids = read_identifiers(encoded, sop_uid)
-        if self._is_duplicate(ids.sop_instance_uid):
-            state.duplicates += 1
-            state.study_uids.add(ids.study_uid)
-            return SUCCESS
+        # Duplicates are rare: the unique SOP Instance UID finds them, after the write,
+        # which spares every other instance a look-up.
         spooled = self.spool.write(encoded)
         try:
             self._record(event, state, ids, spooled)
         except IntegrityError:
-            # The same SOP Instance UID was committed by a concurrent association.
             self.spool.remove(spooled.path)
-            if not self._is_duplicate(ids.sop_instance_uid):
+            if not self._count_duplicate(ids.sop_instance_uid):
                 raise
             state.duplicates += 1
+            state.study_uids.add(ids.study_uid)
             return SUCCESS
         except BaseException:
             self.spool.remove(spooled.path)
@@ -427,23 +425,17 @@ class StorageSCP:
                 ))
                 note_instance(conn, ids.study_uid, state.calling_ae[:16] or None, now)
 
-    def _is_duplicate(self, sop_uid: str) -> bool:
-        """If `sop_uid` is already stored, count the duplicate and return True."""
-        with self.engine.connect() as conn:
-            found = conn.execute(
-                select(Instance.id).where(Instance.sop_instance_uid == sop_uid)
-            ).scalar()
-            conn.rollback()
-        if found is None:
-            return False
+    def _count_duplicate(self, sop_uid: str) -> bool:
+        """If `sop_uid` is already stored, count one more duplicate and return True."""
         with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
             with conn.begin():
-                conn.execute(
-                    update(Instance).where(Instance.id == found)
+                found = conn.execute(
+                    update(Instance).where(Instance.sop_instance_uid == sop_uid)
                     .values(duplicates=Instance.duplicates + 1)
-                )
-        log.info("duplicate instance", sop_instance_uid=sop_uid)
-        return True
+                ).rowcount
+        if found:
+            log.info("duplicate instance", sop_instance_uid=sop_uid)
+        return bool(found)
 
     def _refuse(self, event: Any, state: AssociationState, sop_uid: str,
                 exc: Refused) -> None:
