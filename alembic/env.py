@@ -1,8 +1,8 @@
 """Alembic environment: migrations are the only way hiprouter's tables are created."""
 
-from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from alembic import context
 from hiprouter.schema import Base
 
 config = context.config

@@ -1,0 +1,168 @@
+"""End-to-end benchmark: synthetic 2-view studies -> hiprouter -> SR at the PACS.
+
+Sends N studies (AP pelvis + lateral) in one go with DCMTK storescu (TCP_NODELAY=1), one
+association per study, to a `hiprouter serve` subprocess whose results go to a local
+Storage SCP that timestamps each arrival. Prints, per model, the latency from the last
+C-STORE acknowledgement of a study to its SR stored at the PACS (p50, p95; this includes
+`studies.complete_after_s`, printed too) and studies per minute.
+
+    .venv/bin/python bench/bench_e2e.py --studies 10
+    .venv/bin/python bench/bench_e2e.py --studies 10 --models demo b4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from hiprouter.demo import SR_CLASS, LocalPACS, _free_port  # noqa: E402
+from hiprouter.inference.synth import make_study  # noqa: E402
+
+COMPLETE_AFTER_S = 1.0
+
+
+class TimedPACS(LocalPACS):
+    """The demo PACS, remembering when each study's SR arrived."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.sr_at: dict[str, float] = {}
+
+    def _on_store(self, event: Any) -> int:
+        status = super()._on_store(event)
+        if str(event.dataset.SOPClassUID) == SR_CLASS:
+            self.sr_at.setdefault(str(event.dataset.StudyInstanceUID), time.monotonic())
+        return status
+
+
+def b4_model_dir(root: Path) -> Path:
+    """EfficientNet-B4 at 380 px with random weights (timing only)."""
+    from hiprouter.inference.classes import HARDWARE_CLASSES
+    from hiprouter.inference.models import ModelCard, create_model, save_model
+
+    out = root / "efficientnet_b4-random"
+    card = ModelCard(name="efficientnet_b4 random (timing only)", version="0.0.0",
+                     architecture="efficientnet_b4", input_size=380,
+                     classes=[c.key for c in HARDWARE_CLASSES],
+                     training_data="none: random weights for benchmarking", synthetic_demo=True)
+    save_model(create_model("efficientnet_b4", len(HARDWARE_CLASSES)), card, out)
+    return out
+
+
+def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
+        work: Path, runtime: str) -> dict[str, float]:
+    pacs = TimedPACS(work / "pacs").start()
+    port = _free_port()
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = {
+        "node": {"ae_title": "HIPROUTER", "host": "127.0.0.1", "port": port},
+        "database": {"url": f"sqlite:///{work / 'hiprouter.db'}"},
+        "storage": {"spool_dir": str(work / "spool"), "output_dir": str(work / "out"),
+                    "min_free_mb": 100},
+        "studies": {"complete_after_s": COMPLETE_AFTER_S, "sweep_interval_s": 0.2},
+        "queue": {"workers": 1, "poll_interval_s": 0.1},
+        "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
+                                  "port": pacs.port}},
+        "rule_mode": base["rule_mode"],
+        "rules": base["rules"],
+        "pipelines": {"hardware": {"kind": "hardware", "models": [str(p) for p in model_dirs],
+                                   "runtime": runtime}},
+        "logging": {"level": "WARNING", "json_logs": True},
+    }
+    cfg = work / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    log = open(work / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-c", "from hiprouter.cli import main; main()",
+                             "--config", str(cfg), "serve"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["echoscu", "-aec", "HIPROUTER", "127.0.0.1", str(port)],
+                             env=env, capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError((work / "serve.log").read_text()[-3000:])
+            time.sleep(0.3)
+        # Warm-up: the first job loads the model; that study is not counted.
+        subprocess.run(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                        *map(str, warmup)], env=env, check=True, capture_output=True)
+        while warmup[0].parent.name not in pacs.sr_at:
+            if time.monotonic() > deadline + 600 or proc.poll() is not None:
+                raise RuntimeError((work / "serve.log").read_text()[-3000:])
+            time.sleep(0.2)
+        acked: dict[str, float] = {}
+        started = time.monotonic()
+        for files in tqdm(studies, desc=f"{label}: sending", unit="study"):
+            subprocess.run(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                            *map(str, files)], env=env, check=True, capture_output=True)
+            acked[files[0].parent.name] = time.monotonic()
+        with tqdm(total=len(studies), desc=f"{label}: waiting for SRs", unit="study") as bar:
+            done = 0
+            while done < len(studies):
+                if time.monotonic() - started > 1800:
+                    raise TimeoutError("SRs did not all arrive within 30 minutes")
+                now_done = sum(1 for uid in acked if uid in pacs.sr_at)
+                bar.update(now_done - done)
+                done = now_done
+                time.sleep(0.2)
+        total = max(pacs.sr_at.values()) - started
+        lat = np.array([pacs.sr_at[uid] - acked[uid] for uid in acked])
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        pacs.stop()
+    return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "studies_per_min": len(studies) / total * 60.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--studies", type=int, default=10)
+    ap.add_argument("--models", nargs="+", default=["demo", "b4"], choices=["demo", "b4"])
+    ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
+    args = ap.parse_args()
+    for tool in ("storescu", "echoscu"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: apt-get install dcmtk")
+    root = Path(tempfile.mkdtemp(prefix="hiprouter-bench-e2e-"))
+    try:
+        studies = []
+        for i in [*range(args.studies), 999]:
+            s = make_study(4242, i, views=("ap_pelvis", "cross_table_lateral"), side="R")
+            folder = root / "studies" / s.study_uid  # folder name = Study Instance UID
+            folder.mkdir(parents=True)
+            for j, img in enumerate(s.images):
+                img.dataset.save_as(folder / f"{j}.dcm", enforce_file_format=True)
+            studies.append(sorted(folder.iterdir()))
+        warmup = studies.pop()
+        print(f"{args.studies} studies x {len(studies[0])} images; "
+              f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
+              f"cpu cores={os.cpu_count()}")
+        for name in args.models:
+            dirs = [] if name == "demo" else [b4_model_dir(root)]
+            work = root / f"run-{name}"
+            work.mkdir()
+            r = run(dirs, name, studies, warmup, work, args.runtime)
+            print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
+                  f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
+                  f"{r['studies_per_min']:.1f} studies/min")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
