@@ -11,6 +11,7 @@ capped exponential backoff and is dead after `queue.retry.max_attempts` attempts
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
@@ -161,8 +162,12 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
             _record(factory, settings, item.send, owner, None, reason or "association failed")
     else:
         outcome = "released"
+        renew_at = time.monotonic() + settings.queue.lease_s / 3
         try:
             for n, item in enumerate(todo):
+                if time.monotonic() > renew_at:  # a long batch keeps its leases
+                    _renew(factory, owner, settings.queue.lease_s)
+                    renew_at = time.monotonic() + settings.queue.lease_s / 3
                 if not assoc.is_established:
                     outcome, reason = "aborted", "association ended by the peer"
                     for rest in todo[n:]:
@@ -237,6 +242,14 @@ def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owne
             row.state = queue.FAILED
             row.next_run_at = now + timedelta(seconds=queue.backoff_s(retry, row.attempts))
         return row.state
+
+
+def _renew(factory: sessionmaker[Session], owner: str, lease_s: float) -> None:
+    with factory() as session, session.begin():
+        session.execute(
+            update(Send).where(Send.lease_owner == owner, Send.state == queue.RUNNING)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+            .execution_options(synchronize_session=False))
 
 
 def _release(factory: sessionmaker[Session], sends: list[Send], owner: str) -> None:

@@ -192,3 +192,42 @@ def test_missing_file_is_an_attempt_with_a_reason(tmp_path: Path) -> None:
     with factory() as s:
         errors = s.scalars(select(SendAttempt.error).where(SendAttempt.error.is_not(None))).all()
     assert len(errors) == 1 and "cannot read" in errors[0]
+
+
+def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
+    """Sends slower than the lease: no other sender may take them over mid-batch."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    got: list[str] = []
+
+    def slow_store(event: evt.Event) -> int:
+        time.sleep(0.25)
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    try:
+        settings = settings_for(tmp_path, port, max_concurrent=2)
+        settings.queue.lease_s = 0.4
+        settings.queue.send_batch = 6
+        factory = queue_files(settings, make_study(tmp_path / "in", 1, 6))
+        batch = claim_sends(factory, settings, "pacs", "first")
+        assert len(batch) == 6
+        worker = threading.Thread(target=send_batch,
+                                  args=(factory, settings, "pacs", batch, "first"))
+        worker.start()
+        stolen = []
+        while worker.is_alive():
+            stolen += claim_sends(factory, settings, "pacs", "second")
+            time.sleep(0.05)
+        worker.join()
+    finally:
+        server.shutdown()
+    assert stolen == []
+    assert len(got) == 6 and len(set(got)) == 6
+    with factory() as s:
+        assert s.scalars(select(Send.state)).all() == ["sent"] * 6
