@@ -14,13 +14,12 @@ from datetime import UTC
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import event
 
 from hiprouter import __version__, audit
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
 from hiprouter.logs import get_logger
-from hiprouter.router.receive import StorageSCP
+from hiprouter.router.receive import StorageSCP, record_unrecorded_files
 from hiprouter.router.spool import Spool
 from hiprouter.router.studies import CompletionCallback, sweep_complete_studies
 
@@ -36,8 +35,6 @@ class Node:
         self.settings = settings
         self.on_complete = on_complete
         self.engine = dbmod.make_engine(settings.database.url)
-        if settings.storage.fsync and self.engine.dialect.name == "sqlite":
-            _sqlite_full_sync(self.engine)
         self.factory = dbmod.session_factory(self.engine)
         self.spool = Spool(settings.storage.spool_dir, fsync=settings.storage.fsync)
         self.scp = StorageSCP(settings, self.factory, self.spool)
@@ -67,9 +64,10 @@ class Node:
     def start(self) -> None:
         """Prepare the spool, start the scheduler, the SCP and the start hooks."""
         self.spool.prepare()
-        removed = self.spool.remove_stale_temporaries()
+        removed = self.spool.remove_stale_temporaries(older_than_s=0)  # no writer runs yet
         if removed:
             log.warning("removed temporary files left by a crash", count=removed)
+        record_unrecorded_files(self.engine, self.spool)
         self.scheduler.start()
         self.scp.start()
         for hook in self.start_hooks:
@@ -104,16 +102,6 @@ class Node:
             )
         except Exception as exc:
             log.error("cannot record application activity", error=str(exc))
-
-
-def _sqlite_full_sync(engine: Any) -> None:
-    """With storage.fsync, SQLite commits are fsynced too (durable on power loss)."""
-
-    @event.listens_for(engine, "connect")
-    def _full(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.close()
 
 
 def serve(settings: Settings, on_complete: CompletionCallback | None = None,

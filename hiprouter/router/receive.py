@@ -8,10 +8,12 @@ the database step fails the peer gets 0xA700 and the spooled file is removed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
@@ -21,7 +23,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import insert, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +32,7 @@ from hiprouter.config import Settings
 from hiprouter.db import utcnow
 from hiprouter.logs import get_logger
 from hiprouter.router.pdu_guard import Limits, guarded_request_handler
-from hiprouter.router.spool import Spool
+from hiprouter.router.spool import Spool, SpooledFile
 from hiprouter.router.studies import note_instance
 from hiprouter.router.tls import server_ssl_context
 from hiprouter.schema import Association, Instance
@@ -76,8 +78,11 @@ class Identifiers:
     series_uid: str
 
 
-def read_identifiers(encoded: bytes, sop_instance_uid: str) -> Identifiers:
-    """Read the UIDs we index from an encoded file (meta + data set) without pixel data."""
+def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifiers:
+    """Read the UIDs we index from an encoded file (meta + data set) without pixel data.
+
+    `sop_instance_uid` is the one from the C-STORE request (None: do not compare).
+    """
     try:
         ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
         values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
@@ -89,12 +94,70 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str) -> Identifiers:
             raise Refused(CANNOT_UNDERSTAND, f"data set has no {keyword}")
         if len(value) > 64 or not UID_RE.match(value):
             raise Refused(CANNOT_UNDERSTAND, f"{keyword} is not a valid UID")
-    if values["SOPInstanceUID"] != sop_instance_uid:
+    if sop_instance_uid is not None and values["SOPInstanceUID"] != sop_instance_uid:
         raise Refused(
             DATASET_MISMATCH, "data set SOPInstanceUID differs from the C-STORE request"
         )
     return Identifiers(values["SOPClassUID"], values["SOPInstanceUID"],
                        values["StudyInstanceUID"], values["SeriesInstanceUID"])
+
+
+def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
+                    spooled: SpooledFile, *, received_at: datetime,
+                    association_id: int | None = None, calling_ae: str | None = None) -> None:
+    """Insert an instance row and count it for its study, committed before returning.
+
+    Core statements on a plain connection: on this hot path the ORM unit of work cost
+    more than the SQL itself. Raises IntegrityError for a SOP Instance UID already stored.
+    """
+    with engine.connect().execution_options(sqlite_immediate=True) as conn:
+        with conn.begin():
+            conn.execute(insert(Instance).values(
+                sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
+                study_uid=ids.study_uid, series_uid=ids.series_uid,
+                transfer_syntax=transfer_syntax, size=spooled.size, sha256=spooled.sha256,
+                spool_path=str(spooled.path), received_at=received_at,
+                association_id=association_id, calling_ae=calling_ae, duplicates=0,
+                state="stored",
+            ))
+            note_instance(conn, ids.study_uid, calling_ae, received_at)
+
+
+def record_unrecorded_files(engine: Engine, spool: Spool) -> int:
+    """Record spooled files that have no instance row; returns how many were recorded.
+
+    A file is renamed into the spool (and fsynced) before its row is committed. With
+    SQLite's synchronous=NORMAL a power cut can lose the last commits but never those
+    files, so start-up puts them back. A file whose SOP Instance UID is recorded with
+    another file (a send that was never acknowledged and then repeated) is removed.
+    """
+    with engine.connect() as conn:
+        known = set(conn.execute(select(Instance.spool_path)).scalars())
+    recorded = 0
+    for path in spool.files():
+        if str(path) in known:
+            continue
+        data = path.read_bytes()
+        try:
+            ids = read_identifiers(data, None)
+            syntax = str(dcmread(BytesIO(data), stop_before_pixels=True,
+                                 specific_tags=[]).file_meta.TransferSyntaxUID)
+        except Exception as exc:
+            log.error("unreadable file in the spool, left in place", path=str(path),
+                      error=str(exc))
+            continue
+        stat = path.stat()
+        spooled = SpooledFile(path, len(data), hashlib.sha256(data).hexdigest())
+        received = datetime.fromtimestamp(stat.st_mtime, UTC)
+        try:
+            record_instance(engine, ids, syntax, spooled, received_at=received)
+        except IntegrityError:
+            spool.remove(path)
+            continue
+        recorded += 1
+    if recorded:
+        log.warning("recorded spooled instances missing from the database", count=recorded)
+    return recorded
 
 
 class AllowList:
@@ -406,24 +469,11 @@ class StorageSCP:
         return SUCCESS
 
     def _record(self, event: Any, state: AssociationState, ids: Identifiers,
-                spooled: Any) -> None:
-        """Insert the instance and count it for its study, in one committed transaction.
-
-        Core statements on a plain connection: the ORM unit of work cost more than the
-        SQL itself on this hot path.
-        """
-        now = utcnow()
-        with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
-            with conn.begin():
-                conn.execute(insert(Instance).values(
-                    sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
-                    study_uid=ids.study_uid, series_uid=ids.series_uid,
-                    transfer_syntax=str(event.context.transfer_syntax),
-                    size=spooled.size, sha256=spooled.sha256, spool_path=str(spooled.path),
-                    received_at=now, association_id=state.row_id,
-                    calling_ae=state.calling_ae[:16] or None, duplicates=0, state="stored",
-                ))
-                note_instance(conn, ids.study_uid, state.calling_ae[:16] or None, now)
+                spooled: SpooledFile) -> None:
+        """Insert the instance and count it for its study, in one committed transaction."""
+        record_instance(self.engine, ids, str(event.context.transfer_syntax), spooled,
+                        received_at=utcnow(), association_id=state.row_id,
+                        calling_ae=state.calling_ae[:16] or None)
 
     def _count_duplicate(self, sop_uid: str) -> bool:
         """If `sop_uid` is already stored, count one more duplicate and return True."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,16 @@ class Spool:
     def free_mb(self) -> float:
         """Free space on the spool's file system in MiB."""
         return shutil.disk_usage(self.root).free / (1024 * 1024)
+
+    def files(self) -> Iterator[Path]:
+        """Every spooled file (not temporaries, not quarantine)."""
+        for i in range(256):
+            folder = self.root / f"{i:02x}"
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):
+                if entry.name.endswith(DCM_SUFFIX) and not entry.name.startswith("."):
+                    yield Path(entry.path)
 
     def remove_stale_temporaries(self, older_than_s: float = 600.0) -> int:
         """Delete temporary files left by a crash; returns how many were removed."""

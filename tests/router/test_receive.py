@@ -475,3 +475,28 @@ def test_peer_trickling_a_pdu_is_cut_off(router_process: Factory) -> None:
                 break
         assert cut and time.monotonic() - started < 8
     assert echoscu(router.port).returncode == 0
+
+
+def test_restart_records_spooled_files_whose_rows_were_lost(
+    router_process: Factory, tmp_path: Path
+) -> None:
+    from sqlalchemy import delete
+
+    router = router_process()
+    files = make_cr_files(tmp_path / "lost", 4, size=64)
+    assert storescu(router.port, files).returncode == 0
+    router.stop()
+    rows = instances_by_uid(router)
+    lost = [sop_instance_uid(f) for f in files[:2]]
+    kept = rows[sop_instance_uid(files[2])]
+    # what a power cut after the fsync of the files but before the commit leaves behind
+    with router.session_factory()() as session, session.begin():
+        session.execute(delete(Instance).where(Instance.sop_instance_uid.in_(lost)))
+    copy = Path(kept.spool_path).with_name("0" * 32 + ".dcm")  # an unacknowledged resend
+    copy.write_bytes(Path(kept.spool_path).read_bytes())
+    stale_tmp = Path(kept.spool_path).with_name(".1234.tmp")
+    stale_tmp.write_bytes(b"half")
+    router.start()
+    assert_stored_identically(router, files)
+    assert not copy.exists() and not stale_tmp.exists()
+    assert len(spool_files(router)) == 4
