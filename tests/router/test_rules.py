@@ -276,3 +276,17 @@ def test_rules_test_command_shows_rule_and_deciding_condition(tmp_path: Path) ->
     table = CliRunner().invoke(main, cfg)
     assert table.exit_code == 0 and "2 of 4 files matched" in table.output
     assert "[a-km-qs-z]" in table.output  # rule text printed literally, not as markup
+
+
+def test_default_rule_on_real_headers(default_settings: Settings, shared_data: Path) -> None:
+    """NEMA WG04 CRs: the hip (RG2) in every transfer syntax is routed, the chest (RG1) and
+    extremity (RG3) are not. The DDH pelvis DXs carry no body part or description at all,
+    so the default rule (rightly, by its text) leaves them alone."""
+    corpus = shared_data / "dicom-corpus" / "wg04"
+    for path in sorted(corpus.glob("RG*.dcm")):
+        header = Header(dcmread(path, stop_before_pixels=True))
+        hits = first_matching(default_settings.rules, header, "first")
+        assert bool(hits) is path.name.startswith("RG2"), path.name
+    for path in sorted((shared_data / "hip-real" / "ddh_jordan").glob("*.dcm")):
+        header = Header(dcmread(path, stop_before_pixels=True))
+        assert not first_matching(default_settings.rules, header, "first")
