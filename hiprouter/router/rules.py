@@ -182,12 +182,9 @@ class Header:
         if keyword == CALLING_AE_TITLE:
             raw: Any = self.calling_ae
         else:
-            elem = self.dataset.get(keyword)
-            if elem is None:
-                return []
             try:
-                raw = elem.value if hasattr(elem, "value") else elem
-            except Exception:  # undecodable value in a malformed header
+                raw = self.dataset.get(keyword)
+            except Exception:  # an undecodable value in a malformed header
                 return []
         if raw is None or isinstance(raw, bytes | bytearray):
             return []

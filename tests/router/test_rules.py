@@ -290,3 +290,23 @@ def test_default_rule_on_real_headers(default_settings: Settings, shared_data: P
     for path in sorted((shared_data / "hip-real" / "ddh_jordan").glob("*.dcm")):
         header = Header(dcmread(path, stop_before_pixels=True))
         assert not first_matching(default_settings.rules, header, "first")
+
+
+def test_every_corpus_header_is_evaluated_without_error(
+    default_settings: Settings, shared_data: Path
+) -> None:
+    """Malformed headers (bad VRs, truncated files, odd character sets) never raise."""
+    from hiprouter.router.routing import read_header
+
+    every_tag = rule({"any": [{"tag": k, "regex": "."} for k in (
+        "StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined",
+        "PatientName", "ImageType", "PixelSpacing", "KVP", "SpecificCharacterSet")]}).match
+    evaluated = 0
+    for path in sorted((shared_data / "dicom-corpus").rglob("*.dcm")):
+        header = read_header(path)
+        if header is None:
+            continue
+        first_matching(default_settings.rules, header, "all")
+        evaluate(every_tag, header)
+        evaluated += 1
+    assert evaluated > 200
