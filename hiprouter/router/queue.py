@@ -289,3 +289,35 @@ def settle_study(session: Session, study_uid: str) -> str | None:
             Send.study_uid == study_uid, Send.state == DEAD))
     study.state = "failed" if dead else "done"
     return study.state
+
+
+def expire_orphaned_leases(factory: sessionmaker[Session], hostname: str) -> int:
+    """Expire leases held by processes of this host that no longer exist (killed -9),
+    so their jobs and sends are taken over now instead of after `lease_s`.
+
+    Lease owners are "<host>:<pid>:<thread>" (see worker.owner_id).
+    """
+    import psutil
+
+    expired = 0
+    with write_transaction(factory) as session:
+        now = utcnow()
+        for table in (Job, Send):
+            owners = session.scalars(
+                select(table.lease_owner).distinct()
+                .where(table.state == RUNNING, table.lease_owner.like(f"{hostname}:%"))
+            ).all()
+            for owner in owners:
+                if not owner or not owner.startswith(f"{hostname}:"):
+                    continue  # LIKE treats _ as a wildcard
+                pid = owner[len(hostname) + 1:].split(":")[0]
+                if not pid.isdigit() or psutil.pid_exists(int(pid)):
+                    continue
+                expired += session.execute(
+                    update(table).where(table.state == RUNNING, table.lease_owner == owner)
+                    .values(lease_expires_at=now - timedelta(seconds=1))
+                    .execution_options(synchronize_session=False)
+                ).rowcount or 0
+    if expired:
+        log.warning("expired leases of dead local processes", count=expired)
+    return expired

@@ -189,6 +189,7 @@ class Workers:
         from hiprouter.router.dispatch import Dispatcher
 
         check_pipelines(settings)
+        self.factory = factory
         self.stop_event = threading.Event()
         pipelines = PipelineCache(settings)
         self.threads: list[threading.Thread] = [
@@ -197,6 +198,7 @@ class Workers:
         self.dispatcher = Dispatcher(settings, factory, self.stop_event) if dispatch else None
 
     def start(self) -> None:
+        queue.expire_orphaned_leases(self.factory, socket.gethostname()[:60])
         for t in self.threads:
             t.start()
         if self.dispatcher is not None:

@@ -309,9 +309,11 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
         while not _runs(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        # the second worker is already running when the first dies, so only the lease
+        # expiry (2 s) can hand the job over
+        second = _start_worker(config, tmp_path / "w1.log", 0.0)
         os.kill(first.pid, signal.SIGKILL)  # mid-job: started, not finished
         first.wait(10)
-        second = _start_worker(config, tmp_path / "w1.log", 0.0)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with factory() as s:
@@ -331,6 +333,7 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
                                                 ("end", second.pid)]
     assert job.state == "done" and job.attempts == 2
     assert list(received.values()) == [1]
+    assert "job lease expired" in (tmp_path / "w1.log").read_text()
 
 
 def test_retry_and_replay_commands(tmp_path: Path, sqlite_url: str) -> None:
@@ -361,3 +364,22 @@ def test_retry_and_replay_commands(tmp_path: Path, sqlite_url: str) -> None:
     assert result.exit_code == 0 and "0 jobs routed again" in result.output
     result = run(main, ["--config", str(cfg), "replay", "1.2.3.999"])
     assert result.exit_code == 1 and "not known" in result.output
+
+
+def test_leases_of_dead_local_processes_expire_at_start(factory, tmp_path: Path) -> None:
+    import socket as sock
+
+    retry = make_settings(tmp_path, factory.url).queue.retry
+    host = sock.gethostname()[:60]
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout.strip()
+    with factory() as s, s.begin():
+        for _ in range(3):
+            queue.enqueue(s, study_uid=f"1.2.{_}", pipeline="forward", rule="r", send_to=[])
+    owners = [f"{host}:{dead_pid}:w0", f"{host}:{os.getpid()}:w0", f"otherhost:{dead_pid}:w0"]
+    for owner in owners:
+        assert queue.claim(factory, owner, 300, retry) is not None
+    assert queue.expire_orphaned_leases(factory, host) == 1
+    again = queue.claim(factory, "new", 300, retry)
+    assert again is not None and again.attempts == 2
+    assert queue.claim(factory, "new", 300, retry) is None  # the live and remote leases hold
