@@ -231,3 +231,24 @@ def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
     assert len(got) == 6 and len(set(got)) == 6
     with factory() as s:
         assert s.scalars(select(Send.state)).all() == ["sent"] * 6
+
+
+def test_implicit_vr_file_is_converted_when_peer_prefers_explicit(tmp_path: Path) -> None:
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = make_dataset(BodyPartExamined="HIP")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = write_dataset(ds, tmp_path / "in" / "implicit.dcm")
+    pacs = StoreSCP(tmp_path / "pacs", extra=["+xe"]).start()  # explicit VR LE only
+    try:
+        settings = settings_for(tmp_path / "router", pacs.port)
+        factory = queue_files(settings, [path])
+        assert send_batch(factory, settings, "pacs",
+                          claim_sends(factory, settings, "pacs", "o"), "o") == 1
+        (stored,) = [f for f in (tmp_path / "pacs").iterdir() if f.is_file()]
+    finally:
+        pacs.stop()
+    got = dcmread(stored)
+    assert got.SOPInstanceUID == ds.SOPInstanceUID
+    assert not got.file_meta.TransferSyntaxUID.is_implicit_VR
+    assert (got.pixel_array == ds.pixel_array).all()

@@ -1,0 +1,141 @@
+"""Dispatch and queue throughput on this machine.
+
+1. Dispatch: N queued CR images (512 x 512, 16-bit) sent by the dispatcher to DCMTK
+   storescp (TCP_NODELAY=1), with 1 and with `--concurrency` associations; prints
+   images/s and MB/s from the first claim to the last recorded `sent`.
+2. Queue: N no-op jobs claimed, completed and recorded by worker threads (SQLite file, or
+   PostgreSQL with `--pg URL`); prints jobs/s (the cost of claim + lease + complete).
+
+    .venv/bin/python bench/bench_dispatch.py [--images 300] [--jobs 300] [--pg URL]
+
+Other processes on the machine change the figures; the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from hiprouter import db  # noqa: E402
+from hiprouter.config import Settings  # noqa: E402
+from hiprouter.router import queue  # noqa: E402
+from hiprouter.router.dispatch import Dispatcher  # noqa: E402
+from hiprouter.router.worker import enqueue_sends  # noqa: E402
+from hiprouter.schema import Instance, Job, Send  # noqa: E402
+from tests.router.conftest import make_cr_files  # noqa: E402
+from tests.router.dicomkit import add_study  # noqa: E402
+from tests.router.pacs import StoreSCP  # noqa: E402
+
+
+def settings(root: Path, url: str, port: int, concurrency: int) -> Settings:
+    return Settings.model_validate({
+        "database": {"url": url},
+        "storage": {"spool_dir": str(root / "spool"), "output_dir": str(root / "out")},
+        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": port,
+                                  "max_concurrent": concurrency}},
+        "queue": {"poll_interval_s": 0.05, "send_batch": 50},
+    })
+
+
+def bench_dispatch(root: Path, files: list[Path], concurrency: int) -> None:
+    pacs = StoreSCP(root / f"pacs{concurrency}").start()
+    url = f"sqlite:///{root / f'dispatch{concurrency}.db'}"
+    cfg = settings(root, url, pacs.port, concurrency)
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    factory = db.session_factory(engine)
+    uid = add_study(factory, files, state="routed")
+    with factory() as s, s.begin():
+        job = queue.enqueue(s, study_uid=uid, pipeline="forward", rule="bench",
+                            send_to=["pacs"])
+        enqueue_sends(s, job, [Path(p) for p in s.scalars(select(Instance.spool_path))])
+    stop = threading.Event()
+    dispatcher = Dispatcher(cfg, factory, stop)
+    start = time.perf_counter()
+    dispatcher.start()
+    try:
+        while True:
+            with factory() as s:
+                sent = s.scalar(select(func.count()).select_from(Send)
+                                .where(Send.state == "sent"))
+            if sent == len(files):
+                break
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+    finally:
+        stop.set()
+        dispatcher.join(30)
+        pacs.stop()
+        engine.dispose()
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"dispatch  concurrency={concurrency}: {len(files)} images in {elapsed:.2f} s = "
+          f"{len(files) / elapsed:.0f} images/s, {mb / elapsed:.1f} MB/s")
+
+
+def bench_queue(url: str, jobs: int, threads: int) -> None:
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    factory = db.session_factory(engine)
+    retry = Settings().queue.retry
+    with factory() as s, s.begin():
+        for i in range(jobs):
+            queue.enqueue(s, study_uid=f"1.2.3.{i}", pipeline="forward", rule="bench",
+                          send_to=[])
+    done = [0] * threads
+
+    def work(n: int) -> None:
+        owner = f"bench:{os.getpid()}:{n}"
+        while (job := queue.claim(factory, owner, 60, retry)) is not None:
+            with db.write_transaction(factory) as s:
+                queue.complete(s, job.id, owner)
+            done[n] += 1
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    elapsed = time.perf_counter() - start
+    with factory() as s:
+        finished = s.scalar(select(func.count()).select_from(Job).where(Job.state == "done"))
+    engine.dispose()
+    backend = url.split(":", 1)[0]
+    print(f"queue     {backend} threads={threads}: {finished} jobs in {elapsed:.2f} s = "
+          f"{finished / elapsed:.0f} jobs/s (claim + complete)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pg", help="PostgreSQL URL of an empty database for the queue test")
+    args = parser.parse_args()
+    os.environ.setdefault("TCP_NODELAY", "1")
+    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    root = Path(tempfile.mkdtemp(prefix="hiprouter-bench-"))
+    try:
+        files = make_cr_files(root / "study", args.images)
+        for concurrency in sorted({1, args.concurrency}):
+            bench_dispatch(root, files, concurrency)
+        bench_queue(f"sqlite:///{root / 'queue.db'}", args.jobs, 2)
+        if args.pg:
+            bench_queue(args.pg, args.jobs, 4)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
