@@ -156,9 +156,10 @@ class PipelineConfig(_Strict):
     """Settings of one inference pipeline."""
 
     kind: str = Field("hardware", pattern=r"^[a-z][a-z0-9_]*$")
-    """forward, hardware, or a kind registered by a module listed in `plugins`."""
+    """forward, hardware, fracture, or a kind registered by a module listed in `plugins`."""
     models: list[Path] = []
-    """Model directories (each with card.yaml + weights); empty means the bundled demo."""
+    """Model directories (each with card.yaml + weights); empty: the bundled demo of the
+    kind (models/<kind>-demo)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     batch_size: int = Field(8, ge=1)

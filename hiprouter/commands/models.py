@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from hiprouter.cli import Context, pass_ctx
+from hiprouter.inference.classes import LABEL_SETS
 
 
 def register(group: click.Group) -> None:
@@ -32,7 +33,12 @@ def register(group: click.Group) -> None:
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
-@click.option("--label-column", default="hardware", show_default=True)
+@click.option("--balance", is_flag=True,
+              help="Draw training hips class-balanced (for rare classes such as fractures).")
+@click.option("--label-set", type=click.Choice(sorted(LABEL_SETS)), default="hardware",
+              show_default=True, help="Classes to learn (hiprouter/inference/classes.py).")
+@click.option("--label-column", default="",
+              help="Labels CSV column (default: the label set's, e.g. hardware, fracture).")
 @click.option("--name", default="hardware", show_default=True)
 @click.option("--version", "model_version", default="0.1.0", show_default=True)
 @click.option("--training-data", default="", help="Description of the data for the card.")
@@ -40,16 +46,19 @@ def register(group: click.Group) -> None:
               help="Mark the model as trained on synthetic data (demo output only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="DataLoader processes for augmentation (0: in the training process).")
 @click.option("--decode-workers", default=1, show_default=True, type=int,
               help="Processes decoding DICOM into the crop cache.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
 def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               input_size: int, epochs_head: int, epochs: int, batch_size: int, lr_head: float,
-              lr: float, seed: int, max_steps: int | None, label_column: str, name: str,
+              lr: float, seed: int, max_steps: int | None, balance: bool, label_set: str,
+              label_column: str, name: str,
               model_version: str, training_data: str, synthetic_demo: bool, device: str,
-              decode_workers: int, cache_dir: Path | None) -> None:
-    """Train a hardware classifier on DATA_DIR (DICOM files) and a labels CSV."""
+              workers: int, decode_workers: int, cache_dir: Path | None) -> None:
+    """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV."""
     from hiprouter.inference.dataset import DatasetError
     from hiprouter.inference.models import ModelError
     from hiprouter.inference.train import TrainConfig, train
@@ -59,10 +68,11 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
         raise click.UsageError(f"no labels CSV: {labels_csv} (use --labels)")
     cfg = TrainConfig(arch=arch, input_size=input_size, epochs_head=epochs_head, epochs=epochs,
                       batch_size=batch_size, lr_head=lr_head, lr=lr, seed=seed,
-                      max_steps=max_steps, label_column=label_column, name=name,
+                      max_steps=max_steps, balance=balance, label_set=label_set,
+                      label_column=label_column, name=name,
                       version=model_version, training_data=training_data,
                       synthetic_demo=synthetic_demo, device=device,
-                      decode_workers=decode_workers)
+                      workers=workers, decode_workers=decode_workers)
     try:
         card = train(data_dir, labels_csv, out_dir, cfg, cache_dir, log=click.echo)
     except (DatasetError, ModelError, ValueError) as exc:
@@ -84,7 +94,8 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               show_default=True)
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto",
               show_default=True)
-@click.option("--label-column", default="hardware", show_default=True)
+@click.option("--label-column", default="",
+              help="Labels CSV column (default: the column of the model's label set).")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=int)
 @click.option("--record", "record_as", metavar="NAME",
               help="Also store the figures in MODEL_DIR/card.yaml under evaluation.NAME.")

@@ -23,11 +23,14 @@ class FindingClass:
     scheme: str
     code: str
     meaning: str
+    negative: bool = False
+    """The absence of findings (no_hardware, no_fracture): never matched by triage rules."""
 
 
 # 9 hardware classes of seed 003 (order is the model's output order).
 HARDWARE_CLASSES: tuple[FindingClass, ...] = (
-    FindingClass("no_hardware", "No hardware", PRIVATE_SCHEME, "HW000", "No orthopedic hardware"),
+    FindingClass("no_hardware", "No hardware", PRIVATE_SCHEME, "HW000", "No orthopedic hardware",
+                 negative=True),
     FindingClass("tha", "Total hip arthroplasty", PRIVATE_SCHEME, "HW001",
                  "Total hip arthroplasty"),
     FindingClass("hemiarthroplasty", "Hemiarthroplasty", "SCT", "304121006",
@@ -55,12 +58,54 @@ EXTRA_FINDINGS: tuple[FindingClass, ...] = (
                  "HW101", "Dislocation of total hip arthroplasty"),
 )
 
-LABEL_SETS: dict[str, tuple[FindingClass, ...]] = {"hardware": HARDWARE_CLASSES}
+NO_FRACTURE = FindingClass("no_fracture", "No fracture", PRIVATE_SCHEME, "FX000",
+                           "No fracture detected", negative=True)
+
+# Acute proximal femoral fractures (the triage part of seed 001's screening), output order.
+FRACTURE_CLASSES: tuple[FindingClass, ...] = (
+    NO_FRACTURE,
+    *(fc for fc in EXTRA_FINDINGS if fc.key.endswith("_fracture")),
+)
+
+LABEL_SETS: dict[str, tuple[FindingClass, ...]] = {
+    "hardware": HARDWARE_CLASSES,
+    "fracture": FRACTURE_CLASSES,
+}
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a label set's ground truth sits in a labels CSV (hiprouter synth's layout)."""
+
+    column: str
+    """Default label column."""
+    aliases: dict[str, str]
+    """CSV values meaning a class key, e.g. `none` -> `no_fracture`."""
+
+
+LABEL_SOURCES: dict[str, LabelSource] = {
+    "hardware": LabelSource("hardware", {}),
+    "fracture": LabelSource("fracture", {"none": "no_fracture"}),
+}
+
+
+def label_set(name: str) -> tuple[FindingClass, ...]:
+    """The classes of a label set in output order; KeyError naming the known sets."""
+    try:
+        return LABEL_SETS[name]
+    except KeyError:
+        raise KeyError(f"unknown label set {name!r}; known: {', '.join(LABEL_SETS)}") from None
+
+
+def label_source(name: str) -> LabelSource:
+    """Default label column and value aliases of a label set."""
+    label_set(name)
+    return LABEL_SOURCES.get(name, LabelSource(name, {}))
 
 
 def class_by_key(key: str) -> FindingClass:
     """Look a class up by key across all label sets."""
-    for fc in (*HARDWARE_CLASSES, *EXTRA_FINDINGS):
+    for fc in (*HARDWARE_CLASSES, *EXTRA_FINDINGS, *FRACTURE_CLASSES):
         if fc.key == key:
             return fc
     raise KeyError(f"unknown finding class {key!r}")

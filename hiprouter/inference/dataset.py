@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +39,9 @@ class LabelledHip:
     view: str = ""
 
 
-def read_labels(csv_path: Path, classes: Sequence[str],
-                label_column: str = "hardware") -> list[LabelledHip]:
-    """Read and check a labels CSV; every label must be one of `classes`."""
+def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "hardware",
+                aliases: Mapping[str, str] | None = None) -> list[LabelledHip]:
+    """Read and check a labels CSV; every label (after `aliases`) must be one of `classes`."""
     try:
         with Path(csv_path).open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -56,6 +56,7 @@ def read_labels(csv_path: Path, classes: Sequence[str],
     known = set(classes)
     for n, row in enumerate(rows, start=2):
         label = (row.get(label_column) or "").strip()
+        label = (aliases or {}).get(label, label)
         if label not in known:
             raise DatasetError(f"{csv_path}:{n}: label {label!r} is not one of {sorted(known)}")
         path = (row.get("path") or "").strip()

@@ -244,16 +244,24 @@ def fuse_hips(keys: Sequence[tuple[str, str]], labels: Sequence[int],
 
 
 def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path, out_dir: Path,
-                   device: str = "auto", runtime: str = "auto", label_column: str = "hardware",
+                   device: str = "auto", runtime: str = "auto", label_column: str = "",
                    cache_dir: Path | None = None, n_boot: int = N_BOOTSTRAP,
                    ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate a model (or ensemble) on a labelled DICOM folder; per-hip fused figures."""
+    """Evaluate a model (or ensemble) on a labelled DICOM folder; per-hip fused figures.
+
+    The labels come from `label_column`, by default the column of the model card's label set.
+    """
+    from hiprouter.inference.classes import label_source
     from hiprouter.inference.dataset import load_crops, read_labels
     from hiprouter.inference.models import SYNTHETIC_DISCLAIMER
     from hiprouter.inference.predict import HardwareClassifier
 
     clf = HardwareClassifier.from_dirs(model_dirs, device, runtime, heatmaps=False)
-    rows = read_labels(labels_csv, clf.classes, label_column)
+    try:
+        source = label_source(clf.members[0].model.card.label_set)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    rows = read_labels(labels_csv, clf.classes, label_column or source.column, source.aliases)
     size = max(m.model.card.input_size for m in clf.members)
     images, used, refused = load_crops(rows, data_dir, size, cache_dir)
     preds = clf.predict_crops([im.astype(np.float32) / 255.0 for im in images], heatmaps=False)

@@ -26,6 +26,12 @@ MODELS_ROOT = Path(hiprouter.__file__).resolve().parent.parent / "models"
 """Models shipped with the repository (models/<name>/card.yaml)."""
 DEMO_MODEL_DIR = MODELS_ROOT / "hardware-demo"
 
+
+def demo_model_dir(kind: str) -> Path:
+    """The bundled synthetic demo model of a pipeline kind: models/<kind>-demo."""
+    return MODELS_ROOT / f"{kind}-demo"
+
+
 SYNTHETIC_DISCLAIMER = (
     "Trained and evaluated on synthetic radiographs only. Figures on synthetic data say "
     "nothing about accuracy on real patients. Demo output, not for diagnostic use."

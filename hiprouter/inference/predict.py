@@ -23,6 +23,7 @@ from hiprouter.inference.models import (
     DEMO_MODEL_DIR,
     LoadedModel,
     ModelError,
+    demo_model_dir,
     load_model,
     select_device,
 )
@@ -78,8 +79,12 @@ class HardwareClassifier:
 
     @classmethod
     def from_config(cls, pipeline_cfg: Any) -> HardwareClassifier:
-        """From a `PipelineConfig` (models, device, runtime, batch_size, heatmaps)."""
-        return cls.from_dirs(pipeline_cfg.models, pipeline_cfg.device, pipeline_cfg.runtime,
+        """From a `PipelineConfig` (models, device, runtime, batch_size, heatmaps).
+
+        No models configured: the bundled demo model of the pipeline's kind (models/<kind>-demo).
+        """
+        dirs = list(pipeline_cfg.models) or [demo_model_dir(pipeline_cfg.kind)]
+        return cls.from_dirs(dirs, pipeline_cfg.device, pipeline_cfg.runtime,
                              batch_size=pipeline_cfg.batch_size,
                              heatmaps=pipeline_cfg.heatmaps,
                              modalities=getattr(pipeline_cfg, "modalities", RADIOGRAPH_MODALITIES))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.inference.classes import label_set, label_source
 from hiprouter.inference.dataset import LabelledHip, load_crops, read_labels, split_patients
 from hiprouter.inference.evaluate import card_figures, compute_metrics, fuse_hips, write_report
 from hiprouter.inference.models import (
@@ -45,11 +45,17 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    label_column: str = "hardware"
+    label_set: str = "hardware"
+    """Classes to learn (classes.LABEL_SETS)."""
+    label_column: str = ""
+    """Labels CSV column; empty: the label set's column (classes.LABEL_SOURCES)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (smoke tests)."""
-    workers: int = 0
-    """DataLoader worker processes (augmentation)."""
+    balance: bool = False
+    """Draw training hips with class-balanced probabilities (rare classes, e.g. fractures)."""
+    workers: int = 1
+    """DataLoader worker processes for augmentation (they run single-threaded, which also
+    keeps per-sample transforms from fighting the training threads for the cores)."""
     decode_workers: int = 1
     """Processes decoding DICOM into the crop cache."""
     name: str = "hardware"
@@ -58,7 +64,7 @@ class TrainConfig:
     synthetic_demo: bool = False
     device: str = "auto"
     augment: dict[str, float] = field(default_factory=lambda: {
-        "rotation_deg": 10.0, "zoom": 0.15, "translate": 0.05, "perspective": 0.2,
+        "rotation_deg": 10.0, "zoom": 0.1, "translate": 0.05, "perspective": 0.2,
         "brightness": 0.2, "contrast": 0.2, "flip_p": 0.5})
 
 
@@ -166,8 +172,13 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     np.random.seed(cfg.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = [c.key for c in HARDWARE_CLASSES]
-    rows = read_labels(labels_csv, classes, cfg.label_column)
+    try:
+        classes = [c.key for c in label_set(cfg.label_set)]
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    source = label_source(cfg.label_set)
+    column = cfg.label_column or source.column
+    rows = read_labels(labels_csv, classes, column, source.aliases)
     images, used, refused = load_crops(
         rows, data_dir, cfg.input_size, cache_dir or out_dir / "cache",
         progress=lambda it: tqdm(it, desc="decode + crop", unit="image", leave=False),
@@ -185,8 +196,17 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     device = select_device(cfg.device)
     module = create_model(cfg.arch, len(classes)).to(device)
     train_set = _Crops(images[split["train"]], labels[split["train"]], augmentation(cfg))
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                                         num_workers=cfg.workers, drop_last=False)
+    sampler = None
+    if cfg.balance:
+        counts = np.bincount(train_set.labels, minlength=len(classes))
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(1.0 / counts[train_set.labels], dtype=torch.double),
+            num_samples=len(train_set), replacement=True,
+            generator=torch.Generator().manual_seed(cfg.seed))
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size,
+                                         shuffle=sampler is None, sampler=sampler,
+                                         num_workers=cfg.workers, drop_last=False,
+                                         persistent_workers=cfg.workers > 0)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     val_x, val_y = images[split["val"]], labels[split["val"]]
@@ -234,11 +254,11 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
                  f"{cfg.name} {cfg.version}: test split of {dataset_name}", note)
     card = ModelCard(
         name=cfg.name, version=cfg.version, architecture=cfg.arch, input_size=cfg.input_size,
-        classes=classes, training_data=dataset_name, synthetic_demo=cfg.synthetic_demo,
-        limitations=note,
+        label_set=cfg.label_set, classes=classes, training_data=dataset_name,
+        synthetic_demo=cfg.synthetic_demo, limitations=note,
         training={**{k: v for k, v in asdict(cfg).items()
                      if k not in ("name", "version", "training_data", "synthetic_demo")},
-                  "split": {k: len(v) for k, v in split.items()},
+                  "label_column": column, "split": {k: len(v) for k, v in split.items()},
                   "optimiser": "AdamW, OneCycleLR per stage, cross-entropy",
                   "steps": state["steps"], "seconds": round(time.time() - started, 1),
                   "history": state["history"]},

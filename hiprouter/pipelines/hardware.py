@@ -1,5 +1,7 @@
-"""The `hardware` pipeline: classify the orthopaedic hardware of each hip and report it.
+"""The `hardware` and `fracture` pipelines: classify each hip with a label set and report it.
 
+`hardware` names the orthopaedic hardware (seed 003); `fracture` flags acute proximal
+femoral fractures for triage (seed 001). Both run the same code with their own models:
 read spool -> HardwareClassifier.predict_study -> SR + SC overlays + KOS triage flag
 -> files for the job's destinations. Each hip's result and each unusable image is
 recorded in the database (inferences, audit events); each object created in `outputs`.
@@ -18,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow, write_transaction
+from hiprouter.inference.models import ModelError
 from hiprouter.inference.predict import HardwareClassifier
 from hiprouter.inference.results import StudyResult
 from hiprouter.report.build import ReportBundle, build_outputs, write_bundle
@@ -88,10 +91,20 @@ def record_results(ctx: JobContext, result: StudyResult, bundle: ReportBundle | 
             ))
 
 
-def hardware(settings: Settings, name: str) -> Pipeline:
+KINDS_BY_LABEL_SET = ("hardware", "fracture")
+"""Pipeline kinds served by this module; each expects models of the label set of its name."""
+
+
+def classifier_pipeline(settings: Settings, name: str) -> Pipeline:
     """Build the pipeline: models are loaded once here, then reused for every job."""
     cfg = settings.pipelines[name]
     classifier = HardwareClassifier.from_config(cfg)
+    for member in classifier.members:
+        card = member.model.card
+        if cfg.kind in KINDS_BY_LABEL_SET and card.label_set != cfg.kind:
+            raise ModelError(f"pipelines.{name}: {member.model.model_dir} is a "
+                             f"{card.label_set!r} model; kind {cfg.kind!r} needs "
+                             f"{cfg.kind!r} models")
 
     def run(ctx: JobContext) -> list[Path]:
         datasets, unreadable = read_sources(ctx)
@@ -111,4 +124,8 @@ def hardware(settings: Settings, name: str) -> Pipeline:
     return run
 
 
-register_pipeline("hardware", hardware)
+hardware = classifier_pipeline
+"""The factory under its first name."""
+
+for _kind in KINDS_BY_LABEL_SET:
+    register_pipeline(_kind, classifier_pipeline)

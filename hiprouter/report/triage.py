@@ -38,12 +38,23 @@ def _display(key: str) -> str:
         return key.replace("_", " ")
 
 
+def _negative(key: str) -> bool:
+    try:
+        return class_by_key(key).negative
+    except KeyError:
+        return False
+
+
 def _matches(rule: TriageRule, hip: HipResult) -> list[tuple[str, float]]:
-    """(class key, probability) of the hip's findings that satisfy the rule."""
+    """(class key, probability) of the hip's findings that satisfy the rule.
+
+    Negative classes (no_fracture, no_hardware) never match: "*fracture*" means fractures.
+    """
     probs = dict(hip.probabilities)
     probs[hip.predicted_class] = max(probs.get(hip.predicted_class, 0.0), hip.probability)
     return [(key, p) for key, p in probs.items()
-            if p >= rule.min_probability and any(fnmatchcase(key, pat) for pat in rule.classes)]
+            if p >= rule.min_probability and not _negative(key)
+            and any(fnmatchcase(key, pat) for pat in rule.classes)]
 
 
 def triage(result: StudyResult, cfg: PipelineConfig) -> Triage:

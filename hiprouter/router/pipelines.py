@@ -3,8 +3,9 @@
 A pipeline is a callable `run(ctx: JobContext) -> list[Path]` that returns DICOM files
 to send to the job's `send_to` destinations. A factory `(settings, name) -> run` builds it
 once per worker (load models there). Kinds register with `register_pipeline(kind,
-factory)`: `forward` is built in; `hardware` is registered by `hiprouter.pipelines.hardware`
-when it is first needed; sites add kinds in modules listed under `plugins:` in the config.
+factory)`: `forward` is built in; `hardware` and `fracture` are registered by
+`hiprouter.pipelines.hardware` when first needed; sites add kinds in modules listed
+under `plugins:` in the config.
 
 Re-running a job must produce the same SOP Instance UIDs, so the PACS never receives a
 duplicate: derive output UIDs with `JobContext.derive_uid(...)`.
@@ -29,7 +30,8 @@ from hiprouter.logs import get_logger
 from hiprouter.schema import Instance, Job
 
 FORWARD = "forward"
-BUILTIN_MODULES = {"hardware": "hiprouter.pipelines.hardware"}
+BUILTIN_MODULES = {"hardware": "hiprouter.pipelines.hardware",
+                   "fracture": "hiprouter.pipelines.hardware"}
 """Kinds whose module registers them on import (imported on first use)."""
 
 

@@ -1,0 +1,190 @@
+"""Label sets: the fracture classes, labels-CSV columns and aliases, training and evaluating
+a fracture model, its report wording and triage, and the `fracture` pipeline kind."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hiprouter.cli import main
+from hiprouter.config import PipelineConfig, Settings
+from hiprouter.inference.classes import (
+    EXTRA_FINDINGS,
+    FRACTURE_CLASSES,
+    LABEL_SETS,
+    PRIVATE_SCHEME,
+    class_by_key,
+    label_set,
+    label_source,
+)
+from hiprouter.inference.dataset import DatasetError, read_labels
+from hiprouter.inference.models import ModelError, demo_model_dir, read_card
+from hiprouter.inference.predict import HardwareClassifier
+from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
+from hiprouter.inference.train import TrainConfig, train
+from hiprouter.report.text import render_report_text
+from hiprouter.report.triage import triage
+from hiprouter.router.pipelines import BUILTIN_MODULES, factory_for
+from tests.inference.helpers import toy_dataset
+
+FRACTURE_KEYS = ["no_fracture", "femoral_neck_fracture", "intertrochanteric_fracture"]
+
+
+def test_fracture_label_set_reuses_the_coded_fracture_findings() -> None:
+    assert [c.key for c in LABEL_SETS["fracture"]] == FRACTURE_KEYS
+    assert [c.key for c in label_set("hardware")][0] == "no_hardware"
+    extra = {fc.key: fc for fc in EXTRA_FINDINGS}
+    assert FRACTURE_CLASSES[1] is extra["femoral_neck_fracture"]
+    assert FRACTURE_CLASSES[2] is extra["intertrochanteric_fracture"]
+    negative = class_by_key("no_fracture")
+    assert (negative.scheme, negative.code, negative.meaning) == (
+        PRIVATE_SCHEME, "FX000", "No fracture detected")
+    with pytest.raises(KeyError, match="unknown label set 'ribs'.*hardware, fracture"):
+        label_set("ribs")
+
+
+def test_label_sources_name_the_column_and_aliases() -> None:
+    assert label_source("hardware").column == "hardware"
+    fx = label_source("fracture")
+    assert fx.column == "fracture" and fx.aliases == {"none": "no_fracture"}
+    with pytest.raises(KeyError):
+        label_source("ribs")
+
+
+def _labels_csv(path: Path, values: list[str]) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "study_uid", "patient_id", "laterality", "hardware", "fracture"])
+        for i, v in enumerate(values):
+            w.writerow([f"S{i}/IM1.dcm", f"1.2.3.{i}", f"P{i}", "R", "no_hardware", v])
+    return path
+
+
+def test_read_labels_maps_aliases_and_refuses_unknown_values(tmp_path: Path) -> None:
+    src = label_source("fracture")
+    csv_path = _labels_csv(tmp_path / "ok.csv", ["none", "femoral_neck_fracture", "no_fracture"])
+    rows = read_labels(csv_path, FRACTURE_KEYS, src.column, src.aliases)
+    assert [r.label for r in rows] == ["no_fracture", "femoral_neck_fracture", "no_fracture"]
+    # Without the alias, "none" is not a class of the set.
+    with pytest.raises(DatasetError, match=r"ok.csv:2: label 'none'"):
+        read_labels(csv_path, FRACTURE_KEYS, src.column)
+    bad = _labels_csv(tmp_path / "bad.csv", ["none", "rib_fracture"])
+    with pytest.raises(DatasetError, match=r"bad.csv:3: label 'rib_fracture'"):
+        read_labels(bad, FRACTURE_KEYS, src.column, src.aliases)
+    with pytest.raises(DatasetError, match="missing column"):
+        read_labels(csv_path, FRACTURE_KEYS, "fractures", src.aliases)
+
+
+def test_unknown_label_set_is_refused(tmp_path: Path) -> None:
+    labels = _labels_csv(tmp_path / "labels.csv", ["none"])
+    with pytest.raises(ValueError, match="unknown label set 'ribs'"):
+        train(tmp_path, labels, tmp_path / "out", TrainConfig(label_set="ribs"))
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "o"),
+                                       "--label-set", "ribs"])
+    assert result.exit_code != 0 and "ribs" in result.output
+
+
+@pytest.fixture(scope="module")
+def fracture_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A few training steps of a 3-class fracture model on toy images (CSV values with alias)."""
+    root = tmp_path_factory.mktemp("fx-train")
+    # toy_dataset writes the class into the "hardware" column: here it holds fracture values.
+    labels = toy_dataset(root / "data", 12, ["none", *FRACTURE_KEYS[1:]], seed=5)
+    out = root / "model"
+    result = CliRunner().invoke(main, [
+        "train", str(root / "data"), "--labels", str(labels), "--out", str(out),
+        "--label-set", "fracture", "--label-column", "hardware", "--balance",
+        "--arch", "resnet10t", "--input-size", "48", "--epochs-head", "1", "--epochs", "1",
+        "--batch-size", "8", "--max-steps", "4", "--name", "toy-fracture", "--synthetic-demo",
+        "--workers", "0",
+    ])
+    assert result.exit_code == 0, result.output
+    return root, out
+
+
+def test_training_a_fracture_model_records_its_label_set(fracture_model) -> None:
+    _root, out = fracture_model
+    card = read_card(out)
+    assert card.label_set == "fracture" and card.classes == FRACTURE_KEYS
+    assert card.training["label_column"] == "hardware" and card.training["balance"] is True
+    assert card.training["steps"] == 4
+    clf = HardwareClassifier.from_dirs([out], "cpu", "torch", heatmaps=False)
+    assert clf.classes == FRACTURE_KEYS
+
+
+def test_evaluate_uses_the_cards_label_set(fracture_model, tmp_path: Path) -> None:
+    root, out = fracture_model
+    args = ["evaluate", str(out), str(root / "data"), "--out", str(tmp_path / "ev"),
+            "--bootstrap", "20"]
+    # The card's label set reads the "fracture" column, which this toy CSV lacks.
+    missing = CliRunner().invoke(main, args)
+    assert missing.exit_code != 0 and "missing column(s) fracture" in missing.output
+    result = CliRunner().invoke(main, [*args, "--label-column", "hardware"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["classes"] == FRACTURE_KEYS and len(report["confusion_matrix"]) == 3
+    assert report["n"] == 24
+
+
+def _result(*hips: tuple[str, str, float]) -> StudyResult:
+    model = ModelInfo("fracture-demo", "0.1.0", "resnet18@192px", "1.2.3", synthetic_demo=True)
+    out = []
+    for side, key, p in hips:
+        rest = (1.0 - p) / 2
+        probs = {k: (p if k == key else rest) for k in FRACTURE_KEYS}
+        out.append(HipResult(side, key, p, probs, ["1.2.3.4"]))  # type: ignore[arg-type]
+    return StudyResult("1.2.3", "fracture", model, out)
+
+
+def test_report_wording_for_fracture_results() -> None:
+    en = render_report_text(_result(("R", "femoral_neck_fracture", 0.9),
+                                    ("L", "no_fracture", 0.95)))
+    assert en.sentences == ["Right hip: femoral neck fracture.",
+                            "Left hip: no fracture detected."]
+    both = render_report_text(_result(("R", "no_fracture", 0.9), ("L", "no_fracture", 0.8)))
+    assert both.sentences == ["No fracture detected on either side."]
+    unsure = render_report_text(_result(("R", "no_fracture", 0.5),
+                                        ("L", "intertrochanteric_fracture", 0.45)))
+    assert unsure.sentences == [
+        "Right hip: probably no fracture (low confidence, probability 0.50).",
+        "Left hip: possible intertrochanteric fracture (low confidence, probability 0.45).",
+    ]
+    de = render_report_text(_result(("R", "no_fracture", 0.9), ("L", "no_fracture", 0.8)),
+                            language="de")
+    assert de.sentences == ["Beidseits keine Fraktur nachweisbar."]
+    de_unsure = render_report_text(_result(("R", "no_fracture", 0.55)), language="de")
+    assert de_unsure.sentences == [
+        "Rechte Hüfte: wahrscheinlich keine Fraktur (geringe Konfidenz, "
+        "Wahrscheinlichkeit 0,55)."]
+    assert "DEMO MODEL" in en.disclaimer
+
+
+def test_default_triage_of_fracture_results() -> None:
+    cfg = PipelineConfig(kind="fracture")
+    high = triage(_result(("R", "femoral_neck_fracture", 0.8), ("L", "no_fracture", 0.9)), cfg)
+    assert high.level == "HIGH" and "Femoral neck fracture, right hip" in high.reason
+    routine = triage(_result(("R", "no_fracture", 0.9), ("L", "no_fracture", 0.7)), cfg)
+    assert routine.level == "ROUTINE"
+    # A fracture below the default threshold does not raise the priority.
+    low = triage(_result(("R", "no_fracture", 0.55), ("L", "no_fracture", 0.9)), cfg)
+    assert low.level == "ROUTINE"
+
+
+def test_fracture_kind_is_built_in_and_checks_the_models_label_set(
+        tiny_model_dir: Path, fracture_model) -> None:
+    assert BUILTIN_MODULES["fracture"] == BUILTIN_MODULES["hardware"]
+    factory = factory_for("fracture")
+    assert factory is factory_for("hardware")
+    assert demo_model_dir("fracture").name == "fracture-demo"
+    _root, fx_dir = fracture_model
+    wrong = Settings(pipelines={"fx": {"kind": "fracture", "models": [tiny_model_dir],
+                                       "device": "cpu", "runtime": "torch"}})
+    with pytest.raises(ModelError, match="is a 'hardware' model; kind 'fracture'"):
+        factory(wrong, "fx")
+    right = Settings(pipelines={"fx": {"kind": "fracture", "models": [fx_dir],
+                                       "device": "cpu", "runtime": "torch"}})
+    assert callable(factory(right, "fx"))
