@@ -42,7 +42,9 @@ class Node:
         self.start_hooks: list[Hook] = []
         """Called in order after the SCP and scheduler started (e.g. start workers)."""
         self.stop_hooks: list[Hook] = []
-        """Called in reverse order after the SCP stopped accepting (e.g. stop workers)."""
+        """Called in reverse order after the SCP stopped accepting (e.g. stop workers);
+        only when the start hooks ran."""
+        self._hooks_started = False
         self.add_interval_job(self.sweep_studies, settings.studies.sweep_interval_s,
                               "study-completion")
 
@@ -70,6 +72,7 @@ class Node:
         record_unrecorded_files(self.engine, self.spool)
         self.scheduler.start()
         self.scp.start()
+        self._hooks_started = True
         for hook in self.start_hooks:
             hook(self)
         node = self.settings.node
@@ -81,7 +84,7 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let in-flight stores finish, stop hooks and the scheduler."""
         self.scp.stop()
-        for hook in reversed(self.stop_hooks):
+        for hook in reversed(self.stop_hooks if self._hooks_started else []):
             try:
                 hook(self)
             except Exception as exc:
@@ -122,7 +125,12 @@ def serve(settings: Settings, on_complete: CompletionCallback | None = None,
 
     previous = {sig: signal.signal(sig, _signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        node.start()
+        try:
+            node.start()
+        except OSError as exc:
+            node_cfg = settings.node
+            log.error("cannot listen", host=node_cfg.host, port=node_cfg.port, error=str(exc))
+            raise SystemExit(1) from exc
         stop.wait()
     finally:
         node.stop()
