@@ -42,14 +42,20 @@ def wait_port(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def send(port: int, called: str, files: list[Path]) -> float:
-    """Seconds storescu needs to send `files` on one association."""
+def send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
+    """Seconds `senders` parallel storescu processes need to send `files` (split evenly)."""
     start = time.perf_counter()
-    done = subprocess.run(["storescu", "-aec", called, "127.0.0.1", str(port),
-                           *map(str, files)], env=ENV, capture_output=True, text=True)
+    procs = [
+        subprocess.Popen(["storescu", "-aec", called, "127.0.0.1", str(port),
+                          *map(str, files[i::senders])], env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for i in range(senders)
+    ]
+    errors = [p.communicate()[1] for p in procs]
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"storescu failed: {done.stderr[-2000:]}")
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-2000:]}")
     return elapsed
 
 
@@ -93,6 +99,8 @@ def main() -> None:
                         help="hiprouter node.max_pdu_size")
     parser.add_argument("--no-fsync", action="store_true", help="storage.fsync: false")
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
+    parser.add_argument("--senders", type=int, default=1,
+                        help="parallel storescu processes (associations), files split evenly")
     args = parser.parse_args()
     if not shutil.which("storescu") or not shutil.which("storescp"):
         sys.exit("needs DCMTK (apt-get install dcmtk)")
@@ -101,7 +109,8 @@ def main() -> None:
     try:
         files = make_cr_files(work / "files", args.n)
         size_mb = sum(f.stat().st_size for f in files) / 2**20
-        print(f"{args.n} files, {size_mb:.0f} MiB, 512x512 16-bit CR, storescu TCP_NODELAY=1")
+        print(f"{args.n} files, {size_mb:.0f} MiB, 512x512 16-bit CR, {args.senders} storescu "
+              "in parallel, TCP_NODELAY=1")
         scp, scp_port = start_storescp(work)
         hip, hip_port = start_hiprouter(work, args)
         procs += [scp, hip]
@@ -110,8 +119,8 @@ def main() -> None:
             # Each hiprouter run sends new SOP Instance UIDs: a resend would be duplicates.
             batch = files if run == 0 else make_cr_files(work / f"files{run}", args.n,
                                                          seed=run)
-            rates["storescp"].append(args.n / send(scp_port, "STORESCP", batch))
-            rates["hiprouter"].append(args.n / send(hip_port, "HIPROUTER", batch))
+            rates["storescp"].append(args.n / send(scp_port, "STORESCP", batch, args.senders))
+            rates["hiprouter"].append(args.n / send(hip_port, "HIPROUTER", batch, args.senders))
             print(f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s   "
                   f"hiprouter {rates['hiprouter'][-1]:7.1f}/s")
         dcmtk = statistics.median(rates["storescp"])
