@@ -13,7 +13,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +98,12 @@ def _check_hips(result: StudyResult) -> None:
             raise ValueError(f"{where}: probability {hip.probability!r} is not in [0, 1]")
 
 
+def input_digest(sop_uids: Iterable[str]) -> str:
+    """A short digest of the set of source SOP Instance UIDs a result used."""
+    joined = "\n".join(sorted(sop_uids)).encode("ascii", "replace")
+    return hashlib.sha256(joined).hexdigest()[:32]
+
+
 def series_laterality(sources: Sequence[Dataset]) -> str:
     """R or L when every source shows that side (Laterality or Image Laterality), else ""."""
     sides = {str(ds.get("Laterality") or ds.get("ImageLaterality") or "") for ds in sources}
@@ -129,13 +135,17 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
     by_uid = {str(ds.SOPInstanceUID): ds for ds in used}
     key = model_key(result)
 
+    # Series UIDs depend on study, pipeline and model only; instance UIDs also on the images
+    # used, so new images in the study (a later episode) give new objects in the same series.
+    inputs = input_digest(by_uid)
+
     def uid(kind: str, *parts: str) -> str:
         return output_uid(result.study_uid, result.pipeline, key, kind, *parts)
 
     text = render_report_text(result, pipeline_cfg.language, pipeline_cfg.low_confidence,
                               templates_dir)
-    sr = build_sr(result, used, text, series_uid=uid("sr-series"), sop_uid=uid("sr-instance"),
-                  tracking_uids=_tracking_uids(result, key))
+    sr = build_sr(result, used, text, series_uid=uid("sr-series"),
+                  sop_uid=uid("sr-instance", inputs), tracking_uids=_tracking_uids(result, key))
     scs = []
     heats = [h for h in result.heatmaps if h.sop_instance_uid in by_uid]  # not refused ones
     if not pipeline_cfg.heatmaps:
@@ -145,11 +155,11 @@ def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: Pip
         hips = [h for h in result.hips if heat.sop_instance_uid in h.source_sop_uids]
         scs.append(build_sc(heat, hips, result.model, by_uid[heat.sop_instance_uid],
                             series_uid=uid("sc-series"),
-                            sop_uid=uid("sc-instance", heat.sop_instance_uid),
+                            sop_uid=uid("sc-instance", heat.sop_instance_uid, inputs),
                             instance_number=len(scs) + 1, series_laterality=laterality))
     flag = triage(result, pipeline_cfg)
     kos = build_kos(used, [sr, *scs], result.model, flag.level, flag.reason,
-                    series_uid=uid("ko-series"), sop_uid=uid("ko-instance"))
+                    series_uid=uid("ko-series"), sop_uid=uid("ko-instance", inputs))
     return ReportBundle(sr=sr, scs=scs, kos=kos, priority=flag.level, reason=flag.reason,
                         text=text, referenced_sop_uids=list(by_uid))
 

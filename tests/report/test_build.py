@@ -248,6 +248,17 @@ def test_uids_are_deterministic_per_study_pipeline_and_model(tmp_path: Path) -> 
     for d in first.datasets():
         assert str(d.SOPInstanceUID) not in " ".join(names)
 
+    # New images in the study (a later episode): new instances in the same series.
+    extra = make_cr(result.study_uid, series_uid=sources[0].SeriesInstanceUID, instance=9)
+    for hip in result.hips:
+        hip.source_sop_uids = [*hip.source_sop_uids, str(extra.SOPInstanceUID)]
+    more = build_outputs(result, [*sources, extra], PipelineConfig())
+    assert {s for s, _ in _identity(more)} == set(series)  # SR, SC and KOS series
+    assert not {i for _, i in _identity(more)} & {i for _, i in _identity(first)}
+    assert tracking_uids(more) == tracking_uids(first)  # the same hips, tracked
+    for hip in result.hips:
+        hip.source_sop_uids = hip.source_sop_uids[:-1]
+
     result.model = ModelInfo(**{**DEMO_MODEL.__dict__, "version": "0.2.0"})
     newer = build_outputs(result, sources, PipelineConfig())
     assert not {u for pair in _identity(newer) for u in pair} & {
