@@ -14,8 +14,9 @@ from pathlib import Path
 import jinja2
 
 import hiprouter
+from hiprouter.config import Settings
 from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.results import HipResult, StudyResult
+from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
 
 BUNDLED_TEMPLATES = Path(hiprouter.__file__).resolve().parent.parent / "sr_templates"
 TEMPLATE_NAMES = ("hip.j2", "bilateral.j2", "disclaimer.j2", "impression.j2")
@@ -110,3 +111,24 @@ def render_report_text(result: StudyResult, language: str = "en", low_confidence
                          refused_count=len(result.refused), disclaimer=disclaimer)
     return ReportText(language=language, hip_sentences=hip_sentences, sentences=sentences,
                       disclaimer=disclaimer, impression=impression)
+
+
+def check_templates(settings: Settings) -> None:
+    """Render a sample report in every configured pipeline's language, at start-up.
+
+    Raises TemplateError naming the pipeline when its language has no templates or a
+    template fails (syntax error, undefined variable), instead of failing the first job.
+    """
+    sample = StudyResult(
+        study_uid="1.2.3", pipeline="check", model=ModelInfo("check", "0", "check", "2.25.0"),
+        hips=[HipResult("R", "tha", 0.95, {}, []), HipResult("L", "tha", 0.9, {}, []),
+              HipResult("U", "im_nail", 0.3, {}, [])],
+        refused={"1.2.3.4": "sample"})
+    for name, pipe in settings.pipelines.items():
+        if pipe.kind == "forward":
+            continue
+        try:
+            render_report_text(sample, pipe.language, pipe.low_confidence,
+                               settings.sr_templates_dir)
+        except TemplateError as exc:
+            raise TemplateError(f"pipelines.{name}.language: {exc}") from exc

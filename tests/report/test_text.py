@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from hiprouter.config import PipelineConfig, Settings
 from hiprouter.inference.results import ModelInfo
-from hiprouter.report.text import BUNDLED_TEMPLATES, TemplateError, render_report_text
+from hiprouter.report.text import (
+    BUNDLED_TEMPLATES,
+    TemplateError,
+    check_templates,
+    render_report_text,
+)
 from tests.report.inputs import DEMO_MODEL, make_study
 
 SITE_MODEL = ModelInfo(name="site-hardware", version="2.0", architecture="nfnet_f3",
@@ -106,3 +112,16 @@ def test_unknown_language_and_broken_template_raise(tmp_path: Path) -> None:
     (tmp_path / "t" / "en" / "hip.j2").write_text("{{ no_such_variable }}")
     with pytest.raises(TemplateError, match="no_such_variable"):
         render_report_text(result, templates_dir=tmp_path / "t")
+
+
+def test_check_templates_at_start_up(tmp_path: Path) -> None:
+    ok = Settings(pipelines={"hw": PipelineConfig(language="de"), "fw": PipelineConfig(
+        kind="forward", language="xx")})
+    check_templates(ok)  # forward pipelines write no report
+    with pytest.raises(TemplateError, match="pipelines.hw.language: .*'fr'"):
+        check_templates(Settings(pipelines={"hw": PipelineConfig(language="fr")}))
+    shutil.copytree(BUNDLED_TEMPLATES, tmp_path / "t")
+    (tmp_path / "t" / "en" / "bilateral.j2").write_text("{% if %}")
+    with pytest.raises(TemplateError, match="pipelines.hw.language: bilateral.j2"):
+        check_templates(Settings(pipelines={"hw": PipelineConfig()},
+                                 sr_templates_dir=tmp_path / "t"))
