@@ -66,8 +66,9 @@ def test_forward_study_arrives_once_with_every_attempt_recorded(
         assert sorted(a.sop_instance_uid for a in attempts) == sorted(received)
         assert {(a.status, a.destination, a.attempt) for a in attempts} == {(0, "pacs", 1)}
         out = s.scalars(select(Association).where(Association.direction == "out")).all()
-        assert [(a.called_ae, a.outcome, a.instances_received) for a in out] == [
-            ("PACS", "released", 4)]
+        # one association normally; more if a loaded machine split the study in episodes
+        assert {(a.called_ae, a.outcome) for a in out} == {("PACS", "released")}
+        assert sum(a.instances_received for a in out) == 4
         assert s.scalars(select(Study.state)).all() == ["done"]
         transferred = s.scalars(select(AuditEvent).where(
             AuditEvent.event_id_code == "110104", AuditEvent.action == "R")).all()
@@ -119,11 +120,13 @@ def test_three_associations_within_timeout_are_one_job_with_gaps_three(
 ) -> None:
     pacs = StoreSCP(tmp_path / "pacs").start()
     try:
-        router = router_process(forward_config(pacs))
+        # 2 s: the three quick associations (storescu runs back to back) stay one study
+        # episode even on a loaded machine
+        router = router_process({**forward_config(pacs), "studies": {"complete_after_s": 2.0}})
         jobs_of = lambda uid: select(func.count()).select_from(Job).where(  # noqa: E731
             Job.study_uid == uid)
         quick_uid, slow_uid = generate_uid(), generate_uid()
-        for i in range(3):  # back to back, well inside complete_after_s (1 s)
+        for i in range(3):  # back to back, well inside complete_after_s
             files = make_cr_files(tmp_path / f"q{i}", 2, study_uid=quick_uid, size=32, seed=i)
             assert storescu(router.port, files).returncode == 0
         for i in range(3):  # each gap longer than complete_after_s
