@@ -54,6 +54,8 @@ class WakeableDUL(DULServiceProvider):
 
     def _idle_wait(self) -> None:
         sock = getattr(self.socket, "socket", None)
+        if not getattr(self.socket, "_is_connected", False):
+            sock = None  # as AssociationSocket.ready: nothing to read from
         if sock is not None and hasattr(sock, "pending") and sock.pending():
             return  # TLS: decrypted bytes select() cannot see
         waiting = [self._wake_r] if sock is None else [sock, self._wake_r]
