@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any
 
 import structlog
@@ -55,6 +56,20 @@ def configure(level: str = "INFO", json_logs: bool | None = None) -> None:
     # pynetdicom's own debug output dumps whole datasets (with PHI): keep it at WARNING.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _silence_value_warnings()
+
+
+def _silence_value_warnings() -> None:
+    """pydicom's "invalid value" warnings quote the value, which may be a patient's name.
+
+    Received headers are taken as they are (reading validation off); objects we write are
+    still validated by pydicom and highdicom.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> Any:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TCP_NODELAY=1
-pkgs=(dcmtk dicom3tools orthanc postgresql)
+pkgs=(dcmtk dicom3tools orthanc postgresql libpixelmed-java)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
 from hiprouter import db as dbmod
-from hiprouter.config import Settings
+from hiprouter.config import ConfigError, Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.router import queue
@@ -47,20 +47,29 @@ def owner_id(tag: str) -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{tag}"
 
 
-def enqueue_sends(session: Session, job: Job, paths: Sequence[Path]) -> int:
+def object_uids(paths: Sequence[Path]) -> list[tuple[Path, str, str]]:
+    """(path, SOP Instance UID, SOP Class UID) of each output file (headers only)."""
+    out = []
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SOPInstanceUID", "SOPClassUID"])
+        out.append((Path(path), str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+    return out
+
+
+def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
+                  objects: Sequence[tuple[Path, str, str]] | None = None) -> int:
     """Queue each file for each of the job's destinations; returns how many are pending.
 
     A (SOP Instance UID, destination) pair has one row for ever: a re-run of the job
     re-uses it (already sent stays sent), a replay sends it again, a pending or failed
-    row just points at the new file.
+    row just points at the new file. Pass `objects` (from `object_uids`) to keep file
+    reads out of the caller's transaction.
     """
     insert = pg_insert if queue.is_postgres(session) else sqlite_insert
     now = utcnow()
     queued = 0
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True,
-                     specific_tags=["SOPInstanceUID", "SOPClassUID", "StudyInstanceUID"])
-        sop_uid, sop_class = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+    for path, sop_uid, sop_class in objects if objects is not None else object_uids(paths):
         for dest in job.send_to:
             session.execute(
                 insert(Send).values(
@@ -99,9 +108,10 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         if not ctx.instances:
             raise RuntimeError("the job has no stored instances")
         paths = pipelines.get(job.pipeline)(ctx)
+        objects = object_uids(paths) if job.send_to else []
         with write_transaction(factory) as session:
             queue.complete(session, job.id, owner)
-            queued = enqueue_sends(session, job, paths)
+            queued = enqueue_sends(session, job, paths, objects)
             session.flush()
             queue.settle_study(session, job.study_uid)
             audit.record(
@@ -181,6 +191,16 @@ class JobWorker(threading.Thread):
             run_job(self.factory, self.settings, self.pipelines, job, self.owner)
 
 
+def _check_report_templates(settings: Settings) -> None:
+    """Fail at start-up, not on the first job, when a site's SR templates are broken."""
+    from hiprouter.report.text import TemplateError, check_templates
+
+    try:
+        check_templates(settings)
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 class Workers:
     """Job worker threads plus the dispatcher, started and stopped together."""
 
@@ -189,6 +209,7 @@ class Workers:
         from hiprouter.router.dispatch import Dispatcher
 
         check_pipelines(settings)
+        _check_report_templates(settings)
         self.factory = factory
         self.stop_event = threading.Event()
         pipelines = PipelineCache(settings)
