@@ -201,7 +201,7 @@ def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
     got: list[str] = []
 
     def slow_store(event: evt.Event) -> int:
-        time.sleep(0.25)
+        time.sleep(0.3)
         got.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
@@ -212,7 +212,7 @@ def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
                               evt_handlers=[(evt.EVT_C_STORE, slow_store)])
     try:
         settings = settings_for(tmp_path, port, max_concurrent=2)
-        settings.queue.lease_s = 0.4
+        settings.queue.lease_s = 1.0  # the batch takes about 1.8 s
         settings.queue.send_batch = 6
         factory = queue_files(settings, make_study(tmp_path / "in", 1, 6))
         batch = claim_sends(factory, settings, "pacs", "first")
