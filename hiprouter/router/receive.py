@@ -34,7 +34,7 @@ from hiprouter.logs import get_logger
 from hiprouter.router.pdu_guard import Limits, guarded_request_handler
 from hiprouter.router.spool import Spool, SpooledFile
 from hiprouter.router.studies import note_instance
-from hiprouter.router.tls import server_ssl_context
+from hiprouter.router.tls import refusal_auditor, server_ssl_context
 from hiprouter.schema import Association, Instance
 
 log = get_logger(__name__)
@@ -112,15 +112,19 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
     """
     with engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
-            conn.execute(insert(Instance).values(
-                sop_instance_uid=ids.sop_instance_uid, sop_class_uid=ids.sop_class_uid,
-                study_uid=ids.study_uid, series_uid=ids.series_uid,
-                transfer_syntax=transfer_syntax, size=spooled.size, sha256=spooled.sha256,
-                spool_path=str(spooled.path), received_at=received_at,
-                association_id=association_id, calling_ae=calling_ae, duplicates=0,
-                state="stored",
-            ))
+            conn.execute(_INSERT_INSTANCE, {
+                "sop_instance_uid": ids.sop_instance_uid, "sop_class_uid": ids.sop_class_uid,
+                "study_uid": ids.study_uid, "series_uid": ids.series_uid,
+                "transfer_syntax": transfer_syntax, "size": spooled.size,
+                "sha256": spooled.sha256, "spool_path": str(spooled.path),
+                "received_at": received_at, "association_id": association_id,
+                "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
+            })
             note_instance(conn, ids.study_uid, calling_ae, received_at)
+
+
+# Built once: constructing the statement per instance cost more than running it.
+_INSERT_INSTANCE = insert(Instance)
 
 
 def record_unrecorded_files(engine: Engine, spool: Spool) -> int:
@@ -246,7 +250,9 @@ class StorageSCP:
             evt_handlers=self.handlers(),
             server_class=ThreadedAssociationServer,
             request_handler=handler,
-            ssl_context=server_ssl_context(node.tls) if node.tls.enabled else None,
+            ssl_context=server_ssl_context(
+                node.tls, on_refused=refusal_auditor(self.factory, node.ae_title)
+            ) if node.tls.enabled else None,
         )
         server.daemon_threads = True
         self.ae._servers.append(server)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
+from hiprouter import audit
 from hiprouter.config import ConfigError, TLSConfig
 from hiprouter.logs import get_logger
 
@@ -37,8 +41,35 @@ class _ServerSocket(ssl.SSLSocket):
                 peer = f"{host}:{port}"
             except OSError:
                 peer = "unknown"
-            log.warning("TLS connection refused", peer=peer, reason=exc.reason or str(exc))
+            reason = exc.reason or str(exc)
+            log.warning("TLS connection refused", peer=peer, reason=reason)
+            on_refused = getattr(self.context, "on_refused", None)
+            if on_refused is not None:
+                on_refused(peer, reason)
             raise
+
+
+RefusalHook = Callable[[str, str], None]
+"""Called with (peer "host:port", reason) when a TLS client is refused; must not raise."""
+
+
+def refusal_auditor(factory: sessionmaker[Session], ae_title: str) -> RefusalHook:
+    """A hook that records each refused TLS client as a Security Alert (Node
+    Authentication failure) in the audit trail."""
+
+    def record(peer: str, reason: str) -> None:
+        try:
+            audit.record_now(
+                factory, audit.SECURITY_ALERT, "E", audit.MINOR_FAILURE,
+                event_type=audit.NODE_AUTHENTICATION,
+                description=f"TLS connection refused: {reason}",
+                participants=[audit.participant("source", host=peer.rsplit(":", 1)[0]),
+                              audit.participant("destination", ae_title)],
+            )
+        except Exception as exc:
+            log.error("cannot record TLS refusal", error=str(exc))
+
+    return record
 
 
 class _DeferredHandshakeContext(ssl.SSLContext):
@@ -52,7 +83,8 @@ class _DeferredHandshakeContext(ssl.SSLContext):
         return super().wrap_socket(sock, *args, **kwargs)
 
 
-def server_ssl_context(tls: TLSConfig, where: str = "node") -> ssl.SSLContext:
+def server_ssl_context(tls: TLSConfig, where: str = "node",
+                       on_refused: RefusalHook | None = None) -> ssl.SSLContext:
     """Context for accepting associations: our certificate, optionally client certificates.
 
     With `require_client_cert` a client must present a certificate signed by `ca_file`;
@@ -61,6 +93,7 @@ def server_ssl_context(tls: TLSConfig, where: str = "node") -> ssl.SSLContext:
     _require(tls, "cert_file", "key_file", where=where)
     ctx = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.sslsocket_class = _ServerSocket
+    ctx.on_refused = on_refused  # type: ignore[attr-defined]
     ctx.options |= ssl.OP_NO_COMPRESSION
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))

@@ -15,7 +15,7 @@ from hiprouter.router import queue
 from hiprouter.router.dispatch import claim_sends, send_batch
 from hiprouter.router.tls import client_ssl_context, server_ssl_context
 from hiprouter.router.worker import enqueue_sends
-from hiprouter.schema import Instance, Send, SendAttempt
+from hiprouter.schema import AuditEvent, Instance, Send, SendAttempt
 from tests.router.certs import Certificates, make_certificates
 from tests.router.conftest import RouterProcess, make_cr_files, storescu
 from tests.router.dicomkit import add_study, make_study
@@ -55,6 +55,12 @@ def test_inbound_tls_requires_client_certificate(
     log = router.log_text()
     for reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"):
         assert f'"reason": "{reason}"' in log
+    with router.session_factory()() as s:
+        alerts = s.scalars(select(AuditEvent).where(AuditEvent.event_id_code == "110113",
+                                                    AuditEvent.event_type_code == "110126"))
+        reasons = " ".join(a.outcome_description for a in alerts)
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in reasons
+    assert "CERTIFICATE_VERIFY_FAILED" in reasons
     # the SCP is still serving after the refused handshakes
     assert storescu(router.port, more, extra=[
         "+tls", str(certs.client_key), str(certs.client_cert), "+cf", str(certs.ca)]
