@@ -84,6 +84,7 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let in-flight stores finish, stop hooks and the scheduler."""
         self.scp.stop()
+        self.spool.close()
         for hook in reversed(self.stop_hooks if self._hooks_started else []):
             try:
                 hook(self)

@@ -12,6 +12,7 @@ import hashlib
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -104,11 +105,14 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifier
 
 def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                     spooled: SpooledFile, *, received_at: datetime,
-                    association_id: int | None = None, calling_ae: str | None = None) -> None:
+                    association_id: int | None = None, calling_ae: str | None = None,
+                    before_commit: Callable[[], object] | None = None) -> None:
     """Insert an instance row and count it for its study, committed before returning.
 
     Core statements on a plain connection: on this hot path the ORM unit of work cost
     more than the SQL itself. Raises IntegrityError for a SOP Instance UID already stored.
+    `before_commit` runs after the statements and before COMMIT (the receiver waits there
+    for the spool's folder fsync, so the row never commits before its file is durable).
     """
     with engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
@@ -121,6 +125,8 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                 "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
             })
             note_instance(conn, ids.study_uid, calling_ae, received_at)
+            if before_commit is not None:
+                before_commit()
 
 
 # Built once: constructing the statement per instance cost more than running it.
@@ -452,34 +458,34 @@ class StorageSCP:
                 f"{self.settings.storage.min_free_mb}",
             )
         encoded = event.encoded_dataset()
-        ids = read_identifiers(encoded, sop_uid)
-        # Duplicates are rare: the unique SOP Instance UID finds them, after the write,
-        # which spares every other instance a look-up.
-        spooled = self.spool.write(encoded)
+        # The file's fsync runs while the identifiers are parsed and the data hashed; the
+        # folder's fsync while the rows are inserted. COMMIT waits for both.
+        pending = self.spool.begin(encoded)
         try:
-            self._record(event, state, ids, spooled)
+            ids = read_identifiers(encoded, sop_uid)
+            pending.rename()
+            spooled = SpooledFile(pending.final, pending.size, pending.sha256)
+            record_instance(self.engine, ids, str(event.context.transfer_syntax), spooled,
+                            received_at=utcnow(), association_id=state.row_id,
+                            calling_ae=state.calling_ae[:16] or None,
+                            before_commit=pending.wait_durable)
         except IntegrityError:
-            self.spool.remove(spooled.path)
+            # Duplicates are rare: the unique SOP Instance UID finds them, after the
+            # write, which spares every other instance a look-up.
+            pending.discard()
             if not self._count_duplicate(ids.sop_instance_uid):
                 raise
             state.duplicates += 1
             state.study_uids.add(ids.study_uid)
             return SUCCESS
         except BaseException:
-            self.spool.remove(spooled.path)
+            pending.discard()
             raise
         state.stored += 1
         state.study_uids.add(ids.study_uid)
         log.debug("instance stored", sop_instance_uid=ids.sop_instance_uid,
                   study_uid=ids.study_uid, size=spooled.size)
         return SUCCESS
-
-    def _record(self, event: Any, state: AssociationState, ids: Identifiers,
-                spooled: SpooledFile) -> None:
-        """Insert the instance and count it for its study, in one committed transaction."""
-        record_instance(self.engine, ids, str(event.context.transfer_syntax), spooled,
-                        received_at=utcnow(), association_id=state.row_id,
-                        calling_ae=state.calling_ae[:16] or None)
 
     def _count_duplicate(self, sop_uid: str) -> bool:
         """If `sop_uid` is already stored, count one more duplicate and return True."""

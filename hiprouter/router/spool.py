@@ -1,7 +1,8 @@
 """The durable spool: every received instance becomes one file, written crash-safely.
 
 A file is written to a temporary name in its final folder, flushed with fsync, renamed
-atomically, and the folder is fsynced so the rename itself survives a crash. Names are
+atomically, and the folder is fsynced so the rename itself survives a crash. The fsyncs
+run in spool threads so the receiving thread can parse and hash meanwhile. Names are
 generated (uuid4), never derived from received values, so no UID can traverse paths.
 """
 
@@ -10,15 +11,21 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
 DCM_SUFFIX = ".dcm"
 QUARANTINE_DIR = "quarantine"
+
+
+FSYNC_THREADS = 8
+"""Threads that run fsyncs, so a receiving thread works on while the disk flushes."""
 
 
 @dataclass(frozen=True)
@@ -30,12 +37,99 @@ class SpooledFile:
     sha256: str
 
 
+class PendingFile:
+    """A spool file on its way to disk: temporary, then renamed, then durable.
+
+    fsync runs in a spool thread (it releases the GIL), overlapping the caller's work:
+    `begin` starts the file's fsync; `rename` waits for it, renames, and starts the
+    folder's fsync; `wait_durable` waits for that. Only then may the instance be
+    acknowledged (or its database row committed).
+    """
+
+    def __init__(self, spool: Spool, data: bytes | memoryview, tmp: Path, final: Path) -> None:
+        self.spool = spool
+        self.tmp = tmp
+        self.final = final
+        self.size = len(data)
+        self._data = data
+        self._sha256: str | None = None
+        self._file_sync: Future[None] | None = None
+        self._dir_sync: Future[None] | None = None
+        self._renamed = False
+
+    def start_fsync(self, fd: int) -> None:
+        """Flush and close `fd` (the temporary file), in the background if fsync is on."""
+        if not self.spool.fsync:
+            os.close(fd)
+            return
+
+        def sync_and_close() -> None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        try:
+            self._file_sync = self.spool._submit(sync_and_close)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the data (computed once; hashlib releases the GIL meanwhile)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self._data).hexdigest()
+        return self._sha256
+
+    def rename(self) -> None:
+        """Wait for the file's fsync, rename it to its final name, start the folder fsync."""
+        self.sha256  # noqa: B018 - hash while the fsync may still run
+        if self._file_sync is not None:
+            self._file_sync.result()
+        os.rename(self.tmp, self.final)
+        self._renamed = True
+        if self.spool.fsync:
+            folder = self.final.parent
+            self._dir_sync = self.spool._submit(lambda: _fsync_dir(folder, True))
+
+    def wait_durable(self) -> SpooledFile:
+        """Wait until the rename is on disk; returns the durable file."""
+        if not self._renamed:
+            raise RuntimeError("rename() first")
+        if self._dir_sync is not None:
+            self._dir_sync.result()
+        self._data = b""
+        return SpooledFile(self.final, self.size, self.sha256)
+
+    def discard(self) -> None:
+        """Remove the file, wherever it got to (never raises for a missing file)."""
+        for future in (self._file_sync, self._dir_sync):
+            if future is not None:
+                try:
+                    future.result()
+                except OSError:
+                    pass
+        self.tmp.unlink(missing_ok=True)
+        if self._renamed:
+            self.spool.remove(self.final)
+
+
 class Spool:
     """A folder of durably written DICOM files, fanned out by the first hex digits."""
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the fsync threads (after the last write finished)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def prepare(self) -> None:
         """Create the spool and its 256 fan-out folders (once, at start-up)."""
@@ -49,28 +143,42 @@ class Spool:
         On any error the temporary file is removed and the error re-raised, so nothing
         half-written stays behind.
         """
+        pending = self.begin(data, quarantine=quarantine)
+        try:
+            pending.rename()
+            return pending.wait_durable()
+        except BaseException:
+            pending.discard()
+            raise
+
+    def begin(self, data: bytes | memoryview, *, quarantine: bool = False) -> PendingFile:
+        """Write `data` to a temporary file and start its fsync in the background.
+
+        The caller may do other work (parse, hash, prepare the database row) while the
+        disk flushes, then calls `rename()` and `wait_durable()`, or `discard()`.
+        """
         name = uuid.uuid4().hex
         folder = self.root / (QUARANTINE_DIR if quarantine else name[:2])
-        final = folder / f"{name}{DCM_SUFFIX}"
-        tmp = folder / f".{name}{TMP_SUFFIX}"
-        digest = hashlib.sha256(data).hexdigest()
+        pending = PendingFile(self, data, folder / f".{name}{TMP_SUFFIX}",
+                              folder / f"{name}{DCM_SUFFIX}")
+        fd = os.open(pending.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(folder, self.fsync)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
+            pending.tmp.unlink(missing_ok=True)
             raise
-        return SpooledFile(final, len(data), digest)
+        pending.start_fsync(fd)
+        return pending
+
+    def _submit(self, func: Callable[[], None]) -> Future[None]:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="spool-fsync")
+            return self._pool.submit(func)
 
     def remove(self, path: Path) -> None:
         """Remove a spooled file (used when the database step fails after the write)."""

@@ -8,10 +8,12 @@ same transaction. A study that receives instances after completion starts a new 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, case, select
+from sqlalchemy import Connection, bindparam, case, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,13 +40,25 @@ def note_instance(
     study back to `receiving` with `episode + 1` so it is routed again later.
     """
     bind = session if isinstance(session, Connection) else session.get_bind()
-    insert = pg_insert if bind.dialect.name == "postgresql" else sqlite_insert
+    session.execute(_upsert_statement(bind.dialect.name),
+                    {"study_uid": study_uid, "calling_ae": calling_ae, "at": at})
+
+
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
+    """The study upsert, built once per dialect with bound parameters.
+
+    Built per call it cost more than executing it (statement construction and cache-key
+    generation run for every received instance).
+    """
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    at = bindparam("at")
     stmt = insert(Study).values(
-        study_uid=study_uid, state=RECEIVING, first_received_at=at, last_received_at=at,
-        instance_count=1, calling_ae=calling_ae, episode=1,
+        study_uid=bindparam("study_uid"), state=RECEIVING, first_received_at=at,
+        last_received_at=at, instance_count=1, calling_ae=bindparam("calling_ae"), episode=1,
     )
     reopened = Study.state != RECEIVING
-    session.execute(stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=["study_uid"],
         set_={
             "instance_count": Study.instance_count + 1,
@@ -53,7 +67,7 @@ def note_instance(
             "completed_at": case((reopened, None), else_=Study.completed_at),
             "state": RECEIVING,
         },
-    ))
+    )
 
 
 def sweep_complete_studies(
