@@ -145,7 +145,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     console.print(cm)
     if metrics["refused"]:
         console.print(f"[yellow]{len(metrics['refused'])} image(s) refused; see report.json[/]")
-    if metrics.get("model") and "SYNTHETIC" in paths["markdown"].read_text().upper():
+    if model["synthetic_demo"]:
         console.print("[yellow]synthetic-trained demo model: figures say nothing about "
                       "clinical accuracy[/]")
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "

@@ -276,7 +276,7 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     info = clf.info
     metrics["model"] = {"name": info.name, "version": info.version,
                         "architecture": info.architecture, "device_uid": info.device_uid,
-                        "runtime": clf.runtime_names}
+                        "runtime": clf.runtime_names, "synthetic_demo": info.synthetic_demo}
     note = SYNTHETIC_DISCLAIMER if info.synthetic_demo else ""
     title = f"{info.name} {info.version} on {Path(data_dir).name} ({Path(labels_csv).name})"
     return metrics, write_report(metrics, y_hip, p_hip, out_dir, title, note)
