@@ -21,7 +21,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
@@ -46,6 +46,8 @@ def claim_sends(factory: sessionmaker[Session], settings: Settings, destination:
     destination already has `max_concurrent` active senders."""
     dest = settings.destinations[destination]
     q = settings.queue
+    if not queue.due(factory, Send, Send.destination == destination):
+        return []  # idle polls never take the write lock
     with write_transaction(factory) as session:
         now = utcnow()
         if queue.is_postgres(session):  # serialise claims per destination across hosts
@@ -60,11 +62,7 @@ def claim_sends(factory: sessionmaker[Session], settings: Settings, destination:
             return []
         query = (
             select(Send)
-            .where(
-                Send.destination == destination,
-                or_(and_(Send.state.in_(queue.WAITING), Send.next_run_at <= now),
-                    and_(Send.state == queue.RUNNING, Send.lease_expires_at < now)),
-            )
+            .where(Send.destination == destination, queue.runnable(Send, now))
             .order_by(Send.next_run_at, Send.id)
             .limit(q.send_batch)
         )

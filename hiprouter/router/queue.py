@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -88,19 +89,12 @@ def claim(
     lease expired on its last allowed attempt goes to `dead` instead.
     """
     while True:
+        if not due(factory, Job):
+            return None  # idle polls never take the write lock
         with write_transaction(factory) as session:
             now = utcnow()
-            query = (
-                select(Job)
-                .where(
-                    or_(
-                        and_(Job.state.in_(WAITING), Job.next_run_at <= now),
-                        and_(Job.state == RUNNING, Job.lease_expires_at < now),
-                    )
-                )
-                .order_by(Job.next_run_at, Job.id)
+            query = select(Job).where(runnable(Job, now)).order_by(Job.next_run_at, Job.id) \
                 .limit(1)
-            )
             if is_postgres(session):
                 query = query.with_for_update(skip_locked=True)
             job = session.scalars(query).first()
@@ -118,6 +112,20 @@ def claim(
             job.lease_expires_at = now + timedelta(seconds=lease_s)
             job.updated_at = now
             return job
+
+
+def runnable(table: type[Job] | type[Send], now: datetime) -> Any:
+    """Due and waiting, or running with an expired lease (its worker died)."""
+    return or_(and_(table.state.in_(WAITING), table.next_run_at <= now),
+               and_(table.state == RUNNING, table.lease_expires_at < now))
+
+
+def due(factory: sessionmaker[Session], table: type[Job] | type[Send], *where: Any) -> bool:
+    """Whether any row of `table` is runnable now (a read, no lock)."""
+    with factory() as session:
+        return session.scalar(
+            select(table.id).where(runnable(table, utcnow()), *where).limit(1)
+        ) is not None
 
 
 def heartbeat(factory: sessionmaker[Session], job_id: int, owner: str, lease_s: float) -> bool:

@@ -56,8 +56,10 @@ def test_forward_study_arrives_once_with_every_attempt_recorded(
         files = make_cr_files(tmp_path / "study", 4, size=64)
         assert storescu(router.port, files).returncode == 0
         received = pacs.wait_for(4, timeout=30)
-        assert wait_until(lambda: count(router, select(func.count()).select_from(Send)
-                                        .where(Send.state == "sent")) == 4)
+        # the association and its audit events are recorded when it ends, after the sends
+        assert wait_until(lambda: count(router, select(
+            func.sum(Association.instances_received)).where(
+            Association.direction == "out")) == 4)
     finally:
         pacs.stop()
     assert received == {sop_instance_uid(f): 1 for f in files}
