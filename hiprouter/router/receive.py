@@ -12,7 +12,6 @@ import hashlib
 import re
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -105,14 +104,11 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifier
 
 def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                     spooled: SpooledFile, *, received_at: datetime,
-                    association_id: int | None = None, calling_ae: str | None = None,
-                    before_commit: Callable[[], object] | None = None) -> None:
+                    association_id: int | None = None, calling_ae: str | None = None) -> None:
     """Insert an instance row and count it for its study, committed before returning.
 
     Core statements on a plain connection: on this hot path the ORM unit of work cost
     more than the SQL itself. Raises IntegrityError for a SOP Instance UID already stored.
-    `before_commit` runs after the statements and before COMMIT (the receiver waits there
-    for the spool's folder fsync, so the row never commits before its file is durable).
     """
     with engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
@@ -125,8 +121,6 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                 "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
             })
             note_instance(conn, ids.study_uid, calling_ae, received_at)
-            if before_commit is not None:
-                before_commit()
 
 
 # Built once: constructing the statement per instance cost more than running it.
@@ -458,17 +452,18 @@ class StorageSCP:
                 f"{self.settings.storage.min_free_mb}",
             )
         encoded = event.encoded_dataset()
-        # The file's fsync runs while the identifiers are parsed and the data hashed; the
-        # folder's fsync while the rows are inserted. COMMIT waits for both.
+        # The file's fsync runs while the identifiers are parsed and the data hashed.
+        # The row is written only once the renamed file is durable: a row must never
+        # point to a file a power cut can still lose (and on SQLite, waiting for an fsync
+        # inside the write transaction would serialise all associations behind it).
         pending = self.spool.begin(encoded)
         try:
             ids = read_identifiers(encoded, sop_uid)
             pending.rename()
-            spooled = SpooledFile(pending.final, pending.size, pending.sha256)
+            spooled = pending.wait_durable()
             record_instance(self.engine, ids, str(event.context.transfer_syntax), spooled,
                             received_at=utcnow(), association_id=state.row_id,
-                            calling_ae=state.calling_ae[:16] or None,
-                            before_commit=pending.wait_durable)
+                            calling_ae=state.calling_ae[:16] or None)
         except IntegrityError:
             # Duplicates are rare: the unique SOP Instance UID finds them, after the
             # write, which spares every other instance a look-up.

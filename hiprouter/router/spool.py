@@ -51,17 +51,19 @@ class PendingFile:
         self.tmp = tmp
         self.final = final
         self.size = len(data)
-        self._data = data
-        self._sha256: str | None = None
+        self._data = data  # hashed in a spool thread: the caller must not change it
+        self._sha256: Future[str] | None = None
         self._file_sync: Future[None] | None = None
         self._dir_sync: Future[None] | None = None
         self._renamed = False
 
     def start_fsync(self, fd: int) -> None:
-        """Flush and close `fd` (the temporary file), in the background if fsync is on."""
-        if not self.spool.fsync:
-            os.close(fd)
-            return
+        """Flush and close `fd` (the temporary file), in the background if fsync is on.
+
+        The sha256 is computed in another spool thread meanwhile (hashlib releases the
+        GIL too), so hashing, flushing and the caller's parsing run side by side.
+        """
+        data = self._data
 
         def sync_and_close() -> None:
             try:
@@ -70,21 +72,23 @@ class PendingFile:
                 os.close(fd)
 
         try:
-            self._file_sync = self.spool._submit(sync_and_close)
+            self._sha256 = self.spool._submit(lambda: hashlib.sha256(data).hexdigest())
+            if self.spool.fsync:
+                self._file_sync = self.spool._submit(sync_and_close)
         except BaseException:
             os.close(fd)
             raise
+        if not self.spool.fsync:
+            os.close(fd)
 
     @property
     def sha256(self) -> str:
-        """Hex sha256 of the data (computed once; hashlib releases the GIL meanwhile)."""
-        if self._sha256 is None:
-            self._sha256 = hashlib.sha256(self._data).hexdigest()
-        return self._sha256
+        """Hex sha256 of the data."""
+        assert self._sha256 is not None
+        return self._sha256.result()
 
     def rename(self) -> None:
         """Wait for the file's fsync, rename it to its final name, start the folder fsync."""
-        self.sha256  # noqa: B018 - hash while the fsync may still run
         if self._file_sync is not None:
             self._file_sync.result()
         os.rename(self.tmp, self.final)
@@ -99,7 +103,6 @@ class PendingFile:
             raise RuntimeError("rename() first")
         if self._dir_sync is not None:
             self._dir_sync.result()
-        self._data = b""
         return SpooledFile(self.final, self.size, self.sha256)
 
     def discard(self) -> None:
