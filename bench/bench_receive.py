@@ -4,6 +4,10 @@ Sends the same N 512x512 16-bit CR files with DCMTK storescu (TCP_NODELAY=1) to 
 receivers in the same run and prints images/s for each and the ratio.
 
     .venv/bin/python bench/bench_receive.py --n 300 --repeat 3
+
+Also prints the disk's durability floor: how many files of the same size per second one
+thread can write the way the spool must (write, fsync, rename, folder fsync), which bounds
+a single association's durable rate whatever the receiver's CPU cost.
 """
 
 from __future__ import annotations
@@ -91,6 +95,29 @@ def start_hiprouter(work: Path, args: argparse.Namespace) -> tuple[subprocess.Po
     return proc, port
 
 
+def durability_floor(folder: Path, size: int, count: int = 200) -> float:
+    """Files/s for write + fsync + rename + folder fsync, one after another."""
+    folder.mkdir()
+    data = os.urandom(size)
+    start = time.perf_counter()
+    for i in range(count):
+        tmp, final = folder / f".{i}.tmp", folder / f"{i}.dcm"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(tmp, final)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(dir_fd)
+        os.close(dir_fd)
+    return count / (time.perf_counter() - start)
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return (f"min {min(values):.{digits}f} median {statistics.median(values):.{digits}f} "
+            f"max {max(values):.{digits}f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="files per run (>= 200)")
@@ -115,17 +142,25 @@ def main() -> None:
         hip, hip_port = start_hiprouter(work, args)
         procs += [scp, hip]
         rates: dict[str, list[float]] = {"storescp": [], "hiprouter": []}
+        ratios: list[float] = []
         for run in range(args.repeat):
             # Each hiprouter run sends new SOP Instance UIDs: a resend would be duplicates.
             batch = files if run == 0 else make_cr_files(work / f"files{run}", args.n,
                                                          seed=run)
             rates["storescp"].append(args.n / send(scp_port, "STORESCP", batch, args.senders))
             rates["hiprouter"].append(args.n / send(hip_port, "HIPROUTER", batch, args.senders))
+            floor = durability_floor(work / f"floor{run}", files[0].stat().st_size)
+            rates.setdefault("floor", []).append(floor)
+            ratios.append(rates["hiprouter"][-1] / rates["storescp"][-1])
             print(f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s   "
-                  f"hiprouter {rates['hiprouter'][-1]:7.1f}/s")
+                  f"hiprouter {rates['hiprouter'][-1]:7.1f}/s   ratio {ratios[-1]:.2f}   "
+                  f"disk floor {floor:6.1f} files/s   load {os.getloadavg()[0]:.1f}")
         dcmtk = statistics.median(rates["storescp"])
         ours = statistics.median(rates["hiprouter"])
         durable = "no fsync" if args.no_fsync else "fsync file+dir+db"
+        print(f"images/s DCMTK storescp: {spread(rates['storescp'])}")
+        print(f"images/s hiprouter ({durable}): {spread(rates['hiprouter'])}")
+        print(f"ratio per run: {spread(ratios, 2)}; disk floor files/s: {spread(rates['floor'])}")
         print(f"median images/s: DCMTK storescp {dcmtk:.1f}, hiprouter {ours:.1f} ({durable}); "
               f"ratio hiprouter/storescp {ours / dcmtk:.2f}")
     finally:
