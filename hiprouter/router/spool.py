@@ -1,8 +1,8 @@
 """The durable spool: every received instance becomes one file, written crash-safely.
 
 A file is written to a temporary name in its final folder, flushed with fsync, renamed
-atomically, and the folder is fsynced so the rename itself survives a crash. The fsyncs
-run in spool threads so the receiving thread can parse and hash meanwhile. Names are
+atomically, and the folder is fsynced so the rename itself survives a crash. The file's
+fsync runs in a spool thread so the receiving thread can parse and hash meanwhile. Names are
 generated (uuid4), never derived from received values, so no UID can traverse paths.
 """
 
@@ -25,7 +25,7 @@ QUARANTINE_DIR = "quarantine"
 
 
 FSYNC_THREADS = 8
-"""Threads that run fsyncs, so a receiving thread works on while the disk flushes."""
+"""Threads that run file fsyncs, so a receiving thread works on while the disk flushes."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,11 @@ class SpooledFile:
 class PendingFile:
     """A spool file on its way to disk: temporary, then renamed, then durable.
 
-    fsync runs in a spool thread (it releases the GIL), overlapping the caller's work:
-    `begin` starts the file's fsync; `rename` waits for it, renames, and starts the
-    folder's fsync; `wait_durable` waits for that. Only then may the instance be
-    acknowledged (or its database row committed).
+    The file's fsync runs in a spool thread (it releases the GIL) while the caller parses
+    and hashes: `begin` starts it, `rename` waits for it and renames, `wait_durable`
+    fsyncs the folder. Only then may the instance be recorded and acknowledged. The
+    folder fsync runs in the caller's thread: nothing is left to overlap it with, and
+    each handoff to another thread costs a GIL round trip.
     """
 
     def __init__(self, spool: Spool, data: bytes | memoryview, tmp: Path, final: Path) -> None:
@@ -51,19 +52,17 @@ class PendingFile:
         self.tmp = tmp
         self.final = final
         self.size = len(data)
-        self._data = data  # hashed in a spool thread: the caller must not change it
-        self._sha256: Future[str] | None = None
+        self._data = data
+        self._sha256: str | None = None
         self._file_sync: Future[None] | None = None
-        self._dir_sync: Future[None] | None = None
         self._renamed = False
+        self._durable = False
 
     def start_fsync(self, fd: int) -> None:
-        """Flush and close `fd` (the temporary file), in the background if fsync is on.
-
-        The sha256 is computed in another spool thread meanwhile (hashlib releases the
-        GIL too), so hashing, flushing and the caller's parsing run side by side.
-        """
-        data = self._data
+        """Flush and close `fd` (the temporary file), in a spool thread if fsync is on."""
+        if not self.spool.fsync:
+            os.close(fd)
+            return
 
         def sync_and_close() -> None:
             try:
@@ -72,47 +71,43 @@ class PendingFile:
                 os.close(fd)
 
         try:
-            self._sha256 = self.spool._submit(lambda: hashlib.sha256(data).hexdigest())
-            if self.spool.fsync:
-                self._file_sync = self.spool._submit(sync_and_close)
+            self._file_sync = self.spool._submit(sync_and_close)
         except BaseException:
             os.close(fd)
             raise
-        if not self.spool.fsync:
-            os.close(fd)
 
     @property
     def sha256(self) -> str:
-        """Hex sha256 of the data."""
-        assert self._sha256 is not None
-        return self._sha256.result()
+        """Hex sha256 of the data (hashlib releases the GIL while it hashes)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self._data).hexdigest()
+        return self._sha256
 
     def rename(self) -> None:
-        """Wait for the file's fsync, rename it to its final name, start the folder fsync."""
+        """Hash, wait for the file's fsync, and rename the file to its final name."""
+        self.sha256  # noqa: B018 - hashed while the fsync runs
         if self._file_sync is not None:
             self._file_sync.result()
         os.rename(self.tmp, self.final)
         self._renamed = True
-        if self.spool.fsync:
-            folder = self.final.parent
-            self._dir_sync = self.spool._submit(lambda: _fsync_dir(folder, True))
 
     def wait_durable(self) -> SpooledFile:
-        """Wait until the rename is on disk; returns the durable file."""
+        """Make the rename durable (folder fsync); returns the durable file."""
         if not self._renamed:
             raise RuntimeError("rename() first")
-        if self._dir_sync is not None:
-            self._dir_sync.result()
+        if not self._durable:
+            _fsync_dir(self.final.parent, self.spool.fsync)
+            self._durable = True
+        self._data = b""
         return SpooledFile(self.final, self.size, self.sha256)
 
     def discard(self) -> None:
         """Remove the file, wherever it got to (never raises for a missing file)."""
-        for future in (self._file_sync, self._dir_sync):
-            if future is not None:
-                try:
-                    future.result()
-                except OSError:
-                    pass
+        if self._file_sync is not None:
+            try:
+                self._file_sync.result()
+            except OSError:
+                pass
         self.tmp.unlink(missing_ok=True)
         if self._renamed:
             self.spool.remove(self.final)
