@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,6 +114,12 @@ def durability_floor(folder: Path, size: int, count: int = 200) -> float:
     return count / (time.perf_counter() - start)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def spread(values: list[float], digits: int = 1) -> str:
     return (f"min {min(values):.{digits}f} median {statistics.median(values):.{digits}f} "
             f"max {max(values):.{digits}f}")
@@ -143,18 +150,25 @@ def main() -> None:
         procs += [scp, hip]
         rates: dict[str, list[float]] = {"storescp": [], "hiprouter": []}
         ratios: list[float] = []
+        cpu_ms: dict[str, list[float]] = {}
         for run in range(args.repeat):
             # Each hiprouter run sends new SOP Instance UIDs: a resend would be duplicates.
             batch = files if run == 0 else make_cr_files(work / f"files{run}", args.n,
                                                          seed=run)
-            rates["storescp"].append(args.n / send(scp_port, "STORESCP", batch, args.senders))
-            rates["hiprouter"].append(args.n / send(hip_port, "HIPROUTER", batch, args.senders))
+            for name, proc, port, called in (("storescp", scp, scp_port, "STORESCP"),
+                                             ("hiprouter", hip, hip_port, "HIPROUTER")):
+                before = cpu_seconds(proc.pid)
+                rates[name].append(args.n / send(port, called, batch, args.senders))
+                cpu_ms.setdefault(name, []).append(
+                    (cpu_seconds(proc.pid) - before) * 1000 / args.n)
             floor = durability_floor(work / f"floor{run}", files[0].stat().st_size)
             rates.setdefault("floor", []).append(floor)
             ratios.append(rates["hiprouter"][-1] / rates["storescp"][-1])
             print(f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s   "
                   f"hiprouter {rates['hiprouter'][-1]:7.1f}/s   ratio {ratios[-1]:.2f}   "
-                  f"disk floor {floor:6.1f} files/s   load {os.getloadavg()[0]:.1f}")
+                  f"disk floor {floor:6.1f} files/s   CPU ms/image storescp "
+                  f"{cpu_ms['storescp'][-1]:.2f} hiprouter {cpu_ms['hiprouter'][-1]:.2f}   "
+                  f"load {os.getloadavg()[0]:.1f}")
         dcmtk = statistics.median(rates["storescp"])
         ours = statistics.median(rates["hiprouter"])
         durable = "no fsync" if args.no_fsync else "fsync file+dir+db"
