@@ -8,6 +8,7 @@ the database step fails the peer gets 0xA700 and the spooled file is removed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import socket
@@ -213,7 +214,11 @@ class StorageSCP:
         self.spool = spool
         self.allow = AllowList(settings)
         self.server: ThreadedAssociationServer | None = None
-        self._lock = threading.Lock()
+        # SQLite has one writer at a time and its busy handler sleeps 1-100 ms between
+        # tries; associations of this process queue on a lock instead (woken at once).
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite"
+            else contextlib.nullcontext())
         node = settings.node
         self.limits = Limits(
             max_pdu=node.max_pdu_size,
@@ -461,9 +466,10 @@ class StorageSCP:
             ids = read_identifiers(encoded, sop_uid)
             pending.rename()
             spooled = pending.wait_durable()
-            record_instance(self.engine, ids, str(event.context.transfer_syntax), spooled,
-                            received_at=utcnow(), association_id=state.row_id,
-                            calling_ae=state.calling_ae[:16] or None)
+            with self._write_lock:
+                record_instance(self.engine, ids, str(event.context.transfer_syntax),
+                                spooled, received_at=utcnow(), association_id=state.row_id,
+                                calling_ae=state.calling_ae[:16] or None)
         except IntegrityError:
             # Duplicates are rare: the unique SOP Instance UID finds them, after the
             # write, which spares every other instance a look-up.
