@@ -9,10 +9,11 @@ that `send_pdu` writes to, and the association waits on its message queue's cond
 Both still wake at least every `MAX_WAIT_S` to check timers, releases and aborts.
 
 A P-DATA primitive sent while the association is established (a C-STORE response) is
-sent at once from the calling thread (`send_pdu`), as the DUL's own DT-1 action would:
-handing it to the DUL thread cost a wake-up and two GIL handoffs per instance. A lock
-serialises those sends with every state-machine action of the DUL thread, and anything
-already queued for the DUL thread goes first, so the order of PDUs is kept.
+sent at once from the calling thread (`send_pdu`; not on TLS connections), as the DUL's
+own DT-1 action would: handing it to the DUL thread cost a wake-up and two GIL handoffs
+per instance. A lock serialises those sends with every state-machine action of the DUL
+thread, and anything already queued for the DUL thread goes first, so the order of PDUs
+is kept.
 
 The two loops below follow pynetdicom 3.0's `DULServiceProvider.run_reactor` and
 `Association._run_reactor` line by line except for those waits (pynetdicom is pinned <4).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import queue
 import select
+import ssl
 import threading
 import time
 from typing import Any
@@ -61,7 +63,13 @@ class WakeableDUL(DULServiceProvider):
         self.wake()
 
     def _send_data_now(self, primitive: P_DATA) -> bool:
-        """DT-1 (Sta6 + Evt9: send P-DATA-TF) in the caller's thread; False if not now."""
+        """DT-1 (Sta6 + Evt9: send P-DATA-TF) in the caller's thread; False if not now.
+
+        Never on TLS: an OpenSSL connection must not be written by one thread while
+        another reads it, so there the DUL thread does all socket I/O as usual.
+        """
+        if isinstance(getattr(self.socket, "socket", None), ssl.SSLSocket):
+            return False
         with self._fsm_lock:
             if (self._kill_thread or self.socket is None
                     or self.state_machine.current_state != "Sta6"
