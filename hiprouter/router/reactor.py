@@ -8,13 +8,6 @@ scheduler time slice. Here the DUL waits in `select` on its socket and on a wake
 that `send_pdu` writes to, and the association waits on its message queue's condition.
 Both still wake at least every `MAX_WAIT_S` to check timers, releases and aborts.
 
-A P-DATA primitive sent while the association is established (a C-STORE response) is
-sent at once from the calling thread (`send_pdu`; not on TLS connections), as the DUL's
-own DT-1 action would: handing it to the DUL thread cost a wake-up and two GIL handoffs
-per instance. A lock serialises those sends with every state-machine action of the DUL
-thread, and anything already queued for the DUL thread goes first, so the order of PDUs
-is kept.
-
 The two loops below follow pynetdicom 3.0's `DULServiceProvider.run_reactor` and
 `Association._run_reactor` line by line except for those waits (pynetdicom is pinned <4).
 """
@@ -24,16 +17,13 @@ from __future__ import annotations
 import os
 import queue
 import select
-import ssl
-import threading
 import time
 from typing import Any
 
 from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.dul import LOGGER as DUL_LOGGER
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu import A_ABORT_RQ
 
 MAX_WAIT_S = 0.005
 """Longest idle wait of either loop (timers, kill flags and releases are seen this late)."""
@@ -47,8 +37,6 @@ class WakeableDUL(DULServiceProvider):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._fsm_lock = threading.RLock()
-        """Held by state-machine actions and by P-DATA sent from other threads."""
 
     def wake(self) -> None:
         try:
@@ -57,26 +45,8 @@ class WakeableDUL(DULServiceProvider):
             pass
 
     def send_pdu(self, primitive: Any) -> None:
-        if isinstance(primitive, P_DATA) and self._send_data_now(primitive):
-            return
         super().send_pdu(primitive)
         self.wake()
-
-    def _send_data_now(self, primitive: P_DATA) -> bool:
-        """DT-1 (Sta6 + Evt9: send P-DATA-TF) in the caller's thread; False if not now.
-
-        Never on TLS: an OpenSSL connection must not be written by one thread while
-        another reads it, so there the DUL thread does all socket I/O as usual.
-        """
-        if isinstance(getattr(self.socket, "socket", None), ssl.SSLSocket):
-            return False
-        with self._fsm_lock:
-            if (self._kill_thread or self.socket is None
-                    or self.state_machine.current_state != "Sta6"
-                    or self.to_provider_queue.qsize()):
-                return False
-            self._send(P_DATA_TF(primitive))
-            return True
 
     def kill_dul(self) -> None:
         super().kill_dul()
@@ -146,8 +116,7 @@ class WakeableDUL(DULServiceProvider):
             except queue.Empty:
                 sleep = True
                 continue
-            with self._fsm_lock:
-                self.state_machine.do_action(event)
+            self.state_machine.do_action(event)
             sleep = False
 
 
