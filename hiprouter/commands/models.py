@@ -50,6 +50,8 @@ def register(group: click.Group) -> None:
               help="DataLoader processes for augmentation (0: in the training process).")
 @click.option("--decode-workers", default=1, show_default=True, type=int,
               help="Processes decoding DICOM into the crop cache.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this model's weights (fine-tuning; same arch and classes).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
 def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
@@ -57,7 +59,8 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               lr: float, seed: int, max_steps: int | None, balance: bool, label_set: str,
               label_column: str, name: str,
               model_version: str, training_data: str, synthetic_demo: bool, device: str,
-              workers: int, decode_workers: int, cache_dir: Path | None) -> None:
+              workers: int, decode_workers: int, init_from: Path | None,
+              cache_dir: Path | None) -> None:
     """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV."""
     from hiprouter.inference.dataset import DatasetError
     from hiprouter.inference.models import ModelError
@@ -72,7 +75,8 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
                       label_column=label_column, name=name,
                       version=model_version, training_data=training_data,
                       synthetic_demo=synthetic_demo, device=device,
-                      workers=workers, decode_workers=decode_workers)
+                      workers=workers, decode_workers=decode_workers,
+                      init_from=str(init_from) if init_from else None)
     try:
         card = train(data_dir, labels_csv, out_dir, cfg, cache_dir, log=click.echo)
     except (DatasetError, ModelError, ValueError) as exc:

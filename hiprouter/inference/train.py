@@ -26,6 +26,7 @@ from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
     ModelCard,
     create_model,
+    load_model,
     save_model,
     select_device,
 )
@@ -63,6 +64,8 @@ class TrainConfig:
     training_data: str = ""
     synthetic_demo: bool = False
     device: str = "auto"
+    init_from: str | None = None
+    """Model directory whose weights start the run (fine-tuning); same arch and classes."""
     augment: dict[str, float] = field(default_factory=lambda: {
         "rotation_deg": 10.0, "zoom": 0.1, "translate": 0.05, "perspective": 0.2,
         "brightness": 0.2, "contrast": 0.2, "flip_p": 0.5})
@@ -194,7 +197,14 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     log("split (hips): " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
 
     device = select_device(cfg.device)
-    module = create_model(cfg.arch, len(classes)).to(device)
+    module = create_model(cfg.arch, len(classes))
+    if cfg.init_from:
+        start = load_model(Path(cfg.init_from))
+        if start.card.architecture != cfg.arch or start.card.classes != classes:
+            raise ValueError(f"--init-from {cfg.init_from}: architecture or classes differ")
+        module.load_state_dict(start.module.state_dict())
+        log(f"starting from the weights of {cfg.init_from} ({start.card.weights_sha256[:12]}...)")
+    module = module.to(device)
     train_set = _Crops(images[split["train"]], labels[split["train"]], augmentation(cfg))
     sampler = None
     if cfg.balance:

@@ -98,3 +98,15 @@ def test_bad_labels_are_reported(tmp_path) -> None:
     (tmp_path / "labels.csv").write_text("path,hardware\nx.dcm,spaceship\n")
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0 and "spaceship" in result.output
+
+
+def test_fine_tuning_starts_from_an_existing_model(trained, tmp_path) -> None:
+    root, out, _ = trained
+    args = ["train", str(root / "data"), "--out", str(tmp_path / "ft"), "--arch", "resnet10t",
+            "--input-size", "48", "--epochs-head", "0", "--epochs", "1", "--max-steps", "2",
+            "--init-from", str(out), "--workers", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "starting from the weights of" in result.output
+    wrong = CliRunner().invoke(main, [*args[:5], "efficientnet_b0", *args[6:]])
+    assert wrong.exit_code != 0 and "differ" in wrong.output
