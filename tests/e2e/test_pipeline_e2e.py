@@ -7,6 +7,7 @@ bundled demo model.
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from hiprouter.inference.classes import class_by_key
@@ -74,10 +76,7 @@ def non_hip_study() -> Dataset:
 
 def corrupt_copy(ds: Dataset) -> Dataset:
     """The same header with truncated pixel data (a broken modality export)."""
-    bad = ds.copy()
-    bad.file_meta = ds.file_meta.copy()
-    from pydicom.uid import generate_uid
-
+    bad = copy.deepcopy(ds)
     bad.SOPInstanceUID = generate_uid()
     bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
     bad.PixelData = bytes(ds.PixelData)[: len(ds.PixelData) // 3]
@@ -201,6 +200,9 @@ def test_results_appear_in_the_study_at_orthanc(router_process: Any, tmp_path: P
     try:
         study = make_study(21, 0, hardware={"R": "tha", "L": "tha"}, views=("ap_pelvis",))
         files = write_study(tmp_path / "study", [i.dataset for i in study.images])
+        # The PACS holds the study (the modality sent it there) and forwards it to us.
+        to_pacs = storescu(orthanc.dicom_port, files, called=orthanc.ae_title)
+        assert to_pacs.returncode == 0, to_pacs.stderr
         sent = storescu(router.port, files)
         assert sent.returncode == 0, sent.stderr
 
