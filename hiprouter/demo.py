@@ -12,6 +12,7 @@ import hashlib
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hiprouter import db as dbmod
+from hiprouter import logs
 from hiprouter.config import Destination, Settings
 from hiprouter.inference.synth import SynthStudy, make_study
 
@@ -133,6 +135,8 @@ DEMO_CASES: tuple[dict[str, Any], ...] = (
     {"hardware": {"R": "tha", "L": "no_hardware"}, "views": ("ap_pelvis",)},
     {"hardware": {"R": "dynamic_hip_screw", "L": "no_hardware"},
      "views": ("ap_pelvis", "cross_table_lateral"), "side": "R"},
+    {"hardware": {"R": "no_hardware", "L": "no_hardware"},
+     "fracture": {"R": "femoral_neck_fracture"}, "views": ("ap_pelvis",)},
     {"hardware": {"R": "tha", "L": "tha"}, "views": ("ap_pelvis",)},
     {"hardware": {"R": "no_hardware", "L": "im_nail"}, "views": ("ap_hip", "frog_leg"),
      "side": "L"},
@@ -141,8 +145,10 @@ DEMO_CASES: tuple[dict[str, Any], ...] = (
 
 
 def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: float,
-             console: Console) -> int:
+             console: Console, verbose: bool = False) -> int:
     """Run the demo; returns 0 when every study's results reached the PACS."""
+    if not verbose:  # the router's own log lines would drown the demo's output
+        logs.configure("WARNING", base.logging.json_logs)
     from hiprouter.router.worker import attach_to_node, routing_callback
     from hiprouter.service import Node
 
@@ -190,25 +196,30 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
 
 def _print_results(made: list[SynthStudy], pacs: LocalPACS, console: Console) -> None:
     table = Table(title="results at the PACS")
-    for col in ("study", "truth (R / L)", "priority", "objects"):
+    for col in ("study", "truth (R / L)", "triage flags", "objects"):
         table.add_column(col)
     texts: list[tuple[str, list[str]]] = []
     for study in made:
         kinds: list[str] = []
-        priority = "-"
+        priorities: list[str] = []
         for path in pacs.files(study.study_uid):
             ds = dcmread(path)
             kind = KIND.get(str(ds.SOPClassUID))
             if kind is None:
                 continue
-            kinds.append(f"{kind} {path.name}")
-            if kind == "KOS":
-                priority = str(ds.SeriesDescription)
+            kinds.append(kind)
+            if kind == "KOS":  # one per pipeline
+                priorities.append(str(ds.SeriesDescription))
             if kind == "SR":
                 texts.append((study.study_uid, sr_text(ds)))
-        truth = " / ".join(study.hips[s].hardware for s in ("R", "L"))
-        table.add_row(study.study_uid[-16:], truth, priority, "\n".join(sorted(kinds)))
+        truth = " / ".join(
+            study.hips[s].hardware
+            + (f" + {study.hips[s].fracture}" if study.hips[s].fracture != "none" else "")
+            for s in ("R", "L"))
+        table.add_row(study.study_uid[-16:], truth, "\n".join(sorted(priorities)) or "-",
+                      ", ".join(f"{n} {k}" for k, n in sorted(Counter(kinds).items())))
     console.print(table)
+    console.print(f"files at the PACS: {pacs.folder}")
     for uid, lines in texts:
         console.rule(f"SR text, study ...{uid[-16:]}")
         for line in lines:

@@ -18,14 +18,16 @@ from hiprouter.cli import Context, pass_ctx
 @click.option("--seed", default=2026, show_default=True)
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True,
               help="Seconds to wait for all results.")
+@click.option("--verbose", is_flag=True, help="Show the router's log lines too.")
 @pass_ctx
-def demo(ctx: Context, workdir: Path, studies: int, seed: int, timeout_s: float) -> None:
+def demo(ctx: Context, workdir: Path, studies: int, seed: int, timeout_s: float,
+         verbose: bool) -> None:
     """Run the router and a local PACS, send synthetic studies, show the results."""
     from rich.console import Console
 
     from hiprouter.demo import run_demo
 
-    sys.exit(run_demo(ctx.settings, workdir, studies, seed, timeout_s, Console()))
+    sys.exit(run_demo(ctx.settings, workdir, studies, seed, timeout_s, Console(), verbose))
 
 
 def register(group: click.Group) -> None:

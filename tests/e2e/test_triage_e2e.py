@@ -17,12 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from hiprouter.inference.models import demo_model_dir
 from hiprouter.inference.synth import make_study
 from hiprouter.schema import Inference, Job, Output
 from tests.conftest import REPO
@@ -37,9 +35,6 @@ from tests.e2e.test_pipeline_e2e import (
 )
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
-
-needs_demo = pytest.mark.skipif(not (demo_model_dir("fracture") / "card.yaml").is_file(),
-                                reason="models/fracture-demo is not installed")
 
 NO_HARDWARE = {"R": "no_hardware", "L": "no_hardware"}
 
@@ -150,7 +145,6 @@ def test_fracture_pipeline_flags_and_reports_end_to_end(router_process: Any,
         pacs.stop()
 
 
-@needs_demo
 def test_fracture_study_is_flagged_high_and_intact_study_routine(
         router_process: Any, tmp_path: Path) -> None:
     assert "fracture" in repo_routing()["pipelines"]

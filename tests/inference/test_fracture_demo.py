@@ -7,7 +7,6 @@ Synthetic demo weights: these figures say nothing about real radiographs.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from hiprouter.config import PipelineConfig
 from hiprouter.inference.classes import FRACTURE_CLASSES
@@ -19,10 +18,6 @@ DEMO = demo_model_dir("fracture")
 SEED = 424242
 """Not a training or evaluation seed of the demo model (see its card)."""
 STUDIES = 16
-
-pytestmark = pytest.mark.skipif(not (DEMO / "card.yaml").is_file(),
-                                reason="models/fracture-demo is not installed")
-
 
 def test_card_describes_a_synthetic_fracture_model() -> None:
     card = read_card(DEMO)
