@@ -64,7 +64,7 @@ def b4_model_dir(root: Path) -> Path:
 
 
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
-        work: Path, runtime: str) -> dict[str, float]:
+        work: Path, runtime: str, workers: int) -> dict[str, float]:
     pacs = TimedPACS(work / "pacs").start()
     port = _free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -74,11 +74,12 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
         "storage": {"spool_dir": str(work / "spool"), "output_dir": str(work / "out"),
                     "min_free_mb": 100},
         "studies": {"complete_after_s": COMPLETE_AFTER_S, "sweep_interval_s": 0.2},
-        "queue": {"workers": 1, "poll_interval_s": 0.1},
+        "queue": {"workers": workers, "poll_interval_s": 0.1},
         "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
                                   "port": pacs.port}},
         "rule_mode": base["rule_mode"],
-        "rules": base["rules"],
+        # The default rules with the hardware pipeline alone (one model per measurement).
+        "rules": [{**rule, "pipelines": ["hardware"]} for rule in base["rules"]],
         "pipelines": {"hardware": {"kind": "hardware", "models": [str(p) for p in model_dirs],
                                    "runtime": runtime}},
         "logging": {"level": "WARNING", "json_logs": True},
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=10)
     ap.add_argument("--models", nargs="+", default=["demo", "b4"], choices=["demo", "b4"])
     ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--workers", type=int, default=1, help="queue.workers (job threads)")
     args = ap.parse_args()
     for tool in ("storescu", "echoscu"):
         if shutil.which(tool) is None:
@@ -151,12 +153,13 @@ def main() -> None:
         warmup = studies.pop()
         print(f"{args.studies} studies x {len(studies[0])} images; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
+              f"workers={args.workers}; "
               f"cpu cores={os.cpu_count()}")
         for name in args.models:
             dirs = [] if name == "demo" else [b4_model_dir(root)]
             work = root / f"run-{name}"
             work.mkdir()
-            r = run(dirs, name, studies, warmup, work, args.runtime)
+            r = run(dirs, name, studies, warmup, work, args.runtime, args.workers)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")
