@@ -51,7 +51,7 @@ def register(group: click.Group) -> None:
 @click.option("--decode-workers", default=1, show_default=True, type=int,
               help="Processes decoding DICOM into the crop cache.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Start from this model's weights (fine-tuning; same arch and classes).")
+              help="Start from this model's weights (same arch; other classes: backbone only).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
 def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,

@@ -65,10 +65,30 @@ class TrainConfig:
     synthetic_demo: bool = False
     device: str = "auto"
     init_from: str | None = None
-    """Model directory whose weights start the run (fine-tuning); same arch and classes."""
+    """Model directory whose weights start the run: same arch; with other classes (another
+    label set) only the backbone is taken and the classifier head starts fresh."""
     augment: dict[str, float] = field(default_factory=lambda: {
         "rotation_deg": 10.0, "zoom": 0.1, "translate": 0.05, "perspective": 0.2,
         "brightness": 0.2, "contrast": 0.2, "flip_p": 0.5})
+
+
+def init_weights(module: Any, state: dict[str, Any], same_classes: bool) -> str:
+    """Load another model's weights; with other classes, everything but the classifier.
+
+    Transfer between label sets (e.g. a fracture model started from the hardware model's
+    backbone) keeps the new model's freshly initialised head. Returns what was loaded.
+    """
+    if same_classes:
+        module.load_state_dict(state)
+        return "all layers"
+    head = module.pretrained_cfg.get("classifier") or ""
+    prefix = f"{head}." if head else ""
+    backbone = {k: v for k, v in state.items() if not (prefix and k.startswith(prefix))}
+    missing, unexpected = module.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith(prefix) for k in missing) or not prefix:
+        raise ValueError(f"cannot transfer the backbone: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return f"backbone only, new {head!r} head for other classes"
 
 
 def augmentation(cfg: TrainConfig) -> Any:
@@ -200,10 +220,13 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     module = create_model(cfg.arch, len(classes))
     if cfg.init_from:
         start = load_model(Path(cfg.init_from))
-        if start.card.architecture != cfg.arch or start.card.classes != classes:
-            raise ValueError(f"--init-from {cfg.init_from}: architecture or classes differ")
-        module.load_state_dict(start.module.state_dict())
-        log(f"starting from the weights of {cfg.init_from} ({start.card.weights_sha256[:12]}...)")
+        if start.card.architecture != cfg.arch:
+            raise ValueError(f"--init-from {cfg.init_from}: architecture differs "
+                             f"({start.card.architecture} vs {cfg.arch})")
+        what = init_weights(module, start.module.state_dict(),
+                            same_classes=start.card.classes == classes)
+        log(f"starting from the weights of {cfg.init_from} ({what}; "
+            f"{start.card.weights_sha256[:12]}...)")
     module = module.to(device)
     train_set = _Crops(images[split["train"]], labels[split["train"]], augmentation(cfg))
     sampler = None

@@ -15,6 +15,7 @@ from hiprouter.config import PipelineConfig, Settings
 from hiprouter.inference.classes import (
     EXTRA_FINDINGS,
     FRACTURE_CLASSES,
+    HARDWARE_CLASSES,
     LABEL_SETS,
     PRIVATE_SCHEME,
     class_by_key,
@@ -188,3 +189,33 @@ def test_fracture_kind_is_built_in_and_checks_the_models_label_set(
     right = Settings(pipelines={"fx": {"kind": "fracture", "models": [fx_dir],
                                        "device": "cpu", "runtime": "torch"}})
     assert callable(factory(right, "fx"))
+
+
+def test_fracture_model_starts_from_a_hardware_models_backbone(fracture_model,
+                                                               tmp_path: Path) -> None:
+    """--init-from across label sets takes the backbone and leaves a fresh 3-class head."""
+    from safetensors.torch import load_file
+
+    from hiprouter.inference.models import create_model, save_model
+
+    hardware = create_model("resnet10t", 9)
+    hw_card = read_card(fracture_model[1]).model_copy(update={
+        "name": "toy-hardware", "label_set": "hardware",
+        "classes": [c.key for c in HARDWARE_CLASSES]})
+    save_model(hardware, hw_card, tmp_path / "hw")
+    root, _ = fracture_model
+    out = tmp_path / "fx"
+    result = CliRunner().invoke(main, [
+        "train", str(root / "data"), "--labels", str(root / "data" / "labels.csv"),
+        "--out", str(out), "--label-set", "fracture", "--label-column", "hardware",
+        "--arch", "resnet10t", "--input-size", "48", "--epochs-head", "1", "--epochs", "0",
+        "--batch-size", "8", "--max-steps", "1", "--workers", "0",
+        "--init-from", str(tmp_path / "hw"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "backbone only" in result.output
+    before = hardware.state_dict()
+    after = load_file(str(out / "model.safetensors"))
+    assert after["fc.weight"].shape[0] == 3
+    # A layer that head-only epochs do not train is exactly the hardware model's.
+    assert (after["conv1.0.weight"] == before["conv1.0.weight"]).all()
