@@ -6,8 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +25,11 @@ def utcnow() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """SQLite drops tzinfo on read; treat naive stored times as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def dialect_insert(dialect: str) -> Any:
+    """The `insert` construct with ON CONFLICT support of a dialect (PostgreSQL or SQLite)."""
+    return pg_insert if dialect == "postgresql" else sqlite_insert
 
 
 def redact_url(url: str) -> str:

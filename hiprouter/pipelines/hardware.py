@@ -14,12 +14,10 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from hiprouter import audit
 from hiprouter.config import Settings
-from hiprouter.db import utcnow, write_transaction
+from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.inference.models import ModelError
 from hiprouter.inference.predict import HardwareClassifier
 from hiprouter.inference.results import StudyResult
@@ -77,7 +75,7 @@ def record_results(ctx: JobContext, result: StudyResult, bundle: ReportBundle | 
             )
         if bundle is None:
             return
-        insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        insert = dialect_insert(session.get_bind().dialect.name)
         for ds, path in zip(bundle.datasets(), paths, strict=True):
             sop_class = str(ds.SOPClassUID)
             kind = KINDS.get(sop_class, "OT")

@@ -14,12 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter.config import Settings
-from hiprouter.db import utcnow, write_transaction
+from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.schema import Study
 
@@ -51,7 +49,7 @@ def _upsert_statement(dialect: str) -> Any:
     Built per call it cost more than executing it (statement construction and cache-key
     generation run for every received instance).
     """
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    insert = dialect_insert(dialect)
     at = bindparam("at")
     stmt = insert(Study).values(
         study_uid=bindparam("study_uid"), state=RECEIVING, first_received_at=at,

@@ -21,14 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
-from hiprouter.db import utcnow, write_transaction
+from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.router import queue
 from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
@@ -66,7 +64,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
     row just points at the new file. Pass `objects` (from `object_uids`) to keep file
     reads out of the caller's transaction.
     """
-    insert = pg_insert if queue.is_postgres(session) else sqlite_insert
+    insert = dialect_insert(session.get_bind().dialect.name)
     now = utcnow()
     queued = 0
     for path, sop_uid, sop_class in objects if objects is not None else object_uids(paths):

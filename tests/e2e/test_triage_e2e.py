@@ -36,6 +36,15 @@ from tests.e2e.test_pipeline_e2e import (
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
 
+
+def kos_outputs(factory: Any) -> list[tuple[Output, str]]:
+    """Every KOS the router created, with the pipeline of the job that made it."""
+    with factory() as s:
+        return [(o, pipeline) for o, pipeline in s.execute(
+            select(Output, Job.pipeline).join(Job, Output.job_id == Job.id)
+            .where(Output.kind == "KOS")).all()]
+
+
 NO_HARDWARE = {"R": "no_hardware", "L": "no_hardware"}
 
 
@@ -105,10 +114,7 @@ def test_fracture_pipeline_flags_and_reports_end_to_end(router_process: Any,
         factory = router.session_factory()
 
         def kos_by_pipeline() -> dict[str, Output] | None:
-            with factory() as s:
-                rows = s.execute(select(Output, Job.pipeline)
-                                 .join(Job, Output.job_id == Job.id)
-                                 .where(Output.kind == "KOS")).all()
+            rows = kos_outputs(factory)
             found = {pipeline: o for o, pipeline in rows}
             at_pacs = set(pacs.received())
             if set(found) == set(models) and all(o.sop_instance_uid in at_pacs
@@ -164,10 +170,7 @@ def test_fracture_study_is_flagged_high_and_intact_study_routine(
         factory = router.session_factory()
 
         def fracture_kos() -> dict[str, Output] | None:
-            with factory() as s:
-                rows = s.execute(select(Output, Job.pipeline)
-                                 .join(Job, Output.job_id == Job.id)
-                                 .where(Output.kind == "KOS")).all()
+            rows = kos_outputs(factory)
             found = {o.study_uid: o for o, pipeline in rows if pipeline == "fracture"}
             at_pacs = set(pacs.received())
             if {broken.study_uid, intact.study_uid} <= set(found) and all(
