@@ -29,7 +29,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from hiprouter.demo import SR_CLASS, LocalPACS, _free_port  # noqa: E402
+from hiprouter.demo import SR_CLASS, LocalPACS, free_port  # noqa: E402
 from hiprouter.inference.synth import make_study  # noqa: E402
 
 COMPLETE_AFTER_S = 1.0
@@ -66,7 +66,7 @@ def b4_model_dir(root: Path) -> Path:
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
         work: Path, runtime: str, workers: int) -> dict[str, float]:
     pacs = TimedPACS(work / "pacs").start()
-    port = _free_port()
+    port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     config = {
         "node": {"ae_title": "HIPROUTER", "host": "127.0.0.1", "port": port},

@@ -125,7 +125,8 @@ def sr_text(ds: Dataset) -> list[str]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -159,7 +160,7 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     console.print(f"made {len(made)} synthetic studies "
                   f"({sum(len(s.images) for s in made)} radiographs)")
     pacs = LocalPACS(workdir / "pacs").start()
-    settings = demo_settings(base, workdir, pacs, _free_port())
+    settings = demo_settings(base, workdir, pacs, free_port())
     dbmod.upgrade(settings.database.url)
     node = Node(settings, on_complete=routing_callback(settings))
     attach_to_node(node)
