@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hiprouter.demo import SR_CLASS, LocalPACS, free_port  # noqa: E402
-from hiprouter.inference.synth import make_study  # noqa: E402
+from hiprouter.synth.study import make_study  # noqa: E402
 
 COMPLETE_AFTER_S = 1.0
 

@@ -32,8 +32,8 @@ from hiprouter.inference.results import (  # noqa: E402
     ModelInfo,
     StudyResult,
 )
-from hiprouter.inference.synth import make_study  # noqa: E402
 from hiprouter.report.build import build_outputs, write_bundle  # noqa: E402
+from hiprouter.synth.study import make_study  # noqa: E402
 
 MODEL = ModelInfo("bench-model", "0.0.1", "efficientnet_b4", "2.25.1", synthetic_demo=True)
 

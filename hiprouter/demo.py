@@ -27,7 +27,7 @@ from rich.table import Table
 from hiprouter import db as dbmod
 from hiprouter import logs
 from hiprouter.config import Destination, Settings
-from hiprouter.inference.synth import SynthStudy, make_study
+from hiprouter.synth.study import SynthStudy, make_study
 
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

@@ -102,3 +102,11 @@ def pg_url(postgres_server: str) -> str:
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite file for one test."""
     return f"sqlite:///{tmp_path / 'hiprouter.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _onnx_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep ONNX graphs exported by any test out of the user's cache."""
+    from hiprouter.inference import runtime
+
+    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path_factory.getbasetemp() / "onnx-cache")

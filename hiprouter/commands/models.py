@@ -62,9 +62,9 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               workers: int, decode_workers: int, init_from: Path | None,
               cache_dir: Path | None) -> None:
     """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV."""
-    from hiprouter.inference.dataset import DatasetError
     from hiprouter.inference.models import ModelError
-    from hiprouter.inference.train import TrainConfig, train
+    from hiprouter.training.dataset import DatasetError
+    from hiprouter.training.train import TrainConfig, train
 
     labels_csv = labels_csv or data_dir / "labels.csv"
     if not labels_csv.is_file():
@@ -111,9 +111,9 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     from rich.console import Console
     from rich.table import Table
 
-    from hiprouter.inference.dataset import DatasetError
-    from hiprouter.inference.evaluate import evaluate_model
     from hiprouter.inference.models import ModelError
+    from hiprouter.training.dataset import DatasetError
+    from hiprouter.training.evaluate import evaluate_model
 
     labels_csv = labels_csv or data_dir / "labels.csv"
     if not labels_csv.is_file():
@@ -155,8 +155,8 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "
                   f"{paths['confusion']}")
     if record_as:
-        from hiprouter.inference.evaluate import card_figures
         from hiprouter.inference.models import read_card, write_card
+        from hiprouter.training.evaluate import card_figures
 
         card = read_card(model_dir)
         name = dataset_name or f"{data_dir.name} ({labels_csv.name})"

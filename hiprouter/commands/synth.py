@@ -42,7 +42,7 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
     from rich.table import Table
 
     from hiprouter.inference.classes import HARDWARE_CLASSES
-    from hiprouter.inference.synth import generate_dataset
+    from hiprouter.synth.study import generate_dataset
 
     keys = [c.key for c in HARDWARE_CLASSES]
     weights = None
@@ -78,7 +78,7 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
     Console().print(table)
     click.echo(f"labels: {labels}")
     if preview is not None:
-        from hiprouter.inference.synth_preview import write_example_sheet
+        from hiprouter.synth.preview import write_example_sheet
 
         click.echo(f"preview: {write_example_sheet(preview, seed)}")
 

@@ -23,8 +23,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.synth import make_study
 from hiprouter.schema import AuditEvent, Inference, Output, SendAttempt, Study
+from hiprouter.synth.study import make_study
 from tests.conftest import REPO, require_tool
 from tests.e2e.orthanc import start_orthanc
 from tests.router.conftest import storescu

@@ -21,8 +21,8 @@ import yaml
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from hiprouter.inference.synth import make_study
 from hiprouter.schema import Inference, Job, Output
+from hiprouter.synth.study import make_study
 from tests.conftest import REPO
 from tests.e2e.test_pipeline_e2e import (
     KOS,

@@ -22,11 +22,3 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      synthetic_demo=True)
     save_model(create_model("resnet10t", len(HARDWARE_CLASSES)), card, out)
     return out
-
-
-@pytest.fixture(autouse=True)
-def _onnx_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep exported ONNX graphs out of the user's cache."""
-    from hiprouter.inference import runtime
-
-    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path_factory.getbasetemp() / "onnx-cache")

@@ -6,7 +6,7 @@ import numpy as np
 
 from hiprouter.inference.models import DEMO_MODEL_DIR, read_card, verify_weights
 from hiprouter.inference.predict import HardwareClassifier
-from hiprouter.inference.synth import make_study
+from hiprouter.synth.study import make_study
 
 FRESH_SEED = 424242
 """Not used for the demo model's training (1000) or held-out evaluation (2000) data."""

@@ -12,7 +12,7 @@ from hiprouter.config import PipelineConfig
 from hiprouter.inference.classes import FRACTURE_CLASSES
 from hiprouter.inference.models import demo_model_dir, read_card, verify_weights
 from hiprouter.inference.predict import HardwareClassifier
-from hiprouter.inference.synth import make_study
+from hiprouter.synth.study import make_study
 
 DEMO = demo_model_dir("fracture")
 SEED = 424242

@@ -22,14 +22,14 @@ from hiprouter.inference.classes import (
     label_set,
     label_source,
 )
-from hiprouter.inference.dataset import DatasetError, read_labels
 from hiprouter.inference.models import ModelError, demo_model_dir, read_card
 from hiprouter.inference.predict import HardwareClassifier
 from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
-from hiprouter.inference.train import TrainConfig, train
 from hiprouter.report.text import render_report_text
 from hiprouter.report.triage import triage
 from hiprouter.router.pipelines import BUILTIN_MODULES, factory_for
+from hiprouter.training.dataset import DatasetError, read_labels
+from hiprouter.training.train import TrainConfig, train
 from tests.inference.helpers import toy_dataset
 
 FRACTURE_KEYS = ["no_fracture", "femoral_neck_fracture", "intertrochanteric_fracture"]

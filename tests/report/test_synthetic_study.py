@@ -10,8 +10,8 @@ import numpy as np
 from hiprouter.config import PipelineConfig
 from hiprouter.inference.decode import decode
 from hiprouter.inference.results import HipResult, ImageHeatmap, StudyResult
-from hiprouter.inference.synth import make_study
 from hiprouter.report.build import build_outputs, write_bundle
+from hiprouter.synth.study import make_study
 from tests.report.inputs import DEMO_MODEL, hot_spot_heatmap
 from tests.report.test_build import validate
 

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from hiprouter.cli import main
 from hiprouter.inference.classes import HARDWARE_CLASSES
-from hiprouter.inference.synth import (
+from hiprouter.synth.study import (
     LABEL_FIELDS,
     generate_dataset,
     make_study,

@@ -1,7 +1,7 @@
 """Orthopaedic hardware of the 9 hardware classes, drawn as high-attenuation implants.
 
 Femoral implants are drawn in the femur frame (origin at the head centre, x lateral, y
-distal, see synth_anatomy.FemurShape); acetabular components in the hemipelvis frame
+distal, see anatomy.FemurShape); acetabular components in the hemipelvis frame
 (u lateral, acetabular centre at (ACETABULUM_U, 0)). `face` says how the view sees a
 lateral plate: 0 edge-on (AP), 1 face-on (lateral).
 """
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from hiprouter.inference.synth_anatomy import (
+from hiprouter.synth.anatomy import (
     ACETABULUM_U,
     MU_CEMENT,
     MU_METAL,
     Cut,
     FemurShape,
 )
-from hiprouter.inference.synth_canvas import (
+from hiprouter.synth.canvas import (
     Array,
     Canvas,
     Point,

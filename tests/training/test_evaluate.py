@@ -13,7 +13,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from hiprouter.inference.evaluate import _fast_auc, compute_metrics, fuse_hips, write_report
+from hiprouter.training.evaluate import _fast_auc, compute_metrics, fuse_hips, write_report
 
 CLASSES = ["a", "b", "c", "d"]
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2, 0, 1])  # class d never occurs

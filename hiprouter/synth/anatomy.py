@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from hiprouter.inference.synth_canvas import (
+from hiprouter.synth.canvas import (
     Array,
     Canvas,
     Point,

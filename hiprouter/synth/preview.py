@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from hiprouter.inference.classes import HARDWARE_CLASSES
-from hiprouter.inference.synth import make_study
+from hiprouter.synth.study import make_study
 
 
 def example_sheet(seed: int = 0, tile: int = 330, columns: int = 3,

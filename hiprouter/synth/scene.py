@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hiprouter.inference.synth_anatomy import (
+from hiprouter.synth.anatomy import (
     ACETABULUM_U,
     MU_CORTEX,
     MU_SOFT,
@@ -27,7 +27,7 @@ from hiprouter.inference.synth_anatomy import (
     add_soft_tissue_ap,
     jittered_ellipse,
 )
-from hiprouter.inference.synth_canvas import (
+from hiprouter.synth.canvas import (
     Array,
     Canvas,
     affine,
@@ -37,7 +37,7 @@ from hiprouter.inference.synth_canvas import (
     line,
     smoothstep,
 )
-from hiprouter.inference.synth_hardware import (
+from hiprouter.synth.hardware import (
     ARTHROPLASTY,
     ViewGeometry,
     add_foreign_bodies,

@@ -20,9 +20,9 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from hiprouter.inference.classes import HARDWARE_CLASSES
-from hiprouter.inference.synth_dicom import SeriesHeader, StudyHeader, build_dataset, det_uid
-from hiprouter.inference.synth_image import Acquisition, form_image, marker_mask
-from hiprouter.inference.synth_scene import (
+from hiprouter.synth.dicom import SeriesHeader, StudyHeader, build_dataset, det_uid
+from hiprouter.synth.image import Acquisition, form_image, marker_mask
+from hiprouter.synth.scene import (
     FRACTURES,
     SIDES,
     VIEWS,

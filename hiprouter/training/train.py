@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 
 from hiprouter.inference.classes import label_set, label_source
-from hiprouter.inference.dataset import LabelledHip, load_crops, read_labels, split_patients
-from hiprouter.inference.evaluate import card_figures, compute_metrics, fuse_hips, write_report
 from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
     ModelCard,
@@ -31,6 +29,8 @@ from hiprouter.inference.models import (
     select_device,
 )
 from hiprouter.inference.preprocess import INPUT_MEAN, INPUT_STD
+from hiprouter.training.dataset import LabelledHip, load_crops, read_labels, split_patients
+from hiprouter.training.evaluate import card_figures, compute_metrics, fuse_hips, write_report
 
 
 @dataclass

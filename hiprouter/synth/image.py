@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from hiprouter.inference.synth_canvas import Array
+from hiprouter.synth.canvas import Array
 
 
 @dataclass

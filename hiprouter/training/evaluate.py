@@ -252,9 +252,9 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     The labels come from `label_column`, by default the column of the model card's label set.
     """
     from hiprouter.inference.classes import label_source
-    from hiprouter.inference.dataset import load_crops, read_labels
     from hiprouter.inference.models import SYNTHETIC_DISCLAIMER
     from hiprouter.inference.predict import HardwareClassifier
+    from hiprouter.training.dataset import load_crops, read_labels
 
     clf = HardwareClassifier.from_dirs(model_dirs, device, runtime, heatmaps=False)
     try:
