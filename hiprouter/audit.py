@@ -48,6 +48,8 @@ QUARANTINE = Code("HIP002", "Instance Quarantined")
 ROUTING = Code("HIP003", "Routing Decision")
 DUPLICATE = Code("HIP004", "Duplicate Instance")
 RESOURCE = Code("HIP005", "Out Of Resources")
+REPORT = Code("HIP007", "AI Report Created")
+NOT_ASSESSED = Code("HIP008", "Image Not Assessed")
 
 
 def participant(

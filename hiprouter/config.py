@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from hiprouter.router.rules import Condition
 
@@ -149,30 +149,69 @@ class TriageRule(_Strict):
     classes: list[str] = Field(min_length=1)
     """Class keys or shell-style patterns over them, e.g. `*fracture*` (fnmatch)."""
     level: Literal["HIGH", "MEDIUM", "ROUTINE"] = "HIGH"
-    min_probability: float = Field(0.5, ge=0, le=1)
+    min_probability: float | None = Field(None, ge=0, le=1)
+    """None: the model card's calibrated threshold for the class, else 0.5."""
 
 
-class PipelineConfig(_Strict):
-    """Settings of one inference pipeline."""
+class RunsOn(_Strict):
+    """A cascade condition: run on hips where another pipeline found one of some classes."""
+
+    pipeline: str
+    classes: list[str] = []
+    """Class keys of that pipeline; the hip qualifies when its predicted class is one."""
+    exclude: list[str] = []
+    """Or: the hip qualifies unless its predicted class is one of these."""
+    min_probability: float = Field(0.0, ge=0, le=1)
+    include_indeterminate: bool = False
+    """Whether a hip whose upstream finding is indeterminate still qualifies (on its top
+    candidate); a hip that was not assessed never does."""
+
+    def model_post_init(self, __context: Any) -> None:
+        if bool(self.classes) == bool(self.exclude):
+            raise ValueError("runs_on needs either `classes` or `exclude` (not both)")
+
+    def describe(self) -> str:
+        what = (f"classes {', '.join(self.classes)}" if self.classes
+                else f"any class but {', '.join(self.exclude)}")
+        return f"{self.pipeline} finds {what}"
+
+
+class PipelineConfig(BaseModel):
+    """Settings of one pipeline: the common keys below, plus the options of its kind.
+
+    Any other key of a ``pipelines.<name>`` block belongs to the kind's own options model
+    (see hiprouter/pipelines/), validated at start-up with errors naming the key.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     kind: str = Field("hardware", pattern=r"^[a-z][a-z0-9_]*$")
-    """forward, hardware, fracture, or a kind registered by a module listed in `plugins`."""
-    models: list[Path] = []
-    """Model directories (each with card.yaml + weights); empty: the bundled demo of the
-    kind (models/<kind>-demo)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    runtime: Literal["auto", "torch", "onnx"] = "auto"
-    batch_size: int = Field(8, ge=1)
-    low_confidence: float = Field(0.6, ge=0, le=1)
-    """Report sentences below this probability say "possible ... (low confidence)"."""
+    """A kind installed through the `hiprouter.pipelines` entry points (`hiprouter models
+    kinds` lists them) or registered by a module under `plugins`."""
+    runs_on: RunsOn | None = None
+    """A cascade: run only on hips where another pipeline found some classes (None: the
+    kind's default; first-stage kinds run on every hip)."""
+    triage: list[TriageRule] = []
+    """Which findings set which priority; empty: the vocabulary's default triage meaning."""
+
+    def options(self) -> dict[str, Any]:
+        """The kind-specific keys of this block."""
+        return dict(self.model_extra or {})
+
+
+class ReportConfig(_Strict):
+    """The one report per study episode: SR, SC per radiograph, KOS, SEG."""
+
     language: str = Field("en", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
     """Report language: a folder of sr_templates (en, de, ...)."""
-    triage: list[TriageRule] = []
-    """Empty: fractures and dislocations at probability >= 0.5 are HIGH (report/triage.py)."""
+    low_confidence: float = Field(0.6, ge=0, le=1)
+    """Assessed findings below this probability are worded "possible ... (low confidence)"."""
     default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
-    heatmaps: bool = True
-    modalities: list[str] = ["CR", "DX"]
-    """Modalities the model accepts; others are refused with a reason (add RG/OT to opt in)."""
+    heatmap_pipelines: list[str] | None = None
+    """Whose heat maps the SC overlays show, first that has one per hip wins; None: every
+    pipeline in run order."""
+    secondary_captures: bool = True
+    """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
 
 
 class LoggingConfig(_Strict):
@@ -193,10 +232,18 @@ class Settings(_Strict):
     rules: list[Rule] = []
     rule_mode: Literal["first", "all"] = "first"
     pipelines: dict[str, PipelineConfig] = {}
+    report: ReportConfig = ReportConfig()
     sr_templates_dir: Path | None = None
     plugins: list[str] = []
-    """Python modules imported by workers; they call register_pipeline() for new kinds."""
+    """Python modules imported at start-up; they may call
+    `hiprouter.pipelines.registry.register_kind` (entry points are the usual way)."""
     logging: LoggingConfig = LoggingConfig()
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder relative paths of this configuration resolve against."""
+        return self._base_dir
 
     def model_post_init(self, __context: Any) -> None:
         names = [r.name for r in self.rules]
@@ -211,6 +258,14 @@ class Settings(_Strict):
             for pipe in rule.pipelines:
                 if pipe not in self.pipelines and pipe != "forward":
                     raise ValueError(f"rules[{rule.name}]: unknown pipeline {pipe!r}")
+        for name, pipe in self.pipelines.items():
+            if pipe.runs_on is not None and pipe.runs_on.pipeline not in self.pipelines:
+                raise ValueError(f"pipelines.{name}.runs_on: unknown pipeline "
+                                 f"{pipe.runs_on.pipeline!r}")
+        heat = self.report.heatmap_pipelines or []
+        for name in heat:
+            if name not in self.pipelines:
+                raise ValueError(f"report.heatmap_pipelines: unknown pipeline {name!r}")
 
 
 def _format_error(err: ValidationError, source: str, data: dict[str, Any] | None = None) -> str:
@@ -279,8 +334,7 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     s.storage.output_dir = _resolve(base, s.storage.output_dir)
     if s.sr_templates_dir is not None:
         s.sr_templates_dir = _resolve(base, s.sr_templates_dir)
-    for pipe in s.pipelines.values():
-        pipe.models = [_resolve(base, m) for m in pipe.models]
+    s._base_dir = base
     for tls in [s.node.tls, *(d.tls for d in s.destinations.values())]:
         for attr in ("cert_file", "key_file", "ca_file"):
             val = getattr(tls, attr)

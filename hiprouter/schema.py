@@ -126,6 +126,8 @@ class Job(Base):
     episode: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     # replay: when the job runs, sends it produces are sent again even if sent before
     replay: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # the inference pipelines this job runs in cascade order (None: `pipeline` alone)
+    pipelines: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Send(Base):
@@ -175,25 +177,41 @@ class SendAttempt(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Inference(Base):
-    """One model result for one hip (or one image) of a study."""
+class FindingRow(Base):
+    """What one pipeline said about one hip (or image) of a study episode (findings.Finding).
 
-    __tablename__ = "inferences"
+    A job that runs again replaces its rows; masks and heat maps stay in the DICOM outputs
+    (SEG, SC), the row keeps their summary.
+    """
+
+    __tablename__ = "findings"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
     )
     study_uid: Mapped[str] = mapped_column(UID, index=True)
+    episode: Mapped[int] = mapped_column(Integer, default=1)
     pipeline: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
     laterality: Mapped[str] = mapped_column(String(8))  # R | L | U
     source_sop_uids: Mapped[list[str]] = mapped_column(JSON)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
-    predicted_class: Mapped[str] = mapped_column(String(64))
-    probability: Mapped[float] = mapped_column(Float)
-    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
-    latency_ms: Mapped[float] = mapped_column(Float)
+    device_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    # assessed | indeterminate | not_assessed
+    status: Mapped[str] = mapped_column(String(16), default="assessed")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    predicted_class: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # [{"key", "value", "unit"}]
+    measurements: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # [{"sop_instance_uid", "graphic_type", "points": [[col, row], ...], "label"}]
+    regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # {"masks": [{"sop_instance_uid", "label", "pixels"}], "views": ..., ...}
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -209,7 +227,7 @@ class Output(Base):
     study_uid: Mapped[str] = mapped_column(UID, index=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
-    kind: Mapped[str] = mapped_column(String(8))  # SR | SC | KOS
+    kind: Mapped[str] = mapped_column(String(8))  # SR | SC | SEG | KOS
     path: Mapped[str] = mapped_column(Text)
     priority: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from hiprouter.cli import Context, pass_ctx
-from hiprouter.inference.classes import LABEL_SETS
 
 
 def register(group: click.Group) -> None:
@@ -35,8 +34,8 @@ def register(group: click.Group) -> None:
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
 @click.option("--balance", is_flag=True,
               help="Draw training hips class-balanced (for rare classes such as fractures).")
-@click.option("--label-set", type=click.Choice(sorted(LABEL_SETS)), default="hardware",
-              show_default=True, help="Classes to learn (hiprouter/inference/classes.py).")
+@click.option("--label-set", default="hardware", show_default=True,
+              help="Classes to learn: a classifier pipeline kind (`hiprouter models kinds`).")
 @click.option("--label-column", default="",
               help="Labels CSV column (default: the label set's, e.g. hardware, fracture).")
 @click.option("--name", default="hardware", show_default=True)
@@ -182,9 +181,15 @@ def models_list(ctx: Context, as_json: bool) -> None:
 
     from hiprouter.inference.models import ModelError, installed_models, read_card, verify_weights
 
+    settings = ctx.settings
     dirs = list(installed_models())
-    for pipe in ctx.settings.pipelines.values():
-        dirs.extend(p for p in pipe.models if p not in dirs)
+    for pipe in settings.pipelines.values():
+        for p in pipe.options().get("models") or []:
+            path = Path(p)
+            if not path.is_absolute() and settings.base_dir is not None:
+                path = settings.base_dir / path
+            if path not in dirs:
+                dirs.append(path)
     rows = []
     for d in dirs:
         try:
@@ -207,4 +212,26 @@ def models_list(ctx: Context, as_json: bool) -> None:
         table.add_row(r["name"], r["version"], r["architecture"], f"{r['input_size']} px",
                       r["device_uid"], "[green]yes[/]" if r["sha256_ok"] else "[red]NO[/]",
                       "[yellow]SYNTHETIC DEMO[/]" if r["synthetic_demo"] else "", r["dir"])
+    Console().print(table)
+
+
+@models_group.command("kinds")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models_kinds(as_json: bool) -> None:
+    """Installed pipeline kinds (entry points `hiprouter.pipelines`), options and cascades."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from hiprouter.pipelines.registry import describe_kinds
+
+    rows = describe_kinds()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("kind", "what it does", "runs on", "options", "from")
+    for r in rows:
+        table.add_row(r["kind"], r.get("description") or r.get("error", ""), r.get("runs_on", ""),
+                      ", ".join(r.get("options", [])), r["source"])
     Console().print(table)

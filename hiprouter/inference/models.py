@@ -17,14 +17,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom.uid import generate_uid
 
-import hiprouter
-from hiprouter.inference.results import ModelInfo
+from hiprouter.findings import Code, FindingClass, ModelInfo, Vocabulary
+from hiprouter.resources import models_dir
 
 CARD_FILE = "card.yaml"
 WEIGHTS_FILE = "model.safetensors"
-MODELS_ROOT = Path(hiprouter.__file__).resolve().parent.parent / "models"
-"""Models shipped with the repository (models/<name>/card.yaml)."""
-DEMO_MODEL_DIR = MODELS_ROOT / "hardware-demo"
+MODELS_ROOT = models_dir()
+"""Models shipped with hiprouter (models/<name>/card.yaml)."""
 
 
 def demo_model_dir(kind: str) -> Path:
@@ -42,6 +41,25 @@ class ModelError(Exception):
     """A model directory that cannot be used (missing files, bad card, weights changed)."""
 
 
+class CardClass(BaseModel):
+    """One class as a model card may describe it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    display: str
+    code: str
+    scheme: str = "99HIPAI"
+    meaning: str = ""
+    negative: bool = False
+    triage: str | None = None
+
+    def finding_class(self) -> FindingClass:
+        return FindingClass(self.key, self.display,
+                            Code(self.code, self.scheme, self.meaning or self.display),
+                            self.negative, self.triage)
+
+
 class ModelCard(BaseModel):
     """What a model is, what it was trained on and how well it did (card.yaml)."""
 
@@ -54,8 +72,12 @@ class ModelCard(BaseModel):
     input_size: int = Field(gt=15)
     in_chans: int = 1
     label_set: str = "hardware"
+    """The pipeline kind (and labels column) the model was trained for."""
     classes: list[str]
-    """Class keys (classes.py) in output order."""
+    """Class keys in output order."""
+    vocabulary: list[CardClass] = []
+    """Optional: names, codes, negative flags and triage meaning of the classes; a class
+    listed here overrides the kind's built-in wording (a site's own device catalogue)."""
     training_data: str
     synthetic_demo: bool = False
     intended_use: str = "Prepopulate the radiology report; a radiologist verifies every result."
@@ -64,10 +86,38 @@ class ModelCard(BaseModel):
     """Recipe: epochs, learning rates, augmentation, split, seed."""
     evaluation: dict[str, Any] = {}
     """Figures on the held-out test set (accuracy, kappa, per-class AUC with CIs, ...)."""
+    calibration: dict[str, Any] = {}
+    """``temperature`` applied to the logits at run time (fitted on the validation split),
+    with the expected calibration error before and after."""
+    abstention: dict[str, Any] = {}
+    """``min_confidence``: below this calibrated probability a finding is indeterminate."""
+    ood: dict[str, Any] = {}
+    """Out-of-distribution detection: ``method`` (energy), ``threshold`` (a crop whose score
+    is above it is not assessed), and how it was fitted."""
+    triage_thresholds: dict[str, float] = {}
+    """Class key -> probability at which the class flags the study (chosen on the
+    validation split at a target sensitivity)."""
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str = ""
     device_uid: str = ""
     created: str = ""
+
+    def vocabulary_over(self, default: Vocabulary) -> Vocabulary:
+        """The model's classes, described by the card where it does, else by `default`.
+
+        Raises ModelError when a class is described by neither.
+        """
+        own = {c.key: c.finding_class() for c in self.vocabulary}
+        out = []
+        for key in self.classes:
+            if key in own:
+                out.append(own[key])
+            elif key in default:
+                out.append(default[key])
+            else:
+                raise ModelError(f"model {self.name}: class {key!r} is neither described in "
+                                 "its card's vocabulary nor known to the pipeline kind")
+        return Vocabulary(tuple(out))
 
     def info(self) -> ModelInfo:
         """The identity reporting writes into SR/SC output."""

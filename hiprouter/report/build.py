@@ -1,8 +1,10 @@
-"""Build all result objects of one study result (SR, SC overlays, KOS triage flag) and write them.
+"""One report per study episode: every pipeline's findings -> SR, SCs, SEGs, KOS; and writing them.
 
-Every object joins the source study (Patient and Study modules copied from the radiographs),
-each kind in its own new series; all UIDs are deterministic (see uids.py), so building again
-for the same study, pipeline and model gives the same SOP Instance UIDs and a resend replaces.
+Each object is built on its own: when one cannot be built (an odd header, a broken plugin
+finding), the others still go out and `ReportBundle.left_out` says what was left out and
+why, for the audit. Every object joins the source study (Patient and Study modules copied
+from the radiographs) in its own new series; all UIDs are deterministic (uids.py), so
+building again for the same study, models and images gives the same SOP Instance UIDs.
 """
 
 from __future__ import annotations
@@ -12,24 +14,25 @@ import math
 import os
 import tempfile
 import warnings
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from hiprouter.config import PipelineConfig
-from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.results import StudyResult
+from hiprouter import __version__
+from hiprouter.config import ReportConfig, TriageRule
+from hiprouter.findings import Finding, ModelInfo, StudyFindings
 from hiprouter.report.header import source_header
 from hiprouter.report.kos import build_kos
-from hiprouter.report.sc import build_sc
+from hiprouter.report.sc import Overlay, build_sc, finding_label
+from hiprouter.report.seg import build_seg
 from hiprouter.report.sr import build_sr
 from hiprouter.report.text import ReportText, render_report_text
 from hiprouter.report.triage import triage
-from hiprouter.report.uids import output_uid
+from hiprouter.report.uids import input_digest, output_uid, producer_key
 
 # highdicom warns about single-component person names (legal in DICOM, common in real data)
 # and quotes the name in the message; patient names must never reach stderr or the logs.
@@ -39,69 +42,106 @@ warnings.filterwarnings(
 
 
 class NothingToReport(ValueError):
-    """No hip result or no usable source radiograph (every image was refused)."""
+    """No finding and no source radiograph a report could refer to."""
 
 
 @dataclass
 class ReportBundle:
-    """The objects created for one study result."""
+    """The objects created for one study episode, and what could not be created."""
 
-    sr: hd.sr.Comprehensive3DSR
-    scs: list[hd.sc.SCImage]
-    kos: hd.ko.KeyObjectSelectionDocument
+    sr: Dataset | None
+    scs: list[Dataset]
+    segs: list[Dataset]
+    kos: Dataset | None
     priority: str
     reason: str
-    text: ReportText
+    text: ReportText | None
     referenced_sop_uids: list[str] = field(default_factory=list)
     """SOP Instance UIDs of the source radiographs the outputs reference."""
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+    """(what, why) for every object or finding that could not be included."""
 
     def datasets(self) -> list[Dataset]:
-        """All objects, in sending order: SR, SCs, then the KOS that references them."""
-        return [self.sr, *self.scs, self.kos]
+        """All objects, in sending order: SR, SCs, SEGs, then the KOS that references them."""
+        return [d for d in (self.sr, *self.scs, *self.segs, self.kos) if d is not None]
 
 
-def model_key(result: StudyResult) -> str:
-    """What identifies the model's output in UIDs: its version and its weights' Device UID."""
-    return f"{result.model.version}|{result.model.device_uid}"
+def router_identity(producer: str) -> ModelInfo:
+    """hiprouter as the observer device of SR and KOS (its UID changes with the models)."""
+    return ModelInfo(name="hiprouter", version=__version__, architecture="hiprouter AI router",
+                     device_uid=str(generate_uid(entropy_srcs=["hiprouter-router", producer])),
+                     synthetic_demo=False)
 
 
-def _used_sources(result: StudyResult, sources: Sequence[Dataset]) -> list[Dataset]:
+def check_finding(finding: Finding, study: StudyFindings) -> str | None:
+    """Why a finding cannot be reported (None when it can)."""
+    if finding.laterality not in ("R", "L", "U"):
+        return f"laterality {finding.laterality!r} is not R, L or U"
+    c = finding.classification
+    if c is not None:
+        if c.predicted not in study.vocabulary(finding.pipeline):
+            return f"class {c.predicted!r} is not in the pipeline's vocabulary"
+        if not (math.isfinite(c.probability) and 0.0 <= c.probability <= 1.0):
+            return f"probability {c.probability!r} is not in [0, 1]"
+    for m in finding.measurements:
+        if not math.isfinite(m.value):
+            return f"measurement {m.key} is not a finite number"
+    return None
+
+
+def _drop_invalid(study: StudyFindings, left_out: list[tuple[str, str]]) -> StudyFindings:
+    for result in study.results:
+        kept = []
+        for f in result.findings:
+            why = check_finding(f, study)
+            if why is None:
+                kept.append(f)
+            else:
+                left_out.append((f"{f.pipeline} finding, {f.laterality} hip", why))
+        result.findings = kept
+    return study
+
+
+def _evidence(study: StudyFindings, sources: Sequence[Dataset]) -> list[Dataset]:
     by_uid: dict[str, Dataset] = {}
     for ds in sources:
-        if str(ds.StudyInstanceUID) != result.study_uid:
-            raise ValueError(f"source {ds.SOPInstanceUID} is not in study {result.study_uid}")
+        if str(ds.StudyInstanceUID) != study.study_uid:
+            raise ValueError(f"source {ds.SOPInstanceUID} is not in study {study.study_uid}")
         by_uid[str(ds.SOPInstanceUID)] = ds
-    wanted = [uid for hip in result.hips for uid in hip.source_sop_uids]
-    wanted += [h.sop_instance_uid for h in result.heatmaps]
-    wanted = [uid for uid in dict.fromkeys(wanted) if uid not in result.refused]
-    missing = [uid for uid in wanted if uid not in by_uid]
-    if missing:
-        raise ValueError(f"result references images not passed as sources: {missing}")
+    wanted = [u for f in study.findings() for u in f.source_sop_uids]
+    wanted += list(study.not_assessed())
+    wanted = [u for u in dict.fromkeys(wanted) if u in by_uid]
     if not wanted:
-        wanted = [uid for uid in by_uid if uid not in result.refused]
-    if not wanted:
-        raise NothingToReport(f"study {result.study_uid}: no usable source radiograph")
-    return [by_uid[uid] for uid in wanted]
+        raise NothingToReport(f"study {study.study_uid}: no finding and no source radiograph")
+    return [by_uid[u] for u in wanted]
 
 
-def _check_hips(result: StudyResult) -> None:
-    """Reject hip results that would make invalid objects, naming what is wrong."""
-    for n, hip in enumerate(result.hips):
-        where = f"study {result.study_uid} hip {n}"
-        if hip.laterality not in ("R", "L", "U"):
-            raise ValueError(f"{where}: laterality {hip.laterality!r} is not R, L or U")
-        try:
-            class_by_key(hip.predicted_class)
-        except KeyError as exc:
-            raise ValueError(f"{where}: unknown class {hip.predicted_class!r}") from exc
-        if not (math.isfinite(hip.probability) and 0.0 <= hip.probability <= 1.0):
-            raise ValueError(f"{where}: probability {hip.probability!r} is not in [0, 1]")
+def _overlay(uid: str, display: np.ndarray, study: StudyFindings,
+             heat_order: Sequence[str]) -> Overlay:
+    overlay = Overlay(uid, display, None)
+    on_image = [f for f in study.findings() if uid in f.source_sop_uids]
+    for f in on_image:
+        overlay.labels.setdefault(f.laterality, []).append(
+            finding_label(f, study.vocabulary(f.pipeline)))
+        overlay.outlines += [r.points for r in f.regions
+                             if r.sop_instance_uid == uid and r.graphic_type == "POLYLINE"]
+    for pipeline in heat_order:
+        maps = [h.heat for f in on_image if f.pipeline == pipeline and _explains(f, study)
+                for h in f.heatmaps if h.sop_instance_uid == uid]
+        if maps:
+            overlay.heatmap = np.maximum.reduce([m.astype(np.float32) for m in maps])
+            overlay.heatmap_from = pipeline
+            break
+    return overlay
 
 
-def input_digest(sop_uids: Iterable[str]) -> str:
-    """A short digest of the set of source SOP Instance UIDs a result used."""
-    joined = "\n".join(sorted(sop_uids)).encode("ascii", "replace")
-    return hashlib.sha256(joined).hexdigest()[:32]
+def _explains(finding: Finding, study: StudyFindings) -> bool:
+    """Whether a finding's heat map is worth drawing: an assessed, positive finding."""
+    c = finding.classification
+    if c is None:
+        return True
+    return c.status == "assessed" and not study.vocabulary(finding.pipeline).is_negative(
+        c.predicted)
 
 
 def series_laterality(sources: Sequence[Dataset]) -> str:
@@ -110,58 +150,91 @@ def series_laterality(sources: Sequence[Dataset]) -> str:
     return sides.pop() if len(sides) == 1 and sides <= {"R", "L"} else ""
 
 
-def _tracking_uids(result: StudyResult, key: str) -> list[str]:
-    seen: Counter[str] = Counter()
-    uids = []
-    for hip in result.hips:
-        seen[hip.laterality] += 1
-        uids.append(output_uid(result.study_uid, result.pipeline, key, "tracking",
-                               hip.laterality, str(seen[hip.laterality])))
-    return uids
+def build_report(study: StudyFindings, sources: Sequence[Dataset],
+                 display_images: Mapping[str, np.ndarray], report_cfg: ReportConfig,
+                 triage_rules: Mapping[str, Sequence[TriageRule]] | None = None,
+                 templates_dir: Path | None = None) -> ReportBundle:
+    """SR, one SC per radiograph with findings, a SEG per radiograph with masks, the KOS.
 
-
-def build_outputs(result: StudyResult, sources: list[Dataset], pipeline_cfg: PipelineConfig,
-                  templates_dir: Path | None = None) -> ReportBundle:
-    """SR, one SC per radiograph with a heat map (when enabled), and the KOS triage flag.
-
-    ``sources`` are the study's radiographs (at least those the result references); images in
-    ``result.refused`` are never referenced. Raises NothingToReport when the result has no hip
-    or no usable image, ValueError when sources and result do not fit together.
+    ``sources`` are the study's radiographs (full datasets); ``display_images`` their uint8
+    renderings by SOP Instance UID (from decoding). Raises NothingToReport when there is no
+    finding and no radiograph to refer to.
     """
-    if not result.hips:
-        raise NothingToReport(f"study {result.study_uid}: no hip result to report")
-    _check_hips(result)
-    used = [source_header(ds) for ds in _used_sources(result, sources)]
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in used}
-    key = model_key(result)
-
-    # Series UIDs depend on study, pipeline and model only; instance UIDs also on the images
-    # used, so new images in the study (a later episode) give new objects in the same series.
+    left_out: list[tuple[str, str]] = []
+    study = _drop_invalid(study, left_out)
+    evidence = _evidence(study, sources)
+    headers = [source_header(ds) for ds in evidence]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
+    producer = producer_key((r.pipeline, r.model) for r in study.results)
+    router = router_identity(producer)
+    models = list({r.model.device_uid: r.model for r in study.results
+                   if r.model is not None}.values())
     inputs = input_digest(by_uid)
 
     def uid(kind: str, *parts: str) -> str:
-        return output_uid(result.study_uid, result.pipeline, key, kind, *parts)
+        return output_uid(study.study_uid, producer, kind, *parts)
 
-    text = render_report_text(result, pipeline_cfg.language, pipeline_cfg.low_confidence,
-                              templates_dir)
-    sr = build_sr(result, used, text, series_uid=uid("sr-series"),
-                  sop_uid=uid("sr-instance", inputs), tracking_uids=_tracking_uids(result, key))
+    text = None
+    sr = None
+    try:
+        text = render_report_text(study, report_cfg.language, report_cfg.low_confidence,
+                                  templates_dir)
+        counts: dict[tuple[str, str], int] = {}
+        tracking = []
+        for f in study.findings():
+            n = counts[(f.pipeline, f.laterality)] = counts.get((f.pipeline, f.laterality), 0) + 1
+            tracking.append(uid("tracking", f.pipeline, f.laterality, str(n)))
+        sr = build_sr(study, headers, text, router, series_uid=uid("sr-series"),
+                      sop_uid=uid("sr-instance", inputs), tracking_uids=tracking)
+    except Exception as exc:
+        left_out.append(("SR", f"{type(exc).__name__}: {exc}"))
+
     scs = []
-    heats = [h for h in result.heatmaps if h.sop_instance_uid in by_uid]  # not refused ones
-    if not pipeline_cfg.heatmaps:
-        heats = []
-    laterality = series_laterality([by_uid[h.sop_instance_uid] for h in heats])
-    for heat in heats:
-        hips = [h for h in result.hips if heat.sop_instance_uid in h.source_sop_uids]
-        scs.append(build_sc(heat, hips, result.model, by_uid[heat.sop_instance_uid],
-                            series_uid=uid("sc-series"),
-                            sop_uid=uid("sc-instance", heat.sop_instance_uid, inputs),
-                            instance_number=len(scs) + 1, series_laterality=laterality))
-    flag = triage(result, pipeline_cfg)
-    kos = build_kos(used, [sr, *scs], result.model, flag.level, flag.reason,
-                    series_uid=uid("ko-series"), sop_uid=uid("ko-instance", inputs))
-    return ReportBundle(sr=sr, scs=scs, kos=kos, priority=flag.level, reason=flag.reason,
-                        text=text, referenced_sop_uids=list(by_uid))
+    if report_cfg.secondary_captures:
+        heat_order = report_cfg.heatmap_pipelines or [r.pipeline for r in study.results]
+        with_findings = [u for u in by_uid if u in display_images
+                         and any(u in f.source_sop_uids for f in study.findings())]
+        laterality = series_laterality([by_uid[u] for u in with_findings])
+        for u in with_findings:
+            try:
+                scs.append(build_sc(_overlay(u, display_images[u], study, heat_order), models,
+                                    by_uid[u], series_uid=uid("sc-series"),
+                                    sop_uid=uid("sc-instance", u, inputs),
+                                    instance_number=len(scs) + 1,
+                                    series_laterality=laterality))
+            except Exception as exc:
+                left_out.append((f"SC of image {u}", f"{type(exc).__name__}: {exc}"))
+
+    segs = []
+    full = {str(ds.SOPInstanceUID): ds for ds in sources}
+    for u in by_uid:
+        masks = [(m, f.laterality, f.model) for f in study.findings() for m in f.masks
+                 if m.sop_instance_uid == u]
+        if not masks:
+            continue
+        try:
+            source = source_header(full[u])
+            source.PixelData = full[u].PixelData
+            source.file_meta = full[u].file_meta
+            segs.append(build_seg(source, masks, series_uid=uid("seg-series"),
+                                  sop_uid=uid("seg-instance", u, inputs),
+                                  instance_number=len(segs) + 1))
+        except Exception as exc:
+            left_out.append((f"SEG of image {u}", f"{type(exc).__name__}: {exc}"))
+
+    flag = triage(study, triage_rules or {}, report_cfg.default_priority)
+    kos = None
+    try:
+        created = [d for d in (sr, *scs, *segs) if d is not None]
+        assessed = {u for f in study.findings() for u in f.source_sop_uids}
+        radiographs = [h for h in headers if str(h.SOPInstanceUID) in assessed] or headers
+        kos = build_kos(radiographs, created, router, models, flag.level, flag.reason,
+                        series_uid=uid("ko-series"), sop_uid=uid("ko-instance", inputs))
+    except Exception as exc:
+        left_out.append(("KOS", f"{type(exc).__name__}: {exc}"))
+    return ReportBundle(sr=sr, scs=scs, segs=segs, kos=kos, priority=flag.level,
+                        reason=flag.reason, text=text, referenced_sop_uids=list(by_uid),
+                        left_out=left_out)
 
 
 def output_filename(ds: Dataset) -> str:
@@ -173,7 +246,7 @@ def output_filename(ds: Dataset) -> str:
 def write_bundle(bundle: ReportBundle, out_dir: Path) -> list[Path]:
     """Write every object as a DICOM file with file meta (temp file, fsync, rename).
 
-    The name is a hash of the SOP Instance UID, so writing the same result again replaces
+    The name is a hash of the SOP Instance UID, so writing the same report again replaces
     the earlier files instead of adding copies.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """The triage flag: a Key Object Selection document titled "Of Interest".
 
-It references the radiographs, the SR and the SC overlays, and its Key Object Description
-is "AI TRIAGE PRIORITY=<level>: <reason>", in a series described "AI TRIAGE: <level>", so a
-worklist or viewer can sort urgent studies first.
+It references the radiographs and the SR, SC overlays and SEG of the study's one report;
+its Key Object Description is "AI TRIAGE PRIORITY=<level>: <reasons>" (the highest level,
+then every lower-level reason), in a series described "AI TRIAGE: <level>", so a worklist
+or viewer can sort urgent studies first.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
-from hiprouter.inference.results import ModelInfo
-from hiprouter.report.sr import algorithm_equipment_for
+from hiprouter.findings import ModelInfo
+from hiprouter.report.sr import algorithm_equipment_for, observer_context
 
 KOS_SERIES_NUMBER = 9903
 OF_INTEREST = hd.sr.CodedConcept("113000", "DCM", "Of Interest")
@@ -31,23 +31,17 @@ def triage_series_description(level: str) -> str:
     return f"AI TRIAGE: {level}"
 
 
-def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model: ModelInfo,
-              level: str, reason: str, *, series_uid: str,
+def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], router: ModelInfo,
+              models: Sequence[ModelInfo], level: str, reason: str, *, series_uid: str,
               sop_uid: str) -> hd.ko.KeyObjectSelectionDocument:
-    """The KOS flagging one study; ``created`` are the SR and SC objects of the same result."""
+    """The KOS flagging one study; ``created`` are the SR, SC and SEG objects of its report."""
     if not radiographs:
         raise ValueError("build_kos: no radiograph to reference")
     referenced = [*radiographs, *created]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=model.device_uid, name=model.name[:64],
-            manufacturer_name=model.manufacturer[:64], model_name=model.architecture[:64]),
-    )
     content = hd.ko.KeyObjectSelection(
         document_title=OF_INTEREST,
         referenced_objects=referenced,
-        observer_device_context=observer,
+        observer_device_context=observer_context(router),
         description=triage_description(level, reason),
     )
     kos = hd.ko.KeyObjectSelectionDocument(
@@ -57,9 +51,9 @@ def build_kos(radiographs: Sequence[Dataset], created: Sequence[Dataset], model:
         series_number=KOS_SERIES_NUMBER,
         sop_instance_uid=sop_uid,
         instance_number=1,
-        manufacturer=model.manufacturer[:64],
+        manufacturer=router.manufacturer[:64],
         series_description=triage_series_description(level),
-        contributing_equipment=[algorithm_equipment_for(model, "AI triage")],
+        contributing_equipment=[algorithm_equipment_for(m, "AI triage") for m in models],
         specific_character_set="ISO_IR 192",
     )
     kos.copy_patient_and_study_information(radiographs[0])  # all of Patient and General Study

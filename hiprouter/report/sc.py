@@ -1,13 +1,16 @@
-"""Secondary Capture overlays: the CAM heat map blended over each source radiograph.
+"""Secondary Capture overlays: every pipeline's findings over each source radiograph.
 
-One RGB 8-bit SC per source radiograph, with a burned-in label per hip (class, probability),
-the model name and version, "NOT FOR DIAGNOSTIC USE" and, for demo weights, "SYNTHETIC DEMO
-MODEL". For an AP pelvis each hip's label sits on that hip's side of the image.
+One RGB 8-bit SC per source radiograph: one heat map (of the first pipeline in
+``report.heatmap_pipelines`` that has one for the image), outlines of region findings
+(e.g. femoral heads), a burned-in label line per hip and pipeline (class, probability),
+the models, "NOT FOR DIAGNOSTIC USE" and, for demo weights, "SYNTHETIC DEMO MODEL". For an
+AP pelvis each hip's labels sit on that hip's side of the image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
@@ -15,8 +18,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.results import HipResult, ImageHeatmap, ModelInfo
+from hiprouter.findings import Finding, ModelInfo, Vocabulary
 from hiprouter.report.header import paired_body_part
 from hiprouter.report.sr import algorithm_equipment_for
 
@@ -40,11 +42,30 @@ def blend(display: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     return np.clip(grey * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
 
 
-def _fit(heat: ImageHeatmap) -> tuple[np.ndarray, np.ndarray]:
-    """Display image and heat map at the same size, the longest side at most MAX_SIDE."""
-    display, heatmap = heat.display_image, heat.heatmap.astype(np.float32)
+@dataclass
+class Overlay:
+    """What the SC of one radiograph shows."""
+
+    sop_instance_uid: str
+    display_image: np.ndarray
+    """uint8 greyscale rendering of the source (VOI/window applied, MONOCHROME2)."""
+    heatmap: np.ndarray | None
+    """float32 [0, 1] in source geometry, or None (no heat map drawn)."""
+    labels: dict[str, list[str]] = field(default_factory=dict)
+    """Laterality (R, L, U) -> label lines, e.g. ``["Total hip arthroplasty 0.93"]``."""
+    outlines: list[np.ndarray] = field(default_factory=list)
+    """(N, 2) polylines (column, row) in source pixels, drawn as closed outlines."""
+    heatmap_from: str = ""
+    """Which pipeline's heat map is drawn (named in the footer)."""
+
+
+def _fit(overlay: Overlay) -> tuple[np.ndarray, np.ndarray, float]:
+    """Display image and heat map at the same size (longest side at most MAX_SIDE), scale."""
+    display = overlay.display_image
     if display.ndim != 2 or display.dtype != np.uint8:
-        raise ValueError(f"display image of {heat.sop_instance_uid} must be 2-D uint8")
+        raise ValueError(f"display image of {overlay.sop_instance_uid} must be 2-D uint8")
+    heatmap = (overlay.heatmap.astype(np.float32) if overlay.heatmap is not None
+               else np.zeros(display.shape, np.float32))
     rows, cols = display.shape
     scale = min(1.0, MAX_SIDE / max(rows, cols))
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # PIL: (width, height)
@@ -53,17 +74,21 @@ def _fit(heat: ImageHeatmap) -> tuple[np.ndarray, np.ndarray]:
     if heatmap.shape != display.shape:
         heatmap = np.asarray(Image.fromarray(heatmap).resize(
             size, Image.Resampling.BILINEAR))
-    return display, heatmap
+    return display, heatmap, scale
 
 
-def hip_label(hip: HipResult) -> str:
-    """The burned-in label of one hip, e.g. ``R: Total hip arthroplasty 0.93``."""
-    try:
-        name = class_by_key(hip.predicted_class).display
-    except KeyError:
-        name = hip.predicted_class
-    side = {"R": "R", "L": "L"}.get(hip.laterality, "?")
-    return f"{side}: {name} {hip.probability:.2f}"
+def finding_label(finding: Finding, vocabulary: Vocabulary) -> str:
+    """The burned-in words for one finding, e.g. ``Total hip arthroplasty 0.93``."""
+    c = finding.classification
+    if c is None:
+        return finding.pipeline.replace("_", " ")
+    if c.status == "not_assessed":
+        return f"{finding.pipeline}: not assessed"
+    if c.status == "indeterminate":
+        return f"{finding.pipeline}: indeterminate"
+    text = f"{vocabulary.display(c.predicted)} {c.probability:.2f}"
+    stage = finding.qualifiers.get("label")
+    return f"{text} ({stage})" if stage else text
 
 
 def _right_on_image_left(source: Dataset) -> bool:
@@ -80,36 +105,37 @@ def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     draw.text(xy, text, font=font, fill=(255, 255, 255), anchor=anchor)
 
 
-def render_overlay(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo,
-                   source: Dataset) -> np.ndarray:
+def render_overlay(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset) -> np.ndarray:
     """The labelled RGB overlay of one radiograph."""
-    display, heatmap = _fit(heat)
+    display, heatmap, scale = _fit(overlay)
     image = Image.fromarray(blend(display, heatmap))
     width, height = image.size
-    font = ImageFont.load_default(size=max(10, min(width, height) // 28))
+    font = ImageFont.load_default(size=max(10, min(width, height) // 32))
     draw = ImageDraw.Draw(image)
+    for outline in overlay.outlines:
+        pts = [(float(x) * scale, float(y) * scale) for x, y in outline]
+        if len(pts) >= 2:
+            draw.line(pts + pts[:1], fill=(255, 255, 0), width=max(1, width // 400))
     margin = max(4, min(width, height) // 60)
     right_left = _right_on_image_left(source)
-
     line = font.size * 1.4 if isinstance(font, ImageFont.FreeTypeFont) else 14
-    sided = [h for h in hips if h.laterality in ("R", "L")]
-    labels = [hip_label(h) for h in sided]
-    # Two labels that would overlap go on separate lines, each still on its hip's side.
-    stacked = len(sided) == 2 and sum(draw.textlength(t, font=font) for t in labels) + (
-        4 * margin) > width
-    for i, (hip, text) in enumerate(zip(sided, labels, strict=True)):
-        on_left = (hip.laterality == "R") == right_left
+    sided = [s for s in ("R", "L") if overlay.labels.get(s)]
+    for side in sided:
+        on_left = (side == "R") == right_left
         x, anchor = (margin, "la") if on_left else (width - margin, "ra")
         if len(sided) == 1:
             x, anchor = width / 2, "ma"
-        _draw_label(draw, (x, margin + (line * i if stacked else 0)), text, font, anchor)
-    first_free = (2 if stacked else 1) if sided else 0
-    for i, hip in enumerate(h for h in hips if h.laterality not in ("R", "L")):
-        _draw_label(draw, (width / 2, margin + line * (first_free + i)), hip_label(hip), font,
+        for i, text in enumerate(overlay.labels[side]):
+            _draw_label(draw, (x, margin + line * i), f"{side}: {text}", font, anchor)
+    first_free = max((len(overlay.labels[s]) for s in sided), default=0)
+    for i, text in enumerate(overlay.labels.get("U", [])):
+        _draw_label(draw, (width / 2, margin + line * (first_free + i)), f"?: {text}", font,
                     "ma")
-
-    footer = [f"AI: {model.name} {model.version}", "NOT FOR DIAGNOSTIC USE"]
-    if model.synthetic_demo:
+    names = ", ".join(f"{m.name} {m.version}" for m in models)
+    footer = [f"AI: {names}"[:120], "NOT FOR DIAGNOSTIC USE"]
+    if overlay.heatmap_from:
+        footer.insert(1, f"heat map: {overlay.heatmap_from}")
+    if any(m.synthetic_demo for m in models):
         footer.insert(1, "SYNTHETIC DEMO MODEL")
     for i, text in enumerate(reversed(footer)):
         _draw_label(draw, (margin, height - margin - line * i), text, font, "ld")
@@ -117,12 +143,18 @@ def render_overlay(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelIn
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:
-    values = [str(v) for v in (source.get("PatientOrientation") or [])]
-    return (values[0], values[1]) if len(values) == 2 and all(values) else None
+    """The source's Patient Orientation (two values, each one or more of A P L R H F)."""
+    values = [str(v).strip().upper() for v in (source.get("PatientOrientation") or [])]
+    if len(values) == 2 and all(v and set(v) <= set("APLRHF") for v in values):
+        return values[0], values[1]
+    return None
 
 
-def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, source: Dataset,
-             *, series_uid: str, sop_uid: str, instance_number: int,
+_SIMPLE = frozenset("APLRHF")
+
+
+def build_sc(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset, *,
+             series_uid: str, sop_uid: str, instance_number: int,
              series_description: str = SC_SERIES_DESCRIPTION,
              series_laterality: str = "") -> hd.sc.SCImage:
     """The Secondary Capture of one radiograph, in the source's study.
@@ -131,11 +163,12 @@ def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, so
     unknown) is written unless the body part is a known unpaired one, as the General Series
     module requires.
     """
-    if str(source.SOPInstanceUID) != heat.sop_instance_uid:
-        raise ValueError("build_sc: heat map and source radiograph differ")
-    pixels = render_overlay(heat, hips, model, source)
+    if str(source.SOPInstanceUID) != overlay.sop_instance_uid:
+        raise ValueError("build_sc: overlay and source radiograph differ")
+    pixels = render_overlay(overlay, models, source)
     orientation = _orientation(source)
-    equipment = algorithm_equipment_for(model, "AI heat map overlay")
+    equipment = [algorithm_equipment_for(m, "AI heat map overlay") for m in models]
+    manufacturer = models[0].manufacturer[:64] if models else "hiprouter project"
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -146,24 +179,27 @@ def build_sc(heat: ImageHeatmap, hips: Sequence[HipResult], model: ModelInfo, so
         series_number=SC_SERIES_NUMBER,
         sop_instance_uid=sop_uid,
         instance_number=instance_number,
-        manufacturer=model.manufacturer[:64],
-        patient_orientation=orientation or ("L", "F"),
+        manufacturer=manufacturer,
+        # highdicom accepts single letters only; combined ones (FR, HR on rotated or
+        # cross-table views) are valid DICOM and are written after construction.
+        patient_orientation=orientation if orientation and all(
+            v in _SIMPLE for v in orientation) else ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description=series_description[:64],
-        contributing_equipment=[equipment],
+        contributing_equipment=equipment,
         specific_character_set="ISO_IR 192",
     )
     sc.copy_patient_and_study_information(source)  # all of Patient and General Study
-    if orientation is None:
-        sc.PatientOrientation = None  # Type 2: unknown, never guessed
+    sc.PatientOrientation = list(orientation) if orientation else None  # Type 2: never guessed
     sc.ConversionType = "WSD"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
     sc.LossyImageCompression = "00"
+    names = ", ".join(f"{m.name} {m.version} ({m.architecture})" for m in models)
     sc.DerivationDescription = (
-        f"CAM heat map of AI model {model.name} {model.version} ({model.architecture}) "
-        "blended over the source radiograph; not for diagnostic use")[:1024]
+        f"AI findings of {names}, with the heat map of {overlay.heatmap_from or 'no model'}, "
+        "over the source radiograph; not for diagnostic use")[:1024]
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -1,10 +1,18 @@
-"""The Structured Report: Comprehensive 3D SR with a TID 1500 Measurement Report.
+"""The Structured Report: Comprehensive 3D SR with one TID 1500 Measurement Report per study.
 
-One TID 1501 measurement group per hip: tracking identifier and UID, finding (the class
-code), finding site (hip joint with laterality), algorithm identification (TID 4019),
-probability (NUM, DCM 122157, UCUM "1"), the class as a coded qualitative evaluation, the
-source images, and the prepopulated sentence as TEXT. The whole impression paragraph is a
-TEXT item in the report's Qualitative Evaluations container.
+One measurement group per finding (every pipeline, every hip):
+
+- with a region (all built-in kinds have one): TID 1410 Planar ROI group whose Image Region
+  is a SCOORD (POINT at the hip, POLYLINE around the finding) with its IMAGE reference, the
+  structure OHIF v3 and Weasis draw on the radiograph;
+- without one: TID 1501 group referencing its source images.
+
+Each group carries Tracking Identifier/UID, Finding (the class code; "Indeterminate" or
+"Not assessed" when the model abstained), Finding Site (hip joint or femoral head, with
+laterality), Algorithm Identification (TID 4019), the probability as NUM (DCM 122157, UCUM
+"1") and the pipeline's other measurements, the class as a coded qualitative evaluation,
+and the prepopulated sentence as TEXT. The impression paragraph is a TEXT item in a
+Qualitative Evaluations container.
 """
 
 from __future__ import annotations
@@ -12,37 +20,54 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from hiprouter.inference.classes import PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, class_by_key
-from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
+from hiprouter.findings import (
+    NO_UNITS,
+    PRIVATE_SCHEME,
+    PRIVATE_SCHEME_NAME,
+    Code,
+    Finding,
+    ModelInfo,
+    Region,
+    StudyFindings,
+    Unit,
+)
 from hiprouter.report.text import ReportText
 
 SR_SERIES_NUMBER = 9901
 SR_SERIES_DESCRIPTION = "AI HIP REPORT - NOT FOR DIAGNOSTIC USE"
 
-HIP_JOINT = hd.sr.CodedConcept("24136001", "SCT", "Hip joint")
 LATERALITY = {
     "R": hd.sr.CodedConcept("24028007", "SCT", "Right"),
     "L": hd.sr.CodedConcept("7771000", "SCT", "Left"),
 }
 PROCEDURE_REPORTED = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
-NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 IMPRESSION = hd.sr.CodedConcept("121073", "DCM", "Impression")
 AI_CLASS = hd.sr.CodedConcept("AICLASS", PRIVATE_SCHEME, "AI predicted class")
+AI_STATUS = hd.sr.CodedConcept("AISTATUS", PRIVATE_SCHEME, "AI assessment status")
+STATUS_CODES = {
+    "indeterminate": hd.sr.CodedConcept("INDET", PRIVATE_SCHEME, "Indeterminate"),
+    "not_assessed": hd.sr.CodedConcept("NOTASSESSED", PRIVATE_SCHEME, "Not assessed"),
+}
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish",
              "it": "Italian", "nl": "Dutch", "pt": "Portuguese"}
 
 _SIDE_ID = {"R": "right hip", "L": "left hip", "U": "hip"}
 
 
-def finding_code(key: str) -> hd.sr.CodedConcept:
-    """The coded concept of a finding class."""
-    fc = class_by_key(key)
-    return hd.sr.CodedConcept(fc.code, fc.scheme, fc.meaning)
+def concept(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def unit_concept(unit: Unit) -> hd.sr.CodedConcept:
+    if unit == NO_UNITS:
+        return hd.sr.CodedConcept("1", "UCUM", "no units")
+    return hd.sr.CodedConcept(unit.code, "UCUM", unit.meaning)
 
 
 def private_scheme() -> hd.coding_schemes.CodingSchemeIdentificationItem:
@@ -65,62 +90,112 @@ def algorithm_equipment_for(model: ModelInfo, contribution: str) -> hd.Contribut
     return item
 
 
-def _group(hip: HipResult, result: StudyResult, sentence: str, tracking_uid: str,
-           sources: dict[str, Dataset]) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    finding = finding_code(hip.predicted_class)
-    site = hd.sr.FindingSite(anatomic_location=HIP_JOINT,
-                             laterality=LATERALITY.get(hip.laterality))
-    algorithm = hd.sr.AlgorithmIdentification(name=result.model.name,
-                                              version=result.model.version)
-    probability = hd.sr.Measurement(name=PROBABILITY, value=float(hip.probability),
-                                    unit=NO_UNITS)
-    images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[uid])
-              for uid in hip.source_sop_uids if uid in sources]
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=f"{result.pipeline} {_SIDE_ID[hip.laterality]}"[:64]),
-        finding_type=finding,
-        finding_sites=[site],
-        algorithm_id=algorithm,
-        measurements=[probability],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=AI_CLASS, value=finding)],
-        source_images=images or None,
+def observer_context(router: ModelInfo) -> hd.sr.ObserverContext:
+    """The AI system as the observer device of SR and KOS."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=router.device_uid, name=router.name[:64],
+            manufacturer_name=router.manufacturer[:64], model_name=router.architecture[:64]),
     )
+
+
+def _finding_type(finding: Finding, vocab_code: Code | None) -> hd.sr.CodedConcept:
+    c = finding.classification
+    if c is not None and c.status in STATUS_CODES:
+        return STATUS_CODES[c.status]
+    if vocab_code is not None:
+        return concept(vocab_code)
+    return hd.sr.CodedConcept("FINDING", PRIVATE_SCHEME, finding.pipeline)
+
+
+def _image_region(region: Region, sources: dict[str, Dataset]) -> hd.sr.ImageRegion | None:
+    ds = sources.get(region.sop_instance_uid)
+    if ds is None:
+        return None
+    points = region.points.astype(np.float64)
+    if region.graphic_type == "POLYLINE" and len(points) >= 3 and \
+            not (points[0] == points[-1]).all():
+        points = np.vstack([points, points[:1]])  # closed outline
+    return hd.sr.ImageRegion(
+        graphic_type=region.graphic_type, graphic_data=points,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(ds.SOPClassUID),
+            referenced_sop_instance_uid=str(ds.SOPInstanceUID)))
+
+
+def _group(finding: Finding, vocab_code: Code | None, sentence: str, tracking_uid: str,
+           sources: dict[str, Dataset]) -> hd.sr.Template:
+    c = finding.classification
+    finding_type = _finding_type(finding, vocab_code)
+    site = hd.sr.FindingSite(anatomic_location=concept(finding.finding_site),
+                             laterality=LATERALITY.get(finding.laterality))
+    algorithm = hd.sr.AlgorithmIdentification(name=finding.model.name[:64],
+                                              version=finding.model.version[:64])
+    measurements = []
+    if c is not None and c.status != "not_assessed":
+        measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(c.probability),
+                                              unit=unit_concept(NO_UNITS)))
+    measurements += [hd.sr.Measurement(name=concept(m.name), value=float(m.value),
+                                       unit=unit_concept(m.unit))
+                     for m in finding.measurements]
+    evaluations = []
+    if c is not None and c.status == "assessed" and vocab_code is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=AI_CLASS, value=concept(vocab_code)))
+    elif c is not None and c.status in STATUS_CODES:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=AI_STATUS,
+                                                       value=STATUS_CODES[c.status]))
+    tracking = hd.sr.TrackingIdentifier(
+        uid=tracking_uid, identifier=f"{finding.pipeline} {_SIDE_ID[finding.laterality]}"[:64])
+    region = next((r for r in (_image_region(r, sources) for r in finding.regions)
+                   if r is not None), None)
+    group: hd.sr.Template
+    if region is not None:
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region, finding_type=finding_type,
+            algorithm_id=algorithm, finding_sites=[site], measurements=measurements or None,
+            qualitative_evaluations=evaluations or None)
+    else:
+        images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[uid])
+                  for uid in finding.source_sop_uids if uid in sources]
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=finding_type, algorithm_id=algorithm,
+            finding_sites=[site], measurements=measurements or None,
+            qualitative_evaluations=evaluations or None, source_images=images or None)
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=QUALITATIVE_EVALUATIONS, value=sentence,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return group
 
 
-def build_sr(result: StudyResult, evidence: Sequence[Dataset], text: ReportText, *,
-             series_uid: str, sop_uid: str, tracking_uids: Sequence[str],
+def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText,
+             router: ModelInfo, *, series_uid: str, sop_uid: str,
+             tracking_uids: Sequence[str],
              series_description: str = SR_SERIES_DESCRIPTION) -> hd.sr.Comprehensive3DSR:
-    """Build the SR of one study result.
+    """Build the SR of one study's findings.
 
-    ``evidence`` are the source radiographs that were used (never refused ones); the SR
-    copies the Patient and Study modules from the first. ``tracking_uids`` has one UID per
-    hip, in the order of ``result.hips``.
+    ``evidence`` are the source radiographs used (the SR copies the Patient and Study
+    modules from the first); ``tracking_uids`` has one UID per finding in
+    `StudyFindings.findings()` order; ``router`` identifies the AI system as observer.
     """
     if not evidence:
         raise ValueError("build_sr: no source image to attach the report to")
-    if len(tracking_uids) != len(result.hips):
-        raise ValueError("build_sr: need one tracking UID per hip")
+    findings = study.findings()
+    if len(tracking_uids) != len(findings):
+        raise ValueError("build_sr: need one tracking UID per finding")
     sources = {str(ds.SOPInstanceUID): ds for ds in evidence}
-    groups = [_group(hip, result, sentence, uid, sources)
-              for hip, sentence, uid in zip(result.hips, text.hip_sentences, tracking_uids,
-                                            strict=True)]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=result.model.device_uid, name=result.model.name[:64],
-            manufacturer_name=result.model.manufacturer[:64],
-            model_name=result.model.architecture[:64]),
-    )
+    groups = []
+    for f, sentence, uid in zip(findings, text.finding_sentences, tracking_uids, strict=True):
+        vocab = study.vocabulary(f.pipeline)
+        c = f.classification
+        code = vocab[c.predicted].code if c is not None and c.predicted in vocab else None
+        groups.append(_group(f, code, sentence, uid, sources))
     language = hd.sr.LanguageOfContentItemAndDescendants(
         hd.sr.CodedConcept(text.language, "RFC5646",
                            LANGUAGES.get(text.language, text.language)))
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=observer_context(router)),
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
         language_of_content_item_and_descendants=language,
@@ -132,7 +207,7 @@ def build_sr(result: StudyResult, evidence: Sequence[Dataset], text: ReportText,
         name=IMPRESSION, value=text.impression,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)]
     report[0].ContentSequence.append(impression)
-
+    models = {r.model.device_uid: r for r in study.results if r.model is not None}
     return hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report[0],
@@ -140,13 +215,14 @@ def build_sr(result: StudyResult, evidence: Sequence[Dataset], text: ReportText,
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_uid,
         instance_number=1,
-        manufacturer=result.model.manufacturer[:64],
+        manufacturer=router.manufacturer[:64],
         is_complete=True,
         is_final=False,
         is_verified=False,
         series_description=series_description[:64],
         coding_schemes=[private_scheme()],
-        contributing_equipment=[algorithm_equipment_for(
-            result.model, f"AI inference, pipeline {result.pipeline}")],
+        contributing_equipment=[
+            algorithm_equipment_for(r.model, f"AI inference, pipeline {r.pipeline}")
+            for r in models.values() if r.model is not None],
         specific_character_set="ISO_IR 192",
     )

@@ -1,8 +1,10 @@
 """Prepopulated report text, rendered from the site-editable Jinja2 templates in sr_templates/.
 
-Each language is a folder (``sr_templates/en``, ``sr_templates/de``) with ``hip.j2`` (one
-sentence per hip), ``bilateral.j2`` (both hips share a confident finding), ``disclaimer.j2``
-and ``impression.j2`` (the whole paragraph); ``terms.j2`` holds the wording per class.
+Each language is a folder (``sr_templates/en``, ``sr_templates/de``): ``phrase.j2`` (what
+one pipeline says about one hip), ``hip.j2`` (one sentence per hip, all pipelines),
+``bilateral.j2`` (both hips say the same with confidence), ``disclaimer.j2``,
+``impression.j2`` (the whole paragraph); ``terms.j2`` holds the wording per class and
+``kinds/<kind>.j2`` optional additions per pipeline kind.
 """
 
 from __future__ import annotations
@@ -10,16 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
-import hiprouter
 from hiprouter.config import Settings
-from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
+from hiprouter.findings import (
+    Classification,
+    Finding,
+    FindingClass,
+    ModelInfo,
+    PipelineResult,
+    StudyFindings,
+    Vocabulary,
+)
+from hiprouter.resources import sr_templates_dir
 
-BUNDLED_TEMPLATES = Path(hiprouter.__file__).resolve().parent.parent / "sr_templates"
-TEMPLATE_NAMES = ("hip.j2", "bilateral.j2", "disclaimer.j2", "impression.j2")
+TEMPLATE_NAMES = ("phrase.j2", "hip.j2", "bilateral.j2", "disclaimer.j2", "impression.j2",
+                  "terms.j2")
 
 
 class TemplateError(Exception):
@@ -28,16 +38,16 @@ class TemplateError(Exception):
 
 @dataclass(frozen=True)
 class ReportText:
-    """Rendered text of one study result."""
+    """Rendered text of one study's findings."""
 
     language: str
-    hip_sentences: list[str]
-    """One sentence per hip, in the order of ``StudyResult.hips``."""
+    finding_sentences: list[str]
+    """One sentence per finding, in `StudyFindings.findings()` order (the SR groups' TEXT)."""
     sentences: list[str]
-    """The impression's finding sentences, with bilateral phrasing applied."""
+    """One sentence per hip, with bilateral phrasing applied (the impression's lines)."""
     disclaimer: str
     impression: str
-    """The whole paragraph: sentences, unassessable images, disclaimer."""
+    """The whole paragraph: sentences, images not assessed, disclaimer."""
 
 
 @lru_cache(maxsize=16)
@@ -52,7 +62,7 @@ def _environment(folder: Path) -> jinja2.Environment:
 
 def template_folder(language: str, templates_dir: Path | None = None) -> Path:
     """The folder of one language's templates; raises TemplateError naming what is missing."""
-    root = templates_dir if templates_dir is not None else BUNDLED_TEMPLATES
+    root = templates_dir if templates_dir is not None else sr_templates_dir()
     if not language or "/" in language or "\\" in language or language.startswith("."):
         raise TemplateError(f"invalid report language {language!r}")
     folder = (root / language).resolve()
@@ -71,64 +81,120 @@ def _render(env: jinja2.Environment, name: str, **values: object) -> str:
     return " ".join(text.split()) if name != "impression.j2" else text.strip()
 
 
-def _hip_values(hip: HipResult, low_confidence: float) -> dict[str, object]:
+def phrase_values(finding: Finding, kind: str, vocabulary: Vocabulary,
+                  low_confidence: float) -> dict[str, Any]:
+    """The variables of phrase.j2 for one finding."""
+    c = finding.classification or Classification("", 1.0, {})
+    cls: FindingClass | None = vocabulary[c.predicted] if c.predicted in vocabulary else None
     return {
-        "laterality": hip.laterality,
-        "finding": hip.predicted_class,
-        "display": class_by_key(hip.predicted_class).display,
-        "probability": float(hip.probability),
-        "low_confidence": float(hip.probability) < low_confidence,
-        "low_confidence_threshold": low_confidence,
+        "pipeline": finding.pipeline,
+        "kind": kind,
+        "finding": c.predicted,
+        "display": cls.display if cls else c.predicted.replace("_", " "),
+        "probability": float(c.probability),
+        "status": c.status,
+        "reason": c.reason,
+        "negative": bool(cls and cls.negative),
+        "low_confidence": c.status == "assessed" and float(c.probability) < low_confidence,
+        "candidates": [{"key": k, "display": vocabulary.display(k), "probability": float(p)}
+                       for k, p in c.candidates(3)],
+        "measurements": {m.key: {"value": m.value, "unit": m.unit.code}
+                         for m in finding.measurements},
+        "qualifiers": dict(finding.qualifiers),
     }
 
 
-def render_report_text(result: StudyResult, language: str = "en", low_confidence: float = 0.6,
+def _confident(finding: Finding, low_confidence: float) -> bool:
+    c = finding.classification
+    return c is None or (c.status == "assessed" and c.probability >= low_confidence)
+
+
+def _models(study: StudyFindings) -> list[ModelInfo]:
+    seen: dict[str, ModelInfo] = {}
+    for r in study.results:
+        if r.model is not None:
+            seen.setdefault(f"{r.model.name} {r.model.version}", r.model)
+    return list(seen.values())
+
+
+def render_report_text(study: StudyFindings, language: str = "en",
+                       low_confidence: float = 0.6,
                        templates_dir: Path | None = None) -> ReportText:
-    """Render the per-hip sentences, the bilateral phrasing, the disclaimer and the impression."""
+    """Render every finding's sentence, one sentence per hip, the disclaimer and impression."""
     env = _environment(template_folder(language, templates_dir))
-    hip_sentences = [_render(env, "hip.j2", **_hip_values(h, low_confidence)) for h in result.hips]
+    kinds = {r.pipeline: r for r in study.results}
 
-    sentences = list(hip_sentences)
-    rights = [i for i, h in enumerate(result.hips) if h.laterality == "R"]
-    lefts = [i for i, h in enumerate(result.hips) if h.laterality == "L"]
-    if len(rights) == 1 and len(lefts) == 1:
-        right, left = result.hips[rights[0]], result.hips[lefts[0]]
-        if (right.predicted_class == left.predicted_class
-                and min(right.probability, left.probability) >= low_confidence):
-            bilateral = _render(
-                env, "bilateral.j2", finding=right.predicted_class,
-                display=class_by_key(right.predicted_class).display,
-                probability_right=float(right.probability),
-                probability_left=float(left.probability))
-            first, second = sorted((rights[0], lefts[0]))
-            sentences = [bilateral if i == first else s for i, s in enumerate(hip_sentences)
-                         if i != second]
+    def phrase(f: Finding) -> str:
+        result: PipelineResult = kinds[f.pipeline]
+        return _render(env, "phrase.j2",
+                       **phrase_values(f, result.kind, result.vocabulary, low_confidence))
 
-    disclaimer = _render(env, "disclaimer.j2", model_name=result.model.name,
-                         model_version=result.model.version, pipeline=result.pipeline,
-                         synthetic_demo=result.model.synthetic_demo)
+    findings = study.findings()
+    phrases = [phrase(f) for f in findings]
+    finding_sentences = [_render(env, "hip.j2", laterality=f.laterality, phrases=[p])
+                         for f, p in zip(findings, phrases, strict=True)]
+
+    hips: dict[str, list[int]] = {}
+    for i, f in enumerate(findings):
+        key = f.laterality if f.laterality in ("R", "L") else f"U:{','.join(f.source_sop_uids)}"
+        hips.setdefault(key, []).append(i)
+    order = sorted(hips, key=lambda k: ("RLU".index(k[0]), k))
+    sentences = []
+    right, left = hips.get("R", []), hips.get("L", [])
+    same = (right and [phrases[i] for i in right] == [phrases[i] for i in left]
+            and all(_confident(findings[i], low_confidence) for i in right + left))
+    for key in order:
+        idx = hips[key]
+        if same and key == "L":
+            continue
+        if same and key == "R":
+            sentences.append(_render(
+                env, "bilateral.j2", phrases=[phrases[i] for i in idx],
+                findings=[findings[i].classification.predicted if findings[i].classification
+                          else "" for i in idx]))
+            continue
+        sentences.append(_render(env, "hip.j2", laterality=key[0],
+                                 phrases=[phrases[i] for i in idx]))
+
+    models = _models(study)
+    disclaimer = _render(env, "disclaimer.j2",
+                         models=[{"name": m.name, "version": m.version} for m in models],
+                         synthetic_demo=any(m.synthetic_demo for m in models))
     impression = _render(env, "impression.j2", sentences=sentences,
-                         refused_count=len(result.refused), disclaimer=disclaimer)
-    return ReportText(language=language, hip_sentences=hip_sentences, sentences=sentences,
-                      disclaimer=disclaimer, impression=impression)
+                         not_assessed=list(study.not_assessed().values()),
+                         disclaimer=disclaimer)
+    return ReportText(language=language, finding_sentences=finding_sentences,
+                      sentences=sentences, disclaimer=disclaimer, impression=impression)
+
+
+def sample_findings() -> StudyFindings:
+    """A study exercising every template path (assessed, low confidence, indeterminate,
+    not assessed, bilateral, unknown side), for start-up checks and tests."""
+    model = ModelInfo("check", "0", "check", "2.25.0")
+    vocab = Vocabulary((FindingClass.private("a", "Finding A", "T1"),
+                        FindingClass.private("none", "No finding", "T0", negative=True)))
+    findings = [
+        Finding("check", "R", ["1.2.3.1"], model, Classification("a", 0.95, {"a": 0.95})),
+        Finding("check", "L", ["1.2.3.1"], model, Classification("a", 0.9, {"a": 0.9})),
+        Finding("check", "U", ["1.2.3.2"], model, Classification("none", 0.3, {"none": 0.3})),
+        Finding("check", "U", ["1.2.3.3"], model,
+                Classification("a", 0.4, {"a": 0.4, "none": 0.35}, "indeterminate", "low")),
+        Finding("check", "U", ["1.2.3.4"], model,
+                Classification("a", 0.5, {"a": 0.5}, "not_assessed", "unlike training data")),
+    ]
+    result = PipelineResult("check", "check", vocab, model, findings,
+                            not_assessed={"1.2.3.5": "sample"})
+    return StudyFindings("1.2.3", [result])
 
 
 def check_templates(settings: Settings) -> None:
-    """Render a sample report in every configured pipeline's language, at start-up.
+    """Render a sample report in the configured language at start-up.
 
-    Raises TemplateError naming the pipeline when its language has no templates or a
-    template fails (syntax error, undefined variable), instead of failing the first job.
+    Raises TemplateError naming the key when the language has no templates or a template
+    fails (syntax error, undefined variable), instead of failing the first job.
     """
-    sample = StudyResult(
-        study_uid="1.2.3", pipeline="check", model=ModelInfo("check", "0", "check", "2.25.0"),
-        hips=[HipResult("R", "tha", 0.95, {}, []), HipResult("L", "tha", 0.9, {}, []),
-              HipResult("U", "im_nail", 0.3, {}, [])],
-        refused={"1.2.3.4": "sample"})
-    for name, pipe in settings.pipelines.items():
-        if pipe.kind == "forward":
-            continue
-        try:
-            render_report_text(sample, pipe.language, pipe.low_confidence,
-                               settings.sr_templates_dir)
-        except TemplateError as exc:
-            raise TemplateError(f"pipelines.{name}.language: {exc}") from exc
+    try:
+        render_report_text(sample_findings(), settings.report.language,
+                           settings.report.low_confidence, settings.sr_templates_dir)
+    except TemplateError as exc:
+        raise TemplateError(f"report.language: {exc}") from exc

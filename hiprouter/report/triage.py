@@ -1,78 +1,85 @@
-"""Triage priority of a study result: which findings make a study urgent, and why.
+"""Triage priority of a study: which findings make it urgent, and every reason why.
 
-Rules come from the pipeline's configuration (``triage``: class-key patterns, a level and a
-minimum probability). With no rules configured, fractures and dislocations at probability
->= 0.5 are HIGH and everything else gets the pipeline's ``default_priority`` (ROUTINE).
+Each pipeline's rules come from its configuration (``pipelines.<name>.triage``: class-key
+patterns, a level and an optional minimum probability). Without rules, a pipeline's
+vocabulary says which classes flag which level (fractures and dislocations HIGH, ...) at
+the model card's calibrated threshold, else 0.5. The study gets the highest level any
+finding reaches; not-assessed findings never raise it; negative classes never match.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from hiprouter.config import PipelineConfig, TriageRule
-from hiprouter.inference.classes import class_by_key
-from hiprouter.inference.results import HipResult, StudyResult
+from hiprouter.config import TriageRule
+from hiprouter.findings import TRIAGE_LEVELS, Finding, PipelineResult, StudyFindings
 
-LEVELS = ("ROUTINE", "MEDIUM", "HIGH")
-"""Priority levels, lowest first."""
-
-DEFAULT_RULES = (
-    TriageRule(classes=["*fracture*", "*dislocation*"], level="HIGH", min_probability=0.5),
-)
+DEFAULT_THRESHOLD = 0.5
 _SIDE = {"R": "right hip", "L": "left hip", "U": "hip of unknown side"}
 
 
 @dataclass(frozen=True)
 class Triage:
-    """The priority of a study and the reason, in one line."""
+    """The priority of a study and the reasons, highest level first."""
 
     level: str
     reason: str
+    reasons: list[tuple[str, str]] = field(default_factory=list)
+    """(level, text) of every finding that reached a level above ROUTINE."""
 
 
-def _display(key: str) -> str:
-    try:
-        return class_by_key(key).display
-    except KeyError:
-        return key.replace("_", " ")
+def default_rules(result: PipelineResult) -> list[TriageRule]:
+    """Rules from the vocabulary's triage meaning (one per level)."""
+    by_level: dict[str, list[str]] = {}
+    for fc in result.vocabulary:
+        if fc.triage and not fc.negative:
+            by_level.setdefault(fc.triage, []).append(fc.key)
+    return [TriageRule(classes=keys, level=level) for level, keys in by_level.items()]  # type: ignore[arg-type]
 
 
-def _negative(key: str) -> bool:
-    try:
-        return class_by_key(key).negative
-    except KeyError:
-        return False
+def _matches(rule: TriageRule, finding: Finding, result: PipelineResult
+             ) -> list[tuple[str, float]]:
+    c = finding.classification
+    if c is None or c.status == "not_assessed":
+        return []
+    out = []
+    for key, p in c.probabilities.items():
+        if result.vocabulary.is_negative(key):
+            continue
+        if not any(fnmatchcase(key, pat) for pat in rule.classes):
+            continue
+        threshold = rule.min_probability
+        if threshold is None:
+            threshold = result.triage_thresholds.get(key, DEFAULT_THRESHOLD)
+        if p >= threshold:
+            out.append((key, p))
+    return out
 
 
-def _matches(rule: TriageRule, hip: HipResult) -> list[tuple[str, float]]:
-    """(class key, probability) of the hip's findings that satisfy the rule.
-
-    Negative classes (no_fracture, no_hardware) never match: "*fracture*" means fractures.
-    """
-    probs = dict(hip.probabilities)
-    probs[hip.predicted_class] = max(probs.get(hip.predicted_class, 0.0), hip.probability)
-    return [(key, p) for key, p in probs.items()
-            if p >= rule.min_probability and not _negative(key)
-            and any(fnmatchcase(key, pat) for pat in rule.classes)]
-
-
-def triage(result: StudyResult, cfg: PipelineConfig) -> Triage:
-    """Highest level whose rule matches any hip; the reason names the findings behind it."""
-    rules = cfg.triage or list(DEFAULT_RULES)
-    best = LEVELS.index(cfg.default_priority)
-    findings: dict[int, list[str]] = {}
-    for hip in result.hips:
-        for rule in rules:
-            rank = LEVELS.index(rule.level)
-            for key, p in _matches(rule, hip):
-                text = f"{_display(key)}, {_SIDE[hip.laterality]} (p={p:.2f})"
-                bucket = findings.setdefault(rank, [])
-                if text not in bucket:
-                    bucket.append(text)
-                best = max(best, rank)
-    if best in findings:
-        return Triage(LEVELS[best], "; ".join(findings[best]))
-    if not result.hips:
-        return Triage(LEVELS[best], "no hip could be assessed")
-    return Triage(LEVELS[best], "no finding above the triage thresholds")
+def triage(study: StudyFindings, rules: Mapping[str, Sequence[TriageRule]],
+           default_priority: str = "ROUTINE") -> Triage:
+    """Highest level any finding reaches; the reason names the findings behind each level."""
+    best = TRIAGE_LEVELS.index(default_priority)
+    reasons: dict[int, list[str]] = {}
+    for result in study.results:
+        pipeline_rules = list(rules.get(result.pipeline) or default_rules(result))
+        for finding in result.findings:
+            for rule in pipeline_rules:
+                rank = TRIAGE_LEVELS.index(rule.level)
+                for key, p in _matches(rule, finding, result):
+                    text = (f"{result.vocabulary.display(key)}, {_SIDE[finding.laterality]} "
+                            f"(p={p:.2f})")
+                    bucket = reasons.setdefault(rank, [])
+                    if text not in bucket:
+                        bucket.append(text)
+                    best = max(best, rank)
+    ordered = [(TRIAGE_LEVELS[r], t) for r in sorted(reasons, reverse=True) for t in reasons[r]]
+    if ordered:
+        top = [t for lvl, t in ordered if lvl == TRIAGE_LEVELS[best]]
+        lower = [f"{lvl}: {t}" for lvl, t in ordered if lvl != TRIAGE_LEVELS[best]]
+        return Triage(TRIAGE_LEVELS[best], "; ".join(top + lower), ordered)
+    if not study.findings():
+        return Triage(TRIAGE_LEVELS[best], "no hip could be assessed")
+    return Triage(TRIAGE_LEVELS[best], "no finding above the triage thresholds")

@@ -28,6 +28,36 @@ class DatasetError(Exception):
 
 
 @dataclass(frozen=True)
+class LabelSpec:
+    """What a model of one label set (a classifier pipeline kind) learns, and where."""
+
+    name: str
+    classes: list[str]
+    """Class keys in model output order (the kind's vocabulary)."""
+    column: str
+    """Default labels CSV column."""
+    aliases: dict[str, str]
+
+
+def label_spec(label_set: str) -> LabelSpec:
+    """The classes and labels column of a classifier kind (`hiprouter models kinds`)."""
+    from hiprouter.config import ConfigError
+    from hiprouter.pipelines.classifier import ClassifierKind
+    from hiprouter.pipelines.registry import installed_kinds, kind_class
+
+    try:
+        cls = kind_class(label_set)
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
+    if not issubclass(cls, ClassifierKind):
+        kinds = [k for k in installed_kinds() if issubclass(kind_class(k), ClassifierKind)]
+        raise DatasetError(f"kind {label_set!r} is not a classifier; label sets: "
+                           f"{', '.join(kinds)}")
+    return LabelSpec(label_set, cls.default_vocabulary().keys, cls.label_column or label_set,
+                     dict(cls.label_aliases))
+
+
+@dataclass(frozen=True)
 class LabelledHip:
     """One row of the labels CSV."""
 

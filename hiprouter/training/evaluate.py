@@ -251,20 +251,19 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
 
     The labels come from `label_column`, by default the column of the model card's label set.
     """
-    from hiprouter.inference.classes import label_source
+    from hiprouter.inference.classifier import CropClassifier
     from hiprouter.inference.models import SYNTHETIC_DISCLAIMER
-    from hiprouter.inference.predict import HardwareClassifier
-    from hiprouter.training.dataset import load_crops, read_labels
+    from hiprouter.training.dataset import DatasetError, label_spec, load_crops, read_labels
 
-    clf = HardwareClassifier.from_dirs(model_dirs, device, runtime, heatmaps=False)
+    clf = CropClassifier.from_dirs(model_dirs, device, runtime)
     try:
-        source = label_source(clf.members[0].model.card.label_set)
-    except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
-    rows = read_labels(labels_csv, clf.classes, label_column or source.column, source.aliases)
+        spec = label_spec(clf.cards[0].label_set)
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from None
+    rows = read_labels(labels_csv, clf.classes, label_column or spec.column, spec.aliases)
     size = max(m.model.card.input_size for m in clf.members)
     images, used, refused = load_crops(rows, data_dir, size, cache_dir)
-    preds = clf.predict_crops([im.astype(np.float32) / 255.0 for im in images], heatmaps=False)
+    preds = clf.predict([im.astype(np.float32) / 255.0 for im in images], heatmaps=False)
     probs = np.stack([p.probabilities for p in preds]) if preds else np.zeros((0, 0))
     labels = [clf.classes.index(rows[i].label) for i in used]
     keys = [(rows[i].study_uid, rows[i].laterality) for i in used]

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from hiprouter.inference.classes import label_set, label_source
 from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
     ModelCard,
@@ -29,7 +28,13 @@ from hiprouter.inference.models import (
     select_device,
 )
 from hiprouter.inference.preprocess import INPUT_MEAN, INPUT_STD
-from hiprouter.training.dataset import LabelledHip, load_crops, read_labels, split_patients
+from hiprouter.training.dataset import (
+    LabelledHip,
+    label_spec,
+    load_crops,
+    read_labels,
+    split_patients,
+)
 from hiprouter.training.evaluate import card_figures, compute_metrics, fuse_hips, write_report
 
 
@@ -47,9 +52,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     label_set: str = "hardware"
-    """Classes to learn (classes.LABEL_SETS)."""
+    """Classes to learn: a classifier pipeline kind (hardware, fracture, ...)."""
     label_column: str = ""
-    """Labels CSV column; empty: the label set's column (classes.LABEL_SOURCES)."""
+    """Labels CSV column; empty: the kind's column (its name)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in total (smoke tests)."""
     balance: bool = False
@@ -195,13 +200,10 @@ def train(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: TrainConfig,
     np.random.seed(cfg.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        classes = [c.key for c in label_set(cfg.label_set)]
-    except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
-    source = label_source(cfg.label_set)
-    column = cfg.label_column or source.column
-    rows = read_labels(labels_csv, classes, column, source.aliases)
+    spec = label_spec(cfg.label_set)
+    classes = spec.classes
+    column = cfg.label_column or spec.column
+    rows = read_labels(labels_csv, classes, column, spec.aliases)
     images, used, refused = load_crops(
         rows, data_dir, cfg.input_size, cache_dir or out_dir / "cache",
         progress=lambda it: tqdm(it, desc="decode + crop", unit="image", leave=False),

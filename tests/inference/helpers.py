@@ -75,3 +75,21 @@ def toy_dataset(folder: Path, patients: int, classes: list[str], seed: int = 0) 
         w.writeheader()
         w.writerows(rows)
     return labels_csv
+
+
+def classify(datasets: list, kind: str = "hardware", targets: list | None = None,
+             **options: object) -> tuple:
+    """Run one classifier pipeline kind on datasets of one study: (pipeline, result)."""
+    from hiprouter.config import Settings
+    from hiprouter.inference.study import StudyInput
+    from hiprouter.pipelines.registry import PipelineSet
+
+    options.setdefault("device", "cpu")
+    settings = Settings.model_validate({"pipelines": {kind: {"kind": kind, **options}}})
+    pipe = PipelineSet(settings).get(kind)
+    study_uid = str(datasets[0].StudyInstanceUID) if datasets else "1.2.3"
+    study = StudyInput.from_datasets(study_uid, datasets, pipe.modalities())
+    result = pipe.run(study, targets)
+    for uid, reason in study.refused.items():
+        result.not_assessed.setdefault(uid, reason)
+    return pipe, result

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from hiprouter.inference import cam as cammod
+from hiprouter.inference.classifier import CropClassifier
 from hiprouter.inference.decode import decode
 from hiprouter.inference.laterality import hip_crops
 from hiprouter.inference.models import create_model, load_model
-from hiprouter.inference.predict import HardwareClassifier
 from hiprouter.inference.preprocess import _resize, letterbox, normalise
 from hiprouter.inference.runtime import OnnxRunner, TorchRunner
-from tests.inference.helpers import blob_image, make_radiograph
+from tests.inference.helpers import blob_image, classify, make_radiograph
 
 
 def test_onnx_and_torch_agree(tiny_model_dir) -> None:
@@ -59,36 +59,78 @@ def test_map_goes_back_to_the_blob_in_source_geometry() -> None:
     assert full[:, :250].max() == 0.0  # nothing spills into the other hip
 
 
-def test_predict_study_ap_pelvis_two_hips_and_refusals(tiny_model_dir) -> None:
-    clf = HardwareClassifier.from_dirs([tiny_model_dir], device="cpu", runtime="auto")
-    assert clf.runtime_names == ["onnxruntime-cpu"]
+def test_classifier_kind_ap_pelvis_two_hips_and_refusals(tiny_model_dir) -> None:
     pelvis = make_radiograph(blob_image((120, 200), (60, 50), 8), SeriesDescription="AP PELVIS")
     hip = make_radiograph(blob_image((100, 80), (50, 40), 8), SeriesDescription="HIP LEFT")
     mr = make_radiograph(blob_image((32, 32), (16, 16), 4), modality="MR")
     chest = make_radiograph(blob_image((32, 32), (16, 16), 4), BodyPartExamined="CHEST")
-    result = clf.predict_study([pelvis, hip, mr, chest], "1.2.3")
-    assert [h.laterality for h in result.hips] == ["R", "L"]
-    left = result.hips[1]
+    pipe, result = classify([pelvis, hip, mr, chest], models=[tiny_model_dir])
+    assert pipe.classifier.runtime_names == ["onnxruntime-cpu"]
+    assert [f.laterality for f in result.findings] == ["R", "L"]
+    left = result.findings[1]
     assert left.source_sop_uids == [pelvis.SOPInstanceUID, hip.SOPInstanceUID]
-    assert abs(sum(left.probabilities.values()) - 1.0) < 1e-4
-    assert left.predicted_class == max(left.probabilities, key=left.probabilities.get)
-    assert set(result.refused) == {mr.SOPInstanceUID, chest.SOPInstanceUID}
-    assert "modality MR" in result.refused[mr.SOPInstanceUID]
-    shapes = {h.sop_instance_uid: h.heatmap.shape for h in result.heatmaps}
+    c = left.classification
+    assert abs(sum(c.probabilities.values()) - 1.0) < 1e-4
+    assert c.predicted == max(c.probabilities, key=c.probabilities.get)
+    assert left.qualifiers["views"] == "AP pelvis, AP hip"
+    assert set(result.not_assessed) == {mr.SOPInstanceUID, chest.SOPInstanceUID}
+    assert "modality MR" in result.not_assessed[mr.SOPInstanceUID]
+    shapes = {h.sop_instance_uid: h.heat.shape for h in left.heatmaps}
     assert shapes == {pelvis.SOPInstanceUID: (120, 200), hip.SOPInstanceUID: (100, 80)}
-    for h in result.heatmaps:
-        assert h.display_image.dtype == np.uint8 and h.display_image.shape == h.heatmap.shape
-        assert 0.0 <= h.heatmap.min() and h.heatmap.max() <= 1.0
+    for h in left.heatmaps:
+        assert 0.0 <= h.heat.min() and h.heat.max() <= 1.0
+        if h.sop_instance_uid == pelvis.SOPInstanceUID:
+            assert h.heat[:, :100].max() == 0.0  # the left hip's map stays in its half
+    (point,) = left.regions
+    assert point.graphic_type == "POINT" and point.sop_instance_uid == pelvis.SOPInstanceUID
+    assert 100 <= point.points[0, 0] <= 200  # on the left hip's half (image right)
     assert result.model.synthetic_demo and result.model.device_uid
+
+
+def test_calibration_abstention_and_ood_from_the_card(tiny_model_dir, tmp_path) -> None:
+    """The card's temperature flattens probabilities, min_confidence makes a finding
+    indeterminate, an OOD threshold below every score marks the hip not assessed."""
+    import shutil
+
+    from hiprouter.inference.models import read_card, write_card
+
+    pelvis = make_radiograph(blob_image((120, 200), (60, 50), 8), SeriesDescription="AP PELVIS")
+    _, plain = classify([pelvis], models=[tiny_model_dir])
+    model = tmp_path / "calibrated"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model)
+    write_card(model, card.model_copy(update={
+        "calibration": {"temperature": 50.0}, "abstention": {"min_confidence": 0.9},
+        "ood": {"method": "energy", "threshold": -1e6}}))
+    _, hot = classify([pelvis], models=[model], ood_detection=False)
+    for before, after in zip(plain.findings, hot.findings, strict=True):
+        assert after.classification.probability < before.classification.probability
+        assert after.classification.status == "indeterminate"
+        assert "below 0.90" in after.classification.reason
+    _, ood = classify([pelvis], models=[model])
+    assert {f.status for f in ood.findings} == {"not_assessed"}
+    assert "unlike the training data" in ood.findings[0].classification.reason
+
+
+def test_cascade_targets_limit_the_hips(tiny_model_dir) -> None:
+    from hiprouter.pipelines.base import Target
+
+    pelvis = make_radiograph(blob_image((120, 200), (60, 50), 8), SeriesDescription="AP PELVIS")
+    _, result = classify([pelvis], models=[tiny_model_dir],
+                         targets=[Target("L", [str(pelvis.SOPInstanceUID)])])
+    assert [f.laterality for f in result.findings] == ["L"]
+    _, result = classify([pelvis], models=[tiny_model_dir], targets=[])
+    assert result.findings == []
 
 
 def test_ensemble_averages_and_torch_matches_onnx(tiny_model_dir) -> None:
     crops = [np.random.default_rng(2).random((70, 50)).astype(np.float32)]
-    one = HardwareClassifier.from_dirs([tiny_model_dir], "cpu", "torch").predict_crops(crops)
-    onnx = HardwareClassifier.from_dirs([tiny_model_dir], "cpu", "onnx").predict_crops(crops)
-    two = HardwareClassifier.from_dirs([tiny_model_dir] * 2, "cpu", "onnx")
+    one = CropClassifier.from_dirs([tiny_model_dir], "cpu", "torch").predict(crops)
+    onnx = CropClassifier.from_dirs([tiny_model_dir], "cpu", "onnx").predict(crops)
+    two = CropClassifier.from_dirs([tiny_model_dir] * 2, "cpu", "onnx")
     np.testing.assert_allclose(one[0].probabilities, onnx[0].probabilities, atol=1e-4)
-    np.testing.assert_allclose(two.predict_crops(crops)[0].probabilities,
+    assert one[0].ood_score == pytest.approx(onnx[0].ood_score, abs=1e-3)
+    np.testing.assert_allclose(two.predict(crops)[0].probabilities,
                                onnx[0].probabilities, atol=1e-5)
     assert one[0].heatmap.shape == (70, 50)
     assert two.info.architecture.startswith("ensemble(")
@@ -105,15 +147,13 @@ def test_letterbox_round_trip(shape: tuple[int, int]) -> None:
     assert normalise(boxed).dtype == np.float32
 
 
-def test_from_config_modalities_opt_in(tiny_model_dir) -> None:
-    from hiprouter.config import PipelineConfig
-
+def test_modalities_opt_in(tiny_model_dir) -> None:
     ot = make_radiograph(blob_image((64, 64), (32, 32), 6), modality="OT",
                          SeriesDescription="HIP RIGHT")
-    strict = HardwareClassifier.from_config(PipelineConfig(models=[tiny_model_dir]))
-    assert "modality OT" in strict.predict_study([ot], "s").refused[ot.SOPInstanceUID]
-    opted = HardwareClassifier.from_config(
-        PipelineConfig(models=[tiny_model_dir], modalities=["CR", "DX", "OT"], heatmaps=False))
-    result = opted.predict_study([ot], "s")
-    assert not result.refused and [h.laterality for h in result.hips] == ["R"]
-    assert result.heatmaps == []
+    _, strict = classify([ot], models=[tiny_model_dir])
+    assert "modality OT" in strict.not_assessed[ot.SOPInstanceUID]
+    assert strict.findings == []
+    _, opted = classify([ot], models=[tiny_model_dir], modalities=["CR", "DX", "OT"],
+                        heatmaps=False)
+    assert not opted.not_assessed and [f.laterality for f in opted.findings] == ["R"]
+    assert opted.findings[0].heatmaps == []

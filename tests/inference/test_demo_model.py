@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiprouter.inference.models import DEMO_MODEL_DIR, read_card, verify_weights
-from hiprouter.inference.predict import HardwareClassifier
+from hiprouter.inference.models import demo_model_dir, read_card, verify_weights
 from hiprouter.synth.study import make_study
+from tests.inference.helpers import classify
+
+DEMO_MODEL_DIR = demo_model_dir("hardware")
 
 FRESH_SEED = 424242
 """Not used for the demo model's training (1000) or held-out evaluation (2000) data."""
@@ -23,18 +25,17 @@ def test_demo_model_card_and_weights() -> None:
 
 
 def test_demo_model_far_above_chance_on_fresh_synthetic_studies() -> None:
-    clf = HardwareClassifier.from_dirs(None, device="cpu", runtime="auto", heatmaps=False)
-    assert clf.info.synthetic_demo
     correct, total = 0, 0
     for index in range(16):
         study = make_study(FRESH_SEED, index, size=(450, 650))
         truth = {row["laterality"]: row["hardware"] for img in study.images
                  for row in img.labels}
-        result = clf.predict_study([img.dataset for img in study.images], "fresh")
-        assert not result.refused
-        for hip in result.hips:
-            assert hip.laterality in truth
-            correct += hip.predicted_class == truth[hip.laterality]
+        _, result = classify([img.dataset for img in study.images], heatmaps=False)
+        assert result.model.synthetic_demo
+        assert not result.not_assessed
+        for f in result.findings:
+            assert f.laterality in truth
+            correct += f.classification.predicted == truth[f.laterality]
             total += 1
     accuracy = correct / total
     print(f"demo model on {total} fresh synthetic hips: accuracy {accuracy:.2f}")

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from hiprouter.config import PipelineConfig
-from hiprouter.inference.classes import FRACTURE_CLASSES
 from hiprouter.inference.models import demo_model_dir, read_card, verify_weights
-from hiprouter.inference.predict import HardwareClassifier
+from hiprouter.pipelines.fracture import FRACTURE
 from hiprouter.synth.study import make_study
+from tests.inference.helpers import classify
 
 DEMO = demo_model_dir("fracture")
 SEED = 424242
@@ -22,7 +21,7 @@ STUDIES = 16
 def test_card_describes_a_synthetic_fracture_model() -> None:
     card = read_card(DEMO)
     assert card.label_set == "fracture" and card.synthetic_demo
-    assert card.classes == [c.key for c in FRACTURE_CLASSES]
+    assert card.classes == FRACTURE.keys
     assert "synthetic" in card.limitations.lower()
     assert verify_weights(DEMO, card)
     assert (DEMO / card.weights_file).stat().st_size < 15 * 2**20
@@ -30,9 +29,7 @@ def test_card_describes_a_synthetic_fracture_model() -> None:
 
 
 def test_demo_model_finds_fractures_on_fresh_synthetic_hips() -> None:
-    clf = HardwareClassifier.from_config(PipelineConfig(kind="fracture", device="cpu",
-                                                        runtime="torch", heatmaps=False))
-    assert clf.info.name == "fracture-demo" and clf.info.synthetic_demo
+
     rng = np.random.default_rng(SEED)
     choices = ["none", "none", "femoral_neck_fracture", "intertrochanteric_fracture"]
     truth, predicted = [], []
@@ -40,9 +37,11 @@ def test_demo_model_finds_fractures_on_fresh_synthetic_hips() -> None:
         fracture = {s: str(rng.choice(choices)) for s in ("R", "L")}
         study = make_study(SEED, i, hardware={"R": "no_hardware", "L": "no_hardware"},
                            fracture=fracture, views=("ap_pelvis",), size=(450, 650))
-        result = clf.predict_study([img.dataset for img in study.images], study.study_uid)
-        by_side = {h.laterality: h.predicted_class for h in result.hips}
-        assert set(by_side) == {"R", "L"}, result.refused
+        _, result = classify([img.dataset for img in study.images], kind="fracture",
+                             runtime="torch", heatmaps=False)
+        assert result.model.name == "fracture-demo" and result.model.synthetic_demo
+        by_side = {f.laterality: f.classification.predicted for f in result.findings}
+        assert set(by_side) == {"R", "L"}, result.not_assessed
         for side in ("R", "L"):
             truth.append(fracture[side] != "none")
             predicted.append(by_side[side] != "no_fracture")

@@ -1,5 +1,5 @@
-"""Label sets: the fracture classes, labels-CSV columns and aliases, training and evaluating
-a fracture model, its report wording and triage, and the `fracture` pipeline kind."""
+"""Label sets (classifier kinds' vocabularies): the fracture classes, labels-CSV columns and
+aliases, training and evaluating a fracture model, its wording and triage, and the kind."""
 
 from __future__ import annotations
 
@@ -11,49 +11,48 @@ import pytest
 from click.testing import CliRunner
 
 from hiprouter.cli import main
-from hiprouter.config import PipelineConfig, Settings
-from hiprouter.inference.classes import (
-    EXTRA_FINDINGS,
-    FRACTURE_CLASSES,
-    HARDWARE_CLASSES,
-    LABEL_SETS,
+from hiprouter.config import Settings
+from hiprouter.findings import (
     PRIVATE_SCHEME,
-    class_by_key,
-    label_set,
-    label_source,
+    Classification,
+    Finding,
+    ModelInfo,
+    PipelineResult,
+    StudyFindings,
 )
+from hiprouter.inference.classifier import CropClassifier
 from hiprouter.inference.models import ModelError, demo_model_dir, read_card
-from hiprouter.inference.predict import HardwareClassifier
-from hiprouter.inference.results import HipResult, ModelInfo, StudyResult
+from hiprouter.pipelines.fracture import FRACTURE, FractureKind
+from hiprouter.pipelines.hardware import HARDWARE
+from hiprouter.pipelines.registry import PipelineSet, installed_kinds, kind_class
 from hiprouter.report.text import render_report_text
 from hiprouter.report.triage import triage
-from hiprouter.router.pipelines import BUILTIN_MODULES, factory_for
-from hiprouter.training.dataset import DatasetError, read_labels
+from hiprouter.training.dataset import DatasetError, label_spec, read_labels
 from hiprouter.training.train import TrainConfig, train
 from tests.inference.helpers import toy_dataset
 
 FRACTURE_KEYS = ["no_fracture", "femoral_neck_fracture", "intertrochanteric_fracture"]
 
 
-def test_fracture_label_set_reuses_the_coded_fracture_findings() -> None:
-    assert [c.key for c in LABEL_SETS["fracture"]] == FRACTURE_KEYS
-    assert [c.key for c in label_set("hardware")][0] == "no_hardware"
-    extra = {fc.key: fc for fc in EXTRA_FINDINGS}
-    assert FRACTURE_CLASSES[1] is extra["femoral_neck_fracture"]
-    assert FRACTURE_CLASSES[2] is extra["intertrochanteric_fracture"]
-    negative = class_by_key("no_fracture")
-    assert (negative.scheme, negative.code, negative.meaning) == (
+def test_fracture_vocabulary_codes_and_triage_meaning() -> None:
+    assert FRACTURE.keys == FRACTURE_KEYS
+    assert label_spec("hardware").classes[0] == "no_hardware"
+    negative = FRACTURE["no_fracture"]
+    assert negative.negative and negative.triage is None
+    assert (negative.code.scheme, negative.code.value, negative.code.meaning) == (
         PRIVATE_SCHEME, "FX000", "No fracture detected")
-    with pytest.raises(KeyError, match="unknown label set 'ribs'.*hardware, fracture"):
-        label_set("ribs")
+    neck = FRACTURE["femoral_neck_fracture"]
+    assert (neck.code.value, neck.code.scheme, neck.triage) == ("5913000", "SCT", "HIGH")
+    assert {"hardware", "fracture"} <= set(installed_kinds())
+    assert kind_class("fracture") is FractureKind
+    with pytest.raises(DatasetError, match="unknown pipeline kind 'ribs'.*fracture, hardware"):
+        label_spec("ribs")
 
 
-def test_label_sources_name_the_column_and_aliases() -> None:
-    assert label_source("hardware").column == "hardware"
-    fx = label_source("fracture")
+def test_label_specs_name_the_column_and_aliases() -> None:
+    assert label_spec("hardware").column == "hardware"
+    fx = label_spec("fracture")
     assert fx.column == "fracture" and fx.aliases == {"none": "no_fracture"}
-    with pytest.raises(KeyError):
-        label_source("ribs")
 
 
 def _labels_csv(path: Path, values: list[str]) -> Path:
@@ -66,7 +65,7 @@ def _labels_csv(path: Path, values: list[str]) -> Path:
 
 
 def test_read_labels_maps_aliases_and_refuses_unknown_values(tmp_path: Path) -> None:
-    src = label_source("fracture")
+    src = label_spec("fracture")
     csv_path = _labels_csv(tmp_path / "ok.csv", ["none", "femoral_neck_fracture", "no_fracture"])
     rows = read_labels(csv_path, FRACTURE_KEYS, src.column, src.aliases)
     assert [r.label for r in rows] == ["no_fracture", "femoral_neck_fracture", "no_fracture"]
@@ -82,7 +81,7 @@ def test_read_labels_maps_aliases_and_refuses_unknown_values(tmp_path: Path) -> 
 
 def test_unknown_label_set_is_refused(tmp_path: Path) -> None:
     labels = _labels_csv(tmp_path / "labels.csv", ["none"])
-    with pytest.raises(ValueError, match="unknown label set 'ribs'"):
+    with pytest.raises(DatasetError, match="unknown pipeline kind 'ribs'"):
         train(tmp_path, labels, tmp_path / "out", TrainConfig(label_set="ribs"))
     result = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "o"),
                                        "--label-set", "ribs"])
@@ -113,7 +112,7 @@ def test_training_a_fracture_model_records_its_label_set(fracture_model) -> None
     assert card.label_set == "fracture" and card.classes == FRACTURE_KEYS
     assert card.training["label_column"] == "hardware" and card.training["balance"] is True
     assert card.training["steps"] == 4
-    clf = HardwareClassifier.from_dirs([out], "cpu", "torch", heatmaps=False)
+    clf = CropClassifier.from_dirs([out], "cpu", "torch")
     assert clf.classes == FRACTURE_KEYS
 
 
@@ -131,14 +130,16 @@ def test_evaluate_uses_the_cards_label_set(fracture_model, tmp_path: Path) -> No
     assert report["n"] == 24
 
 
-def _result(*hips: tuple[str, str, float]) -> StudyResult:
+def _result(*hips: tuple[str, str, float]) -> StudyFindings:
     model = ModelInfo("fracture-demo", "0.1.0", "resnet18@192px", "1.2.3", synthetic_demo=True)
     out = []
     for side, key, p in hips:
         rest = (1.0 - p) / 2
         probs = {k: (p if k == key else rest) for k in FRACTURE_KEYS}
-        out.append(HipResult(side, key, p, probs, ["1.2.3.4"]))  # type: ignore[arg-type]
-    return StudyResult("1.2.3", "fracture", model, out)
+        out.append(Finding("fracture", side, ["1.2.3.4"], model,  # type: ignore[arg-type]
+                           Classification(key, p, probs)))
+    return StudyFindings("1.2.3", [PipelineResult("fracture", "fracture", FRACTURE, model,
+                                                  out)])
 
 
 def test_report_wording_for_fracture_results() -> None:
@@ -165,30 +166,27 @@ def test_report_wording_for_fracture_results() -> None:
 
 
 def test_default_triage_of_fracture_results() -> None:
-    cfg = PipelineConfig(kind="fracture")
-    high = triage(_result(("R", "femoral_neck_fracture", 0.8), ("L", "no_fracture", 0.9)), cfg)
+    high = triage(_result(("R", "femoral_neck_fracture", 0.8), ("L", "no_fracture", 0.9)), {})
     assert high.level == "HIGH" and "Femoral neck fracture, right hip" in high.reason
-    routine = triage(_result(("R", "no_fracture", 0.9), ("L", "no_fracture", 0.7)), cfg)
+    routine = triage(_result(("R", "no_fracture", 0.9), ("L", "no_fracture", 0.7)), {})
     assert routine.level == "ROUTINE"
     # A fracture below the default threshold does not raise the priority.
-    low = triage(_result(("R", "no_fracture", 0.55), ("L", "no_fracture", 0.9)), cfg)
+    low = triage(_result(("R", "no_fracture", 0.55), ("L", "no_fracture", 0.9)), {})
     assert low.level == "ROUTINE"
 
 
 def test_fracture_kind_is_built_in_and_checks_the_models_label_set(
         tiny_model_dir: Path, fracture_model) -> None:
-    assert BUILTIN_MODULES["fracture"] == BUILTIN_MODULES["hardware"]
-    factory = factory_for("fracture")
-    assert factory is factory_for("hardware")
     assert demo_model_dir("fracture").name == "fracture-demo"
     _root, fx_dir = fracture_model
     wrong = Settings(pipelines={"fx": {"kind": "fracture", "models": [tiny_model_dir],
                                        "device": "cpu", "runtime": "torch"}})
     with pytest.raises(ModelError, match="is a 'hardware' model; kind 'fracture'"):
-        factory(wrong, "fx")
+        PipelineSet(wrong).get("fx")
     right = Settings(pipelines={"fx": {"kind": "fracture", "models": [fx_dir],
                                        "device": "cpu", "runtime": "torch"}})
-    assert callable(factory(right, "fx"))
+    pipe = PipelineSet(right).get("fx")
+    assert pipe.vocabulary().keys == FRACTURE_KEYS
 
 
 def test_fracture_model_starts_from_a_hardware_models_backbone(fracture_model,
@@ -201,7 +199,7 @@ def test_fracture_model_starts_from_a_hardware_models_backbone(fracture_model,
     hardware = create_model("resnet10t", 9)
     hw_card = read_card(fracture_model[1]).model_copy(update={
         "name": "toy-hardware", "label_set": "hardware",
-        "classes": [c.key for c in HARDWARE_CLASSES]})
+        "classes": HARDWARE.keys})
     save_model(hardware, hw_card, tmp_path / "hw")
     root, _ = fracture_model
     out = tmp_path / "fx"

@@ -9,7 +9,17 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from hiprouter.inference.results import HipResult, ImageHeatmap, ModelInfo, StudyResult
+from hiprouter.findings import (
+    Classification,
+    Finding,
+    HeatMap,
+    ModelInfo,
+    PipelineResult,
+    Region,
+    StudyFindings,
+)
+from hiprouter.pipelines.fracture import FRACTURE
+from hiprouter.pipelines.hardware import HARDWARE
 
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -74,16 +84,27 @@ def display_of(ds: Dataset) -> np.ndarray:
 
 DEMO_MODEL = ModelInfo(name="hip-hardware-effnet", version="0.1.0", architecture="efficientnet_b4",
                        device_uid="2.25.1234567890", synthetic_demo=True)
+FRACTURE_MODEL = ModelInfo(name="hip-fracture", version="0.3.0", architecture="resnet10t",
+                           device_uid="2.25.987654321", synthetic_demo=True)
+VOCABULARIES = {"hardware": ("hardware", HARDWARE), "fracture": ("fracture", FRACTURE)}
+HIP_POINTS = {"R": (64.0, 128.0), "L": (192.0, 128.0), "U": (128.0, 128.0)}
+"""Where each hip is on the 256 x 256 test AP pelvis (patient's right on the image left)."""
+
+
+def pipeline_of(key: str) -> str:
+    return "fracture" if key in FRACTURE else "hardware"
 
 
 def make_study(right: tuple[str, float] | None = ("tha", 0.93),
                left: tuple[str, float] | None = ("no_hardware", 0.88),
                model: ModelInfo = DEMO_MODEL, extra_images: int = 0,
                refused: int = 0, unknown: tuple[str, float] | None = None,
-               pipeline: str = "hardware") -> tuple[StudyResult, list[Dataset]]:
-    """(StudyResult, source datasets) for an AP pelvis with the given hip classes.
+               ) -> tuple[StudyFindings, list[Dataset], dict[str, np.ndarray]]:
+    """(findings, source datasets, display images) for an AP pelvis with the given classes.
 
-    ``refused`` extra images are in the study but listed as refused by inference.
+    Hardware classes become findings of a `hardware` pipeline (made by `model`), fracture
+    classes findings of a `fracture` pipeline; ``refused`` extra images are in the study but
+    not assessed.
     """
     study_uid = generate_uid()
     series_uid = generate_uid()
@@ -91,22 +112,31 @@ def make_study(right: tuple[str, float] | None = ("tha", 0.93),
                for i in range(1 + extra_images + refused)]
     used = sources[: 1 + extra_images]
     uids = [str(ds.SOPInstanceUID) for ds in used]
-    hips = []
+    results: dict[str, PipelineResult] = {}
     for lat, res in (("R", right), ("L", left), ("U", unknown)):
-        if res is not None:
-            key, p = res
-            hips.append(HipResult(lat, key, p, {key: p}, uids, latency_ms=12.0))
-    heatmaps = []
-    for ds in used:
-        # AP pelvis: the patient's right hip is on the image's left half.
-        hm = np.maximum(hot_spot_heatmap(ds.Rows, ds.Columns, 128, 64),
-                        0.5 * hot_spot_heatmap(ds.Rows, ds.Columns, 128, 192))
-        heatmaps.append(ImageHeatmap(str(ds.SOPInstanceUID), hm, display_of(ds)))
-    result = StudyResult(
-        study_uid=study_uid, pipeline=pipeline, model=model, hips=hips, heatmaps=heatmaps,
-        refused={str(ds.SOPInstanceUID): "not a hip radiograph"
-                 for ds in sources[1 + extra_images:]})
-    return result, sources
+        if res is None:
+            continue
+        key, p = res
+        name = pipeline_of(key)
+        kind, vocab = VOCABULARIES[name]
+        who = model if name == "hardware" else FRACTURE_MODEL
+        result = results.setdefault(name, PipelineResult(name, kind, vocab, who))
+        cy, cx = HIP_POINTS[lat][1], HIP_POINTS[lat][0]
+        heat = [HeatMap(u, hot_spot_heatmap(ds.Rows, ds.Columns, int(cy), int(cx)), key)
+                for u, ds in zip(uids, used, strict=True)]
+        result.findings.append(Finding(
+            name, lat, list(uids), who, Classification(key, p, {key: p}),
+            heatmaps=heat, regions=[Region(uids[0], "POINT", np.array([HIP_POINTS[lat]]))],
+            latency_ms=12.0))
+    refused_reasons = {str(ds.SOPInstanceUID): "not a hip radiograph"
+                       for ds in sources[1 + extra_images:]}
+    for result in results.values():
+        result.not_assessed.update(refused_reasons)
+    study = StudyFindings(study_uid, list(results.values()))
+    if not study.results:
+        study.results.append(PipelineResult("hardware", "hardware", HARDWARE, model,
+                                            not_assessed=refused_reasons))
+    return study, sources, {str(ds.SOPInstanceUID): display_of(ds) for ds in used}
 
 
 def reread(ds: Dataset, path: Path) -> Dataset:

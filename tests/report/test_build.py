@@ -1,9 +1,8 @@
-"""SR, SC and KOS objects built from study results: validity, content, determinism."""
+"""The one report per study: SR, SC, SEG and KOS built from findings; validity, content, UIDs."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -12,28 +11,28 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from hiprouter.config import PipelineConfig
-from hiprouter.inference.results import ModelInfo
-from hiprouter.report.build import NothingToReport, ReportBundle, build_outputs, write_bundle
-from tests.conftest import REPO, require_tool
+from hiprouter.config import ReportConfig
+from hiprouter.findings import Classification, Mask, ModelInfo, Region
+from hiprouter.report.build import NothingToReport, ReportBundle, build_report, write_bundle
+from tests.conftest import require_tool
 from tests.report.inputs import DEMO_MODEL, make_cr, make_study
+from tests.validation import assert_valid
 
-VALIDATOR = REPO.parent / "shared" / "tools" / "validate_dicom.py"
 SR_UID = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_UID = "1.2.840.10008.5.1.4.1.1.7"
+SEG_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 KOS_UID = "1.2.840.10008.5.1.4.1.1.88.59"
 
 
+def report(study_and_sources: tuple, cfg: ReportConfig | None = None,
+           **kwargs: object) -> ReportBundle:
+    study, sources, displays = study_and_sources
+    return build_report(study, sources, displays, cfg or ReportConfig(), **kwargs)
+
+
 def validate(paths: list[Path]) -> None:
-    """Run the project's validator (dciodvfy + dsrdump) and fail on any problem it reports."""
-    if not VALIDATOR.is_file():
-        pytest.skip("../shared/tools/validate_dicom.py not present")
-    for tool in ("dciodvfy", "dsrdump", "dcmdump"):
-        require_tool(tool)
-    proc = subprocess.run([sys.executable, str(VALIDATOR), *map(str, paths)],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{len(paths)} passed, 0 failed" in proc.stdout
+    """The project's validation: dciodvfy, dsrdump, highdicom read-back."""
+    assert_valid(paths)
 
 
 def written(bundle: ReportBundle, tmp_path: Path) -> dict[str, list[Dataset]]:
@@ -49,28 +48,27 @@ def written(bundle: ReportBundle, tmp_path: Path) -> dict[str, list[Dataset]]:
 @pytest.mark.parametrize(("scenario", "kwargs", "cfg"), [
     ("fracture with lateral view and a refused image",
      {"right": ("femoral_neck_fracture", 0.91), "left": ("tha", 0.55), "extra_images": 1,
-      "refused": 1}, PipelineConfig()),
+      "refused": 1}, ReportConfig()),
     ("bilateral, German", {"right": ("tha", 0.93), "left": ("tha", 0.9)},
-     PipelineConfig(language="de")),
+     ReportConfig(language="de")),
     ("unknown laterality only", {"right": None, "left": None,
-                                 "unknown": ("dynamic_hip_screw", 0.8)}, PipelineConfig()),
+                                 "unknown": ("dynamic_hip_screw", 0.8)}, ReportConfig()),
 ])
 def test_every_object_passes_the_validators(tmp_path: Path, scenario: str, kwargs: dict,
-                                            cfg: PipelineConfig) -> None:
-    result, sources = make_study(**kwargs)
-    bundle = build_outputs(result, sources, cfg)
+                                            cfg: ReportConfig) -> None:
+    bundle = report(make_study(**kwargs), cfg)
+    assert not bundle.left_out
     paths = write_bundle(bundle, tmp_path)
     assert len(paths) == 2 + len(bundle.scs)
     validate(paths)
 
 
 def test_sr_reads_back_with_the_same_findings(tmp_path: Path) -> None:
-    result, sources = make_study(right=("femoral_neck_fracture", 0.91),
-                                 left=("tha", 0.87), refused=1)
-    src = sources[0]
-    sr_ds = written(build_outputs(result, sources, PipelineConfig()), tmp_path)[SR_UID][0]
+    inputs = make_study(right=("femoral_neck_fracture", 0.91), left=("tha", 0.87), refused=1)
+    src = inputs[1][0]
+    sr_ds = written(report(inputs), tmp_path)[SR_UID][0]
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
-    groups = sr.content.get_image_measurement_groups()
+    groups = sr.content.get_planar_roi_measurement_groups()
     assert len(groups) == 2
     seen = {}
     for group in groups:
@@ -81,8 +79,10 @@ def test_sr_reads_back_with_the_same_findings(tmp_path: Path) -> None:
             "122157", "DCM", "1")
         (qual,) = group.get_qualitative_evaluations()
         assert qual.value == group.finding_type
-        assert [s.referenced_sop_instance_uid for s in group.source_images] == [
-            src.SOPInstanceUID]
+        region = group.roi
+        assert region.graphic_type.value == "POINT"
+        (image,) = region.ContentSequence
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
         assert group.tracking_uid and group.tracking_identifier
         seen[site.laterality.value] = (group.finding_type.value,
                                        group.finding_type.scheme_designator, prob.value)
@@ -97,6 +97,8 @@ def test_sr_reads_back_with_the_same_findings(tmp_path: Path) -> None:
     assert "99HIPAI" in schemes
     equipment = [e for e in sr_ds.ContributingEquipmentSequence
                  if e.get("ManufacturerModelName") == DEMO_MODEL.name]
+    models = [e for e in sr_ds.ContributingEquipmentSequence if "DeviceUID" in e]
+    assert len(models) == 2  # the hardware and the fracture model
     assert len(equipment) == 1
     assert equipment[0].SoftwareVersions == DEMO_MODEL.version
     assert equipment[0].DeviceUID == DEMO_MODEL.device_uid
@@ -117,8 +119,8 @@ def assert_joins_study(ds: Dataset, src: Dataset) -> None:
 
 def test_dsr2html_shows_each_hip_sentence(tmp_path: Path) -> None:
     dsr2html = require_tool("dsr2html")
-    result, sources = make_study(right=("tha", 0.93), left=("im_nail", 0.42))
-    bundle = build_outputs(result, sources, PipelineConfig(low_confidence=0.6))
+    bundle = report(make_study(right=("tha", 0.93), left=("im_nail", 0.42)),
+                    ReportConfig(low_confidence=0.6))
     sr_path = next(p for p in write_bundle(bundle, tmp_path) if p.name.startswith("sr-"))
     proc = subprocess.run([dsr2html, str(sr_path)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
@@ -130,9 +132,9 @@ def test_dsr2html_shows_each_hip_sentence(tmp_path: Path) -> None:
 
 
 def test_secondary_capture_attributes_and_overlay(tmp_path: Path) -> None:
-    result, sources = make_study(right=("tha", 0.93), left=("no_hardware", 0.88))
-    src = sources[0]
-    (sc,) = written(build_outputs(result, sources, PipelineConfig()), tmp_path)[SC_UID]
+    inputs = make_study(right=("tha", 0.93), left=("no_hardware", 0.88))
+    src = inputs[1][0]
+    (sc,) = written(report(inputs), tmp_path)[SC_UID]
     assert (sc.SamplesPerPixel, sc.PhotometricInterpretation, sc.BitsAllocated) == (3, "RGB", 8)
     assert (sc.Rows, sc.Columns) == (src.Rows, src.Columns)
     assert sc.ConversionType == "WSD"
@@ -145,8 +147,9 @@ def test_secondary_capture_attributes_and_overlay(tmp_path: Path) -> None:
     px = sc.pixel_array.astype(int)
     r, g, b = px[128, 64]  # the right hip's hot spot (image left on an AP pelvis)
     assert r > g + 40 and r > b + 40, (r, g, b)
-    r, g, b = px[140, 128]  # between the hips, no heat: stays grey
-    assert abs(r - g) < 8 and abs(g - b) < 8
+    for y, x in ((140, 128), (128, 192)):  # between the hips; the hip without hardware
+        r, g, b = px[y, x]  # (a negative class's map is not drawn): stays grey
+        assert abs(r - g) < 8 and abs(g - b) < 8, (y, x, r, g, b)
     # burned-in labels: white text on black boxes, right hip's label on the image left
     top_left, top_right = px[:24, :100], px[:24, -100:]
     for region in (top_left, top_right):
@@ -154,15 +157,17 @@ def test_secondary_capture_attributes_and_overlay(tmp_path: Path) -> None:
 
 
 def test_large_radiograph_is_downscaled(tmp_path: Path) -> None:
-    result, _ = make_study(right=("tha", 0.93), left=None)
-    big = make_cr(result.study_uid, rows=3000, cols=2400)
-    heat = result.heatmaps[0]
-    heat.sop_instance_uid = str(big.SOPInstanceUID)
-    heat.heatmap = np.zeros((3000, 2400), np.float32)
-    heat.heatmap[1400:1600, 400:600] = 1.0
-    heat.display_image = np.full((3000, 2400), 100, np.uint8)
-    result.hips[0].source_sop_uids = [str(big.SOPInstanceUID)]
-    bundle = build_outputs(result, [big], PipelineConfig())
+    study, _, _ = make_study(right=("tha", 0.93), left=None)
+    big = make_cr(study.study_uid, rows=3000, cols=2400)
+    uid = str(big.SOPInstanceUID)
+    (finding,) = study.findings()
+    heat = finding.heatmaps[0]
+    heat.sop_instance_uid = uid
+    heat.heat = np.zeros((3000, 2400), np.float32)
+    heat.heat[1400:1600, 400:600] = 1.0
+    finding.source_sop_uids = [uid]
+    finding.regions = [Region(uid, "POINT", np.array([[500.0, 1500.0]]))]
+    bundle = report((study, [big], {uid: np.full((3000, 2400), 100, np.uint8)}))
     (sc,) = bundle.scs
     assert (sc.Rows, sc.Columns) == (2048, 1638)
     r, g, b = sc.pixel_array[int(1500 * 2048 / 3000), int(500 * 2048 / 3000)].astype(int)
@@ -170,9 +175,10 @@ def test_large_radiograph_is_downscaled(tmp_path: Path) -> None:
 
 
 def test_kos_flags_a_fracture_as_high_and_references_everything(tmp_path: Path) -> None:
-    result, sources = make_study(right=("intertrochanteric_fracture", 0.83), left=("tha", 0.9),
-                                 extra_images=1, refused=1)
-    bundle = build_outputs(result, sources, PipelineConfig())
+    inputs = make_study(right=("intertrochanteric_fracture", 0.83), left=("tha", 0.9),
+                        extra_images=1, refused=1)
+    sources = inputs[1]
+    bundle = report(inputs)
     assert bundle.priority == "HIGH"
     objs = written(bundle, tmp_path)
     (kos,) = objs[KOS_UID]
@@ -192,8 +198,7 @@ def test_kos_flags_a_fracture_as_high_and_references_everything(tmp_path: Path) 
 
 
 def test_nothing_found_is_routine(tmp_path: Path) -> None:
-    result, sources = make_study(right=("no_hardware", 0.97), left=("no_hardware", 0.95))
-    bundle = build_outputs(result, sources, PipelineConfig())
+    bundle = report(make_study(right=("no_hardware", 0.97), left=("no_hardware", 0.95)))
     assert (bundle.priority, bundle.kos.SeriesDescription) == ("ROUTINE", "AI TRIAGE: ROUTINE")
     assert bundle.text.sentences == ["No orthopedic hardware in either hip."]
 
@@ -214,13 +219,21 @@ def all_uids(ds: Dataset) -> set[str]:
     return found
 
 
-def test_refused_images_are_never_referenced() -> None:
-    result, sources = make_study(refused=2)
-    bundle = build_outputs(result, sources, PipelineConfig())
-    for ds in bundle.datasets():
-        assert not all_uids(ds) & set(result.refused)
-    assert len(bundle.scs) == 1
-    assert bundle.referenced_sop_uids == [sources[0].SOPInstanceUID]
+def test_not_assessed_images_are_named_in_the_report_but_get_no_overlay() -> None:
+    study, sources, displays = make_study(refused=2)
+    refused = set(study.not_assessed())
+    bundle = report((study, sources, displays))
+    assert len(refused) == 2 and len(bundle.scs) == 1
+    assert not all_uids(bundle.scs[0]) & refused
+    assert set(bundle.referenced_sop_uids) == {str(s.SOPInstanceUID) for s in sources}
+    assert "2 images not assessed: not a hip radiograph." in bundle.text.impression
+
+
+def test_unreadable_source_is_left_out_and_the_rest_reported() -> None:
+    study, sources, displays = make_study()
+    study.results[0].findings[0].source_sop_uids.append("1.2.3.4.404")  # not among sources
+    bundle = report((study, sources, displays))
+    assert bundle.sr is not None and bundle.kos is not None and not bundle.left_out
 
 
 def _identity(bundle: ReportBundle) -> list[tuple[str, str]]:
@@ -230,13 +243,13 @@ def _identity(bundle: ReportBundle) -> list[tuple[str, str]]:
 def tracking_uids(bundle: ReportBundle) -> list[str]:
     """Tracking UIDs of the SR's measurement groups."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
-    return [str(g.tracking_uid) for g in sr.content.get_image_measurement_groups()]
+    return [str(g.tracking_uid) for g in sr.content.get_planar_roi_measurement_groups()]
 
 
 def test_uids_are_deterministic_per_study_pipeline_and_model(tmp_path: Path) -> None:
-    result, sources = make_study(extra_images=1)
-    first = build_outputs(result, sources, PipelineConfig())
-    again = build_outputs(result, sources, PipelineConfig(language="de"))
+    study, sources, displays = make_study(extra_images=1)
+    first = report((study, sources, displays))
+    again = report((study, sources, displays), ReportConfig(language="de"))
     assert _identity(first) == _identity(again)
     series = [s for s, _ in _identity(first)]
     assert series[1] == series[2] and len(set(series)) == 3  # SR, SC (one series), KOS
@@ -249,73 +262,199 @@ def test_uids_are_deterministic_per_study_pipeline_and_model(tmp_path: Path) -> 
         assert str(d.SOPInstanceUID) not in " ".join(names)
 
     # New images in the study (a later episode): new instances in the same series.
-    extra = make_cr(result.study_uid, series_uid=sources[0].SeriesInstanceUID, instance=9)
-    for hip in result.hips:
-        hip.source_sop_uids = [*hip.source_sop_uids, str(extra.SOPInstanceUID)]
-    more = build_outputs(result, [*sources, extra], PipelineConfig())
+    extra = make_cr(study.study_uid, series_uid=sources[0].SeriesInstanceUID, instance=9)
+    for f in study.findings():
+        f.source_sop_uids = [*f.source_sop_uids, str(extra.SOPInstanceUID)]
+    more = report((study, [*sources, extra], displays))
     assert {s for s, _ in _identity(more)} == set(series)  # SR, SC and KOS series
     assert not {i for _, i in _identity(more)} & {i for _, i in _identity(first)}
     assert tracking_uids(more) == tracking_uids(first)  # the same hips, tracked
-    for hip in result.hips:
-        hip.source_sop_uids = hip.source_sop_uids[:-1]
+    for f in study.findings():
+        f.source_sop_uids = f.source_sop_uids[:-1]
 
-    result.model = ModelInfo(**{**DEMO_MODEL.__dict__, "version": "0.2.0"})
-    newer = build_outputs(result, sources, PipelineConfig())
+    newer_model = ModelInfo(**{**DEMO_MODEL.__dict__, "version": "0.2.0"})
+    for r in study.results:
+        r.model = newer_model
+        for f in r.findings:
+            f.model = newer_model
+    newer = report((study, sources, displays))
     assert not {u for pair in _identity(newer) for u in pair} & {
         u for pair in _identity(first) for u in pair}
     assert not set(tracking_uids(newer)) & set(tracking_uids(first))
-    other, other_sources = make_study()
-    assert not {u for pair in _identity(build_outputs(other, other_sources, PipelineConfig()))
-                for u in pair} & {u for pair in _identity(first) for u in pair}
+    assert not {u for pair in _identity(report(make_study())) for u in pair} & {
+        u for pair in _identity(first) for u in pair}
 
 
 def test_files_have_file_meta(tmp_path: Path) -> None:
-    result, sources = make_study()
-    for path in write_bundle(build_outputs(result, sources, PipelineConfig()), tmp_path):
+    for path in write_bundle(report(make_study()), tmp_path):
         assert path.read_bytes()[128:132] == b"DICM"
         meta = pydicom.dcmread(path).file_meta
         assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_heatmaps_can_be_disabled() -> None:
-    result, sources = make_study()
-    bundle = build_outputs(result, sources, PipelineConfig(heatmaps=False))
+def test_secondary_captures_can_be_disabled() -> None:
+    bundle = report(make_study(), ReportConfig(secondary_captures=False))
     assert bundle.scs == []
     refs = {i.ReferencedSOPSequence[0].ReferencedSOPClassUID
             for i in bundle.kos.ContentSequence if i.ValueType in ("IMAGE", "COMPOSITE")}
     assert SC_UID not in refs and SR_UID in refs
 
 
-def test_bad_input_is_rejected() -> None:
-    result, sources = make_study()
+def test_heat_map_of_the_configured_pipeline_is_drawn() -> None:
+    inputs = make_study(right=("tha", 0.93), left=("femoral_neck_fracture", 0.9))
+    px = report(inputs, ReportConfig(heatmap_pipelines=["fracture"])).scs[0].pixel_array
+    r, g, b = px[128, 192].astype(int)  # the left hip's fracture map is drawn
+    assert r > g + 40 and r > b + 40
+    r, g, b = px[128, 64].astype(int)  # the right hip's hardware map is not
+    assert abs(r - g) < 8 and abs(g - b) < 8
+    sc = report(inputs).scs[0]  # default: every pipeline, first with a map for the image
+    assert "heat map of hardware" in sc.DerivationDescription
+
+
+def test_bad_input_is_rejected_or_left_out() -> None:
+    study, sources, displays = make_study()
     stranger = make_cr("1.2.3.999")
     with pytest.raises(ValueError, match="is not in study"):
-        build_outputs(result, [*sources, stranger], PipelineConfig())
-    with pytest.raises(ValueError, match="not passed as sources"):
-        build_outputs(result, [], PipelineConfig())
-    result, sources = make_study(refused=1)
-    for hip in result.hips:
-        hip.source_sop_uids = []
-    result.heatmaps = []
-    with pytest.raises(NothingToReport, match="no usable source"):
-        build_outputs(result, sources[1:], PipelineConfig())  # only the refused image left
-    result, sources = make_study(right=None, left=None, refused=1)
-    with pytest.raises(NothingToReport, match="no hip result"):
-        build_outputs(result, sources, PipelineConfig())
+        report((study, [*sources, stranger], displays))
+    with pytest.raises(NothingToReport, match="no finding and no source"):
+        report((study, [], displays))
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
+@pytest.mark.parametrize(("attribute", "value", "message"), [
     ("probability", float("nan"), "probability nan is not in"),
     ("probability", 1.5, "probability 1.5 is not in"),
-    ("laterality", "B", "laterality 'B' is not R, L or U"),
-    ("predicted_class", "spaceship", "unknown class 'spaceship'"),
+    ("predicted", "spaceship", "class 'spaceship' is not in the pipeline's vocabulary"),
 ])
-def test_bad_hip_results_are_rejected(field: str, value: object, message: str) -> None:
-    result, sources = make_study()
-    setattr(result.hips[0], field, value)
-    with pytest.raises(ValueError, match=message):
-        build_outputs(result, sources, PipelineConfig())
+def test_a_broken_finding_is_left_out_and_the_rest_reported(attribute: str, value: object,
+                                                            message: str) -> None:
+    study, sources, displays = make_study()
+    setattr(study.findings()[0].classification, attribute, value)
+    bundle = report((study, sources, displays))
+    (what, why), = bundle.left_out
+    assert what == "hardware finding, R hip" and message in why
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    assert len(sr.content.get_planar_roi_measurement_groups()) == 1
+    assert bundle.kos is not None and len(bundle.scs) == 1
+
+
+def test_one_object_failing_leaves_the_others(tmp_path: Path) -> None:
+    """An SC that cannot be built costs the study neither its SR nor its KOS."""
+    study, sources, displays = make_study()
+    uid = str(sources[0].SOPInstanceUID)
+    displays[uid] = displays[uid].astype(np.float32)  # not uint8: the overlay refuses it
+    bundle = report((study, sources, displays))
+    assert bundle.scs == [] and bundle.sr is not None and bundle.kos is not None
+    (what, why), = bundle.left_out
+    assert what == f"SC of image {uid}" and "must be 2-D uint8" in why
+    validate(write_bundle(bundle, tmp_path))
+
+
+@pytest.mark.parametrize("orientation", [["F", "R"], ["R", "F"], ["H", "R"], ["FR", "HR"],
+                                         None])
+def test_unusual_patient_orientation_still_gives_every_object(tmp_path: Path,
+                                                              orientation: list | None) -> None:
+    study, sources, displays = make_study()
+    if orientation is None:
+        del sources[0].PatientOrientation
+    else:
+        sources[0].PatientOrientation = orientation
+    bundle = report((study, sources, displays))
+    assert not bundle.left_out and len(bundle.scs) == 1
+    assert list(bundle.scs[0].get("PatientOrientation") or []) == (orientation or [])
+    validate(write_bundle(bundle, tmp_path))
+
+
+@pytest.mark.parametrize(("charset", "text"), [
+    ("ISO_IR 100", "Hüfte beidseits, Röntgen"), ("ISO_IR 192", "Hüfte – Übersicht ¼")])
+def test_unusual_headers_still_give_valid_objects(tmp_path: Path, charset: str,
+                                                  text: str) -> None:
+    study, sources, displays = make_study()
+    src = sources[0]
+    src.SpecificCharacterSet = charset
+    src.StudyDescription = text
+    src.SeriesDescription = text
+    src.ImageType = ["ORIGINAL", "PRIMARY", "", "RAW"]
+    del src.ImagerPixelSpacing
+    bundle = report((study, sources, displays))
+    assert not bundle.left_out
+    paths = write_bundle(bundle, tmp_path)
+    validate(paths)
+    assert pydicom.dcmread(paths[0]).StudyDescription == text
+
+
+def test_masks_become_a_segmentation(tmp_path: Path) -> None:
+    study, sources, displays = make_study(right=("no_hardware", 0.9), left=("no_hardware", 0.9))
+    uid = str(sources[0].SOPInstanceUID)
+    for f, (x0, x1) in zip(study.findings(), ((44, 84), (172, 212)), strict=True):
+        mask = np.zeros((256, 256), bool)
+        mask[108:148, x0:x1] = True
+        side = {"R": "Right", "L": "Left"}[f.laterality]
+        f.masks = [Mask(uid, mask, f"{side} femoral head")]
+        outline = np.array([[x0, 108], [x1, 108], [x1, 148], [x0, 148]], float)
+        f.regions = [Region(uid, "POLYLINE", outline, "femoral head")]
+    bundle = report((study, sources, displays))
+    assert not bundle.left_out
+    (seg,) = bundle.segs
+    assert seg.SegmentSequence[0].SegmentLabel == "Right femoral head"
+    laterality = [s.SegmentedPropertyTypeCodeSequence[0]
+                  .SegmentedPropertyTypeModifierCodeSequence[0].CodeValue
+                  for s in seg.SegmentSequence]
+    assert laterality == ["24028007", "7771000"]
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] \
+        .ReferencedSOPInstanceUID == uid
+    refs = {i.ReferencedSOPSequence[0].ReferencedSOPClassUID
+            for i in bundle.kos.ContentSequence if i.ValueType in ("IMAGE", "COMPOSITE")}
+    assert SEG_UID in refs
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    assert {g.roi.graphic_type.value for g in sr.content.get_planar_roi_measurement_groups()} \
+        == {"POLYLINE"}
+    px = bundle.scs[0].pixel_array.astype(int)
+    assert tuple(px[108, 60]) == (255, 255, 0)  # the outline is drawn on the SC
+    validate(write_bundle(bundle, tmp_path))
+
+
+def test_indeterminate_and_not_assessed_findings_claim_nothing() -> None:
+    study, sources, displays = make_study(right=("femoral_neck_fracture", 0.45),
+                                          left=("femoral_neck_fracture", 0.95))
+    right, left = study.findings()
+    right.classification = Classification(
+        "femoral_neck_fracture", 0.45,
+        {"femoral_neck_fracture": 0.45, "no_fracture": 0.40, "intertrochanteric_fracture": 0.15},
+        "indeterminate", "confidence 0.45 below 0.50")
+    left.classification.status = "not_assessed"
+    left.classification.reason = "image unlike the training data"
+    bundle = report((study, sources, displays))
+    assert bundle.priority == "ROUTINE"  # a not-assessed 0.95 never raises the priority
+    sentence = " ".join(bundle.text.sentences)
+    assert "indeterminate (candidates: femoral neck fracture 0.45, no fracture detected 0.40" \
+        in sentence
+    assert "not assessed (image unlike the training data)" in sentence
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    types = sorted(g.finding_type.meaning for g in sr.content.get_planar_roi_measurement_groups())
+    assert types == ["Indeterminate", "Not assessed"]
+
+
+def test_one_report_holds_every_pipeline() -> None:
+    study, sources, displays = make_study(right=("tha", 0.93), left=("no_hardware", 0.9))
+    fracture, _, _ = make_study(right=("no_fracture", 0.9), left=("femoral_neck_fracture", 0.8))
+    for r in fracture.results:
+        for f in r.findings:
+            f.source_sop_uids = [str(sources[0].SOPInstanceUID)]
+            for part in (*f.heatmaps, *f.regions):
+                part.sop_instance_uid = str(sources[0].SOPInstanceUID)
+    study.results += fracture.results
+    bundle = report((study, sources, displays))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    ids = sorted(g.tracking_identifier for g in sr.content.get_planar_roi_measurement_groups())
+    assert ids == ["fracture left hip", "fracture right hip", "hardware left hip",
+                   "hardware right hip"]
+    assert len(bundle.scs) == 1 and bundle.priority == "HIGH"
+    assert bundle.text.sentences == [
+        "Right hip: total hip arthroplasty; no fracture detected.",
+        "Left hip: no orthopedic hardware; femoral neck fracture."]
+    labels = bundle.scs[0].DerivationDescription
+    assert DEMO_MODEL.name in labels and "hip-fracture" in labels
 
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
@@ -326,8 +465,8 @@ def test_sr_and_kos_pass_pixelmed_template_validation(tmp_path: Path) -> None:
     java = require_tool("java")
     if not PIXELMED_JAR.is_file():
         pytest.skip("libpixelmed-java not installed")
-    result, sources = make_study(right=("femoral_neck_fracture", 0.91), left=("tha", 0.9))
-    paths = [p for p in write_bundle(build_outputs(result, sources, PipelineConfig()), tmp_path)
+    paths = [p for p in write_bundle(report(make_study(right=("femoral_neck_fracture", 0.91),
+                                                       left=("tha", 0.9))), tmp_path)
              if p.name.startswith(("sr-", "ko-"))]
     limits = [f"-Djdk.xml.{k}=0" for k in ("xpathExprOpLimit", "xpathExprGrpLimit",
                                             "xpathTotalOpLimit")]

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 from pydicom.uid import UID
 
-from hiprouter.config import PipelineConfig
+from hiprouter.config import ReportConfig
+from hiprouter.findings import Classification, Finding, HeatMap, PipelineResult, StudyFindings
 from hiprouter.inference.decode import decode_file
-from hiprouter.inference.results import HipResult, ImageHeatmap, StudyResult
-from hiprouter.report.build import build_outputs, write_bundle
+from hiprouter.pipelines.fracture import FRACTURE
+from hiprouter.pipelines.hardware import HARDWARE
+from hiprouter.report.build import build_report, write_bundle
 from hiprouter.report.sc import MAX_SIDE
-from tests.report.inputs import DEMO_MODEL, hot_spot_heatmap
-from tests.report.test_build import validate
+from tests.report.inputs import DEMO_MODEL, FRACTURE_MODEL, hot_spot_heatmap
+from tests.validation import assert_valid
 
 # One file per distinct header source (vendors, toolkits), several sizes and photometrics.
 FILES = [
@@ -37,13 +39,15 @@ def test_outputs_on_real_radiographs_pass_the_validators(shared_data: Path, tmp_
     display = image.display_uint8()
     rows, cols = display.shape
     heat = hot_spot_heatmap(rows, cols, rows // 2, cols // 4, sigma=max(rows, cols) / 20)
-    result = StudyResult(
-        str(ds.StudyInstanceUID), "hardware", DEMO_MODEL,
-        [HipResult("R", "femoral_neck_fracture", 0.8, {}, [uid]),
-         HipResult("L", "tha", 0.9, {}, [uid])],
-        [ImageHeatmap(uid, heat, display)])
-    bundle = build_outputs(result, [ds], PipelineConfig())
-    assert bundle.priority == "HIGH"
+    fracture = PipelineResult("fracture", "fracture", FRACTURE, FRACTURE_MODEL, [Finding(
+        "fracture", "R", [uid], FRACTURE_MODEL,
+        Classification("femoral_neck_fracture", 0.8, {"femoral_neck_fracture": 0.8}),
+        heatmaps=[HeatMap(uid, heat)])])
+    hardware = PipelineResult("hardware", "hardware", HARDWARE, DEMO_MODEL, [Finding(
+        "hardware", "L", [uid], DEMO_MODEL, Classification("tha", 0.9, {"tha": 0.9}))])
+    study = StudyFindings(str(ds.StudyInstanceUID), [hardware, fracture])
+    bundle = build_report(study, [ds], {uid: display}, ReportConfig())
+    assert bundle.priority == "HIGH" and not bundle.left_out
     (sc,) = bundle.scs
     assert max(sc.Rows, sc.Columns) == min(MAX_SIDE, max(rows, cols))
-    validate(write_bundle(bundle, tmp_path))
+    assert_valid(write_bundle(bundle, tmp_path))

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from hiprouter.config import PipelineConfig
-from hiprouter.report.build import build_outputs, write_bundle
+from hiprouter.config import ReportConfig
+from hiprouter.report.build import build_report, write_bundle
 from hiprouter.report.header import paired_body_part, source_header
 from tests.report.inputs import make_study
-from tests.report.test_build import validate
+from tests.validation import assert_valid as validate
 
 
 def test_missing_and_invalid_patient_study_attributes() -> None:
-    _, (ds,) = make_study()
+    _, (ds,), _ = make_study()
     del ds.PatientID, ds.PatientBirthDate, ds.StudyID
     ds.StudyDate = "d14a028c2a3a2bc9476102bb288234c4"  # seen in the wild
     ds.AccessionNumber = "A" * 56  # SH allows 16
@@ -30,13 +30,13 @@ def test_missing_and_invalid_patient_study_attributes() -> None:
 
 
 def test_outputs_from_a_defective_source_are_valid(tmp_path: Path) -> None:
-    result, sources = make_study(right=("femoral_neck_fracture", 0.8))
+    study, sources, displays = make_study(right=("femoral_neck_fracture", 0.8))
     ds = sources[0]
     del ds.PatientID, ds.PatientSex, ds.ReferringPhysicianName
     ds.StudyDate = "2026-11-20"  # not DA
     ds.AccessionNumber = "ACC-" + "9" * 30
     ds.add_new(0x60003000, "OW", b"\x00" * (ds.Rows * ds.Columns // 8))  # an overlay
-    bundle = build_outputs(result, sources, PipelineConfig())
+    bundle = build_report(study, sources, displays, ReportConfig())
     assert bundle.sr.AccessionNumber in (None, "") and bundle.sr.PatientID in (None, "")
     validate(write_bundle(bundle, tmp_path))
 
@@ -47,7 +47,7 @@ def test_outputs_from_a_defective_source_are_valid(tmp_path: Path) -> None:
     ("HUEFTE", True), ("", True), (None, True),
 ])
 def test_paired_body_part(body_part: str | None, paired: bool) -> None:
-    _, (ds,) = make_study()
+    _, (ds,), _ = make_study()
     if body_part is None:
         del ds.BodyPartExamined
     else:
@@ -63,13 +63,13 @@ def test_paired_body_part(body_part: str | None, paired: bool) -> None:
 ])
 def test_sc_series_laterality(tmp_path: Path, body_part: str | None, image_laterality: str,
                               expected: str | None) -> None:
-    result, sources = make_study(right=("tha", 0.9), left=None)
+    study, sources, displays = make_study(right=("tha", 0.9), left=None)
     if body_part is None:
         del sources[0].BodyPartExamined
     else:
         sources[0].BodyPartExamined = body_part
     sources[0].ImageLaterality = image_laterality
-    bundle = build_outputs(result, sources, PipelineConfig())
+    bundle = build_report(study, sources, displays, ReportConfig())
     (sc,) = bundle.scs
     if expected is None:
         assert "Laterality" not in sc

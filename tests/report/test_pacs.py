@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hiprouter.config import PipelineConfig
-from hiprouter.report.build import build_outputs, write_bundle
+from hiprouter.config import ReportConfig
+from hiprouter.report.build import build_report, write_bundle
 from tests.e2e.orthanc import start_orthanc
 from tests.report.inputs import make_study
 from tests.router.conftest import storescu
@@ -17,19 +17,21 @@ from tests.router.conftest import storescu
 def test_outputs_join_the_study_at_orthanc_and_a_replay_replaces(tmp_path: Path) -> None:
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc not installed (Debian package orthanc)")
-    result, sources = make_study(right=("femoral_neck_fracture", 0.9), left=("tha", 0.95))
+    study, sources, displays = make_study(right=("femoral_neck_fracture", 0.9),
+                                          left=("tha", 0.95))
     source_paths = []
     for i, ds in enumerate(sources):
         source_paths.append(tmp_path / f"source{i}.dcm")
         ds.save_as(source_paths[-1], enforce_file_format=True)
-    first = write_bundle(build_outputs(result, sources, PipelineConfig()), tmp_path / "run1")
+    first = write_bundle(build_report(study, sources, displays, ReportConfig()),
+                         tmp_path / "run1")
 
     pacs = start_orthanc(tmp_path / "orthanc")
     try:
         sent = storescu(pacs.dicom_port, [*source_paths, *first], called=pacs.ae_title,
                        extra=["--required"])
         assert sent.returncode == 0, sent.stderr
-        study_id = pacs.study_id(result.study_uid)
+        study_id = pacs.study_id(study.study_uid)
         assert study_id is not None
         series = [pacs.get(f"/series/{s}")["MainDicomTags"]
                   for s in pacs.get(f"/studies/{study_id}")["Series"]]
@@ -43,8 +45,8 @@ def test_outputs_join_the_study_at_orthanc_and_a_replay_replaces(tmp_path: Path)
         assert instances == 1 + len(first)
 
         # A replay (the same result built again, e.g. in German) reuses every UID.
-        again = write_bundle(build_outputs(result, sources, PipelineConfig(language="de")),
-                             tmp_path / "run2")
+        again = write_bundle(build_report(study, sources, displays,
+                                          ReportConfig(language="de")), tmp_path / "run2")
         sent = storescu(pacs.dicom_port, again, called=pacs.ae_title,
                        extra=["--required"])
         assert sent.returncode == 0, sent.stderr

@@ -9,12 +9,11 @@ import yaml
 from click.testing import CliRunner
 
 from hiprouter.cli import main
-from hiprouter.inference.classes import HARDWARE_CLASSES
 from hiprouter.inference.models import ModelError, load_model, read_card, verify_weights
-from hiprouter.inference.predict import HardwareClassifier
-from tests.inference.helpers import make_radiograph, toy_dataset
+from hiprouter.pipelines.hardware import HARDWARE
+from tests.inference.helpers import classify, make_radiograph, toy_dataset
 
-CLASSES = [c.key for c in HARDWARE_CLASSES]
+CLASSES = HARDWARE.keys
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +55,12 @@ def test_training_writes_card_weights_split_and_report(trained) -> None:
 
 def test_trained_model_reloads_and_predicts(trained) -> None:
     root, out, _ = trained
-    clf = HardwareClassifier.from_dirs([out], "cpu", "torch")
-    assert clf.info.name == "toy" and clf.info.synthetic_demo
     import numpy as np
 
     ds = make_radiograph(np.full((48, 96), 900, np.uint16), SeriesDescription="AP PELVIS")
-    result = clf.predict_study([ds], ds.StudyInstanceUID)
-    assert [h.laterality for h in result.hips] == ["R", "L"]
+    _, result = classify([ds], models=[out], runtime="torch")
+    assert result.model.name == "toy" and result.model.synthetic_demo
+    assert [f.laterality for f in result.findings] == ["R", "L"]
 
 
 def test_evaluate_command(trained, tmp_path) -> None:

@@ -1,0 +1,179 @@
+"""An ensemble of image classifiers (same classes) applied to hip crops.
+
+crops -> letterbox -> each member's forward pass (logits + last feature map) -> calibrated
+probabilities (temperature from the model card), averaged over members -> CAM of the
+predicted class in crop geometry, and an out-of-distribution score per crop (energy of
+the logits, compared with the card's threshold fitted on training data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.uid import generate_uid
+
+from hiprouter.findings import ModelInfo
+from hiprouter.inference import cam as cammod
+from hiprouter.inference.models import (
+    LoadedModel,
+    ModelError,
+    load_model,
+    select_device,
+)
+from hiprouter.inference.preprocess import letterbox, normalise
+from hiprouter.inference.runtime import Runner, make_runner
+
+
+@dataclass
+class CropPrediction:
+    """One crop's ensemble output."""
+
+    probabilities: np.ndarray
+    """Calibrated class probabilities, averaged over the members."""
+    heatmap: np.ndarray | None
+    """CAM of the predicted class in crop geometry, [0, 1]."""
+    ood_score: float
+    """Mean over members of the energy score -logsumexp(logits); higher = less familiar."""
+    ood: bool
+    """True when every member with an OOD threshold finds the crop above it."""
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Energy score per row: -logsumexp(logits) (Liu et al. 2020); higher = more unusual."""
+    m = logits.max(axis=-1)
+    return -(m + np.log(np.exp(logits - m[..., None]).sum(axis=-1)))
+
+
+class _Member:
+    """One model of the ensemble with its runner and CAM head."""
+
+    def __init__(self, model: LoadedModel, runner: Runner) -> None:
+        self.model = model
+        self.runner = runner
+        self.head = cammod.linear_head(model.module)
+        card = model.card
+        self.temperature = float(card.calibration.get("temperature", 1.0) or 1.0)
+        self.ood_threshold = card.ood.get("threshold")
+
+
+class CropClassifier:
+    """An ensemble of models that share their classes, ready to classify crops."""
+
+    def __init__(self, models: Sequence[LoadedModel], device: Any, runtime: str = "auto",
+                 batch_size: int = 8) -> None:
+        if not models:
+            raise ModelError("no models given")
+        classes = models[0].card.classes
+        for m in models[1:]:
+            if m.card.classes != classes:
+                raise ModelError(f"{m.model_dir}: classes differ from {models[0].model_dir}; "
+                                 "an ensemble must share its classes")
+        self.classes = list(classes)
+        self.device = device
+        self.members = [_Member(m, make_runner(m, device, runtime)) for m in models]
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_dirs(cls, model_dirs: Sequence[Path], device: str = "auto", runtime: str = "auto",
+                  batch_size: int = 8) -> CropClassifier:
+        """Load model directories onto the chosen device."""
+        dev = select_device(device)
+        return cls([load_model(d, dev) for d in model_dirs], dev, runtime, batch_size)
+
+    @property
+    def cards(self) -> list[Any]:
+        return [m.model.card for m in self.members]
+
+    @property
+    def info(self) -> ModelInfo:
+        """Identity of the model or ensemble (Device UID changes with any weights)."""
+        cards = self.cards
+        if len(cards) == 1:
+            return cards[0].info()
+        return ModelInfo(
+            name=" + ".join(c.name for c in cards),
+            version=" + ".join(c.version for c in cards),
+            architecture="ensemble(" + ", ".join(f"{c.architecture}@{c.input_size}px"
+                                                 for c in cards) + ")",
+            device_uid=str(generate_uid(entropy_srcs=[c.weights_sha256 for c in cards])),
+            synthetic_demo=any(c.synthetic_demo for c in cards),
+        )
+
+    @property
+    def runtime_names(self) -> list[str]:
+        return [m.runner.name for m in self.members]
+
+    def card_value(self, section: str, key: str, default: Any = None) -> Any:
+        """A value of a card section (e.g. abstention/min_confidence): the strictest member's
+        for thresholds is not defined, so the first member that has it wins."""
+        for card in self.cards:
+            value = getattr(card, section, {}).get(key)
+            if value is not None:
+                return value
+        return default
+
+    def predict(self, crops: Sequence[np.ndarray], heatmaps: bool = True) -> list[CropPrediction]:
+        """Calibrated, ensemble-averaged probabilities, CAMs and OOD flags for display crops."""
+        n = len(crops)
+        if n == 0:
+            return []
+        probs = np.zeros((n, len(self.classes)), dtype=np.float64)
+        scores = np.zeros(n, dtype=np.float64)
+        votes = np.zeros(n, dtype=np.int64)
+        judges = 0
+        per_member = []
+        for member in self.members:
+            size = member.model.card.input_size
+            boxes = [letterbox(c, size) for c in crops]
+            logits_all, feats_all = [], []
+            for start in range(0, n, self.batch_size):
+                chunk = boxes[start : start + self.batch_size]
+                batch = normalise(np.stack([b[0] for b in chunk]))[:, None]
+                logits, feats = member.runner.run(batch)
+                logits_all.append(logits)
+                if heatmaps and member.head is not None:
+                    feats_all.extend(list(feats))
+            logits = np.concatenate(logits_all).astype(np.float64)
+            probs += softmax(logits / member.temperature)
+            member_energy = energy(logits)
+            scores += member_energy
+            if member.ood_threshold is not None:
+                judges += 1
+                votes += member_energy > float(member.ood_threshold)
+            per_member.append((member, boxes, feats_all))
+        probs /= len(self.members)
+        scores /= len(self.members)
+        ood = votes >= judges if judges else np.zeros(n, dtype=bool)
+        maps: list[np.ndarray | None] = [None] * n
+        if heatmaps:
+            predicted = probs.argmax(axis=1)
+            for i in range(n):
+                acc = None
+                for member, boxes, feats in per_member:
+                    if member.head is not None:
+                        model_map = cammod.cam(feats[i], member.head[0], int(predicted[i]))
+                    else:
+                        model_map = self._grad_cam(member, boxes[i][0], int(predicted[i]))
+                    crop_map = boxes[i][1].to_source(model_map)
+                    acc = crop_map if acc is None else acc + crop_map
+                maps[i] = cammod.normalise_map(acc) if acc is not None else None
+        return [CropPrediction(probs[i].astype(np.float32), maps[i], float(scores[i]),
+                               bool(ood[i])) for i in range(n)]
+
+    def _grad_cam(self, member: _Member, model_input: np.ndarray, class_index: int) -> np.ndarray:
+        import torch
+
+        module = member.model.module
+        device = next(module.parameters()).device
+        x = torch.from_numpy(normalise(model_input[None, None])).to(device)
+        return cammod.grad_cam(module, x, class_index)

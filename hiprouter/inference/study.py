@@ -1,0 +1,84 @@
+"""A study's radiographs decoded once for every pipeline: display pixels, view, per-hip crops.
+
+Decoding (modality LUT, VOI, MONOCHROME1), view classification and the split into per-hip
+crops happen once per study episode; every pipeline of the job reads the same arrays.
+Images that cannot be used are kept with the reason, so each pipeline can report them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+
+from hiprouter.inference.decode import DecodedImage, RefusedImage, decode
+from hiprouter.inference.laterality import HipCrop, View, classify_view, hip_crops, not_hip_reason
+
+
+@dataclass
+class StudyImage:
+    """One usable radiograph of the study."""
+
+    dataset: Dataset
+    decoded: DecodedImage
+    view: View
+    crops: list[HipCrop]
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.decoded.sop_instance_uid
+
+    @property
+    def modality(self) -> str:
+        return self.decoded.modality
+
+
+@dataclass
+class StudyInput:
+    """The study's radiographs as the pipelines see them."""
+
+    study_uid: str
+    datasets: list[Dataset]
+    images: dict[str, StudyImage] = field(default_factory=dict)
+    """SOP Instance UID -> usable image, in the order received."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """SOP Instance UID -> why the image cannot be used by any radiograph model."""
+
+    @classmethod
+    def from_datasets(cls, study_uid: str, datasets: Sequence[Dataset],
+                      modalities: Iterable[str]) -> StudyInput:
+        """Decode every dataset once; refuse (with the reason) what no pipeline can use."""
+        study = cls(study_uid, list(datasets))
+        allowed = tuple(sorted({m.upper() for m in modalities}))
+        for n, ds in enumerate(datasets):
+            uid = str(ds.get("SOPInstanceUID", "")) or f"unidentified-{n}"
+            reason = not_hip_reason(ds)
+            if reason:
+                study.refused[uid] = reason
+                continue
+            try:
+                image = decode(ds, allowed)
+            except RefusedImage as exc:
+                study.refused[uid] = exc.reason
+                continue
+            study.images[uid] = StudyImage(ds, image, classify_view(ds),
+                                           hip_crops(ds, image.pixels))
+        return study
+
+    def crops(self, views: Iterable[str] | None = None,
+              modalities: Iterable[str] | None = None) -> list[tuple[str, HipCrop]]:
+        """(SOP Instance UID, crop) of every hip crop, optionally only of some views/modalities."""
+        wanted_views = set(views) if views is not None else None
+        wanted_mods = {m.upper() for m in modalities} if modalities is not None else None
+        out = []
+        for uid, image in self.images.items():
+            if wanted_mods is not None and image.modality not in wanted_mods:
+                continue
+            for crop in image.crops:
+                if wanted_views is None or crop.view in wanted_views:
+                    out.append((uid, crop))
+        return out
+
+    def dataset(self, sop_instance_uid: str) -> Dataset:
+        return self.images[sop_instance_uid].dataset

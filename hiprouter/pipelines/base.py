@@ -1,0 +1,110 @@
+"""The pipeline contract: what a pipeline kind declares and what it returns.
+
+A pipeline kind is a subclass of `PipelineKind` registered through the entry-point group
+``hiprouter.pipelines`` (see registry.py). It declares
+
+- ``Options``: a pydantic model of its own settings (the keys of its ``pipelines.<name>``
+  block besides the common ones), validated at start-up with errors naming the key;
+- ``vocabulary()``: its classes (codes, display names, which are negative, triage meaning),
+  from the kind or its model card;
+- ``inputs``: which views it reads and whether it works per hip or per image;
+- ``default_runs_on``: for a cascade, which findings of which pipeline it runs on (the
+  config's ``runs_on`` overrides it).
+
+``run(study, targets)`` returns a `PipelineResult` of findings. It never writes files: the
+report stage builds every DICOM object of the study from all pipelines' findings.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+from hiprouter.config import RunsOn
+from hiprouter.findings import Finding, Laterality, ModelInfo, PipelineResult, Vocabulary
+from hiprouter.inference.study import StudyInput
+
+
+def _resolve_against_config(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else Path(base) / path
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_against_config)]
+"""A path in a pipeline's options; relative paths resolve against the config file's folder."""
+
+
+class PipelineOptions(BaseModel):
+    """Base of every kind's options model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a kind reads."""
+
+    views: frozenset[str] | None = None
+    """Views it assesses (ap_pelvis, ap_hip, frog_leg, cross_table_lateral); None: all."""
+    level: Literal["hip", "image"] = "hip"
+
+
+@dataclass
+class Target:
+    """A hip a cascade stage runs on, with the upstream finding that selected it."""
+
+    laterality: Laterality
+    source_sop_uids: list[str]
+    upstream: Finding | None = None
+
+
+@dataclass
+class KindContext:
+    """What a kind gets besides its options: its configured name and settings it may use."""
+
+    name: str
+    settings: Any
+    """The validated `hiprouter.config.Settings` (read-only)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PipelineKind(ABC):
+    """Base class of pipeline kinds. Instances are built once per worker (models load once)."""
+
+    kind: ClassVar[str]
+    """The kind's name, as written in ``pipelines.<name>.kind``."""
+    Options: ClassVar[type[PipelineOptions]] = PipelineOptions
+    inputs: ClassVar[Inputs] = Inputs()
+    default_runs_on: ClassVar[RunsOn | None] = None
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: KindContext, options: PipelineOptions) -> None:
+        self.context = context
+        self.name = context.name
+        self.options = options
+
+    @abstractmethod
+    def vocabulary(self) -> Vocabulary:
+        """The classes this pipeline reports."""
+
+    def model_info(self) -> ModelInfo | None:
+        """Identity of the model in use (None for pipelines without a model)."""
+        return None
+
+    def modalities(self) -> Sequence[str]:
+        """Modalities this kind accepts (the study is decoded once for all kinds)."""
+        return ("CR", "DX")
+
+    @abstractmethod
+    def run(self, study: StudyInput, targets: Sequence[Target] | None) -> PipelineResult:
+        """Assess the study. ``targets`` is None for a first-stage pipeline (every hip), or
+        the hips a cascade condition selected (possibly empty: then report nothing)."""
+
+    def empty_result(self) -> PipelineResult:
+        """A result with no findings (e.g. a cascade with no qualifying hip)."""
+        return PipelineResult(self.name, self.kind, self.vocabulary(), self.model_info())

@@ -1,0 +1,81 @@
+"""Run a study's pipelines in cascade order: decode once, every pipeline, all findings.
+
+The study is decoded and split into hip crops once (`StudyInput`); each pipeline runs in
+the order `registry.resolve_order` gives. A cascade stage runs only on the hips whose
+upstream finding its ``runs_on`` condition admits; a hip that matches nothing gets no
+finding from it (and the report says nothing about it), and the skip is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from hiprouter.config import RunsOn
+from hiprouter.findings import Finding, PipelineResult, StudyFindings
+from hiprouter.inference.study import StudyImage, StudyInput
+from hiprouter.pipelines.base import PipelineKind, Target
+from hiprouter.pipelines.registry import PipelineSet, runs_on
+
+
+def admits(condition: RunsOn, finding: Finding) -> bool:
+    """Whether the upstream finding of a hip lets a cascade stage run on it."""
+    c = finding.classification
+    if c is None or c.status == "not_assessed":
+        return False
+    if c.status == "indeterminate" and not condition.include_indeterminate:
+        return False
+    if c.probability < condition.min_probability:
+        return False
+    if condition.classes:
+        return c.predicted in condition.classes
+    return c.predicted not in condition.exclude
+
+
+def select_targets(condition: RunsOn, upstream: PipelineResult) -> tuple[list[Target], list[str]]:
+    """Hips a cascade stage runs on, and a line per hip it skips (for the audit)."""
+    targets, skipped = [], []
+    for f in upstream.findings:
+        if admits(condition, f):
+            targets.append(Target(f.laterality, list(f.source_sop_uids), f))
+        else:
+            c = f.classification
+            found = f"{c.predicted} ({c.status})" if c is not None else "no class"
+            skipped.append(f"{f.laterality} hip: {upstream.pipeline} found {found}; "
+                           f"runs on: {condition.describe()}")
+    return targets, skipped
+
+
+def run_pipelines(pipelines: Sequence[PipelineKind], conditions: dict[str, RunsOn | None],
+                  study: StudyInput) -> StudyFindings:
+    """Run `pipelines` (already in cascade order) on a decoded study."""
+    out = StudyFindings(study.study_uid)
+    done: dict[str, PipelineResult] = {}
+    for pipe in pipelines:
+        condition = conditions.get(pipe.name)
+        if condition is None:
+            result = pipe.run(study, None)
+        else:
+            targets, skipped = select_targets(condition, done[condition.pipeline])
+            result = pipe.run(study, targets) if targets else pipe.empty_result()
+            result.skipped.extend(skipped)
+        for uid, reason in study.refused.items():
+            result.not_assessed.setdefault(uid, reason)
+        done[pipe.name] = result
+        out.results.append(result)
+    return out
+
+
+def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: str,
+                  datasets: Sequence[Dataset]) -> tuple[StudyFindings, dict[str, StudyImage]]:
+    """Decode the study once and run the named pipelines in cascade order.
+
+    Returns the findings and the decoded images (for the report's overlays).
+    """
+    order = pipeline_set.order(names)
+    pipes = [pipeline_set.get(n) for n in order]
+    modalities = {m for p in pipes for m in p.modalities()}
+    study = StudyInput.from_datasets(study_uid, datasets, modalities)
+    conditions = {n: runs_on(n, pipeline_set.settings) for n in order}
+    return run_pipelines(pipes, conditions, study), study.images
