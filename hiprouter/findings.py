@@ -59,6 +59,8 @@ class Unit:
 NO_UNITS = Unit("1", "no units")
 HIP_JOINT = Code("24136001", "SCT", "Hip joint")
 FEMORAL_HEAD = Code("119189000", "SCT", "Femoral head")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical structure")
+PHYSICAL_OBJECT = Code("260787004", "SCT", "Physical object")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ class Mask:
     label: str
     """Segment label, e.g. "Right femoral head"."""
     property_type: Code = FEMORAL_HEAD
+    category: Code = ANATOMICAL_STRUCTURE
+    """Segmented property category (anatomical structure, physical object, ...)."""
 
 
 @dataclass

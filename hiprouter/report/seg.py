@@ -19,7 +19,6 @@ from hiprouter.report.sr import LATERALITY, algorithm_equipment_for, concept
 
 SEG_SERIES_NUMBER = 9904
 SEG_SERIES_DESCRIPTION = "AI SEGMENTATION - NOT FOR DIAGNOSTIC USE"
-ANATOMICAL_STRUCTURE = hd.sr.CodedConcept("91723000", "SCT", "Anatomical structure")
 SEGMENTATION_FAMILY = hd.sr.CodedConcept("123109", "DCM", "Segmentation")
 
 
@@ -46,7 +45,7 @@ def build_seg(source: Dataset, masks: Sequence[tuple[Mask, str, ModelInfo]], *,
         desc = hd.seg.SegmentDescription(
             segment_number=n,
             segment_label=mask.label[:64],
-            segmented_property_category=ANATOMICAL_STRUCTURE,
+            segmented_property_category=concept(mask.category),
             segmented_property_type=concept(mask.property_type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
