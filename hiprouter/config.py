@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hiprouter.router.rules import Condition
+from hiprouter.router.flow.rules import Condition
 
 DEFAULT_CONFIG_PATH = Path("config.yaml")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
@@ -130,7 +130,7 @@ class QueueConfig(_Strict):
 class Rule(_Strict):
     """A routing rule: a match expression over DICOM keywords and what to do on a match.
 
-    `match` is a tree of dicts, see hiprouter/router/rules.py for the grammar.
+    `match` is a tree of dicts, see hiprouter/router/flow/rules.py for the grammar.
     """
 
     name: str

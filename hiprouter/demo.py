@@ -150,7 +150,7 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     """Run the demo; returns 0 when every study's results reached the PACS."""
     if not verbose:  # the router's own log lines would drown the demo's output
         logs.configure("WARNING", base.logging.json_logs)
-    from hiprouter.router.worker import attach_to_node, routing_callback
+    from hiprouter.router.flow.worker import attach_to_node, routing_callback
     from hiprouter.service import Node
 
     workdir = workdir.resolve()

@@ -19,9 +19,9 @@ from hiprouter import __version__, audit
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
 from hiprouter.logs import get_logger
-from hiprouter.router.receive import StorageSCP, record_unrecorded_files
-from hiprouter.router.spool import Spool
-from hiprouter.router.studies import CompletionCallback, sweep_complete_studies
+from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_studies
+from hiprouter.router.net.receive import StorageSCP, record_unrecorded_files
+from hiprouter.router.net.spool import Spool
 
 log = get_logger(__name__)
 

@@ -15,7 +15,7 @@ from hiprouter.cli import Context, pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM node (SCP, study completion, workers) until SIGTERM/SIGINT."""
     from hiprouter.config import ConfigError
-    from hiprouter.router.worker import attach_to_node, routing_callback
+    from hiprouter.router.flow.worker import attach_to_node, routing_callback
     from hiprouter.service import serve as run
 
     try:
@@ -53,8 +53,8 @@ def status(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def echo(ctx: Context, target: str, timeout: float) -> None:
     """Send a C-ECHO to TARGET: a configured destination name or AE@HOST:PORT."""
-    from hiprouter.router.echo import echo as send_echo
-    from hiprouter.router.echo import parse_target
+    from hiprouter.router.net.echo import echo as send_echo
+    from hiprouter.router.net.echo import parse_target
 
     settings = ctx.settings
     try:

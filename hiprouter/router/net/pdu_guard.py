@@ -25,7 +25,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import RequestHandler
 
-from hiprouter.router.reactor import WakeableDUL, run_association_reactor
+from hiprouter.router.net.reactor import WakeableDUL, run_association_reactor
 
 # Longest A-ASSOCIATE-RQ/AC/RJ we read: 128 presentation contexts with many transfer
 # syntaxes each stay far below this.
@@ -229,7 +229,7 @@ def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
 
 def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:
     """A pynetdicom request handler whose associations use `GuardedDUL` and the
-    event-driven association loop of `hiprouter.router.reactor`."""
+    event-driven association loop of `hiprouter.router.net.reactor`."""
 
     class GuardedRequestHandler(RequestHandler):
         def handle(self) -> None:

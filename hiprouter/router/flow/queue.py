@@ -245,7 +245,7 @@ def replay_study(factory: sessionmaker[Session], settings: Settings, study_uid: 
     sends they produce are repeated even when sent before. A study that no rule matched
     (no jobs) is routed again with the current rules. Running jobs are left alone.
     """
-    from hiprouter.router.routing import route_study
+    from hiprouter.router.flow.routing import route_study
 
     with write_transaction(factory) as session:
         study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()

@@ -20,7 +20,7 @@ from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
+from hiprouter.router.flow import queue
 from hiprouter.schema import Inference, Instance, Job, Output, Send, SendAttempt, Study
 
 log = get_logger(__name__)

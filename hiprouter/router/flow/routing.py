@@ -17,8 +17,8 @@ from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
-from hiprouter.router.rules import Header, Route, plan_routes
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.rules import Header, Route, plan_routes
 from hiprouter.schema import Instance, Job, Study
 
 log = get_logger(__name__)

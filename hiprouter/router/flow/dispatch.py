@@ -28,8 +28,8 @@ from hiprouter import audit
 from hiprouter.config import Destination, Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
-from hiprouter.router.worker import owner_id
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.worker import owner_id
 from hiprouter.schema import Association, Send, SendAttempt
 
 log = get_logger(__name__)
@@ -224,7 +224,7 @@ def _no_delay(assoc: object) -> None:
 def _tls_args(dest: Destination) -> tuple[object, str | None] | None:
     if not dest.tls.enabled:
         return None
-    from hiprouter.router.tls import client_ssl_context
+    from hiprouter.router.net.tls import client_ssl_context
 
     return client_ssl_context(dest.tls), dest.host if dest.tls.check_hostname else None
 

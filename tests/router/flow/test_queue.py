@@ -18,15 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
-from hiprouter.router import queue
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.routing import route_study
+from hiprouter.router.flow.worker import enqueue_sends, run_job
 from hiprouter.router.pipelines import PipelineCache
-from hiprouter.router.routing import route_study
-from hiprouter.router.worker import enqueue_sends, run_job
 from hiprouter.schema import AuditEvent, Job, Send, Study
 from tests.router.dicomkit import add_study, make_study
 from tests.router.pacs import StoreSCP
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HIP_RULE = {"name": "hip", "match": {"tag": "BodyPartExamined", "in": ["HIP", "PELVIS"]},
             "forward_to": ["pacs"]}
 

@@ -28,7 +28,7 @@ from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
+from hiprouter.router.flow import queue
 from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
 from hiprouter.schema import Job, Send, Study
 
@@ -204,7 +204,7 @@ class Workers:
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session], count: int,
                  dispatch: bool = True) -> None:
-        from hiprouter.router.dispatch import Dispatcher
+        from hiprouter.router.flow.dispatch import Dispatcher
 
         check_pipelines(settings)
         _check_report_templates(settings)
@@ -237,7 +237,7 @@ class Workers:
 
 def routing_callback(settings: Settings) -> Callable[[Session, Study], None]:
     """The study-completion callback for `Node`: route the study in that transaction."""
-    from hiprouter.router.routing import route_study
+    from hiprouter.router.flow.routing import route_study
 
     def on_complete(session: Session, study: Study) -> None:
         route_study(session, settings, study)
@@ -247,7 +247,7 @@ def routing_callback(settings: Settings) -> Callable[[Session, Study], None]:
 
 def attach_to_node(node: Node) -> None:
     """Add `queue.workers` job workers, the dispatcher and the retention job to `serve`."""
-    from hiprouter.router.retention import sweep_retention
+    from hiprouter.router.flow.retention import sweep_retention
 
     settings = node.settings
     workers = Workers(settings, node.factory, settings.queue.workers)

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
-from hiprouter.router import queue
-from hiprouter.router.dispatch import Dispatcher, claim_sends, send_batch
-from hiprouter.router.worker import enqueue_sends
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.dispatch import Dispatcher, claim_sends, send_batch
+from hiprouter.router.flow.worker import enqueue_sends
 from hiprouter.schema import Instance, Send, SendAttempt
 from tests.conftest import free_port
 from tests.router.dicomkit import add_study, make_dataset, make_study, write_dataset
