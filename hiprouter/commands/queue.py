@@ -96,7 +96,7 @@ def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None,
 def retry(ctx: Context, study_uid: str | None) -> None:
     """Put dead jobs and dead sends back in the queue (workers pick them up)."""
     from hiprouter import db as dbmod
-    from hiprouter.router.flow.queue import retry_dead
+    from hiprouter.router.flow.ops import retry_dead
 
     engine = dbmod.make_engine(ctx.settings.database.url)
     try:
@@ -112,7 +112,7 @@ def retry(ctx: Context, study_uid: str | None) -> None:
 def replay(ctx: Context, study_uid: str) -> None:
     """Run STUDY_UID's pipelines again and send their results again."""
     from hiprouter import db as dbmod
-    from hiprouter.router.flow.queue import replay_study
+    from hiprouter.router.flow.ops import replay_study
 
     engine = dbmod.make_engine(ctx.settings.database.url)
     try:

@@ -28,8 +28,7 @@ from hiprouter import audit
 from hiprouter.config import Destination, Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router.flow import queue
-from hiprouter.router.flow.worker import owner_id
+from hiprouter.router.flow import queue, studies
 from hiprouter.schema import Association, Send, SendAttempt
 
 log = get_logger(__name__)
@@ -299,7 +298,7 @@ def _finish(factory: sessionmaker[Session], settings: Settings, destination: str
                          participants=parts,
                          objects={"study_uid": study_uid, "sop_instance_uids": uids})
         for study_uid in {i.send.study_uid for i in items}:
-            queue.settle_study(session, study_uid)
+            studies.settle_study(session, study_uid)
         failed = len(items) - len(sent)
         if failed:
             audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.MINOR_FAILURE,
@@ -332,7 +331,7 @@ class Dispatcher:
             t.join(timeout_s)
 
     def _loop(self, destination: str, slot: int) -> None:
-        owner = owner_id(f"send-{destination}-{slot}")
+        owner = queue.owner_id(f"send-{destination}-{slot}")
         poll = self.settings.queue.poll_interval_s
         while not self.stop.is_set():
             try:

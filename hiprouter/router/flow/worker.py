@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
 from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Settings
+from hiprouter.config import ConfigError, RetryConfig, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router.flow import queue
+from hiprouter.router.flow import queue, studies
 from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
 from hiprouter.schema import Job, Send, Study
 
@@ -38,11 +38,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 PIPELINE_JOB = audit.Code("HIP006", "Pipeline Job")
-
-
-def owner_id(tag: str) -> str:
-    """A lease owner name unique across hosts, processes and threads."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{tag}"
 
 
 def object_uids(paths: Sequence[Path]) -> list[tuple[Path, str, str]]:
@@ -111,7 +106,7 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
             queue.complete(session, job.id, owner)
             queued = enqueue_sends(session, job, paths, objects)
             session.flush()
-            queue.settle_study(session, job.study_uid)
+            studies.settle_study(session, job.study_uid)
             audit.record(
                 session, PIPELINE_JOB, "E", audit.SUCCESS,
                 description=f"{job.pipeline} attempt {job.attempts}: {len(paths)} objects, "
@@ -129,7 +124,7 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         bound.error("job failed", error=error, trace=traceback.format_exc(limit=5))
-        state = queue.fail(factory, job.id, owner, error, settings.queue.retry)
+        state = _fail(factory, job, owner, error, settings.queue.retry)
         _audit_failure(factory, settings, job, owner, error, state)
         return state or "lost"
     finally:
@@ -137,6 +132,17 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         beat.join()
         if ctx is not None and ctx.output_dir.exists() and not any(ctx.output_dir.iterdir()):
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
+
+
+def _fail(factory: sessionmaker[Session], job: Job, owner: str, error: str,
+          retry: RetryConfig) -> str | None:
+    """Record the failed attempt; a job that is now dead may settle its study."""
+    with write_transaction(factory) as session:
+        state = queue.fail(session, job.id, owner, error, retry)
+        if state == queue.DEAD:
+            session.flush()
+            studies.settle_study(session, job.study_uid)
+        return state
 
 
 def _audit_failure(factory: sessionmaker[Session], settings: Settings, job: Job, owner: str,
@@ -173,7 +179,7 @@ class JobWorker(threading.Thread):
         super().__init__(name=f"job-worker-{index}", daemon=True)
         self.factory, self.settings, self.pipelines, self.stop = (
             factory, settings, pipelines, stop)
-        self.owner = owner_id(f"w{index}")
+        self.owner = queue.owner_id(f"w{index}")
 
     def run(self) -> None:
         q = self.settings.queue
