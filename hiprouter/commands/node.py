@@ -15,11 +15,10 @@ from hiprouter.cli import Context, pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM node (SCP, study completion, workers) until SIGTERM/SIGINT."""
     from hiprouter.config import ConfigError
-    from hiprouter.router.flow.worker import attach_to_node, routing_callback
     from hiprouter.service import serve as run
 
     try:
-        run(ctx.settings, on_complete=routing_callback(ctx.settings), configure=attach_to_node)
+        run(ctx.settings)
     except ConfigError as exc:  # TLS files, pipeline kinds and plugins are checked here
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -19,11 +19,11 @@ from hiprouter.cli import Context, pass_ctx
 def worker(ctx: Context, count: int | None, dispatch: bool) -> None:
     """Run job workers (and the dispatcher) only, next to `serve`, until SIGTERM."""
     from hiprouter.config import ConfigError
-    from hiprouter.router.flow.worker import run_worker_process
+    from hiprouter.service import run_workers
 
     settings = ctx.settings
     try:
-        run_worker_process(settings, count or max(settings.queue.workers, 1), dispatch)
+        run_workers(settings, count or max(settings.queue.workers, 1), dispatch)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
