@@ -1,8 +1,10 @@
 """The import graph of hiprouter/ has no cycles and its arrows run one way.
 
 Every `import` and `from ... import` in hiprouter/ counts, at module level or inside a
-function (a lazy import is still a dependency); `importlib.import_module` of plugin and
-command modules by name does not. The layers, lowest first; a module may import modules of
+function (a lazy import is still a dependency), and so does the CLI's import of every
+command module (`cli._register`). Pipeline kinds imported by name (`plugins:` and the
+built-in kinds in `router.pipelines`) do not: a kind imports the registry to register
+itself, like an entry point. The layers, lowest first; a module may import modules of
 its own layer or of a lower one, never of a higher one:
 
     foundation        hiprouter (package), config, schema, db, audit, logs, and
@@ -48,6 +50,8 @@ NET_FLOW_EDGES = {
     ("hiprouter.router.flow.dispatch", "hiprouter.router.net.tls"),
 }
 QUEUE_MAY_IMPORT = {"hiprouter.config", "hiprouter.db", "hiprouter.logs", "hiprouter.schema"}
+DYNAMIC_IMPORTS = {"hiprouter.cli": "hiprouter.commands"}
+"""module -> package whose every module it imports with importlib."""
 OFFLINE = ("hiprouter.synth", "hiprouter.training")
 OFFLINE_USERS = ("hiprouter.demo", "hiprouter.commands", *OFFLINE)
 
@@ -81,6 +85,8 @@ def _imports(module: str) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in _modules() else base)
+    if module in DYNAMIC_IMPORTS:
+        found.update(m for m in _modules() if _within(m, DYNAMIC_IMPORTS[module]))
     return {name for name in found if name in _modules() and name != module}
 
 
@@ -138,6 +144,7 @@ def test_the_graph_sees_the_imports_it_should() -> None:
     assert "hiprouter.router.flow.studies" in graph["hiprouter.router.net.receive"]
     assert "hiprouter.report.text" in graph["hiprouter.service"]  # function-level import
     assert "hiprouter.router.flow.rules" in graph["hiprouter.config"]
+    assert "hiprouter.commands.node" in graph["hiprouter.cli"]  # importlib, by name
 
 
 def test_no_import_cycles() -> None:
