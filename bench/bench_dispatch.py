@@ -29,9 +29,9 @@ from sqlalchemy import func, select  # noqa: E402
 
 from hiprouter import db  # noqa: E402
 from hiprouter.config import Settings  # noqa: E402
-from hiprouter.router import queue  # noqa: E402
-from hiprouter.router.dispatch import Dispatcher  # noqa: E402
-from hiprouter.router.worker import enqueue_sends  # noqa: E402
+from hiprouter.router.flow import queue  # noqa: E402
+from hiprouter.router.flow.dispatch import Dispatcher  # noqa: E402
+from hiprouter.router.flow.worker import enqueue_sends  # noqa: E402
 from hiprouter.schema import Instance, Job, Send  # noqa: E402
 from tests.router.conftest import make_cr_files  # noqa: E402
 from tests.router.dicomkit import add_study  # noqa: E402

@@ -2,40 +2,16 @@
 
 Sub-commands live next to the code they drive (hiprouter/commands/*.py) and import
 their heavy dependencies (torch, pynetdicom) lazily so `hiprouter status` stays fast.
+They get the shared `Context` from `hiprouter.commands`, never from here, so importing a
+command module first does not import itself again through `_register`.
 """
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from hiprouter import __version__
-from hiprouter.config import ConfigError, Settings, load_settings
-
-
-class Context:
-    """Lazily loaded settings shared by all sub-commands."""
-
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            try:
-                self._settings = load_settings(self.config_path)
-            except ConfigError as exc:
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(2)
-            from hiprouter import logs
-
-            logs.configure(self._settings.logging.level, self._settings.logging.json_logs)
-        return self._settings
-
-
-pass_ctx = click.make_pass_decorator(Context)
+from hiprouter.commands import Context, pass_ctx
 
 
 @click.group()
@@ -74,7 +50,7 @@ def _register() -> None:
     import importlib
     import pkgutil
 
-    import hiprouter.commands as pkg
+    import hiprouter.commands as pkg  # each module's register() adds its commands
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         module = importlib.import_module(f"hiprouter.commands.{mod.name}")

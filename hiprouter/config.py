@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from hiprouter.router.rules import Condition
+from hiprouter.router.flow.rules import Rule
 
 DEFAULT_CONFIG_PATH = Path("config.yaml")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash
@@ -125,22 +125,6 @@ class QueueConfig(_Strict):
     send_batch: int = Field(100, ge=1, le=10000)
     """Most sends to one destination in one association."""
     retry: RetryConfig = RetryConfig()
-
-
-class Rule(_Strict):
-    """A routing rule: a match expression over DICOM keywords and what to do on a match.
-
-    `match` is a tree of dicts, see hiprouter/router/rules.py for the grammar.
-    """
-
-    name: str
-    level: Literal["series", "study"] = "series"
-    match: Condition | None = None
-    """None matches every series (useful for a fallback rule)."""
-    pipelines: list[str] = []
-    send_to: list[str] = []
-    forward_to: list[str] = []
-    fallback: bool = False
 
 
 class TriageRule(_Strict):

@@ -150,8 +150,7 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     """Run the demo; returns 0 when every study's results reached the PACS."""
     if not verbose:  # the router's own log lines would drown the demo's output
         logs.configure("WARNING", base.logging.json_logs)
-    from hiprouter.router.worker import attach_to_node, routing_callback
-    from hiprouter.service import Node
+    from hiprouter.service import build_node
 
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +161,7 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     pacs = LocalPACS(workdir / "pacs").start()
     settings = demo_settings(base, workdir, pacs, free_port())
     dbmod.upgrade(settings.database.url)
-    node = Node(settings, on_complete=routing_callback(settings))
-    attach_to_node(node)
+    node = build_node(settings)
     node.start()
     console.print(f"router {settings.node.ae_title}@127.0.0.1:{settings.node.port} -> "
                   f"PACS {pacs.ae_title}@127.0.0.1:{pacs.port} ({pacs.folder})")

@@ -1,27 +1,45 @@
-"""The running node: database, spool, DICOM SCP and scheduler, started and stopped together.
+"""The composition root: how `hiprouter serve` and `hiprouter worker` are put together.
 
-Other stages plug in with small additions: pass `on_complete` (routing) to `Node`, append
-callables to `Node.start_hooks` / `Node.stop_hooks` (workers), or call `Node.add_interval_job`
-before `start()` (retention, more sweeps).
+`serve` runs a `Node` (database, spool, DICOM SCP, scheduler with the study-completion
+sweep) whose completed studies are routed in the completing transaction
+(`routing_callback`), with job workers, the dispatcher and the retention sweep attached
+(`attach_workers`). `worker` runs only `Workers` (job workers and, unless told otherwise,
+the dispatcher) against the same database, for scale-out. Both run until SIGTERM or SIGINT
+and then stop gracefully. The stages themselves know nothing of each other beyond the
+database; only this module wires them together.
+
+A Node takes more with small additions: `on_complete`, callables appended to
+`Node.start_hooks` / `Node.stop_hooks`, or `Node.add_interval_job` before `start()`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import __version__, audit
 from hiprouter import db as dbmod
-from hiprouter.config import Settings
+from hiprouter.config import ConfigError, Settings
 from hiprouter.logs import get_logger
-from hiprouter.router.receive import StorageSCP, record_unrecorded_files
-from hiprouter.router.spool import Spool
-from hiprouter.router.studies import CompletionCallback, sweep_complete_studies
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.dispatch import Dispatcher
+from hiprouter.router.flow.retention import sweep_retention
+from hiprouter.router.flow.routing import route_study
+from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_studies
+from hiprouter.router.flow.worker import JobWorker
+from hiprouter.router.net.receive import StorageSCP, record_unrecorded_files
+from hiprouter.router.net.spool import Spool
+from hiprouter.router.pipelines import PipelineCache, check_pipelines
+from hiprouter.schema import Study
 
 log = get_logger(__name__)
 
@@ -108,32 +126,132 @@ class Node:
             log.error("cannot record application activity", error=str(exc))
 
 
-def serve(settings: Settings, on_complete: CompletionCallback | None = None,
-          configure: Hook | None = None) -> None:
-    """Upgrade the database, run the node until SIGTERM/SIGINT, then stop gracefully.
+def _check_report_templates(settings: Settings) -> None:
+    """Fail at start-up, not on the first job, when a site's SR templates are broken."""
+    from hiprouter.report.text import TemplateError, check_templates
 
-    `configure(node)` runs before start (to add hooks and jobs).
+    try:
+        check_templates(settings)
+    except TemplateError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+class Workers:
+    """Job worker threads plus the dispatcher, started and stopped together."""
+
+    def __init__(self, settings: Settings, factory: sessionmaker[Session], count: int,
+                 dispatch: bool = True) -> None:
+        check_pipelines(settings)
+        _check_report_templates(settings)
+        self.factory = factory
+        self.stop_event = threading.Event()
+        pipelines = PipelineCache(settings)
+        self.threads: list[threading.Thread] = [
+            JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
+        ]
+        self.dispatcher = Dispatcher(settings, factory, self.stop_event) if dispatch else None
+
+    def start(self) -> None:
+        queue.expire_orphaned_leases(self.factory, socket.gethostname()[:60])
+        for t in self.threads:
+            t.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+        log.info("workers started", job_workers=len(self.threads),
+                 dispatch=self.dispatcher is not None)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Finish the jobs and sends in hand, then return."""
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout_s)
+        if self.dispatcher is not None:
+            self.dispatcher.join(timeout_s)
+        log.info("workers stopped")
+
+
+def routing_callback(settings: Settings) -> CompletionCallback:
+    """The study-completion callback for `Node`: route the study in that transaction."""
+
+    def on_complete(session: Session, study: Study) -> None:
+        route_study(session, settings, study)
+
+    return on_complete
+
+
+def attach_workers(node: Node) -> None:
+    """Add `queue.workers` job workers, the dispatcher and the retention job to a node."""
+    settings = node.settings
+    workers = Workers(settings, node.factory, settings.queue.workers)
+    node.start_hooks.append(lambda _node: workers.start())
+    node.stop_hooks.append(lambda _node: workers.stop())
+
+    def retention() -> None:
+        try:
+            sweep_retention(node.factory, settings)
+        except Exception as exc:
+            log.error("retention sweep failed", error=str(exc))
+
+    node.add_interval_job(retention, settings.storage.retention_check_s, "retention")
+
+
+def build_node(settings: Settings) -> Node:
+    """The node `serve` runs: routing on study completion, workers, dispatcher, retention.
+
+    Raises ConfigError when a pipeline kind, plugin or SR template is not usable.
     """
-    dbmod.upgrade(settings.database.url)
-    node = Node(settings, on_complete=on_complete)
-    if configure is not None:
-        configure(node)
-    stop = threading.Event()
+    node = Node(settings, on_complete=routing_callback(settings))
+    attach_workers(node)
+    return node
+
+
+@contextlib.contextmanager
+def _stop_on_signal(stop: threading.Event, message: str) -> Iterator[None]:
+    """Set `stop` on SIGTERM or SIGINT while the block runs; restore the old handlers."""
 
     def _signal(signum: int, _frame: Any) -> None:
-        log.info("signal received, stopping", signal=signal.Signals(signum).name)
+        log.info(message, signal=signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, _signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            node.start()
-        except OSError as exc:
-            node_cfg = settings.node
-            log.error("cannot listen", host=node_cfg.host, port=node_cfg.port, error=str(exc))
-            raise SystemExit(1) from exc
-        stop.wait()
+        yield
     finally:
-        node.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def serve(settings: Settings) -> None:
+    """`hiprouter serve`: upgrade the database, run the node until SIGTERM/SIGINT, then
+    stop gracefully."""
+    dbmod.upgrade(settings.database.url)
+    node = build_node(settings)
+    stop = threading.Event()
+    with _stop_on_signal(stop, "signal received, stopping"):
+        try:
+            try:
+                node.start()
+            except OSError as exc:
+                node_cfg = settings.node
+                log.error("cannot listen", host=node_cfg.host, port=node_cfg.port,
+                          error=str(exc))
+                raise SystemExit(1) from exc
+            stop.wait()
+        finally:
+            node.stop()
+
+
+def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
+    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
+    engine = dbmod.make_engine(settings.database.url)
+    factory = dbmod.session_factory(engine)
+    workers = Workers(settings, factory, count, dispatch)
+    done = threading.Event()
+    with _stop_on_signal(done, "signal received, stopping workers"):
+        try:
+            workers.start()
+            log.info("worker process ready", pid=os.getpid())
+            done.wait()
+        finally:
+            workers.stop()
+            engine.dispose()

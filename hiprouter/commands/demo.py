@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hiprouter.cli import Context, pass_ctx
+from hiprouter.commands import Context, pass_ctx
 
 
 @click.command()

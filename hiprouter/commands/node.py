@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hiprouter.cli import Context, pass_ctx
+from hiprouter.commands import Context, pass_ctx
 
 
 @click.command()
@@ -15,11 +15,10 @@ from hiprouter.cli import Context, pass_ctx
 def serve(ctx: Context) -> None:
     """Run the DICOM node (SCP, study completion, workers) until SIGTERM/SIGINT."""
     from hiprouter.config import ConfigError
-    from hiprouter.router.worker import attach_to_node, routing_callback
     from hiprouter.service import serve as run
 
     try:
-        run(ctx.settings, on_complete=routing_callback(ctx.settings), configure=attach_to_node)
+        run(ctx.settings)
     except ConfigError as exc:  # TLS files, pipeline kinds and plugins are checked here
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -53,8 +52,8 @@ def status(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def echo(ctx: Context, target: str, timeout: float) -> None:
     """Send a C-ECHO to TARGET: a configured destination name or AE@HOST:PORT."""
-    from hiprouter.router.echo import echo as send_echo
-    from hiprouter.router.echo import parse_target
+    from hiprouter.router.net.echo import echo as send_echo
+    from hiprouter.router.net.echo import parse_target
 
     settings = ctx.settings
     try:

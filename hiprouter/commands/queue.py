@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hiprouter.cli import Context, pass_ctx
+from hiprouter.commands import Context, pass_ctx
 
 
 @click.command()
@@ -19,11 +19,11 @@ from hiprouter.cli import Context, pass_ctx
 def worker(ctx: Context, count: int | None, dispatch: bool) -> None:
     """Run job workers (and the dispatcher) only, next to `serve`, until SIGTERM."""
     from hiprouter.config import ConfigError
-    from hiprouter.router.worker import run_worker_process
+    from hiprouter.service import run_workers
 
     settings = ctx.settings
     try:
-        run_worker_process(settings, count or max(settings.queue.workers, 1), dispatch)
+        run_workers(settings, count or max(settings.queue.workers, 1), dispatch)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -55,8 +55,8 @@ def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None,
     from rich.table import Table
     from rich.text import Text
 
-    from hiprouter.router.routing import read_header
-    from hiprouter.router.rules import first_matching, rule_decision
+    from hiprouter.router.flow.routing import read_header
+    from hiprouter.router.flow.rules import first_matching, rule_decision
 
     settings = ctx.settings
     rows: list[dict[str, str | None]] = []
@@ -96,7 +96,7 @@ def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None,
 def retry(ctx: Context, study_uid: str | None) -> None:
     """Put dead jobs and dead sends back in the queue (workers pick them up)."""
     from hiprouter import db as dbmod
-    from hiprouter.router.queue import retry_dead
+    from hiprouter.router.flow.ops import retry_dead
 
     engine = dbmod.make_engine(ctx.settings.database.url)
     try:
@@ -112,7 +112,7 @@ def retry(ctx: Context, study_uid: str | None) -> None:
 def replay(ctx: Context, study_uid: str) -> None:
     """Run STUDY_UID's pipelines again and send their results again."""
     from hiprouter import db as dbmod
-    from hiprouter.router.queue import replay_study
+    from hiprouter.router.flow.ops import replay_study
 
     engine = dbmod.make_engine(ctx.settings.database.url)
     try:

@@ -32,10 +32,10 @@ from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow
 from hiprouter.logs import get_logger
-from hiprouter.router.pdu_guard import Limits, guarded_request_handler
-from hiprouter.router.spool import Spool, SpooledFile
-from hiprouter.router.studies import note_instance
-from hiprouter.router.tls import refusal_auditor, server_ssl_context
+from hiprouter.router.flow.studies import note_instance
+from hiprouter.router.net.pdu_guard import Limits, guarded_request_handler
+from hiprouter.router.net.spool import Spool, SpooledFile
+from hiprouter.router.net.tls import refusal_auditor, server_ssl_context
 from hiprouter.schema import Association, Instance
 
 log = get_logger(__name__)

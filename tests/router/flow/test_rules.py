@@ -10,10 +10,10 @@ import yaml
 from pydicom import dcmread
 
 from hiprouter.config import ConfigError, Rule, Settings, load_settings
-from hiprouter.router.rules import Header, evaluate, first_matching, plan_routes
+from hiprouter.router.flow.rules import Header, evaluate, first_matching, plan_routes
 from tests.router.dicomkit import make_dataset, write_dataset
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def rule(match: dict | None, name: str = "r", **kw: object) -> Rule:
@@ -296,7 +296,7 @@ def test_every_corpus_header_is_evaluated_without_error(
     default_settings: Settings, shared_data: Path
 ) -> None:
     """Malformed headers (bad VRs, truncated files, odd character sets) never raise."""
-    from hiprouter.router.routing import read_header
+    from hiprouter.router.flow.routing import read_header
 
     every_tag = rule({"any": [{"tag": k, "regex": "."} for k in (
         "StudyDescription", "SeriesDescription", "ProtocolName", "BodyPartExamined",

@@ -28,8 +28,7 @@ from hiprouter import audit
 from hiprouter.config import Destination, Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
-from hiprouter.router.worker import owner_id
+from hiprouter.router.flow import queue, studies
 from hiprouter.schema import Association, Send, SendAttempt
 
 log = get_logger(__name__)
@@ -224,7 +223,7 @@ def _no_delay(assoc: object) -> None:
 def _tls_args(dest: Destination) -> tuple[object, str | None] | None:
     if not dest.tls.enabled:
         return None
-    from hiprouter.router.tls import client_ssl_context
+    from hiprouter.router.net.tls import client_ssl_context
 
     return client_ssl_context(dest.tls), dest.host if dest.tls.check_hostname else None
 
@@ -299,7 +298,7 @@ def _finish(factory: sessionmaker[Session], settings: Settings, destination: str
                          participants=parts,
                          objects={"study_uid": study_uid, "sop_instance_uids": uids})
         for study_uid in {i.send.study_uid for i in items}:
-            queue.settle_study(session, study_uid)
+            studies.settle_study(session, study_uid)
         failed = len(items) - len(sent)
         if failed:
             audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.MINOR_FAILURE,
@@ -332,7 +331,7 @@ class Dispatcher:
             t.join(timeout_s)
 
     def _loop(self, destination: str, slot: int) -> None:
-        owner = owner_id(f"send-{destination}-{slot}")
+        owner = queue.owner_id(f"send-{destination}-{slot}")
         poll = self.settings.queue.poll_interval_s
         while not self.stop.is_set():
             try:

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
-from hiprouter.router import queue
-from hiprouter.router.retention import sweep_retention
-from hiprouter.router.worker import enqueue_sends
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.retention import sweep_retention
+from hiprouter.router.flow.worker import enqueue_sends
 from hiprouter.schema import AuditEvent, Instance, Job, Send, SendAttempt, Study
 from tests.router.conftest import RouterProcess, make_cr_files, storescu
 from tests.router.dicomkit import add_study, make_study

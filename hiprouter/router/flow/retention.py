@@ -20,12 +20,12 @@ from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
+from hiprouter.router.flow import queue, studies
 from hiprouter.schema import Inference, Instance, Job, Output, Send, SendAttempt, Study
 
 log = get_logger(__name__)
 
-ACTIVE_STUDY_STATES = ("receiving", "complete")
+ACTIVE_STUDY_STATES = (studies.RECEIVING, studies.COMPLETE)
 
 
 def sweep_retention(factory: sessionmaker[Session], settings: Settings) -> int:

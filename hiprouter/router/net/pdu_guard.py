@@ -16,16 +16,15 @@ import socket
 import struct
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import RequestHandler
 
-from hiprouter.router.reactor import WakeableDUL, run_association_reactor
+from hiprouter.router.net import pynetdicom_compat as compat
+from hiprouter.router.net.pynetdicom_compat import EVT_INVALID_PDU, EVT_TRANSPORT_CLOSED
+from hiprouter.router.net.reactor import WakeableDUL, run_association_reactor
 
 # Longest A-ASSOCIATE-RQ/AC/RJ we read: 128 presentation contexts with many transfer
 # syntaxes each stay far below this.
@@ -91,9 +90,10 @@ class GuardedDUL(WakeableDUL):
         return MAX_SMALL_PDU
 
     def _read_pdu_data(self) -> None:
-        sock = self.socket.socket if self.socket is not None else None
+        """Replaces pynetdicom's (see pynetdicom_compat): bounded, one `recv_into`."""
+        sock = self.raw_socket()
         if sock is None:
-            self.event_queue.put("Evt17")
+            self.queue_event(EVT_TRANSPORT_CLOSED)
             return
         header = bytearray(6)
         try:
@@ -105,7 +105,7 @@ class GuardedDUL(WakeableDUL):
             return
         pdu_type, _, length = _HEADER.unpack(header)
         if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            self.event_queue.put("Evt19")
+            self.queue_event(EVT_INVALID_PDU)
             return
         limit = self._limit_for(pdu_type)
         if length > limit:
@@ -128,13 +128,7 @@ class GuardedDUL(WakeableDUL):
                 pdu_bytes = header + bounded
         elif pdu_type == 0x01:
             self._request_read = True
-        try:
-            pdu, event = self._decode_pdu(pdu_bytes)
-        except Exception:
-            self.event_queue.put("Evt19")
-            return
-        self.event_queue.put(event)
-        self._recv_pdu.put(pdu)
+        self.deliver_pdu(pdu_bytes)
 
     def _bound_pdata(self, view: memoryview) -> bytes | bool | None:
         """Count data-set bytes per message; drop fragments beyond the limit.
@@ -147,7 +141,7 @@ class GuardedDUL(WakeableDUL):
         while offset + 6 <= len(view):
             item_len, context_id, control = _PDV_HEADER.unpack_from(view, offset)
             if item_len < 2 or offset + 4 + item_len > len(view):
-                self.event_queue.put("Evt19")
+                self.queue_event(EVT_INVALID_PDU)
                 return None
             data = view[offset + 6 : offset + 4 + item_len]
             offset += 4 + item_len
@@ -180,33 +174,17 @@ class GuardedDUL(WakeableDUL):
         pynetdicom's acceptor otherwise waits the whole ACSE timeout for a request that
         can no longer come, holding a connection slot.
         """
-        self.event_queue.put("Evt17")
+        self.queue_event(EVT_TRANSPORT_CLOSED)
         if not self._request_read:
-            self._abandon(0x00)
-
-    def _abandon(self, provider_reason: int) -> None:
-        """Tell the association (via an A-P-ABORT) that it is over, and stop this DUL."""
-        self.assoc.is_aborted = True
-        self.assoc.is_established = False
-        primitive = A_P_ABORT()
-        primitive.provider_reason = provider_reason
-        self.to_user_queue.put(primitive)
-        self.kill_dul()
+            self.abandon(0x00)
 
     def _refuse(self, reason: str) -> None:
         """Abort the association without reading the offending PDU."""
         hook = self.limits.on_violation
         if hook is not None:
             hook(self.assoc, reason)
-        abort = A_ABORT_RQ()
-        abort.source = 0x02
-        abort.reason_diagnostic = 0x06  # invalid PDU parameter value
-        try:
-            self.socket.send(abort.encode())
-        except Exception:  # the peer may be gone already
-            pass
-        self.socket.close()
-        self._abandon(0x06)
+        self.abort_and_close(0x06)  # invalid PDU parameter value
+        self.abandon(0x06)
 
 
 def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
@@ -229,9 +207,9 @@ def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
 
 def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:
     """A pynetdicom request handler whose associations use `GuardedDUL` and the
-    event-driven association loop of `hiprouter.router.reactor`."""
+    event-driven association loop of `hiprouter.router.net.reactor`."""
 
-    class GuardedRequestHandler(RequestHandler):
+    class GuardedRequestHandler(compat.AcceptorRequestHandler):
         def handle(self) -> None:
             if not limits.take_slot():
                 if limits.on_violation is not None:
@@ -248,33 +226,17 @@ def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[Req
                 limits.free_slot()
                 raise
 
-        def _create_association(self) -> Any:
-            sock = self.request
+        def prepare_socket(self, sock: Any) -> None:
             if isinstance(sock, socket.socket):
                 sock.settimeout(timeout_s)
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            assoc = super()._create_association()
-            dul = GuardedDUL(assoc, limits)
-            dul.socket = assoc.dul.socket
-            # The socket already queued Evt5 (connection indication) on the old DUL.
-            dul.event_queue = assoc.dul.event_queue
-            assoc.dul = dul
-            # The timeout setters configure the DUL's timers: apply them to the new one.
-            assoc.acse_timeout = assoc.acse_timeout
-            assoc.network_timeout = assoc.network_timeout
-            run = assoc.run
 
-            def run_then_free_slot() -> None:
-                try:
-                    run()
-                finally:
-                    limits.free_slot()
-
-            assoc.run = run_then_free_slot
-            assoc._run_reactor = types.MethodType(run_association_reactor, assoc)
-            return assoc
+        def adapt_association(self, assoc: Any) -> None:
+            compat.replace_dul(assoc, GuardedDUL(assoc, limits))
+            compat.call_after_run(assoc, limits.free_slot)
+            compat.replace_reactor(assoc, run_association_reactor)
 
     return GuardedRequestHandler

@@ -15,15 +15,13 @@ from sqlalchemy.orm import Session
 
 from hiprouter import audit
 from hiprouter.config import Settings
-from hiprouter.db import utcnow
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
-from hiprouter.router.rules import Header, Route, plan_routes
+from hiprouter.router.flow import queue, studies
+from hiprouter.router.flow.rules import Header, Route, plan_routes
 from hiprouter.schema import Instance, Job, Study
 
 log = get_logger(__name__)
 
-ROUTED, IGNORED = "routed", "ignored"
 FORWARD = "forward"
 
 
@@ -56,8 +54,9 @@ def series_headers(session: Session, study_uid: str) -> dict[str, Header]:
 def route_study(session: Session, settings: Settings, study: Study) -> list[Job]:
     """Apply the rules to a study and queue its jobs in the caller's transaction.
 
-    Sets `study.state` to `routed` (jobs queued) or `ignored` (no rule matched, or the
-    matching rule asks for nothing) and records a routing audit event either way.
+    Marks the study `routed` (jobs queued) or `ignored` (no rule matched, or the matching
+    rule asks for nothing; see `studies.mark_routed`) and records a routing audit event
+    either way.
     """
     existing = session.scalars(
         select(Job).where(Job.study_uid == study.study_uid, Job.episode == study.episode)
@@ -68,8 +67,7 @@ def route_study(session: Session, settings: Settings, study: Study) -> list[Job]
     routes = plan_routes(settings.rules, settings.rule_mode,
                          series_headers(session, study.study_uid))
     jobs = [job for route in routes for job in _enqueue_route(session, study, route)]
-    study.state = ROUTED if jobs else IGNORED
-    study.routed_at = utcnow()
+    studies.mark_routed(study, jobs)
     _audit(session, study, routes, jobs)
     log.info("study routed", study_uid=study.study_uid, episode=study.episode,
              rules=[r.rule.name for r in routes], jobs=len(jobs), state=study.state)

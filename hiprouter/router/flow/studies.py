@@ -1,30 +1,39 @@
-"""Study bookkeeping: which studies are still receiving, and when a study is complete.
+"""Study bookkeeping: every change of `Study.state` happens here.
 
-A study is complete after `studies.complete_after_s` seconds without a new instance. The
-state lives in the `studies` table, so a restart neither forgets a study nor completes it
-twice: the sweep flips `receiving -> complete` and runs the completion callback in the
+    receiving --(idle for studies.complete_after_s: sweep)--> complete
+    complete  --(routing: jobs queued / none)---------------> routed | ignored
+    routed    --(all its jobs and sends finished: settle)---> done | failed (something dead)
+    done, failed --(operator retry or replay queues work)---> routed
+    any state --(a new instance: next episode)--------------> receiving
+
+The state lives in the `studies` table, so a restart neither forgets a study nor completes
+it twice: the sweep flips `receiving -> complete` and runs the completion callback in the
 same transaction. A study that receives instances after completion starts a new episode.
+Other modules call the functions below; none of them assigns `Study.state` itself.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, select
+from sqlalchemy import Connection, bindparam, case, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter.config import Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.schema import Study
+from hiprouter.router.flow import queue
+from hiprouter.schema import Job, Send, Study
 
 log = get_logger(__name__)
 
 RECEIVING = "receiving"
 COMPLETE = "complete"
+ROUTED, IGNORED = "routed", "ignored"
+DONE, FAILED = "done", "failed"
 
 CompletionCallback = Callable[[Session, Study], None]
 
@@ -122,3 +131,37 @@ def _complete_one(
             episode=study.episode,
         )
         return True
+
+
+def mark_routed(study: Study, jobs: Sequence[Job]) -> str:
+    """After routing: `routed` when jobs were queued, `ignored` when none (no rule matched,
+    or the matching rule asks for nothing); returns the new state."""
+    study.state = ROUTED if jobs else IGNORED
+    study.routed_at = utcnow()
+    return study.state
+
+
+def settle_study(session: Session, study_uid: str) -> str | None:
+    """When a routed study has no unfinished jobs or sends left, mark it `done` (or
+    `failed` when something is dead); returns the new state, or None if unchanged."""
+    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+    if study is None or study.state != ROUTED or queue.unfinished_work(session, study_uid):
+        return None
+    dead = session.scalar(select(func.count()).select_from(Job).where(
+        Job.study_uid == study_uid, Job.state == queue.DEAD)) or session.scalar(
+        select(func.count()).select_from(Send).where(
+            Send.study_uid == study_uid, Send.state == queue.DEAD))
+    study.state = FAILED if dead else DONE
+    return study.state
+
+
+def reopen_studies(session: Session, study_uid: str | None) -> None:
+    """Studies (one, or all) that have queued work again are `routed` again (not done or
+    failed), in the caller's transaction."""
+    busy = select(Job.study_uid).where(Job.state.in_(queue.UNFINISHED)).union(
+        select(Send.study_uid).where(Send.state.in_(queue.UNFINISHED)))
+    query = update(Study).where(Study.state.in_((DONE, FAILED)),
+                                Study.study_uid.in_(busy))
+    if study_uid:
+        query = query.where(Study.study_uid == study_uid)
+    session.execute(query.values(state=ROUTED).execution_options(synchronize_session=False))

@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 
 from hiprouter import db
 from hiprouter.config import ConfigError, Settings, TLSConfig
-from hiprouter.router import queue
-from hiprouter.router.dispatch import claim_sends, send_batch
-from hiprouter.router.tls import client_ssl_context, server_ssl_context
-from hiprouter.router.worker import enqueue_sends
+from hiprouter.router.flow import queue
+from hiprouter.router.flow.dispatch import claim_sends, send_batch
+from hiprouter.router.flow.worker import enqueue_sends
+from hiprouter.router.net.tls import client_ssl_context, server_ssl_context
 from hiprouter.schema import AuditEvent, Instance, Send, SendAttempt
 from tests.router.certs import Certificates, make_certificates
 from tests.router.conftest import RouterProcess, make_cr_files, storescu

@@ -8,23 +8,28 @@ is claimed again. Completion and failure are fenced by the lease owner, so a wor
 lost its lease cannot overwrite the result of the worker that took the job over.
 
 Job states: pending -> running -> done; running -> failed (waiting for its next attempt)
--> running ...; after `queue.retry.max_attempts` attempts -> dead (until `retry_dead`).
+-> running ...; after `queue.retry.max_attempts` attempts -> dead (until `ops.retry_dead`).
+
+A leaf: it imports only configuration, database, logging and schema modules. What a job
+or send finishing means for its study is `studies.settle_study`, called by the worker and
+the dispatcher in the same transaction.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter.config import RetryConfig, Settings
+from hiprouter.config import RetryConfig
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.schema import Job, Send, Study
+from hiprouter.schema import Job, Send
 
 log = get_logger(__name__)
 
@@ -37,6 +42,11 @@ UNFINISHED = (PENDING, RUNNING, FAILED)
 
 class LeaseLost(RuntimeError):
     """The worker no longer owns the job (its lease expired and another worker took it)."""
+
+
+def owner_id(tag: str) -> str:
+    """A lease owner name unique across hosts, processes and threads."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{tag}"
 
 
 def backoff_s(retry: RetryConfig, attempts: int) -> float:
@@ -156,29 +166,27 @@ def complete(session: Session, job_id: int, owner: str) -> None:
 
 
 def fail(
-    factory: sessionmaker[Session], job_id: int, owner: str, error: str, retry: RetryConfig
+    session: Session, job_id: int, owner: str, error: str, retry: RetryConfig
 ) -> str | None:
-    """Record a failed attempt: `failed` with a backoff delay, or `dead` after the last
-    attempt. Returns the new state, or None when the worker no longer owned the job."""
-    with write_transaction(factory) as session:
-        job = session.scalars(
-            select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == RUNNING)
-        ).first()
-        if job is None:
-            return None
-        if job.attempts >= retry.max_attempts:
-            _set_dead(job, error)
-            session.flush()
-            settle_study(session, job.study_uid)
-        else:
-            now = utcnow()
-            job.state = FAILED
-            job.last_error = error[:4000]
-            job.next_run_at = now + timedelta(seconds=backoff_s(retry, job.attempts))
-            job.lease_owner = None
-            job.lease_expires_at = None
-            job.updated_at = now
-        return job.state
+    """Record a failed attempt in the caller's transaction: `failed` with a backoff delay,
+    or `dead` after the last attempt. Returns the new state, or None when the worker no
+    longer owned the job."""
+    job = session.scalars(
+        select(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.state == RUNNING)
+    ).first()
+    if job is None:
+        return None
+    if job.attempts >= retry.max_attempts:
+        _set_dead(job, error)
+    else:
+        now = utcnow()
+        job.state = FAILED
+        job.last_error = error[:4000]
+        job.next_run_at = now + timedelta(seconds=backoff_s(retry, job.attempts))
+        job.lease_owner = None
+        job.lease_expires_at = None
+        job.updated_at = now
+    return job.state
 
 
 def _set_dead(job: Job, error: str) -> None:
@@ -191,85 +199,6 @@ def _set_dead(job: Job, error: str) -> None:
     job.updated_at = now
     log.error("job dead", job_id=job.id, study_uid=job.study_uid, pipeline=job.pipeline,
               attempts=job.attempts, error=error[:500])
-
-
-@dataclass(frozen=True)
-class Requeued:
-    jobs: int
-    sends: int
-
-
-def retry_dead(factory: sessionmaker[Session], study_uid: str | None = None) -> Requeued:
-    """Put dead jobs and dead sends (of one study, or all) back in the queue, due now."""
-    now = utcnow()
-    with write_transaction(factory) as session:
-        job_filter = [Job.state == DEAD] + ([Job.study_uid == study_uid] if study_uid else [])
-        jobs = session.execute(
-            update(Job).where(*job_filter)
-            .values(state=PENDING, attempts=0, next_run_at=now, updated_at=now,
-                    finished_at=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        send_filter = [Send.state == DEAD] + ([Send.study_uid == study_uid] if study_uid else [])
-        sends = session.execute(
-            update(Send).where(*send_filter)
-            .values(state=PENDING, attempts=0, next_run_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        _reopen(session, study_uid)
-    return Requeued(jobs or 0, sends or 0)
-
-
-def _reopen(session: Session, study_uid: str | None) -> None:
-    """Studies that have queued work again are `routed` again (not done/failed)."""
-    busy = select(Job.study_uid).where(Job.state.in_(UNFINISHED)).union(
-        select(Send.study_uid).where(Send.state.in_(UNFINISHED)))
-    query = update(Study).where(Study.state.in_(("done", "failed")),
-                                Study.study_uid.in_(busy))
-    if study_uid:
-        query = query.where(Study.study_uid == study_uid)
-    session.execute(query.values(state="routed").execution_options(synchronize_session=False))
-
-
-@dataclass(frozen=True)
-class Replayed:
-    jobs: int
-    running: int
-    rerouted: bool
-
-
-def replay_study(factory: sessionmaker[Session], settings: Settings, study_uid: str) -> Replayed:
-    """Run a study's pipelines again and send their results again.
-
-    The jobs of the study's latest episode go back to pending with `replay` set, so the
-    sends they produce are repeated even when sent before. A study that no rule matched
-    (no jobs) is routed again with the current rules. Running jobs are left alone.
-    """
-    from hiprouter.router.routing import route_study
-
-    with write_transaction(factory) as session:
-        study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-        if study is None:
-            raise LookupError(f"study {study_uid} is not known")
-        episode = session.scalar(
-            select(func.max(Job.episode)).where(Job.study_uid == study_uid)
-        )
-        if episode is None:
-            jobs = route_study(session, settings, study)
-            return Replayed(len(jobs), 0, True)
-        now = utcnow()
-        base = [Job.study_uid == study_uid, Job.episode == episode]
-        running = session.scalar(
-            select(func.count()).select_from(Job).where(*base, Job.state == RUNNING)
-        ) or 0
-        count = session.execute(
-            update(Job).where(*base, Job.state != RUNNING)
-            .values(state=PENDING, attempts=0, next_run_at=now, updated_at=now, replay=True,
-                    finished_at=None, last_error=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        _reopen(session, study_uid)
-        return Replayed(count or 0, running, False)
 
 
 def unfinished_work(session: Session, study_uid: str) -> int:
@@ -285,25 +214,11 @@ def unfinished_work(session: Session, study_uid: str) -> int:
     return int(jobs) + int(sends)
 
 
-def settle_study(session: Session, study_uid: str) -> str | None:
-    """When a routed study has no unfinished jobs or sends left, mark it `done` (or
-    `failed` when something is dead); returns the new state, or None if unchanged."""
-    study = session.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-    if study is None or study.state != "routed" or unfinished_work(session, study_uid):
-        return None
-    dead = session.scalar(select(func.count()).select_from(Job).where(
-        Job.study_uid == study_uid, Job.state == DEAD)) or session.scalar(
-        select(func.count()).select_from(Send).where(
-            Send.study_uid == study_uid, Send.state == DEAD))
-    study.state = "failed" if dead else "done"
-    return study.state
-
-
 def expire_orphaned_leases(factory: sessionmaker[Session], hostname: str) -> int:
     """Expire leases held by processes of this host that no longer exist (killed -9),
     so their jobs and sends are taken over now instead of after `lease_s`.
 
-    Lease owners are "<host>:<pid>:<thread>" (see worker.owner_id).
+    Lease owners are "<host>:<pid>:<thread>" (see `owner_id`).
     """
     import psutil
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from hiprouter import audit
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
-from hiprouter.router.studies import note_instance, sweep_complete_studies
+from hiprouter.router.flow.studies import note_instance, sweep_complete_studies
 from hiprouter.schema import AuditEvent, Study
 
 

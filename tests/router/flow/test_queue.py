@@ -18,15 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
-from hiprouter.router import queue
+from hiprouter.router.flow import ops, queue
+from hiprouter.router.flow.routing import route_study
+from hiprouter.router.flow.worker import enqueue_sends, run_job
 from hiprouter.router.pipelines import PipelineCache
-from hiprouter.router.routing import route_study
-from hiprouter.router.worker import enqueue_sends, run_job
 from hiprouter.schema import AuditEvent, Job, Send, Study
 from tests.router.dicomkit import add_study, make_study
 from tests.router.pacs import StoreSCP
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 HIP_RULE = {"name": "hip", "match": {"tag": "BodyPartExamined", "in": ["HIP", "PELVIS"]},
             "forward_to": ["pacs"]}
 
@@ -101,8 +101,8 @@ def test_claim_lease_backoff_dead_and_retry(factory, tmp_path: Path) -> None:
     assert queue.claim(factory, "b", 30, retry) is None  # leased to a
     assert queue.heartbeat(factory, job_id, "a", 30)
     assert not queue.heartbeat(factory, job_id, "b", 30)
-    assert queue.fail(factory, job_id, "b", "not mine", retry) is None
-    assert queue.fail(factory, job_id, "a", "boom", retry) == "failed"
+    assert _fail(factory, job_id, "b", "not mine", retry) is None
+    assert _fail(factory, job_id, "a", "boom", retry) == "failed"
     with factory() as s:
         row = s.get(Job, job_id)
         delay = (db.as_utc(row.next_run_at) - db.as_utc(row.updated_at)).total_seconds()
@@ -112,7 +112,7 @@ def test_claim_lease_backoff_dead_and_retry(factory, tmp_path: Path) -> None:
         _make_due(factory, job_id)
         job = queue.claim(factory, "a", 30, retry)
         assert job is not None and job.attempts == attempt
-        state = queue.fail(factory, job_id, "a", f"boom {attempt}", retry)
+        state = _fail(factory, job_id, "a", f"boom {attempt}", retry)
         if expected is not None:
             assert state == "failed"
             assert queue.backoff_s(retry, attempt) == expected
@@ -121,9 +121,15 @@ def test_claim_lease_backoff_dead_and_retry(factory, tmp_path: Path) -> None:
     _make_due(factory, job_id)
     assert queue.claim(factory, "a", 30, retry) is None  # dead stays dead
     assert queue.backoff_s(retry, 10) == retry.max_s
-    assert queue.retry_dead(factory).jobs == 1
+    assert ops.retry_dead(factory).jobs == 1
     job = queue.claim(factory, "a", 30, retry)
     assert job is not None and job.attempts == 1
+
+
+def _fail(factory: sessionmaker[Session], job_id: int, owner: str, error: str,
+          retry) -> str | None:
+    with db.write_transaction(factory) as s:
+        return queue.fail(s, job_id, owner, error, retry)
 
 
 def _make_due(factory: sessionmaker[Session], job_id: int) -> None:
@@ -164,7 +170,7 @@ def test_rerun_reuses_sends_and_replay_sends_again(factory, tmp_path: Path) -> N
         assert enqueue_sends(s, row, [Path(p) for p in s.scalars(select(Send.path))]) == 0
     with factory() as s:
         assert s.scalar(select(func.count()).select_from(Send)) == 3
-    replayed = queue.replay_study(factory, settings, uid)
+    replayed = ops.replay_study(factory, settings, uid)
     assert (replayed.jobs, replayed.rerouted) == (1, False)
     claimed = queue.claim(factory, "w", 30, settings.queue.retry)
     assert claimed.replay and run_job(factory, settings, pipelines, claimed, "w") == "done"
@@ -172,7 +178,7 @@ def test_rerun_reuses_sends_and_replay_sends_again(factory, tmp_path: Path) -> N
         assert s.scalars(select(Send.state)).all() == ["pending"] * 3
         assert s.get(Job, job.id).replay is False
     with pytest.raises(LookupError):
-        queue.replay_study(factory, settings, "9.9.9")
+        ops.replay_study(factory, settings, "9.9.9")
 
 
 def test_job_without_instances_fails_with_error(factory, tmp_path: Path) -> None:
@@ -201,7 +207,7 @@ def test_unknown_pipeline_kind_fails_jobs_until_dead_and_study_failed(factory, t
     with factory() as s:
         assert "unknown pipeline kind 'nosuch'" in s.get(Job, job.id).last_error
         assert s.scalars(select(Study.state)).one() == "failed"
-    queue.retry_dead(factory, uid)
+    ops.retry_dead(factory, uid)
     with factory() as s:
         assert s.scalars(select(Study.state)).one() == "routed"
 

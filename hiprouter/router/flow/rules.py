@@ -16,6 +16,9 @@ Grammar (YAML in `config.yaml`, validated by pydantic at start-up)::
 
 A multi-valued element matches a leaf when any of its values matches. A missing or empty
 element makes every leaf false except `exists: false`, so a rule never fails on a header.
+
+The grammar is part of the configuration model (`hiprouter.config` imports `Rule` from
+here), so this module imports nothing else from hiprouter.
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ from pydantic import (
 
 if TYPE_CHECKING:
     from pydicom import Dataset
-
-    from hiprouter.config import Rule
 
 CALLING_AE_TITLE = "CallingAETitle"
 """Pseudo keyword: the AE title that sent the instance (not a DICOM attribute)."""
@@ -168,6 +169,22 @@ Condition = Annotated[
 All.model_rebuild()
 AnyOf.model_rebuild()
 Not.model_rebuild()
+
+
+class Rule(BaseModel):
+    """A routing rule (`rules[]` in config.yaml): a match expression over DICOM keywords
+    and what to do on a match. Settings checks that its pipelines and destinations exist."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    level: Literal["series", "study"] = "series"
+    match: Condition | None = None
+    """None matches every series (useful for a fallback rule)."""
+    pipelines: list[str] = []
+    send_to: list[str] = []
+    forward_to: list[str] = []
+    fallback: bool = False
 
 
 class Header:

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
-from hiprouter.router import queue
-from hiprouter.router.dispatch import Dispatcher, claim_sends, send_batch
-from hiprouter.router.worker import enqueue_sends
+from hiprouter.router.flow import ops, queue
+from hiprouter.router.flow.dispatch import Dispatcher, claim_sends, send_batch
+from hiprouter.router.flow.worker import enqueue_sends
 from hiprouter.schema import Instance, Send, SendAttempt
 from tests.conftest import free_port
 from tests.router.dicomkit import add_study, make_dataset, make_study, write_dataset
@@ -67,7 +67,7 @@ def test_unreachable_destination_backs_off_then_dead_then_retry(tmp_path: Path) 
     assert [(a.attempt, a.status) for a in attempts] == [(1, None), (2, None), (3, None)]
     assert all("association" in a.error for a in attempts)
     assert claim_sends(factory, settings, "pacs", "o") == []
-    assert queue.retry_dead(factory).sends == 1
+    assert ops.retry_dead(factory).sends == 1
     assert len(claim_sends(factory, settings, "pacs", "o")) == 1
 
 

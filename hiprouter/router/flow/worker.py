@@ -1,48 +1,36 @@
 """Job workers: claim a job, run its pipeline, queue the resulting sends, mark it done.
 
-Workers run as threads inside `hiprouter serve` and as extra processes (`hiprouter worker
---count N`) on the same or other hosts; the database is all they share. While a pipeline
-runs, a heartbeat renews the job's lease; if the worker dies the lease expires and another
-worker runs the job again. Because pipelines derive output UIDs deterministically and sends
-are unique per (SOP Instance UID, destination), a re-run never sends a duplicate.
+`JobWorker` threads run inside `hiprouter serve` and in extra processes (`hiprouter worker
+--count N`) on the same or other hosts (`hiprouter.service` starts them); the database is
+all they share. While a pipeline runs, a heartbeat renews the job's lease; if the worker
+dies the lease expires and another worker runs the job again. Because pipelines derive
+output UIDs deterministically and sends are unique per (SOP Instance UID, destination), a
+re-run never sends a duplicate.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
-from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Settings
+from hiprouter.config import RetryConfig, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
-from hiprouter.router import queue
-from hiprouter.router.pipelines import PipelineCache, check_pipelines, make_context
-from hiprouter.schema import Job, Send, Study
-
-if TYPE_CHECKING:
-    from hiprouter.service import Node
+from hiprouter.router.flow import queue, studies
+from hiprouter.router.pipelines import PipelineCache, make_context
+from hiprouter.schema import Job, Send
 
 log = get_logger(__name__)
 
 PIPELINE_JOB = audit.Code("HIP006", "Pipeline Job")
-
-
-def owner_id(tag: str) -> str:
-    """A lease owner name unique across hosts, processes and threads."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{tag}"
 
 
 def object_uids(paths: Sequence[Path]) -> list[tuple[Path, str, str]]:
@@ -111,7 +99,7 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
             queue.complete(session, job.id, owner)
             queued = enqueue_sends(session, job, paths, objects)
             session.flush()
-            queue.settle_study(session, job.study_uid)
+            studies.settle_study(session, job.study_uid)
             audit.record(
                 session, PIPELINE_JOB, "E", audit.SUCCESS,
                 description=f"{job.pipeline} attempt {job.attempts}: {len(paths)} objects, "
@@ -129,7 +117,7 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         bound.error("job failed", error=error, trace=traceback.format_exc(limit=5))
-        state = queue.fail(factory, job.id, owner, error, settings.queue.retry)
+        state = _fail(factory, job, owner, error, settings.queue.retry)
         _audit_failure(factory, settings, job, owner, error, state)
         return state or "lost"
     finally:
@@ -137,6 +125,17 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         beat.join()
         if ctx is not None and ctx.output_dir.exists() and not any(ctx.output_dir.iterdir()):
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
+
+
+def _fail(factory: sessionmaker[Session], job: Job, owner: str, error: str,
+          retry: RetryConfig) -> str | None:
+    """Record the failed attempt; a job that is now dead may settle its study."""
+    with write_transaction(factory) as session:
+        state = queue.fail(session, job.id, owner, error, retry)
+        if state == queue.DEAD:
+            session.flush()
+            studies.settle_study(session, job.study_uid)
+        return state
 
 
 def _audit_failure(factory: sessionmaker[Session], settings: Settings, job: Job, owner: str,
@@ -173,7 +172,7 @@ class JobWorker(threading.Thread):
         super().__init__(name=f"job-worker-{index}", daemon=True)
         self.factory, self.settings, self.pipelines, self.stop = (
             factory, settings, pipelines, stop)
-        self.owner = owner_id(f"w{index}")
+        self.owner = queue.owner_id(f"w{index}")
 
     def run(self) -> None:
         q = self.settings.queue
@@ -187,100 +186,3 @@ class JobWorker(threading.Thread):
                 self.stop.wait(q.poll_interval_s)
                 continue
             run_job(self.factory, self.settings, self.pipelines, job, self.owner)
-
-
-def _check_report_templates(settings: Settings) -> None:
-    """Fail at start-up, not on the first job, when a site's SR templates are broken."""
-    from hiprouter.report.text import TemplateError, check_templates
-
-    try:
-        check_templates(settings)
-    except TemplateError as exc:
-        raise ConfigError(str(exc)) from exc
-
-
-class Workers:
-    """Job worker threads plus the dispatcher, started and stopped together."""
-
-    def __init__(self, settings: Settings, factory: sessionmaker[Session], count: int,
-                 dispatch: bool = True) -> None:
-        from hiprouter.router.dispatch import Dispatcher
-
-        check_pipelines(settings)
-        _check_report_templates(settings)
-        self.factory = factory
-        self.stop_event = threading.Event()
-        pipelines = PipelineCache(settings)
-        self.threads: list[threading.Thread] = [
-            JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
-        ]
-        self.dispatcher = Dispatcher(settings, factory, self.stop_event) if dispatch else None
-
-    def start(self) -> None:
-        queue.expire_orphaned_leases(self.factory, socket.gethostname()[:60])
-        for t in self.threads:
-            t.start()
-        if self.dispatcher is not None:
-            self.dispatcher.start()
-        log.info("workers started", job_workers=len(self.threads),
-                 dispatch=self.dispatcher is not None)
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Finish the jobs and sends in hand, then return."""
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(timeout_s)
-        if self.dispatcher is not None:
-            self.dispatcher.join(timeout_s)
-        log.info("workers stopped")
-
-
-def routing_callback(settings: Settings) -> Callable[[Session, Study], None]:
-    """The study-completion callback for `Node`: route the study in that transaction."""
-    from hiprouter.router.routing import route_study
-
-    def on_complete(session: Session, study: Study) -> None:
-        route_study(session, settings, study)
-
-    return on_complete
-
-
-def attach_to_node(node: Node) -> None:
-    """Add `queue.workers` job workers, the dispatcher and the retention job to `serve`."""
-    from hiprouter.router.retention import sweep_retention
-
-    settings = node.settings
-    workers = Workers(settings, node.factory, settings.queue.workers)
-    node.start_hooks.append(lambda _node: workers.start())
-    node.stop_hooks.append(lambda _node: workers.stop())
-
-    def retention() -> None:
-        try:
-            sweep_retention(node.factory, settings)
-        except Exception as exc:
-            log.error("retention sweep failed", error=str(exc))
-
-    node.add_interval_job(retention, settings.storage.retention_check_s, "retention")
-
-
-def run_worker_process(settings: Settings, count: int, dispatch: bool = True) -> None:
-    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
-    engine = dbmod.make_engine(settings.database.url)
-    factory = dbmod.session_factory(engine)
-    workers = Workers(settings, factory, count, dispatch)
-    done = threading.Event()
-
-    def _signal(signum: int, _frame: Any) -> None:
-        log.info("signal received, stopping workers", signal=signal.Signals(signum).name)
-        done.set()
-
-    previous = {sig: signal.signal(sig, _signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        workers.start()
-        log.info("worker process ready", pid=os.getpid())
-        done.wait()
-    finally:
-        workers.stop()
-        engine.dispose()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

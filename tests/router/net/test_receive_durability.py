@@ -24,8 +24,8 @@ from sqlalchemy import event, select
 
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
-from hiprouter.router.receive import OUT_OF_RESOURCES, SUCCESS, StorageSCP
-from hiprouter.router.spool import TMP_SUFFIX, Spool
+from hiprouter.router.net.receive import OUT_OF_RESOURCES, SUCCESS, StorageSCP
+from hiprouter.router.net.spool import TMP_SUFFIX, Spool
 from hiprouter.schema import Instance
 from tests.conftest import free_port
 from tests.router.conftest import CR_IMAGE_STORAGE, make_cr_files
