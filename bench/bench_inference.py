@@ -1,7 +1,7 @@
 """Per-image latency and throughput of the hardware pipeline on this machine.
 
-Measures `HardwareClassifier.predict_study` end to end (decode, per-hip crop, letterbox,
-forward pass, CAM heat map mapped back to the source geometry) for:
+Measures the `hardware` pipeline kind end to end (decode, per-hip crop, letterbox, forward
+pass, calibration, CAM heat map mapped back to the source geometry) for:
   - the bundled demo model (models/hardware-demo), and
   - efficientnet_b4 at 380 px with random weights (timing only),
 each on CPU eager PyTorch, CPU PyTorch channels_last and ONNX Runtime (and CUDA with AMP
@@ -26,17 +26,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from hiprouter.config import Settings  # noqa: E402
 from hiprouter.inference import runtime  # noqa: E402
-from hiprouter.inference.classes import HARDWARE_CLASSES  # noqa: E402
 from hiprouter.inference.models import (  # noqa: E402
-    DEMO_MODEL_DIR,
     ModelCard,
     create_model,
+    demo_model_dir,
     load_model,
     save_model,
 )
-from hiprouter.inference.predict import HardwareClassifier  # noqa: E402
 from hiprouter.inference.runtime import OnnxRunner, TorchRunner  # noqa: E402
+from hiprouter.inference.study import StudyInput  # noqa: E402
+from hiprouter.pipelines.hardware import HARDWARE  # noqa: E402
+from hiprouter.pipelines.registry import PipelineSet  # noqa: E402
+
+DEMO_MODEL_DIR = demo_model_dir("hardware")
 
 
 def radiograph(seed: int) -> object:
@@ -65,9 +69,9 @@ def radiograph(seed: int) -> object:
 
 def random_b4(tmp: Path) -> Path:
     card = ModelCard(name="b4-random", version="bench", architecture="efficientnet_b4",
-                     input_size=380, classes=[c.key for c in HARDWARE_CLASSES],
+                     input_size=380, classes=HARDWARE.keys,
                      training_data="none (random weights, timing only)")
-    save_model(create_model("efficientnet_b4", len(HARDWARE_CLASSES)), card, tmp / "b4")
+    save_model(create_model("efficientnet_b4", len(HARDWARE)), card, tmp / "b4")
     return tmp / "b4"
 
 
@@ -87,24 +91,31 @@ def runners(model_dir: Path) -> dict[str, object]:
     return out
 
 
+def study(images: list) -> StudyInput:
+    return StudyInput.from_datasets("1.2.3", images, ("CR", "DX"))
+
+
 def bench(model_dir: Path, repeats: int, batch: int) -> list[dict]:
-    clf = HardwareClassifier.from_dirs([model_dir], device="cpu", runtime="torch",
-                                       batch_size=batch)
+    settings = Settings.model_validate({"pipelines": {"hardware": {
+        "kind": "hardware", "models": [str(model_dir)], "device": "cpu", "runtime": "torch",
+        "batch_size": batch}}})
+    pipe = PipelineSet(settings).get("hardware")
+    clf = pipe.classifier  # type: ignore[attr-defined]
     card = clf.members[0].model.card
     images = [radiograph(i) for i in range(batch)]
     rows = []
     for name, runner in runners(model_dir).items():
         clf.members[0].runner = runner
-        clf.predict_study(images[:1], "warm-up")
+        pipe.run(study(images[:1]), None)
         lat = []
         for i in range(repeats):
             start = time.perf_counter()
-            clf.predict_study([images[i % batch]], "latency")
+            pipe.run(study([images[i % batch]]), None)
             lat.append(time.perf_counter() - start)
         start = time.perf_counter()
-        result = clf.predict_study(images, "throughput")
+        result = pipe.run(study(images), None)
         thr = batch / (time.perf_counter() - start)
-        assert len(result.heatmaps) == batch
+        assert len(result.findings) == batch
         row = {"model": f"{card.architecture}@{card.input_size}", "runtime": name,
                "latency_s_median": float(np.median(lat)), "latency_s_min": float(min(lat)),
                "throughput_img_s": thr, "batch": batch, "repeats": repeats}

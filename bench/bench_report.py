@@ -2,7 +2,7 @@
 
 Input: synthetic studies (`hiprouter synth`) at a chosen image size, with a hand-made study
 result (ground truth as the findings, a heat map on each hip), so only the report stage is
-timed: `build_outputs` (text, SR, RGB overlay with labels, KOS) and `write_bundle` (fsync).
+timed: `build_report` (text, SR, RGB overlay with labels, KOS) and `write_bundle` (fsync).
 
     .venv/bin/python bench/bench_report.py [--studies 5] [--size 2500] [--json out.json]
 
@@ -24,38 +24,49 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hiprouter.config import PipelineConfig  # noqa: E402
-from hiprouter.inference.decode import decode  # noqa: E402
-from hiprouter.inference.results import (  # noqa: E402
-    HipResult,
-    ImageHeatmap,
+from hiprouter.config import ReportConfig  # noqa: E402
+from hiprouter.findings import (  # noqa: E402
+    Classification,
+    Finding,
+    HeatMap,
     ModelInfo,
-    StudyResult,
+    PipelineResult,
+    Region,
+    StudyFindings,
 )
-from hiprouter.report.build import build_outputs, write_bundle  # noqa: E402
+from hiprouter.inference.decode import decode  # noqa: E402
+from hiprouter.pipelines.hardware import HARDWARE  # noqa: E402
+from hiprouter.report.build import build_report, write_bundle  # noqa: E402
 from hiprouter.synth.study import make_study  # noqa: E402
 
 MODEL = ModelInfo("bench-model", "0.0.1", "efficientnet_b4", "2.25.1", synthetic_demo=True)
 
 
-def study_result(seed: int, size: int) -> tuple[StudyResult, list]:
-    """An AP pelvis + lateral study and a result with one heat-map spot per hip."""
+def study_findings(seed: int, size: int) -> tuple[StudyFindings, list, dict]:
+    """An AP pelvis + lateral study and findings with one heat-map spot per hip."""
     study = make_study(seed, views=["ap_pelvis", "frog_leg"], size=(size, size))
-    heatmaps, sources = [], {"R": [], "L": []}
+    heat: dict[str, list[HeatMap]] = {"R": [], "L": []}
+    points: dict[str, list[Region]] = {"R": [], "L": []}
+    displays = {}
     for image in study.images:
         ds = image.dataset
+        uid = str(ds.SOPInstanceUID)
+        displays[uid] = decode(ds).display_uint8()
         yy, xx = np.mgrid[:ds.Rows, :ds.Columns].astype(np.float32)
-        heat = np.zeros((ds.Rows, ds.Columns), np.float32)
         for label in image.labels:
             x, y = float(label["hip_x"]), float(label["hip_y"])
             sigma = max(ds.Rows, ds.Columns) / 25
-            heat = np.maximum(heat, np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2)))
-            sources[str(label["laterality"])].append(str(ds.SOPInstanceUID))
-        heatmaps.append(ImageHeatmap(str(ds.SOPInstanceUID), heat, decode(ds).display_uint8()))
-    hips = [HipResult(side, spec.hardware, 0.9, {}, sources[side])
-            for side, spec in sorted(study.hips.items(), reverse=True)]
-    result = StudyResult(study.study_uid, "hardware", MODEL, hips, heatmaps)
-    return result, [image.dataset for image in study.images]
+            side = str(label["laterality"])
+            heat[side].append(HeatMap(uid, np.exp(-((yy - y) ** 2 + (xx - x) ** 2)
+                                                  / (2 * sigma**2)).astype(np.float32)))
+            points[side].append(Region(uid, "POINT", np.array([[x, y]])))
+    findings = [Finding("hardware", side, [h.sop_instance_uid for h in heat[side]], MODEL,
+                        Classification(spec.hardware, 0.9, {spec.hardware: 0.9}),
+                        heatmaps=heat[side], regions=points[side][:1])
+                for side, spec in sorted(study.hips.items(), reverse=True) if heat[side]]
+    result = PipelineResult("hardware", "hardware", HARDWARE, MODEL, findings)
+    return (StudyFindings(study.study_uid, [result]), [i.dataset for i in study.images],
+            displays)
 
 
 def main() -> None:
@@ -65,12 +76,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    inputs = [study_result(seed, args.size) for seed in range(args.studies)]
+    inputs = [study_findings(seed, args.size) for seed in range(args.studies)]
     build_s, write_s, sizes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (result, datasets) in enumerate(inputs):
+        for n, (findings, datasets, displays) in enumerate(inputs):
             start = time.perf_counter()
-            bundle = build_outputs(result, datasets, PipelineConfig())
+            bundle = build_report(findings, datasets, displays, ReportConfig())
             built = time.perf_counter()
             paths = write_bundle(bundle, Path(tmp) / str(n))
             write_s.append(time.perf_counter() - built)

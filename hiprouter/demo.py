@@ -207,7 +207,7 @@ def _print_results(made: list[SynthStudy], pacs: LocalPACS, console: Console) ->
             if kind is None:
                 continue
             kinds.append(kind)
-            if kind == "KOS":  # one per pipeline
+            if kind == "KOS":  # one per study episode
                 priorities.append(str(ds.SeriesDescription))
             if kind == "SR":
                 texts.append((study.study_uid, sr_text(ds)))

@@ -30,6 +30,7 @@ from hiprouter import __version__, audit
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
 from hiprouter.logs import get_logger
+from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
 from hiprouter.router.flow import queue
 from hiprouter.router.flow.dispatch import Dispatcher
 from hiprouter.router.flow.retention import sweep_retention
@@ -38,7 +39,6 @@ from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_stu
 from hiprouter.router.flow.worker import JobWorker
 from hiprouter.router.net.receive import StorageSCP, record_unrecorded_files
 from hiprouter.router.net.spool import Spool
-from hiprouter.router.pipelines import PipelineCache, check_pipelines
 from hiprouter.schema import Study
 
 log = get_logger(__name__)
@@ -141,11 +141,11 @@ class Workers:
 
     def __init__(self, settings: Settings, factory: sessionmaker[Session], count: int,
                  dispatch: bool = True) -> None:
-        check_pipelines(settings)
+        validate_pipelines(settings)
         _check_report_templates(settings)
         self.factory = factory
         self.stop_event = threading.Event()
-        pipelines = PipelineCache(settings)
+        pipelines = PipelineSet(settings)
         self.threads: list[threading.Thread] = [
             JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
         ]

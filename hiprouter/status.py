@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from hiprouter import __version__
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
-from hiprouter.schema import Inference, Instance, Job, Send, Study
+from hiprouter.schema import FindingRow, Instance, Job, Send, Study
 
 RECENT_FAILURES = 5
 
@@ -99,8 +99,8 @@ def _collect(session: Session, settings: Settings) -> dict[str, Any]:
         .limit(RECENT_FAILURES)
     ).all()
     models = session.execute(
-        select(Inference.model_name, Inference.model_version).distinct()
-        .order_by(Inference.model_name, Inference.model_version)
+        select(FindingRow.model_name, FindingRow.model_version).distinct()
+        .order_by(FindingRow.model_name, FindingRow.model_version)
     ).all()
     return {
         "version": __version__,

@@ -2,16 +2,16 @@
 
 Every `import` and `from ... import` in hiprouter/ counts, at module level or inside a
 function (a lazy import is still a dependency), and so does the CLI's import of every
-command module (`cli._register`). Pipeline kinds imported by name (`plugins:` and the
-built-in kinds in `router.pipelines`) do not: a kind imports the registry to register
-itself, like an entry point. The layers, lowest first; a module may import modules of
-its own layer or of a lower one, never of a higher one:
+command module (`cli._register`). Pipeline kinds found through entry points or `plugins:`
+do not. The layers, lowest first; a module may import modules of its own layer or of a
+lower one, never of a higher one:
 
-    foundation        hiprouter (package), config, schema, db, audit, logs, and
-                      router.flow.rules (the rule grammar is part of the configuration
-                      model: config imports `Rule`; rules imports nothing from hiprouter)
+    foundation        hiprouter (package), config, schema, db, audit, logs, findings (the
+                      findings model), resources (shipped files), and router.flow.rules
+                      (the rule grammar is part of the configuration model: config imports
+                      `Rule`; rules imports nothing from hiprouter)
     models, reports   inference, report
-    pipelines         router.pipelines (the registry), pipelines (the kinds)
+    pipelines         pipelines (the contract, the registry, the runner, the kinds)
     offline tools     synth, training
     router            router.net (the DICOM network side), router.flow (the flow side)
     service           service (the composition root), demo, status
@@ -36,9 +36,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hiprouter"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("hiprouter", "hiprouter.config", "hiprouter.schema", "hiprouter.db",
-                    "hiprouter.audit", "hiprouter.logs", "hiprouter.router.flow.rules")),
+                    "hiprouter.audit", "hiprouter.logs", "hiprouter.findings",
+                    "hiprouter.resources", "hiprouter.router.flow.rules")),
     ("models, reports", ("hiprouter.inference", "hiprouter.report")),
-    ("pipelines", ("hiprouter.router.pipelines", "hiprouter.pipelines")),
+    ("pipelines", ("hiprouter.pipelines",)),
     ("offline tools", ("hiprouter.synth", "hiprouter.training")),
     ("router", ("hiprouter.router", "hiprouter.router.net", "hiprouter.router.flow")),
     ("service", ("hiprouter.service", "hiprouter.demo", "hiprouter.status")),

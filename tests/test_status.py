@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from hiprouter import db as dbmod
 from hiprouter.cli import main
-from hiprouter.schema import Inference, Instance, Job, Send, Study
+from hiprouter.schema import FindingRow, Instance, Job, Send, Study
 
 
 def _config(tmp_path: Path, url: str) -> Path:
@@ -48,10 +48,12 @@ def _fill(url: str) -> None:
         session.add(Send(study_uid="1.2.3", sop_instance_uid="9.9.2", sop_class_uid="1.2",
                          destination="pacs", path="/out/2.dcm", state="sent", next_run_at=now,
                          created_at=now))
-        session.add(Inference(study_uid="1.2.3", pipeline="hardware", laterality="R",
-                              source_sop_uids=["1.2.3.0"], model_name="hip-hw-demo",
-                              model_version="0.1", predicted_class="tha", probability=0.9,
-                              probabilities={"tha": 0.9}, latency_ms=5.0, created_at=now))
+        session.add(FindingRow(study_uid="1.2.3", pipeline="hardware", kind="hardware",
+                               laterality="R", source_sop_uids=["1.2.3.0"],
+                               model_name="hip-hw-demo", model_version="0.1",
+                               predicted_class="tha", probability=0.9,
+                               probabilities={"tha": 0.9}, measurements=[], regions=[],
+                               details={}, latency_ms=5.0, created_at=now))
     engine.dispose()
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydicom.dataset import Dataset
 
-from hiprouter.inference.results import Laterality
+from hiprouter.findings import Laterality
 
 View = Literal["ap_pelvis", "ap_hip", "frog_leg", "cross_table_lateral", "unknown"]
 

@@ -1,15 +1,14 @@
-"""The whole flow with real peers: storescu -> hiprouter -> inference -> SR/SC/KOS -> PACS.
+"""The whole flow with real peers: storescu -> hiprouter -> inference -> one report -> PACS.
 
 The PACS is DCMTK storescp in one test and Orthanc (checked through its REST API) in the
-other. The router runs as `hiprouter serve` with the repository's default rules and the
-bundled demo model.
+other. The router runs as `hiprouter serve` with the repository's default rules and
+pipelines (hardware and fracture, bundled demo models): each hip study gets exactly one
+SR, one SC per radiograph and one KOS.
 """
 
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,25 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from hiprouter.inference.classes import class_by_key
-from hiprouter.schema import AuditEvent, Inference, Output, SendAttempt, Study
+from hiprouter.pipelines.fracture import FRACTURE
+from hiprouter.pipelines.hardware import HARDWARE
+from hiprouter.schema import AuditEvent, FindingRow, Output, SendAttempt, Study
 from hiprouter.synth.study import make_study
 from tests.conftest import REPO, require_tool
 from tests.e2e.orthanc import start_orthanc
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
+from tests.validation import assert_valid
 
-VALIDATOR = REPO.parent / "shared" / "tools" / "validate_dicom.py"
+VOCABULARIES = {"hardware": HARDWARE, "fracture": FRACTURE}
 SR, SC, KOS = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7", \
     "1.2.840.10008.5.1.4.1.1.88.59"
 
 
 def repo_routing() -> dict[str, Any]:
-    """The default rules and pipelines of the repository's config.yaml."""
+    """The default rules, pipelines and report settings of the repository's config.yaml."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
-    for rule in cfg["rules"]:  # the fracture pipeline: tests/e2e/test_triage_e2e.py
-        rule["pipelines"] = [p for p in rule.get("pipelines", []) if p != "fracture"]
-    return {key: cfg[key] for key in ("rule_mode", "rules", "pipelines")}
+    return {key: cfg[key] for key in ("rule_mode", "rules", "pipelines", "report")}
 
 
 def router_overrides(pacs_ae: str, pacs_port: int) -> dict[str, Any]:
@@ -86,13 +85,7 @@ def corrupt_copy(ds: Dataset) -> Dataset:
 
 
 def validate(paths: list[Path]) -> None:
-    if not VALIDATOR.exists():
-        pytest.skip("../shared/tools/validate_dicom.py not present")
-    require_tool("dciodvfy")
-    require_tool("dsrdump")
-    run = subprocess.run([sys.executable, str(VALIDATOR), *map(str, paths)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    assert_valid(paths)
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
@@ -137,53 +130,63 @@ def test_storescu_to_router_to_storescp(router_process: Any, tmp_path: Path) -> 
             return {str(d.StudyInstanceUID) for d in kos} >= {hip.study_uid, broken.study_uid}
 
         wait_until(both_reported, 300, "KOS of both hip studies at the PACS")
+        factory = router.session_factory()
+        wait_until(lambda: _all_sent(factory), 60, "every output sent")
         objects = pacs_objects(pacs)
         validate([Path(d.filename) for kind in (SR, SC, KOS) for d in objects.get(kind, [])])
+        # One report per study: one SR, one SC per radiograph it assessed, one KOS.
+        for study_uid, radiographs in ((hip.study_uid, 1), (broken.study_uid, 1)):
+            count = {kind: sum(str(d.StudyInstanceUID) == study_uid for d in objects.get(kind, []))
+                     for kind in (SR, SC, KOS)}
+            assert count == {SR: 1, SC: radiographs, KOS: 1}, count
 
-        factory = router.session_factory()
         with factory() as s:
             chest_uid = str(non_hip_study().StudyInstanceUID)
             chest = s.scalars(select(Study).where(Study.study_uid == chest_uid)).one()
             assert chest.state == "ignored"
-            inferences = s.scalars(select(Inference)
-                                   .where(Inference.study_uid == hip.study_uid)).all()
-            assert {i.laterality for i in inferences} == {"R", "L"}
-            for inf in inferences:
-                assert abs(sum(inf.probabilities.values()) - 1.0) < 1e-3
-                assert inf.latency_ms > 0
+            findings = s.scalars(select(FindingRow)
+                                 .where(FindingRow.study_uid == hip.study_uid)).all()
+            assert sorted((f.pipeline, f.laterality) for f in findings) == [
+                ("fracture", "L"), ("fracture", "R"), ("hardware", "L"), ("hardware", "R")]
+            for f in findings:
+                assert abs(sum(f.probabilities.values()) - 1.0) < 1e-3
+                assert f.latency_ms > 0 and f.regions and f.device_uid
             outputs = s.scalars(select(Output)).all()
             attempts = s.scalars(select(SendAttempt)).all()
-            quarantine = s.scalars(select(AuditEvent).where(
-                AuditEvent.event_id_code == "HIP002")).all()
+            not_assessed = s.scalars(select(AuditEvent).where(
+                AuditEvent.event_id_code == "HIP008")).all()
         # Nothing at the PACS for the chest study, everything else sent once with success.
         assert all(str(d.StudyInstanceUID) != chest_uid for ds in objects.values() for d in ds)
         sent_ok = {a.sop_instance_uid for a in attempts if a.status == 0}
         assert {o.sop_instance_uid for o in outputs} <= sent_ok
-        # The corrupt image is audited and not referenced; its good sibling is reported.
+        # The corrupt image is audited and named as not assessed, with no overlay of its
+        # own; its good sibling is reported.
         assert any(str(bad.SOPInstanceUID) in e.objects.get("sop_instance_uids", [])
-                   for e in quarantine)
+                   and "cannot be decoded" in e.outcome_description for e in not_assessed)
         sr_broken = [d for d in objects[SR] if str(d.StudyInstanceUID) == broken.study_uid]
         assert len(sr_broken) == 1
-        sr_text = sr_broken[0].to_json()
-        assert str(good.SOPInstanceUID) in sr_text
-        assert str(bad.SOPInstanceUID) not in sr_text
+        assert str(good.SOPInstanceUID) in sr_broken[0].to_json()
+        assert "1 image not assessed: pixel data cannot be decoded" in sr_broken[0].to_json()
+        assert not [d for d in objects[SC] if d.SourceImageSequence[0]
+                    .ReferencedSOPInstanceUID == bad.SOPInstanceUID]
 
         # highdicom reads the SR back with the findings recorded in the database.
         sr_hip = [d for d in objects[SR] if str(d.StudyInstanceUID) == hip.study_uid]
         assert len(sr_hip) == 1
         report = hd.sr.Comprehensive3DSR.from_dataset(sr_hip[0])
         lateralities = {"24028007": "R", "7771000": "L"}
-        by_side = {i.laterality: i for i in inferences}
+        by_key = {(f.pipeline, f.laterality): f for f in findings}
         read_back = {}
-        for group in report.content.get_image_measurement_groups():
+        for group in report.content.get_planar_roi_measurement_groups():
             (site,) = group.finding_sites
             (prob,) = group.get_measurements()
-            read_back[lateralities[site.laterality.value]] = (group.finding_type.value,
-                                                              float(prob.value))
-        assert set(read_back) == set(by_side)
-        for side, inf in by_side.items():
-            assert read_back[side][0] == class_by_key(inf.predicted_class).code
-            assert read_back[side][1] == pytest.approx(inf.probability, abs=1e-3)
+            pipeline = group.tracking_identifier.split()[0]
+            read_back[(pipeline, lateralities[site.laterality.value])] = (
+                group.finding_type.value, float(prob.value), group.roi.graphic_type.value)
+        assert set(read_back) == set(by_key)
+        for key, f in by_key.items():
+            code = VOCABULARIES[f.pipeline][f.predicted_class].code.value
+            assert read_back[key] == (code, pytest.approx(f.probability, abs=1e-3), "POINT")
         # Every output is in the source study, in a series of its own, marked as AI output.
         for kind in (SR, SC, KOS):
             for ds in objects.get(kind, []):
@@ -193,6 +196,14 @@ def test_storescu_to_router_to_storescp(router_process: Any, tmp_path: Path) -> 
     finally:
         router.stop()
         pacs.stop()
+
+
+def _all_sent(factory: Any) -> bool:
+    with factory() as s:
+        rows = s.scalars(select(Output)).all()
+        sent = {a.sop_instance_uid for a in s.scalars(select(SendAttempt)).all()
+                if a.status == 0}
+    return bool(rows) and {o.sop_instance_uid for o in rows} <= sent
 
 
 def test_results_appear_in_the_study_at_orthanc(router_process: Any, tmp_path: Path) -> None:
@@ -213,13 +224,16 @@ def test_results_appear_in_the_study_at_orthanc(router_process: Any, tmp_path: P
             if not found:
                 return None
             series = orthanc.get(f"/studies/{found}/series")
-            mods = {s["MainDicomTags"].get("Modality", ""): s["MainDicomTags"]
-                    .get("SeriesDescription", "") for s in series}
-            return mods if {"SR", "KO"} <= set(mods) and len(series) >= 4 else None
+            mods = [(s["MainDicomTags"].get("Modality", ""), s["MainDicomTags"]
+                     .get("SeriesDescription", "")) for s in series]
+            instances = orthanc.get(f"/studies/{found}/instances")
+            return mods if len(mods) >= 4 and len(instances) >= 4 else None
 
         mods = wait_until(series_modalities, 300, "SR, SC and KOS series in Orthanc")
-        assert mods["KO"].startswith("AI TRIAGE: ")
-        assert "NOT FOR DIAGNOSTIC USE" in mods["SR"].upper()
+        by_modality = {m: d for m, d in mods}
+        assert sorted(m for m, _ in mods) == ["CR", "KO", "OT", "SR"]  # one series each
+        assert by_modality["KO"].startswith("AI TRIAGE: ")
+        assert "NOT FOR DIAGNOSTIC USE" in by_modality["SR"].upper()
         instances = orthanc.get(f"/studies/{orthanc.study_id(study.study_uid)}/instances")
         assert len(instances) == 4  # radiograph, SR, SC, KOS: all in the original study
     finally:

@@ -1,15 +1,10 @@
 """Triage end to end with real peers: storescu -> `hiprouter serve` -> DCMTK storescp.
 
-1. Plumbing, always run: two `kind: fracture` pipelines whose models have constant outputs
-   (zero weights, a biased head: one always says femoral neck fracture, one never does) must
-   flag the study "AI TRIAGE: HIGH" naming the fracture, and "AI TRIAGE: ROUTINE".
-2. Detection, when models/fracture-demo is installed: the repository's default rules and
-   pipelines; a synthetic AP pelvis with a right femoral neck fracture must get a
-   fracture-pipeline KOS "AI TRIAGE: HIGH" naming it, an intact pelvis "AI TRIAGE: ROUTINE".
-   The demo is weak (it finds about 4 of 5 synthetic fractures and calls about 1 in 4 intact
-   hips fractured, see tests/inference/test_fracture_demo.py and its card), so the two
-   studies are ones it gets right: seeds 9106 and 9107 (not training seeds); seed 9101's
-   fracture, for one, it misses.
+Two `kind: fracture` pipelines whose models have constant outputs (zero weights, a biased
+head: one always says femoral neck fracture, one never does) run on the same study. The
+study's one report holds both; its one KOS says "AI TRIAGE: HIGH" and names the fracture
+the first model found, whatever the second says. (The shipped models' detection is tested
+by acceptance tests on generated cohorts, not here.)
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ import yaml
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from hiprouter.schema import Inference, Job, Output
+from hiprouter.schema import Job, Output
 from hiprouter.synth.study import make_study
 from tests.conftest import REPO
 from tests.e2e.test_pipeline_e2e import (
@@ -38,7 +33,7 @@ from tests.router.pacs import StoreSCP
 
 
 def kos_outputs(factory: Any) -> list[tuple[Output, str]]:
-    """Every KOS the router created, with the pipeline of the job that made it."""
+    """Every KOS the router created, with the name of the job that made it."""
     with factory() as s:
         return [(o, pipeline) for o, pipeline in s.execute(
             select(Output, Job.pipeline).join(Job, Output.job_id == Job.id)
@@ -77,10 +72,10 @@ def constant_fracture_model(folder: Path, favoured: str) -> Path:
     """A fracture-set model that always answers `favoured` (p ~ 0.93): plumbing tests only."""
     import torch
 
-    from hiprouter.inference.classes import FRACTURE_CLASSES
     from hiprouter.inference.models import ModelCard, create_model, save_model
+    from hiprouter.pipelines.fracture import FRACTURE
 
-    keys = [c.key for c in FRACTURE_CLASSES]
+    keys = FRACTURE.keys
     module = create_model("regnetx_002", len(keys))
     head = module.get_classifier()
     with torch.no_grad():
@@ -113,110 +108,31 @@ def test_fracture_pipeline_flags_and_reports_end_to_end(router_process: Any,
         assert sent.returncode == 0, sent.stderr
         factory = router.session_factory()
 
-        def kos_by_pipeline() -> dict[str, Output] | None:
+        def kos_at_pacs() -> Output | None:
             rows = kos_outputs(factory)
-            found = {pipeline: o for o, pipeline in rows}
             at_pacs = set(pacs.received())
-            if set(found) == set(models) and all(o.sop_instance_uid in at_pacs
-                                                 for o in found.values()):
-                return found
-            return None
+            done = [o for o, _ in rows if o.sop_instance_uid in at_pacs]
+            return done[0] if done else None
 
-        made = wait_until(kos_by_pipeline, 180, "KOS of both fracture pipelines at the PACS")
+        made = wait_until(kos_at_pacs, 180, "the study's KOS at the PACS")
+        (name,) = {pipeline for _, pipeline in kos_outputs(factory)}
+        assert name == "fx_yes+fx_no"  # one analysis job ran both pipelines
         objects = pacs_objects(pacs)
         by_uid = {str(d.SOPInstanceUID): d for kind in (SR, SC, KOS)
                   for d in objects.get(kind, [])}
         validate([Path(d.filename) for d in by_uid.values()])
-        high = by_uid[made["fx_yes"].sop_instance_uid]
-        assert high.SeriesDescription == "AI TRIAGE: HIGH" and made["fx_yes"].priority == "HIGH"
+        assert len(objects[KOS]) == len(objects[SR]) == len(objects[SC]) == 1
+        high = by_uid[made.sop_instance_uid]
+        assert high.SeriesDescription == "AI TRIAGE: HIGH" and made.priority == "HIGH"
         assert kos_description(high).startswith(
             "AI TRIAGE PRIORITY=HIGH: Femoral neck fracture, right hip (p=0.9")
         assert "left hip" in kos_description(high)  # the constant model flags both sides
-        low = by_uid[made["fx_no"].sop_instance_uid]
-        assert low.SeriesDescription == "AI TRIAGE: ROUTINE"
-        assert kos_description(low) == ("AI TRIAGE PRIORITY=ROUTINE: no finding above the "
-                                        "triage thresholds")
-        srs = {name: d.to_json() for d in objects[SR]
-               for name in ("constant-no_fracture", "constant-femoral_neck_fracture")
-               if name in d.to_json()}
-        assert len(srs) == len(objects[SR]) == 2
-        assert "No fracture detected on either side." in srs["constant-no_fracture"]
-        assert "FX000" in srs["constant-no_fracture"]
-        assert "Bilateral femoral neck fractures." in srs["constant-femoral_neck_fracture"]
-        assert "5913000" in srs["constant-femoral_neck_fracture"]
+        sr = objects[SR][0].to_json()
+        assert "constant-no_fracture" in sr and "constant-femoral_neck_fracture" in sr
+        assert "FX000" in sr and "5913000" in sr
+        assert "Both hips: femoral neck fracture; no fracture detected." in sr
         for ds in by_uid.values():
             assert str(ds.StudyInstanceUID) == study.study_uid
-    finally:
-        router.stop()
-        pacs.stop()
-
-
-def test_fracture_study_is_flagged_high_and_intact_study_routine(
-        router_process: Any, tmp_path: Path) -> None:
-    assert "fracture" in repo_routing()["pipelines"]
-    assert any("fracture" in r.get("pipelines", []) for r in repo_routing()["rules"])
-    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
-    router = router_process(overrides(pacs.port))
-    try:
-        broken = make_study(9106, 0, hardware=NO_HARDWARE,
-                            fracture={"R": "femoral_neck_fracture", "L": "none"},
-                            views=("ap_pelvis",), size=(450, 650))
-        intact = make_study(9107, 0, hardware=NO_HARDWARE, fracture={"R": "none", "L": "none"},
-                            views=("ap_pelvis",), size=(450, 650))
-        files = (write_study(tmp_path / "broken", [i.dataset for i in broken.images])
-                 + write_study(tmp_path / "intact", [i.dataset for i in intact.images]))
-        sent = storescu(router.port, files)
-        assert sent.returncode == 0, sent.stderr
-        factory = router.session_factory()
-
-        def fracture_kos() -> dict[str, Output] | None:
-            rows = kos_outputs(factory)
-            found = {o.study_uid: o for o, pipeline in rows if pipeline == "fracture"}
-            at_pacs = set(pacs.received())
-            if {broken.study_uid, intact.study_uid} <= set(found) and all(
-                    o.sop_instance_uid in at_pacs for o in found.values()):
-                return found
-            return None
-
-        made = wait_until(fracture_kos, 240, "fracture KOS of both studies at the PACS")
-        objects = pacs_objects(pacs)
-        by_uid = {str(d.SOPInstanceUID): d for kind in (SR, SC, KOS)
-                  for d in objects.get(kind, [])}
-        validate([Path(d.filename) for d in by_uid.values()])
-
-        high = by_uid[made[broken.study_uid].sop_instance_uid]
-        assert high.SeriesDescription == "AI TRIAGE: HIGH"
-        text = kos_description(high)
-        assert text.startswith("AI TRIAGE PRIORITY=HIGH: ")
-        assert "Femoral neck fracture, right hip" in text
-        assert made[broken.study_uid].priority == "HIGH"
-        routine = by_uid[made[intact.study_uid].sop_instance_uid]
-        assert routine.SeriesDescription == "AI TRIAGE: ROUTINE"
-        assert kos_description(routine).startswith("AI TRIAGE PRIORITY=ROUTINE: ")
-        assert "fracture," not in kos_description(routine).lower()
-
-        with factory() as s:
-            inferences = s.scalars(select(Inference)
-                                   .where(Inference.pipeline == "fracture")).all()
-        by_hip = {(i.study_uid, i.laterality): i for i in inferences}
-        assert by_hip[(broken.study_uid, "R")].predicted_class == "femoral_neck_fracture"
-        assert by_hip[(broken.study_uid, "L")].predicted_class == "no_fracture"
-        assert {by_hip[(intact.study_uid, s)].predicted_class for s in "RL"} == {"no_fracture"}
-        for inf in inferences:
-            assert inf.model_name == "fracture-demo"
-            assert abs(sum(inf.probabilities.values()) - 1.0) < 1e-3
-
-        # The fracture SR of the broken study says so in words and in codes.
-        srs = [d for d in objects[SR] if str(d.StudyInstanceUID) == broken.study_uid
-               and "fracture-demo" in d.to_json()]
-        assert len(srs) == 1
-        sr_json = srs[0].to_json()
-        assert "Right hip: femoral neck fracture." in sr_json
-        assert "Left hip: no fracture detected." in sr_json
-        assert "5913000" in sr_json and "FX000" in sr_json
-        # Every object joins the source study; nothing goes anywhere else.
-        for ds in by_uid.values():
-            assert str(ds.StudyInstanceUID) in {broken.study_uid, intact.study_uid}
     finally:
         router.stop()
         pacs.stop()

@@ -7,8 +7,9 @@ import tomllib
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-from hiprouter.inference.classes import EXTRA_FINDINGS, HARDWARE_CLASSES
-from hiprouter.report import kos, sc, sr
+from hiprouter.pipelines.classifier import ClassifierKind
+from hiprouter.pipelines.registry import installed_kinds, kind_class
+from hiprouter.report import kos, sc, seg, sr
 from tests.conftest import REPO
 
 DOC = (REPO / "docs" / "conformance-statement.md").read_text(encoding="utf-8")
@@ -42,9 +43,20 @@ def test_storage_sop_classes_match_the_scp() -> None:
 def test_created_objects_and_codes_are_described() -> None:
     for text in (sr.SR_SERIES_DESCRIPTION, sc.SC_SERIES_DESCRIPTION, str(sr.SR_SERIES_NUMBER),
                  str(sc.SC_SERIES_NUMBER), str(kos.KOS_SERIES_NUMBER), "AI TRIAGE PRIORITY=",
+                 seg.SEG_SERIES_DESCRIPTION, str(seg.SEG_SERIES_NUMBER), "TID 1410",
                  "24136001", "24028007", "7771000", "122157", "363679005", "113000", "99HIPAI",
-                 "WSD", "DERIVED\\SECONDARY", "PRELIMINARY", "UNVERIFIED", "COMPLETE"):
+                 "WSD", "DERIVED\\SECONDARY", "PRELIMINARY", "UNVERIFIED", "COMPLETE",
+                 *(f"{c.value} ({c.scheme_designator})" for c in sr.STATUS_CODES.values())):
         assert text in DOC, text
-    codes = section("### 6.4 Codes")
-    for fc in (*HARDWARE_CLASSES, *EXTRA_FINDINGS):
-        assert f"| `{fc.key}` | {fc.code} ({fc.scheme}) | {fc.meaning} |" in codes
+    codes = section("### 6.5 Codes")
+    built_in = [k for k in installed_kinds() if kind_class(k).__module__.startswith("hiprouter.")]
+    assert {"hardware", "fracture"} <= set(built_in)
+    for kind in built_in:
+        cls = kind_class(kind)
+        if not issubclass(cls, ClassifierKind):
+            continue
+        for fc in cls.default_vocabulary():
+            triage = fc.triage or ("negative" if fc.negative else "")
+            row = (f"| {kind} | `{fc.key}` | {fc.code.value} ({fc.code.scheme}) | "
+                   f"{fc.code.meaning} | {triage} |")
+            assert row in codes, row

@@ -1,33 +1,64 @@
 """A test pipeline kind `marked` for worker processes (loaded with `plugins:`).
 
 It appends "<job id> <pid>" to `<output_dir>/../runs.log` when it starts and when it
-finishes, waits `HIPROUTER_TEST_PIPE_S` seconds in between, and then forwards the
-original images, so tests can see which process ran which job and how often.
+finishes (the study UID stands for the job), waits `HIPROUTER_TEST_PIPE_S` seconds in
+between, and reports one finding per hip crop, so tests can see which process ran which
+study and how often, and a report (SR and KOS) reaches the PACS.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
-from hiprouter.config import Settings
-from hiprouter.router.pipelines import JobContext, Pipeline, register_pipeline
+import numpy as np
+
+from hiprouter.findings import (
+    Classification,
+    Finding,
+    FindingClass,
+    ModelInfo,
+    PipelineResult,
+    Region,
+    Vocabulary,
+)
+from hiprouter.inference.study import StudyInput
+from hiprouter.pipelines.base import PipelineKind, Target
+from hiprouter.pipelines.registry import register_kind
+
+MODEL = ModelInfo("marked", "1", "none", "2.25.77", synthetic_demo=False)
 
 
-def marked(settings: Settings, name: str) -> Pipeline:
-    log = settings.storage.output_dir.parent / "runs.log"
-    delay = float(os.environ.get("HIPROUTER_TEST_PIPE_S", "0"))
+@register_kind
+class MarkedKind(PipelineKind):
+    """Marks every hip, logging when it starts and ends."""
 
-    def run(ctx: JobContext) -> list[Path]:
+    kind = "marked"
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary((FindingClass.private("marked", "Marked", "TST1"),))
+
+    def model_info(self) -> ModelInfo:
+        return MODEL
+
+    def modalities(self) -> Sequence[str]:
+        return ("CR", "DX", "OT", "MR", "CT")
+
+    def run(self, study: StudyInput, targets: Sequence[Target] | None) -> PipelineResult:
+        log = self.context.settings.storage.output_dir.parent / "runs.log"
+        delay = float(os.environ.get("HIPROUTER_TEST_PIPE_S", "0"))
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"start {ctx.job.id} {os.getpid()}\n")
+            fh.write(f"start {study.study_uid} {os.getpid()}\n")
         time.sleep(delay)
+        result = self.empty_result()
+        for uid, crop in study.crops():
+            top, left, bottom, right = crop.box
+            result.findings.append(Finding(
+                self.name, crop.laterality, [uid], MODEL,
+                Classification("marked", 1.0, {"marked": 1.0}),
+                regions=[Region(uid, "POINT", np.array([[(left + right) / 2,
+                                                         (top + bottom) / 2]]))]))
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"end {ctx.job.id} {os.getpid()}\n")
-        return [Path(i.spool_path) for i in ctx.instances]
-
-    return run
-
-
-register_pipeline("marked", marked)
+            fh.write(f"end {study.study_uid} {os.getpid()}\n")
+        return result

@@ -67,9 +67,14 @@ def enqueue(
     send_to: Sequence[str],
     series_uids: Sequence[str] | None = None,
     episode: int = 1,
+    pipelines: Sequence[str] | None = None,
 ) -> Job:
     """Add a pending job in the caller's transaction (unique per study episode, rule and
-    pipeline: a second enqueue of the same job returns the existing row)."""
+    pipeline: a second enqueue of the same job returns the existing row).
+
+    `pipelines` are the inference pipelines an analysis job runs (in cascade order);
+    `pipeline` is then the job's name for them.
+    """
     existing = session.scalars(
         select(Job).where(
             Job.study_uid == study_uid, Job.episode == episode, Job.rule == rule,
@@ -82,6 +87,7 @@ def enqueue(
     job = Job(
         study_uid=study_uid, pipeline=pipeline, rule=rule, send_to=list(send_to),
         series_uids=list(series_uids) if series_uids is not None else None, episode=episode,
+        pipelines=list(pipelines) if pipelines is not None else None,
         state=PENDING, attempts=0, next_run_at=now, created_at=now, updated_at=now,
         replay=False,
     )

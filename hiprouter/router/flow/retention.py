@@ -21,7 +21,7 @@ from hiprouter.config import Settings
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.router.flow import queue, studies
-from hiprouter.schema import Inference, Instance, Job, Output, Send, SendAttempt, Study
+from hiprouter.schema import FindingRow, Instance, Job, Output, Send, SendAttempt, Study
 
 log = get_logger(__name__)
 
@@ -81,7 +81,7 @@ def _remove_rows(factory: sessionmaker[Session], settings: Settings, study_uid: 
             files.extend(out_root.glob(f"{job_id}-*"))
         send_ids = select(Send.id).where(Send.study_uid == study_uid)
         session.execute(delete(SendAttempt).where(SendAttempt.send_id.in_(send_ids)))
-        for table in (Send, Output, Inference, Job, Instance):
+        for table in (Send, Output, FindingRow, Job, Instance):
             session.execute(delete(table).where(table.study_uid == study_uid))
         session.delete(study)
         audit.record(session, audit.STUDY_DELETED,

@@ -1,4 +1,7 @@
-"""Route a complete study: apply the rules to its headers and queue one job per pipeline.
+"""Route a complete study: apply the rules to its headers and queue its jobs.
+
+Per matching rule: one analysis job running all of the rule's inference pipelines (they
+write one report together) and one forward job when the rule forwards the originals.
 
 Called inside the transaction that marks the study complete (see studies.py), so a study
 episode is routed exactly once; the unique (study, episode, rule, pipeline) key makes a
@@ -7,6 +10,7 @@ second call a no-op that returns the jobs already queued.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from pydicom import dcmread
@@ -74,17 +78,33 @@ def route_study(session: Session, settings: Settings, study: Study) -> list[Job]
     return jobs
 
 
+def analysis_name(pipelines: list[str]) -> str:
+    """The job name of an analysis running these pipelines, e.g. ``hardware+fracture``."""
+    name = "+".join(pipelines)
+    if len(name) <= 64:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:55]}+{digest}"
+
+
 def _enqueue_route(session: Session, study: Study, route: Route) -> list[Job]:
+    """One analysis job running every inference pipeline of the rule (one report), and
+    one forward job for the original images."""
     rule = route.rule
-    wanted = {p: list(rule.send_to) for p in rule.pipelines}
-    if rule.forward_to:  # one forward job even when `forward` is also a listed pipeline
-        merged = wanted.setdefault(FORWARD, [])
-        merged.extend(d for d in rule.forward_to if d not in merged)
-    return [
-        queue.enqueue(session, study_uid=study.study_uid, pipeline=pipeline, rule=rule.name,
-                      send_to=send_to, series_uids=route.series_uids, episode=study.episode)
-        for pipeline, send_to in wanted.items()
-    ]
+    jobs = []
+    analysis = [p for p in rule.pipelines if p != FORWARD]
+    if analysis:
+        jobs.append(queue.enqueue(
+            session, study_uid=study.study_uid, pipeline=analysis_name(analysis),
+            rule=rule.name, send_to=list(rule.send_to), series_uids=route.series_uids,
+            episode=study.episode, pipelines=analysis))
+    forward = list(rule.send_to) if FORWARD in rule.pipelines else []
+    forward += [d for d in rule.forward_to if d not in forward]
+    if forward:
+        jobs.append(queue.enqueue(
+            session, study_uid=study.study_uid, pipeline=FORWARD, rule=rule.name,
+            send_to=forward, series_uids=route.series_uids, episode=study.episode))
+    return jobs
 
 
 def _audit(session: Session, study: Study, routes: list[Route], jobs: list[Job]) -> None:

@@ -1,4 +1,7 @@
-"""Job workers: claim a job, run its pipeline, queue the resulting sends, mark it done.
+"""Job workers: claim a job, run it, queue the resulting sends, mark it done.
+
+A job is either an analysis (every inference pipeline of a rule on a study episode, one
+report: hiprouter/pipelines/job.py) or a forward (the original images, unchanged).
 
 `JobWorker` threads run inside `hiprouter serve` and in extra processes (`hiprouter worker
 --count N`) on the same or other hosts (`hiprouter.service` starts them); the database is
@@ -13,6 +16,7 @@ from __future__ import annotations
 import shutil
 import threading
 import traceback
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +28,10 @@ from hiprouter import audit
 from hiprouter.config import RetryConfig, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
+from hiprouter.pipelines.job import JobContext, run_analysis
+from hiprouter.pipelines.registry import FORWARD, PipelineSet
 from hiprouter.router.flow import queue, studies
-from hiprouter.router.pipelines import PipelineCache, make_context
-from hiprouter.schema import Job, Send
+from hiprouter.schema import Instance, Job, Send
 
 log = get_logger(__name__)
 
@@ -78,7 +83,34 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
     return queued
 
 
-def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: PipelineCache,
+def job_instances(session: Session, job: Job) -> list[Instance]:
+    """The stored instances a job works on, in a stable order."""
+    query = select(Instance).where(Instance.study_uid == job.study_uid,
+                                   Instance.state == "stored")
+    if job.series_uids is not None:
+        query = query.where(Instance.series_uid.in_(job.series_uids))
+    return list(session.scalars(query.order_by(Instance.series_uid, Instance.id)).all())
+
+
+def make_context(settings: Settings, factory: sessionmaker[Session], job: Job,
+                 log: object = None) -> JobContext:
+    """Load the job's instances and create its output folder."""
+    with factory() as session:
+        instances = job_instances(session, job)
+    out = settings.storage.output_dir / f"{job.id}-{uuid.uuid4().hex[:12]}"
+    out.mkdir(parents=True, exist_ok=False)
+    return JobContext(settings, factory, job, instances, out,
+                      log or get_logger("hiprouter.pipeline").bind(job_id=job.id))
+
+
+def execute(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
+    """The files a job produces: its report, or the originals for a forward job."""
+    if ctx.job.pipeline == FORWARD and not ctx.job.pipelines:
+        return [Path(i.spool_path) for i in ctx.instances]
+    return run_analysis(ctx, pipelines)
+
+
+def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: PipelineSet,
             job: Job, owner: str) -> str:
     """Run one claimed job to done, failed or dead; returns the outcome."""
     bound = log.bind(job_id=job.id, study_uid=job.study_uid, pipeline=job.pipeline,
@@ -93,7 +125,7 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         ctx = make_context(settings, factory, job, bound)
         if not ctx.instances:
             raise RuntimeError("the job has no stored instances")
-        paths = pipelines.get(job.pipeline)(ctx)
+        paths = execute(ctx, pipelines)
         objects = object_uids(paths) if job.send_to else []
         with write_transaction(factory) as session:
             queue.complete(session, job.id, owner)
@@ -168,7 +200,7 @@ class JobWorker(threading.Thread):
     """One worker thread: claims and runs jobs until `stop` is set."""
 
     def __init__(self, factory: sessionmaker[Session], settings: Settings,
-                 pipelines: PipelineCache, stop: threading.Event, index: int) -> None:
+                 pipelines: PipelineSet, stop: threading.Event, index: int) -> None:
         super().__init__(name=f"job-worker-{index}", daemon=True)
         self.factory, self.settings, self.pipelines, self.stop = (
             factory, settings, pipelines, stop)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hiprouter.pipelines.registry import PipelineSet
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,7 +22,6 @@ from hiprouter.config import Settings
 from hiprouter.router.flow import ops, queue
 from hiprouter.router.flow.routing import route_study
 from hiprouter.router.flow.worker import enqueue_sends, run_job
-from hiprouter.router.pipelines import PipelineCache
 from hiprouter.schema import AuditEvent, Job, Send, Study
 from tests.router.dicomkit import add_study, make_study
 from tests.router.pacs import StoreSCP
@@ -159,7 +159,7 @@ def test_rerun_reuses_sends_and_replay_sends_again(factory, tmp_path: Path) -> N
     settings = make_settings(tmp_path, factory.url)
     uid = add_study(factory, make_study(tmp_path / "in", 1, 3, BodyPartExamined="HIP"))
     (job,) = _route(factory, settings, uid)
-    pipelines = PipelineCache(settings)
+    pipelines = PipelineSet(settings)
     claimed = queue.claim(factory, "w", 30, settings.queue.retry)
     assert run_job(factory, settings, pipelines, claimed, "w") == "done"
     with factory() as s, s.begin():
@@ -186,7 +186,7 @@ def test_job_without_instances_fails_with_error(factory, tmp_path: Path) -> None
     with factory() as s, s.begin():
         queue.enqueue(s, study_uid="1.2.404", pipeline="forward", rule="r", send_to=["pacs"])
     job = queue.claim(factory, "w", 30, settings.queue.retry)
-    assert run_job(factory, settings, PipelineCache(settings), job, "w") == "failed"
+    assert run_job(factory, settings, PipelineSet(settings), job, "w") == "failed"
     with factory() as s:
         assert "no stored instances" in s.get(Job, job.id).last_error
 
@@ -197,7 +197,7 @@ def test_unknown_pipeline_kind_fails_jobs_until_dead_and_study_failed(factory, t
                              rules=[{"name": "hip", "pipelines": ["site"]}])
     uid = add_study(factory, make_study(tmp_path / "in", 1, 1))
     _route(factory, settings, uid)
-    pipelines = PipelineCache(settings)
+    pipelines = PipelineSet(settings)
     states = []
     for _ in range(3):
         job = queue.claim(factory, "w", 30, settings.queue.retry)
@@ -222,6 +222,7 @@ def _worker_config(tmp_path: Path, url: str, pacs_port: int, lease_s: float) -> 
         "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
         "pipelines": {"marked": {"kind": "marked"}},
         "plugins": ["tests.router.testpipes"],
+        "report": {"secondary_captures": False},
         "queue": {"lease_s": lease_s, "poll_interval_s": 0.1,
                   "retry": {"initial_s": 0.5, "max_s": 1}},
         "logging": {"level": "INFO", "json_logs": True},
@@ -246,21 +247,23 @@ def _start_worker(config: Path, log: Path, delay_s: float) -> subprocess.Popen[b
     return proc
 
 
-def _queue_marked_jobs(factory, tmp_path: Path, n: int) -> list[int]:
-    ids = []
+def _queue_marked_jobs(factory, tmp_path: Path, n: int) -> list[str]:
+    """n studies with one `marked` job each; returns their Study Instance UIDs (the kind
+    logs the study it runs on)."""
+    uids = []
     for i in range(n):
         uid = add_study(factory, make_study(tmp_path / "in" / str(i), 1, 1), state="routed")
         with factory() as s, s.begin():
-            ids.append(queue.enqueue(s, study_uid=uid, pipeline="marked", rule="t",
-                                     send_to=["pacs"]).id)
-    return ids
+            queue.enqueue(s, study_uid=uid, pipeline="marked", rule="t", send_to=["pacs"])
+        uids.append(uid)
+    return uids
 
 
-def _runs(tmp_path: Path) -> list[tuple[str, int, int]]:
+def _runs(tmp_path: Path) -> list[tuple[str, str, int]]:
     path = tmp_path / "runs.log"
     if not path.exists():
         return []
-    return [(w[0], int(w[1]), int(w[2])) for w in
+    return [(w[0], w[1], int(w[2])) for w in
             (line.split() for line in path.read_text().splitlines())]
 
 
@@ -281,10 +284,10 @@ def test_two_worker_processes_share_50_jobs_none_twice(pg_url: str, tmp_path: Pa
                                 .where(Job.state == "done"))
                 sent = s.scalar(select(func.count()).select_from(Send)
                                 .where(Send.state == "sent"))
-            if done == 50 and sent == 50:
+            if done == 50 and sent == 100:  # each study's report: an SR and a KOS
                 break
             time.sleep(0.2)
-        received = pacs.wait_for(50, timeout=10)
+        received = pacs.wait_for(100, timeout=10)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -296,7 +299,7 @@ def test_two_worker_processes_share_50_jobs_none_twice(pg_url: str, tmp_path: Pa
     assert len({pid for _, pid in starts}) == 2, "both worker processes took jobs"
     with factory() as s:
         assert s.scalars(select(Job.attempts)).all() == [1] * 50
-    assert len(received) == 50 and set(received.values()) == {1}
+    assert len(received) == 100 and set(received.values()) == {1}
     assert codes == [0, 0], "workers stop cleanly on SIGTERM"
 
 
@@ -310,7 +313,9 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
     first = _start_worker(config, tmp_path / "w0.log", 4.0)
     second = None
     try:
-        (job_id,) = _queue_marked_jobs(factory, tmp_path, 1)
+        (study_uid,) = _queue_marked_jobs(factory, tmp_path, 1)
+        with factory() as s:
+            job_id = s.scalars(select(Job.id).where(Job.study_uid == study_uid)).one()
         deadline = time.monotonic() + 20
         while not _runs(tmp_path):
             assert time.monotonic() < deadline
@@ -327,7 +332,7 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
             if job.state == "done":
                 break
             time.sleep(0.2)
-        received = pacs.wait_for(1, timeout=10)
+        received = pacs.wait_for(2, timeout=10)
     finally:
         if second is not None:
             second.send_signal(signal.SIGTERM)
@@ -338,7 +343,7 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
     assert [(w, pid) for w, _, pid in runs] == [("start", first.pid), ("start", second.pid),
                                                 ("end", second.pid)]
     assert job.state == "done" and job.attempts == 2
-    assert list(received.values()) == [1]
+    assert list(received.values()) == [1, 1]  # SR and KOS, each once
     assert "job lease expired" in (tmp_path / "w1.log").read_text()
 
 
