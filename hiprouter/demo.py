@@ -26,7 +26,7 @@ from rich.table import Table
 
 from hiprouter import db as dbmod
 from hiprouter import logs
-from hiprouter.config import Destination, Settings
+from hiprouter.config import Destination, PipelineConfig, Settings
 from hiprouter.synth.study import SynthStudy, make_study
 
 KOS_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -74,9 +74,27 @@ class LocalPACS:
             self._server.shutdown()
 
 
+DEFAULT_PIPELINES = {"hardware": {"kind": "hardware"}, "fracture": {"kind": "fracture"}}
+"""What the demo runs when the configuration has no pipelines (embedded defaults)."""
+
+
 def demo_settings(base: Settings, workdir: Path, pacs: LocalPACS, port: int) -> Settings:
-    """The user's settings (rules, pipelines) with a private database, spool and PACS."""
+    """The user's settings (rules, pipelines) with a private database, spool and PACS.
+
+    Without rules (embedded defaults, no config.yaml) the demo routes every CR/DX series to
+    the configured pipelines, or to the bundled hardware and fracture demos.
+    """
     s = base.model_copy(deep=True)
+    if not s.rules:
+        pipelines = s.pipelines or {n: PipelineConfig.model_validate(c)
+                                    for n, c in DEFAULT_PIPELINES.items()}
+        s = Settings.model_validate({
+            **s.model_dump(exclude={"rules", "pipelines", "destinations"}),
+            "pipelines": {n: p.model_dump() for n, p in pipelines.items()},
+            "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
+                                      "port": pacs.port}},
+            "rules": [{"name": "demo", "match": {"tag": "Modality", "in": ["CR", "DX"]},
+                       "pipelines": list(pipelines), "send_to": ["pacs"]}]})
     s.node.host, s.node.port, s.node.allowed_calling = "127.0.0.1", port, None
     s.database.url = f"sqlite:///{workdir / 'hiprouter.db'}"
     s.storage.spool_dir, s.storage.output_dir = workdir / "spool", workdir / "outputs"
@@ -152,8 +170,10 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
         logs.configure("WARNING", base.logging.json_logs)
     from hiprouter.service import build_node
 
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Every run starts from fresh state (its own database, spool and PACS folder), so a
+    # second run in the same folder does the whole flow again instead of finding duplicates.
+    workdir = workdir.resolve() / time.strftime("run-%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=False)
     console.print(f"[bold]hiprouter demo[/] in {workdir}")
     made = [make_study(seed, i, **DEMO_CASES[i % len(DEMO_CASES)]) for i in range(studies)]
     console.print(f"made {len(made)} synthetic studies "

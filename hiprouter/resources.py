@@ -2,12 +2,12 @@
 
 In the repository they are the top-level folders `sr_templates/`, `alembic/` and `models/`;
 the wheel carries them as the package data `hiprouter.sr_templates`, `hiprouter.alembic`
-and `hiprouter.models` (pyproject.toml maps the folders), read with importlib.resources.
+and `hiprouter.models` (pyproject.toml maps the folders), found through importlib.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -18,11 +18,13 @@ def _folder(package: str, repo_folder: str) -> Path:
     if (_REPO / "pyproject.toml").is_file() and (_REPO / repo_folder).is_dir():
         return _REPO / repo_folder
     try:
-        found = Path(str(files(package)))
-    except (ModuleNotFoundError, TypeError):
-        found = None
-    if found is not None and found.is_dir():
-        return found
+        spec = find_spec(package)
+    except ModuleNotFoundError:
+        spec = None
+    # The data folders are namespace packages (no __init__.py): their one location.
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if Path(location).is_dir():
+            return Path(location)
     return _REPO / repo_folder
 
 

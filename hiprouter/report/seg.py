@@ -14,7 +14,6 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from hiprouter.findings import Mask, ModelInfo
-from hiprouter.report.header import paired_body_part
 from hiprouter.report.sr import LATERALITY, algorithm_equipment_for, concept
 
 SEG_SERIES_NUMBER = 9904
@@ -76,6 +75,8 @@ def build_seg(source: Dataset, masks: Sequence[tuple[Mask, str, ModelInfo]], *,
     )
     orientation = [str(v) for v in (source.get("PatientOrientation") or [])]
     seg.PatientOrientation = orientation if len(orientation) == 2 else None  # Type 2C
-    if paired_body_part(source) and "Laterality" not in seg:
-        seg.Laterality = None
+    if "Laterality" in seg:
+        # dciodvfy's Segmentation IOD never admits General Series Laterality here (the side
+        # of each segment is its property type modifier).
+        del seg.Laterality
     return seg

@@ -239,3 +239,37 @@ def test_results_appear_in_the_study_at_orthanc(router_process: Any, tmp_path: P
     finally:
         router.stop()
         orthanc.stop()
+
+
+def test_combined_orientation_letters_still_get_every_object(router_process: Any,
+                                                             tmp_path: Path) -> None:
+    """Rotated and cross-table views carry PatientOrientation such as FR\\HR; highdicom's SC
+    constructor refuses them, yet the study gets its SR, SC and KOS (and they validate)."""
+    from tests.inference.helpers import constant_model
+
+    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
+    overrides = router_overrides("PACS", pacs.port)
+    overrides["pipelines"] = {"hardware": {
+        "kind": "hardware", "device": "cpu",
+        "models": [str(constant_model(tmp_path / "m", "hardware", "tha"))]}}
+    for rule in overrides["rules"]:
+        rule["pipelines"] = ["hardware"]
+    router = router_process(overrides)
+    try:
+        study = make_study(41, 0, views=("ap_pelvis", "cross_table_lateral"), side="R",
+                           size=(400, 500))
+        datasets = [i.dataset for i in study.images]
+        datasets[0].PatientOrientation = ["FR", "HR"]
+        datasets[1].PatientOrientation = ["HR", "F"]
+        sent = storescu(router.port, write_study(tmp_path / "study", datasets))
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: pacs_objects(pacs).get(KOS), 240, "the study's KOS at the PACS")
+        wait_until(lambda: len(pacs_objects(pacs).get(SC, [])) == 2, 60, "both overlays")
+        objects = pacs_objects(pacs)
+        assert [len(objects[k]) for k in (SR, SC, KOS)] == [1, 2, 1]
+        orientations = sorted(list(d.PatientOrientation) for d in objects[SC])
+        assert orientations == [["FR", "HR"], ["HR", "F"]]
+        validate([Path(d.filename) for kind in (SR, SC, KOS) for d in objects[kind]])
+    finally:
+        router.stop()
+        pacs.stop()

@@ -28,6 +28,7 @@ from tests.e2e.test_pipeline_e2e import (
     wait_until,
     write_study,
 )
+from tests.inference.helpers import constant_model
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
 
@@ -69,23 +70,8 @@ def kos_description(ds: Dataset) -> str:
 
 
 def constant_fracture_model(folder: Path, favoured: str) -> Path:
-    """A fracture-set model that always answers `favoured` (p ~ 0.93): plumbing tests only."""
-    import torch
-
-    from hiprouter.inference.models import ModelCard, create_model, save_model
-    from hiprouter.pipelines.fracture import FRACTURE
-
-    keys = FRACTURE.keys
-    module = create_model("regnetx_002", len(keys))
-    head = module.get_classifier()
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.copy_(torch.tensor([3.0 if k == favoured else 0.0 for k in keys]))
-    card = ModelCard(name=f"constant-{favoured}", version="0.0.1", architecture="regnetx_002",
-                     input_size=64, label_set="fracture", classes=keys,
-                     training_data="none (constant output for tests)", synthetic_demo=True)
-    save_model(module, card, folder)
-    return folder
+    """A fracture model that always answers `favoured` (p ~ 0.93): plumbing tests only."""
+    return constant_model(folder, "fracture", favoured)
 
 
 def test_fracture_pipeline_flags_and_reports_end_to_end(router_process: Any,

@@ -93,3 +93,24 @@ def classify(datasets: list, kind: str = "hardware", targets: list | None = None
     for uid, reason in study.refused.items():
         result.not_assessed.setdefault(uid, reason)
     return pipe, result
+
+
+def constant_model(folder: Path, label_set: str, favoured: str, input_size: int = 64) -> Path:
+    """A model of a classifier kind that always answers `favoured` (p ~ 0.9): zero weights,
+    a biased head. For plumbing tests only; never a claim about detection."""
+    import torch
+
+    from hiprouter.inference.models import ModelCard, create_model, save_model
+    from hiprouter.training.dataset import label_spec
+
+    keys = label_spec(label_set).classes
+    module = create_model("regnetx_002", len(keys))
+    head = module.get_classifier()
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([3.0 if k == favoured else 0.0 for k in keys]))
+    card = ModelCard(name=f"constant-{favoured}", version="0.0.1", architecture="regnetx_002",
+                     input_size=input_size, label_set=label_set, classes=keys,
+                     training_data="none (constant output for tests)", synthetic_demo=True)
+    save_model(module, card, folder)
+    return folder

@@ -127,8 +127,9 @@ class RouterProcess:
     """`hiprouter serve` in a subprocess with its own config, spool, database and log."""
 
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
-                 database_url: str | None = None) -> None:
+                 database_url: str | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
+        self.env = dict(env or {})
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config: dict[str, Any] = {
@@ -167,7 +168,7 @@ class RouterProcess:
             [sys.executable, "-c", "from hiprouter.cli import main; main()",
              "--config", str(self.config_path), "serve"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -219,12 +220,13 @@ class RouterProcess:
 
 @pytest.fixture()
 def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
-    """Factory: `router_process(overrides=None, database_url=None, start=True)`."""
+    """Factory: `router_process(overrides=None, database_url=None, start=True, env=None)`."""
     made: list[RouterProcess] = []
 
     def make(overrides: dict[str, Any] | None = None, database_url: str | None = None,
-             start: bool = True, name: str = "router") -> RouterProcess:
-        router = RouterProcess(tmp_path / f"{name}{len(made)}", overrides, database_url)
+             start: bool = True, name: str = "router",
+             env: dict[str, str] | None = None) -> RouterProcess:
+        router = RouterProcess(tmp_path / f"{name}{len(made)}", overrides, database_url, env)
         made.append(router)
         return router.start() if start else router
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hiprouter.pipelines.registry import PipelineSet
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import db
 from hiprouter.config import Settings
+from hiprouter.pipelines.registry import PipelineSet
 from hiprouter.router.flow import ops, queue
 from hiprouter.router.flow.routing import route_study
 from hiprouter.router.flow.worker import enqueue_sends, run_job
