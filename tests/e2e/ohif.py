@@ -608,30 +608,53 @@ class OhifViewer:
             "[...document.querySelectorAll('[data-cy=\"trackedMeasurements-panel\"] "
             "[data-cy=\"data-row\"]')].map(e => e.parentElement.innerText)"))
 
+    def sr_annotation_uids(self) -> list[str]:
+        """Tracking UIDs of the SR annotations OHIF holds (drawn or not)."""
+        return list(self.b.evaluate(
+            "window.cornerstoneTools ? cornerstoneTools.annotation.state.getAllAnnotations()"
+            ".filter(a => a.metadata && a.metadata.toolName === 'DICOMSRDisplay')"
+            ".map(a => a.data.TrackingUniqueIdentifier) : []"))
+
+    def rerender(self) -> None:
+        """Render every viewport again, with its annotations (what any mouse move does)."""
+        self.b.evaluate("cornerstone.getEnabledElements().forEach(e => e.viewport.render())")
+        self.b.settle(1.0)
+
     def look_at(self, graphics: Sequence[SrGraphic], wait_s: float = 30) -> SrDrawing:
         """What OHIF drew for these SR graphics (waits up to wait_s for a text box per
-        tracking UID), with a screenshot of the page."""
+        tracking UID), with a screenshot of the page.
+
+        When OHIF holds the SR annotations but has not drawn them by then (a race in OHIF
+        3.12: the SR annotations can be added before the SR viewport has its image actor,
+        and nothing renders them again until the user moves the mouse), the viewports are
+        rendered once more, as a mouse move would, and `rerendered` says so.
+        """
         uids = sorted({g.tracking_uid for g in graphics})
+        all_drawn = ("(() => { const have = [...document.querySelectorAll('svg.svg-layer "
+                     "g[data-annotation-uid]')].map(g => g.getAttribute('data-annotation-uid'));"
+                     f" return {json.dumps(uids)}.every(u => have.includes(u)); }})()")
+        rerendered = False
         try:
-            self.b.wait_for(
-                "(() => { const have = [...document.querySelectorAll('svg.svg-layer "
-                "g[data-annotation-uid]')].map(g => g.getAttribute('data-annotation-uid')); "
-                f"return {json.dumps(uids)}.every(u => have.includes(u)); }})()", wait_s)
-            self.b.settle(1.0)
+            self.b.wait_for(all_drawn, wait_s)
         except TimeoutError:
-            pass
+            held = set(self.sr_annotation_uids())
+            if uids and set(uids) <= held:
+                rerendered = True
+                self.rerender()
+        self.b.settle(1.0)
         png = self.b.screenshot()
         labels = {u: t for u, t in self.sr_labels().items() if u in uids}
         try:
             canvas = [self.canvas_point(*g.points[0]) for g in graphics]
             page = [self.page_point(*g.points[0]) for g in graphics]
         except (CdpError, TypeError, IndexError):  # no image in the viewport
-            return SrDrawing(labels, [False] * len(graphics), [0] * len(graphics), png)
+            return SrDrawing(labels, [False] * len(graphics), [0] * len(graphics), png,
+                             rerendered)
         ends = self.svg_points()
         line_ends = [any(abs(px - x) <= 3 and abs(py - y) <= 3 for px, py in ends)
                      for x, y in canvas]
         colour = [coloured_pixels(png, x, y) for x, y in page]
-        return SrDrawing(labels, line_ends, colour, png)
+        return SrDrawing(labels, line_ends, colour, png, rerendered)
 
 
 @dataclass
@@ -706,13 +729,16 @@ class SrDrawing:
     colour: list[int]
     """Per graphic: coloured screenshot pixels around its first point."""
     png: bytes
+    rerendered: bool = False
+    """OHIF held the annotations but drew them only after one more render."""
 
     def drawn(self, n: int) -> bool:
         return (len(self.labels) == n and len(self.line_ends) == n and all(self.line_ends)
                 and all(c >= 8 for c in self.colour))
 
     def __repr__(self) -> str:
-        return f"SrDrawing(labels={self.labels}, line_ends={self.line_ends}, colour={self.colour})"
+        return (f"SrDrawing(labels={self.labels}, line_ends={self.line_ends}, "
+                f"colour={self.colour}, rerendered={self.rerendered})")
 
 
 @contextmanager

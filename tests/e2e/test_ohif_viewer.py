@@ -209,8 +209,9 @@ def test_ohif_draws_and_lists_sr_findings(stack: Stack) -> None:
     # 2. The SR with SCOORDs: OHIF's SR viewport draws one marker per hip at the point.
     viewer.open_series(DRAWN_SR)
     viewer.wait_sr_loaded()
-    drawing = viewer.look_at(graphics, wait_s=30)
+    drawing = viewer.look_at(graphics, wait_s=10)
     (out / "ohif_sr.png").write_bytes(drawing.png)
+    (out / "ohif_sr_drawing.txt").write_text(repr(drawing) + "\n")
     (out / "ohif_sr_dom.txt").write_text(viewer.b.text())
     assert drawing.drawn(len(hips)), drawing
     assert viewer.displayed_sop_uid() == str(stack.image.dataset.SOPInstanceUID)
