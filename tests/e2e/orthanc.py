@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 import subprocess
@@ -33,6 +34,19 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return bytes(r.read())
 
+    @property
+    def dicomweb_root(self) -> str:
+        """Base URL of the DICOMweb API (only when started with dicomweb=True)."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def upload(self, data: bytes) -> Any:
+        """Store one DICOM Part 10 file through the REST API (POST /instances)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances",
+                                     data=data, method="POST",
+                                     headers={"Content-Type": "application/dicom"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
     def study_id(self, study_uid: str) -> str | None:
         """Orthanc's identifier of a study, by Study Instance UID (None when absent)."""
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/tools/lookup",
@@ -52,11 +66,40 @@ class Orthanc:
                 self.proc.wait()
 
 
-def start_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Orthanc:
-    """Start Orthanc with a private storage folder; waits until its REST API answers."""
+# Where Debian's orthanc-dicomweb package puts the plugin (`dpkg -L orthanc-dicomweb`).
+DICOMWEB_PLUGIN_GLOBS = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
+    "/usr/lib/*/orthanc/plugins/libOrthancDicomWeb.so*",
+)
+
+
+def dicomweb_plugin() -> Path | None:
+    """Path of Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb), or None."""
+    for pattern in DICOMWEB_PLUGIN_GLOBS:
+        for path in sorted(glob.glob(pattern)):
+            if Path(path).is_file():
+                return Path(path)
+    return None
+
+
+def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", *,
+                  dicomweb: bool = False) -> Orthanc:
+    """Start Orthanc with a private storage folder; waits until its REST API answers.
+
+    dicomweb=True loads the DICOMweb plugin (QIDO-RS, WADO-RS, STOW-RS under
+    http://127.0.0.1:<http_port>/dicom-web/); FileNotFoundError when it is not installed.
+    """
     exe = shutil.which("Orthanc")
     if exe is None:
         raise FileNotFoundError("Orthanc not installed (Debian package orthanc)")
+    plugins: list[str] = []
+    if dicomweb:
+        plugin = dicomweb_plugin()
+        if plugin is None:
+            raise FileNotFoundError(
+                "Orthanc DICOMweb plugin not installed (Debian package orthanc-dicomweb)")
+        plugins.append(str(plugin))
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = free_port(), free_port()
     config = {
@@ -71,8 +114,10 @@ def start_orthanc(workdir: Path, ae_title: str = "ORTHANC") -> Orthanc:
         "AuthenticationEnabled": False,
         "DicomCheckCalledAet": True,
         "UnknownSopClassAccepted": False,
-        "Plugins": [],
+        "Plugins": plugins,
     }
+    if dicomweb:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
