@@ -1,18 +1,18 @@
 """The Structured Report: Comprehensive 3D SR with one TID 1500 Measurement Report per study.
 
-One measurement group per finding (every pipeline, every hip):
+Per finding (every pipeline, every hip), under one Tracking Identifier/UID:
 
-- with a region (all built-in kinds have one): TID 1410 Planar ROI group whose Image Region
-  is a SCOORD (POINT at the hip, POLYLINE around the finding) with its IMAGE reference, the
-  structure OHIF v3 and Weasis draw on the radiograph;
-- without one: TID 1501 group referencing its source images.
+- with a region (all built-in kinds have one): a TID 1410 Planar ROI group whose Image
+  Region is a SCOORD (POINT at the hip, POLYLINE around the finding) with its IMAGE
+  reference, the structure OHIF v3 and Weasis draw on the radiograph and list (titled by
+  the sentence, a TEXT Comment), plus a TID 1501 group with the numbers;
+- without one: a TID 1501 group referencing its source images.
 
-Each group carries Tracking Identifier/UID, Finding (the class code; "Indeterminate" or
-"Not assessed" when the model abstained), Finding Site (hip joint or femoral head, with
-laterality), Algorithm Identification (TID 4019), the probability as NUM (DCM 122157, UCUM
-"1") and the pipeline's other measurements, the class as a coded qualitative evaluation,
-and the prepopulated sentence as TEXT. The impression paragraph is a TEXT item in a
-Qualitative Evaluations container.
+The groups carry Finding (the class code; "Indeterminate" or "Not assessed" when the model
+abstained), Finding Site (hip joint or femoral head, with laterality), Algorithm
+Identification (TID 4019), the class as a coded qualitative evaluation, the probability as
+NUM (DCM 122157, UCUM "1") and the pipeline's other measurements. The impression paragraph
+is a TEXT item in a Qualitative Evaluations container.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ PROCEDURE_REPORTED = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 IMPRESSION = hd.sr.CodedConcept("121073", "DCM", "Impression")
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 AI_CLASS = hd.sr.CodedConcept("AICLASS", PRIVATE_SCHEME, "AI predicted class")
 AI_STATUS = hd.sr.CodedConcept("AISTATUS", PRIVATE_SCHEME, "AI assessment status")
 STATUS_CODES = {
@@ -124,14 +125,32 @@ def _image_region(region: Region, sources: dict[str, Dataset]) -> hd.sr.ImageReg
             referenced_sop_instance_uid=str(ds.SOPInstanceUID)))
 
 
-def _group(finding: Finding, vocab_code: Code | None, sentence: str, tracking_uid: str,
-           sources: dict[str, Dataset]) -> hd.sr.Template:
+def _groups(finding: Finding, vocab_code: Code | None, sentence: str, tracking_uid: str,
+            sources: dict[str, Dataset]) -> list[hd.sr.Template]:
+    """The measurement groups of one finding (one tracking UID).
+
+    With a region: a TID 1410 group (SCOORD, finding, site, class, the sentence as a
+    Comment) that viewers draw and list, and a TID 1501 group with the numbers (probability
+    and measurements) under the same tracking UID: OHIF v3 cannot load a TID 1410 group
+    whose NUMs have no SCOORD of their own, and highdicom cannot give them one. Without a
+    region: one TID 1501 group with everything.
+    """
     c = finding.classification
     finding_type = _finding_type(finding, vocab_code)
-    site = hd.sr.FindingSite(anatomic_location=concept(finding.finding_site),
-                             laterality=LATERALITY.get(finding.laterality))
-    algorithm = hd.sr.AlgorithmIdentification(name=finding.model.name[:64],
-                                              version=finding.model.version[:64])
+
+    def site() -> list[hd.sr.FindingSite]:
+        return [hd.sr.FindingSite(anatomic_location=concept(finding.finding_site),
+                                  laterality=LATERALITY.get(finding.laterality))]
+
+    def algorithm() -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(name=finding.model.name[:64],
+                                             version=finding.model.version[:64])
+
+    def tracking() -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(
+            uid=tracking_uid,
+            identifier=f"{finding.pipeline} {_SIDE_ID[finding.laterality]}"[:64])
+
     measurements = []
     if c is not None and c.status != "not_assessed":
         measurements.append(hd.sr.Measurement(name=PROBABILITY, value=float(c.probability),
@@ -145,27 +164,30 @@ def _group(finding: Finding, vocab_code: Code | None, sentence: str, tracking_ui
     elif c is not None and c.status in STATUS_CODES:
         evaluations.append(hd.sr.QualitativeEvaluation(name=AI_STATUS,
                                                        value=STATUS_CODES[c.status]))
-    tracking = hd.sr.TrackingIdentifier(
-        uid=tracking_uid, identifier=f"{finding.pipeline} {_SIDE_ID[finding.laterality]}"[:64])
+    images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[uid])
+              for uid in finding.source_sop_uids if uid in sources]
+    comment = hd.sr.TextContentItem(name=COMMENT, value=sentence,
+                                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
     region = next((r for r in (_image_region(r, sources) for r in finding.regions)
                    if r is not None), None)
-    group: hd.sr.Template
-    if region is not None:
-        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, referenced_region=region, finding_type=finding_type,
-            algorithm_id=algorithm, finding_sites=[site], measurements=measurements or None,
-            qualitative_evaluations=evaluations or None)
-    else:
-        images = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[uid])
-                  for uid in finding.source_sop_uids if uid in sources]
+    if region is None:
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking, finding_type=finding_type, algorithm_id=algorithm,
-            finding_sites=[site], measurements=measurements or None,
+            tracking_identifier=tracking(), finding_type=finding_type, algorithm_id=algorithm(),
+            finding_sites=site(), measurements=measurements or None,
             qualitative_evaluations=evaluations or None, source_images=images or None)
-    group[0].ContentSequence.append(hd.sr.TextContentItem(
-        name=QUALITATIVE_EVALUATIONS, value=sentence,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    return group
+        group[0].ContentSequence.append(comment)
+        return [group]
+    drawn = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(), referenced_region=region, finding_type=finding_type,
+        algorithm_id=algorithm(), finding_sites=site(),
+        qualitative_evaluations=evaluations or None)
+    drawn[0].ContentSequence.append(comment)
+    if not measurements:
+        return [drawn]
+    numbers = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(), finding_type=finding_type, algorithm_id=algorithm(),
+        finding_sites=site(), measurements=measurements, source_images=images or None)
+    return [drawn, numbers]
 
 
 def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText,
@@ -189,7 +211,7 @@ def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText
         vocab = study.vocabulary(f.pipeline)
         c = f.classification
         code = vocab[c.predicted].code if c is not None and c.predicted in vocab else None
-        groups.append(_group(f, code, sentence, uid, sources))
+        groups.extend(_groups(f, code, sentence, uid, sources))
     language = hd.sr.LanguageOfContentItemAndDescendants(
         hd.sr.CodedConcept(text.language, "RFC5646",
                            LANGUAGES.get(text.language, text.language)))

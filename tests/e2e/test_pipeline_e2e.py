@@ -27,6 +27,7 @@ from hiprouter.schema import AuditEvent, FindingRow, Output, SendAttempt, Study
 from hiprouter.synth.study import make_study
 from tests.conftest import REPO, require_tool
 from tests.e2e.orthanc import start_orthanc
+from tests.report.inputs import numbers_by_tracking_uid
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
 from tests.validation import assert_valid
@@ -177,9 +178,10 @@ def test_storescu_to_router_to_storescp(router_process: Any, tmp_path: Path) -> 
         lateralities = {"24028007": "R", "7771000": "L"}
         by_key = {(f.pipeline, f.laterality): f for f in findings}
         read_back = {}
+        numbers = numbers_by_tracking_uid(report)
         for group in report.content.get_planar_roi_measurement_groups():
             (site,) = group.finding_sites
-            (prob,) = group.get_measurements()
+            prob = numbers[str(group.tracking_uid)]["122157"]
             pipeline = group.tracking_identifier.split()[0]
             read_back[(pipeline, lateralities[site.laterality.value])] = (
                 group.finding_type.value, float(prob.value), group.roi.graphic_type.value)

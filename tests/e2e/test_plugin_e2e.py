@@ -25,6 +25,7 @@ from hiprouter.schema import AuditEvent, FindingRow
 from tests.conftest import REPO
 from tests.e2e.test_pipeline_e2e import KOS, SC, SR, pacs_objects, wait_until, write_study
 from tests.inference.helpers import blob_image, constant_model, make_radiograph
+from tests.report.inputs import numbers_by_tracking_uid
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
 from tests.validation import assert_valid
@@ -100,7 +101,7 @@ def test_plugin_kind_joins_the_one_report_of_the_study(router_process: Any, plug
         right = metal["metal right hip"]
         assert right.finding_type.value == "MX001" and right.roi.graphic_type.value == \
             "POLYLINE"
-        percent = {m.name.value: m for m in right.get_measurements()}["MX100"]
+        percent = numbers_by_tracking_uid(sr)[str(right.tracking_uid)]["MX100"]
         assert 5.0 < float(percent.value) < 15.0 and percent.unit.value == "%"  # disc / half
         assert metal["metal left hip"].finding_type.value == "MX000"
 

@@ -143,3 +143,15 @@ def reread(ds: Dataset, path: Path) -> Dataset:
     """Write with file meta and read back, as a receiver would."""
     ds.save_as(path, enforce_file_format=True)
     return pydicom.dcmread(path)
+
+
+def numbers_by_tracking_uid(sr: object) -> dict[str, dict[str, object]]:
+    """NUM items of an SR's TID 1501 groups, by tracking UID and concept code value.
+
+    A finding with a region is a drawn TID 1410 group plus a TID 1501 group with its
+    numbers under the same tracking UID (hiprouter/report/sr.py).
+    """
+    out: dict[str, dict[str, object]] = {}
+    for group in sr.content.get_image_measurement_groups():  # type: ignore[attr-defined]
+        out[str(group.tracking_uid)] = {m.name.value: m for m in group.get_measurements()}
+    return out

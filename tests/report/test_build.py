@@ -15,7 +15,7 @@ from hiprouter.config import ReportConfig
 from hiprouter.findings import Classification, Mask, ModelInfo, Region
 from hiprouter.report.build import NothingToReport, ReportBundle, build_report, write_bundle
 from tests.conftest import require_tool
-from tests.report.inputs import DEMO_MODEL, make_cr, make_study
+from tests.report.inputs import DEMO_MODEL, make_cr, make_study, numbers_by_tracking_uid
 from tests.validation import assert_valid
 
 SR_UID = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -70,11 +70,14 @@ def test_sr_reads_back_with_the_same_findings(tmp_path: Path) -> None:
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     groups = sr.content.get_planar_roi_measurement_groups()
     assert len(groups) == 2
+    numbers = numbers_by_tracking_uid(sr)
+    assert set(numbers) == {str(g.tracking_uid) for g in groups}
     seen = {}
     for group in groups:
         (site,) = group.finding_sites
         assert (site.value.value, site.value.scheme_designator) == ("24136001", "SCT")
-        (prob,) = group.get_measurements()
+        assert group.get_measurements() == []  # OHIF cannot load NUMs without a SCOORD
+        (prob,) = numbers[str(group.tracking_uid)].values()
         assert (prob.name.value, prob.name.scheme_designator, prob.unit.value) == (
             "122157", "DCM", "1")
         (qual,) = group.get_qualitative_evaluations()

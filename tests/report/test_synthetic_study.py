@@ -19,7 +19,13 @@ from hiprouter.findings import (
 from hiprouter.inference.decode import decode
 from hiprouter.report.build import build_report, write_bundle
 from hiprouter.synth.study import make_study
-from tests.report.inputs import DEMO_MODEL, VOCABULARIES, hot_spot_heatmap, pipeline_of
+from tests.report.inputs import (
+    DEMO_MODEL,
+    VOCABULARIES,
+    hot_spot_heatmap,
+    numbers_by_tracking_uid,
+    pipeline_of,
+)
 from tests.validation import assert_valid
 
 FOUND = {"R": ("femoral_neck_fracture", 0.87), "L": ("tha", 0.93)}
@@ -77,8 +83,9 @@ def test_synthetic_fracture_study_is_high_and_valid(tmp_path: Path) -> None:
     assert_valid(write_bundle(bundle, tmp_path))
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
-    found = {g.finding_sites[0].laterality.value: (g.finding_type.meaning,
-                                                   g.get_measurements()[0].value)
+    numbers = numbers_by_tracking_uid(sr)
+    found = {g.finding_sites[0].laterality.value: (
+        g.finding_type.meaning, numbers[str(g.tracking_uid)]["122157"].value)
              for g in sr.content.get_planar_roi_measurement_groups()}
     assert found == {"24028007": ("Fracture of neck of femur", 0.87),
                      "7771000": ("Total hip arthroplasty", 0.93)}
