@@ -383,10 +383,11 @@ def override_hips(hips: dict[str, HipSpec], index_side: str, rng: np.random.Gene
             index_side = touched.pop()
     for s in SIDES:
         hip = hips[s]
+        coin = bool(rng.random() < 0.55)
         if s in (fracture or {}):
             hip.fracture = fracture[s]  # type: ignore[index]
             hip.fracture_displaced = (hip.fracture != "none" and hip.hardware == "no_hardware"
-                                      and bool(rng.random() < 0.55))
+                                      and coin)
         for name, values in per_hip.items():
             if name != "fracture" and s in (values or {}):
                 value = values[s]  # type: ignore[index]
@@ -445,20 +446,13 @@ def sample_views(rng: np.random.Generator, task: str = "hardware"
 
 
 def sample_age(rng: np.random.Generator, hips: Mapping[str, HipSpec]) -> int:
-    """Patient age in years, adolescent to elderly; adult where the findings need it."""
+    """Patient age in years, adolescent to elderly, independent of the findings (open
+    physes must not predict a label); only a hip with arthroplasty makes an adult."""
     band = str(_pick(rng, {"adolescent": 0.08, "young": 0.22, "middle": 0.35, "elderly": 0.35}))
     lo, hi = {"adolescent": (12, 18), "young": (18, 40), "middle": (40, 65),
               "elderly": (65, 96)}[band]
     age = float(rng.uniform(lo, hi))
-    minimum = 12.0
-    for hip in hips.values():
-        if hip.hardware in ARTHROPLASTY:
-            minimum = max(minimum, 30.0)
-        if hip.oa_grade >= 2:
-            minimum = max(minimum, 35.0)
-        if (hip.fracture != "none" or hip.onfh_grade >= 2
-                or hip.hardware not in ("no_hardware", "cannulated_screws")):
-            minimum = max(minimum, 18.0)
-    if age < minimum:
-        age = minimum + float(rng.uniform(0, 25))
+    adult = float(rng.uniform(20, 45))
+    if any(h.hardware in ARTHROPLASTY for h in hips.values()) and age < 20:
+        age = adult
     return int(age)

@@ -157,8 +157,9 @@ def test_ap_marker_and_hips_are_on_the_correct_side() -> None:
             assert centre < img.dataset.Columns / 2
         else:
             assert centre > img.dataset.Columns / 2
-        # lead marker: the brightest pixels of its box are saturated white in display
-        assert np.percentile(img.display[y0:y1, x0:x1], 99) > 0.97
+        # lead marker: the brightest pixels of its box are among the brightest of the image
+        # (metal may keep some grey levels; a low-resolution or lossy step blurs it)
+        assert np.percentile(img.display[y0:y1, x0:x1], 99) > np.percentile(img.display, 90)
         seen[img.marker] += 1
     assert seen["R"] + seen["L"] >= 4
 
@@ -166,7 +167,7 @@ def test_ap_marker_and_hips_are_on_the_correct_side() -> None:
 @pytest.mark.parametrize("hardware", KEYS)
 def test_hardware_is_radiodense_where_drawn(hardware: str) -> None:
     study = make_study(50, KEYS.index(hardware), views=("ap_pelvis",),
-                       hardware={"R": hardware, "L": "no_hardware"}, size=SMALL)
+                       hardware={"R": hardware, "L": "no_hardware"}, size=SMALL, plain=True)
     img = study.images[0]
     assert [r["hardware"] for r in img.labels] == [hardware, "no_hardware"]
     mask = img.implant_mask()
@@ -189,6 +190,24 @@ def test_bad_requests_are_rejected() -> None:
         make_study(1, hardware={"R": "tha"}, fracture={"R": "femoral_neck_fracture"})
     with pytest.raises(ValueError, match="only generated for 'tha'"):
         make_study(1, hardware={"R": "im_nail"}, dislocation={"R": True})
+    with pytest.raises(ValueError, match="onfh_grade needs a native hip"):
+        make_study(1, hardware={"R": "tha"}, onfh_grade={"R": 3})
+    with pytest.raises(ValueError, match="only for THA hips"):
+        make_study(1, hardware={"R": "hemiarthroplasty"}, failure={"R": "wear"})
+    with pytest.raises(ValueError, match="is a dynamic_hip_screw device, not im_nail"):
+        make_study(1, hardware={"R": "im_nail"}, device={"R": "sliding_hip_screw"})
+    with pytest.raises(ValueError, match="fracture_displaced without a fracture"):
+        make_study(1, hardware={"R": "no_hardware"}, fracture={"R": "none"},
+                   displaced={"R": True})
+    with pytest.raises(ValueError, match="reduced"):
+        make_study(1, hardware={"R": "cannulated_screws"}, fracture={"R": "femoral_neck_fracture"},
+                   displaced={"R": True})
+    with pytest.raises(ValueError, match="0-4"):
+        make_study(1, oa_grade={"L": 5})
+    with pytest.raises(ValueError, match="unknown task"):
+        make_study(1, task="fracture")
+    with pytest.raises(ValueError, match="unknown failure classes"):
+        make_study(1, task="failure", class_weights={"loose": 1.0})
     with pytest.raises(ValueError, match="unknown views"):
         make_study(1, views=("pa_chest",))
     with pytest.raises(ValueError, match="class_weights"):
@@ -212,7 +231,8 @@ def test_fracture_is_drawn_at_the_labelled_hip(fracture: str) -> None:
     kwargs = dict(views=("ap_pelvis",), hardware={"R": "no_hardware", "L": "no_hardware"},
                   photometric="MONOCHROME2", size=SMALL)
     intact = make_study(60, 1, fracture={"R": "none", "L": "none"}, **kwargs).images[0]
-    broken = make_study(60, 1, fracture={"R": "none", "L": fracture}, **kwargs).images[0]
+    broken = make_study(60, 1, fracture={"R": "none", "L": fracture}, displaced={"L": True},
+                        **kwargs).images[0]
     assert [r["fracture"] for r in broken.labels] == ["none", fracture]
     diff = np.abs(broken.display - intact.display)
     rows, cols = np.nonzero(diff > 0.15)
