@@ -13,10 +13,14 @@ import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from scipy import ndimage
 
 from hiprouter.cli import main
+from hiprouter.commands.synth import TASKS as CLI_TASKS
 from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.synth.labels import TASK_CLASSES, TASK_COLUMN, TASKS
+from hiprouter.synth.preview import _LAYOUT, example_sheet
 from hiprouter.synth.study import (
     LABEL_FIELDS,
     generate_dataset,
@@ -224,6 +228,46 @@ def test_cli_writes_studies_and_prints_counts(tmp_path: Path) -> None:
     assert len(rows) == 4 and {r["view"] for r in rows} == {"ap_pelvis"}
     bad = runner.invoke(main, ["synth", str(tmp_path / "x"), "--classes", "tha,foo"])
     assert bad.exit_code == 2 and "foo" in bad.output
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_cli_runs_each_task(tmp_path: Path, task: str) -> None:
+    runner = CliRunner()
+    out = tmp_path / task
+    res = runner.invoke(main, ["synth", str(out), "--studies", "2", "--seed", "5", "--task", task,
+                               "--size", "160", "200", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert TASK_COLUMN[task] in res.output  # the table counts the task's label column
+    assert all(c in res.output for c in TASK_CLASSES[task])
+    rows = list(csv.DictReader((out / "labels.csv").open()))
+    assert rows and all(r["renderer"] == "primary" for r in rows)
+    bad = runner.invoke(main, ["synth", str(tmp_path / "x"), "--task", task, "--classes", "foo"])
+    assert bad.exit_code == 2 and "foo" in bad.output
+
+
+def test_cli_preview_and_class_choice(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, [
+        "synth", str(tmp_path / "out"), "--studies", "3", "--task", "onfh", "--classes", "3,4",
+        "--views", "ap_hip", "--size", "160", "200", "--quiet", "--preview",
+        str(tmp_path / "sheet.png")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "out" / "labels.csv").open()))
+    assert {r["onfh_grade"] for r in rows} <= {"3", "4"}
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.mode == "L" and sheet.width > 1000
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_preview_sheets_have_one_tile_per_class(task: str) -> None:
+    sheet = example_sheet(task, seed=1, tile=90)
+    columns, fw, fh = _LAYOUT[task]
+    rows = -(-len(TASK_CLASSES[task]) // columns)
+    assert sheet.size == (columns * int(90 * fw), rows * (int(90 * fh) + 90 // 12))
+    assert np.asarray(sheet).std() > 10
+
+
+def test_cli_knows_the_tasks() -> None:
+    assert CLI_TASKS == TASKS
 
 
 @pytest.mark.parametrize("fracture", ["femoral_neck_fracture", "intertrochanteric_fracture"])
