@@ -286,8 +286,8 @@ def _physes(f: FemurShape, x: Array, y: Array) -> Array:
     nd = f.neck_dir
     along = x * nd[0] + y * nd[1]
     across = -x * nd[1] + y * nd[0]
-    plate = -0.35 * f.head_r + 0.004 * across**2 + 0.8 * np.sin(across * 0.35)
-    capital = np.exp(-(((along - plate) / 1.0) ** 2)) * (np.abs(across) < f.head_r * 1.05)
+    plate = -0.35 * f.head_r + 0.006 * across**2 + 0.4 * np.sin(across * 0.2)
+    capital = np.exp(-(((along - plate) / 1.3) ** 2)) * (np.abs(across) < f.head_r * 1.05)
     gt = f.gt_centre
     gt_line = (x - gt[0]) * 0.45 + (y - gt[1]) * 0.9 - f.gt_size[1] * 0.1
     near_gt = np.exp(-(((x - gt[0]) ** 2 + (y - gt[1]) ** 2) / (2 * (f.gt_size[1] * 0.9) ** 2)))
@@ -705,9 +705,9 @@ def add_fat_planes(canvas: Canvas, frame: Array, h: Habitus, rng: np.random.Gene
             pts = [(sx * (60 - 6 * t), -20 + 18 * t) for t in np.linspace(0, 3, 6)]
             canvas.add("soft", frame, line(pts, 1.5), bbox_of(pts, 6),
                        mu=-MU_SOFT * rng.uniform(1.0, 3.0))
-    if h.fat > 0.2 and rng.random() < 0.35:  # pannus: an abdominal fold hanging over the pelvis
+    if h.fat > 0.2 and rng.random() < 0.25:  # pannus: an abdominal fold hanging over the pelvis
         y0, sag, tilt = rng.uniform(-40, 60), rng.uniform(20, 60), rng.normal(0, 0.1)
-        depth = h.depth * rng.uniform(0.03, 0.08)
+        depth = h.depth * rng.uniform(0.02, 0.06)
         width = h.half_width * rng.uniform(0.6, 0.9)
 
         def fold(x: Array, y: Array) -> Array:

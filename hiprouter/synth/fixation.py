@@ -201,11 +201,11 @@ def add_sliding_hip_screw(canvas: Canvas, frame: Array, f: FemurShape, geo: View
 def add_cannulated_screws(canvas: Canvas, frame: Array, f: FemurShape,
                           rng: np.random.Generator, count: int) -> None:
     """Parallel partially threaded screws across the neck: 3 as an inverted triangle (one
-    along the calcar, two superior ones seen almost on top of each other), 2, or 4."""
+    along the calcar, two superior ones, anterior and posterior), 2, or 4."""
     spread = f.neck_r * rng.uniform(0.4, 0.6)
-    if count == 3:
-        sup = spread * rng.uniform(0.7, 1.0)
-        offsets = [-spread, sup + rng.uniform(0.5, 2.0), sup - rng.uniform(3.0, 6.0)]
+    if count == 3:  # the leg's rotation separates the two superior screws on an AP view
+        sup = f.neck_r * rng.uniform(0.5, 0.65)
+        offsets = [-sup, sup, sup - rng.uniform(7.0, 10.0)]
     elif count == 2:
         offsets = [spread, -spread]
     else:
@@ -231,13 +231,16 @@ def add_neck_system(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeomet
                                     round_end=True, cap=0.5), bb, MU_METAL)
     canvas.add("metal", frame, tube(pt(start - u * 2), pt(start + u * 12), bolt_r + 1.6,
                                     cap=0.5), bb, MU_METAL)
-    ang = np.radians(-rng.uniform(6, 9))  # diverges superiorly (towards the dome)
+    ang = np.radians(-rng.uniform(6.5, 8.5))  # diverges superiorly (towards the dome)
     rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
     v = rot @ u
     if v[1] > u[1]:
         v = np.linalg.inv(rot) @ u
-    s0 = start + u * rng.uniform(18, 26)
-    length = float(np.hypot(*(tip - s0))) + rng.uniform(-2, 3)
+    up = np.array([-u[1], u[0]])  # across the bolt, towards the dome
+    if up[1] > 0:
+        up = -up
+    s0 = start + u * rng.uniform(14, 22) + up * (bolt_r + rng.uniform(0.5, 2.0))
+    length = float(np.hypot(*(tip - s0))) + rng.uniform(-4, 1)
     screw(canvas, frame, s0, s0 + v * length, rng.uniform(3.0, 3.4), 14)
     t0 = float(np.dot(start - f.junction, f.shaft_dir)) - 8
     side_plate(canvas, frame, f, geo, t0, int(rng.integers(1, 3)), rng,

@@ -84,10 +84,10 @@ class Acquisition:
         coll = tuple(float(x) if rng.random() < 0.6 else 0.0 for x in rng.uniform(0.01, 0.1, 4))
         u = rng.uniform(0, 1, 16)
         grid = None
-        if u[0] < 0.3:
+        if u[0] < 0.25:
             angle = rng.choice([0.0, 90.0]) + rng.normal(0, 1.5) if u[1] < 0.8 else \
                 rng.uniform(0, 180)
-            grid = Grid(rng.uniform(0.05, 0.49), float(angle), rng.uniform(0.005, 0.05))
+            grid = Grid(rng.uniform(0.05, 0.49), float(angle), rng.uniform(0.003, 0.03))
         level = float(rng.choice([0.97, 0.02, rng.uniform(0.4, 0.85)], p=[0.6, 0.25, 0.15]))
         return cls(
             contrast=rng.uniform(0.5, 1.05),
@@ -125,10 +125,10 @@ def plain(acq: Acquisition) -> Acquisition:
     (figures and tests)."""
     return dataclasses.replace(
         acq, contrast=0.85, dose=2000.0, electronic_noise=1.0, scatter=0.0, heel=(0.0, 0.0),
-        texture="none", equalisation=0.6, edge_gain=0.5, tone=ToneCurve.gamma(1.0),
+        texture="none", equalisation=0.5, edge_gain=0.8, tone=ToneCurve.gamma(1.25),
         fill=0.9, collimation=(0.0, 0.0, 0.0, 0.0), collimation_deg=0.0, grid=None,
         metal_range=0.15, metal_scale=4.0,
-        black_percentile=2.0, soft_lift=0.2, low_res=0, jpeg_quality=0)
+        black_percentile=2.0, soft_lift=0.1, low_res=0, jpeg_quality=0)
 
 
 def _resize(a: Array, shape: tuple[int, int]) -> Array:

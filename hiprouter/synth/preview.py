@@ -78,7 +78,7 @@ def _show(img: SynthImage, how: str) -> Image.Image:
                          int(cols.max()) + pad, int(rows.max()) + pad))
     right = next(r for r in img.labels if r["laterality"] == "R")
     x, y = float(right["hip_x"]), float(right["hip_y"])
-    half = int(max(img.display.shape) * (0.2 if how == "hip" else 0.09))
+    half = int(max(img.display.shape) * (0.16 if how == "hip" else 0.09))
     return pic.crop((int(x) - half, int(y) - half, int(x) + half, int(y) + half))
 
 

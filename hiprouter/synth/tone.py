@@ -48,10 +48,11 @@ class ToneCurve:
         elif kind == "exp":
             k = 0.5 + 2.5 * u[0]
             lut = np.expm1(k * t) / np.expm1(k)
-        elif kind == "piecewise":
+        elif kind == "piecewise":  # random knots, slopes within 0.4-2.5 (no flat runs)
             xs = np.concatenate([[0], np.sort(rng.uniform(0, 1, 4)), [1]])
-            ys = np.concatenate([[0], np.sort(rng.uniform(0, 1, 4)), [1]])
-            lut = np.interp(t, xs, ys)
+            slopes = np.exp(rng.uniform(np.log(0.4), np.log(2.5), 5))
+            ys = np.concatenate([[0], np.cumsum(np.diff(xs) * slopes)])
+            lut = np.interp(t, xs, ys / ys[-1])
         else:
             lut = t
         lut = (lut - lut[0]) / max(lut[-1] - lut[0], 1e-6)
