@@ -608,7 +608,7 @@ class Habitus:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> Habitus:
-        fat = rng.uniform(0.05, 0.35)
+        fat = 0.7 * rng.beta(1.5, 3.0)  # thin to obese
         thigh_r = rng.uniform(70, 95) * (1 + fat * 0.5)
         # at the hips the body is at least as wide as both thighs
         half_width = max(rng.uniform(165, 225) * (1 + fat * 0.5),

@@ -166,13 +166,14 @@ def add_cmn(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry, desi
     start, tip = neck_line(f, tip_depth, offset)
     u = (tip - start) / np.hypot(*(tip - start))
     start = start - u * rng.uniform(2, 10)  # protrudes beyond the lateral cortex
-    if design == "cmn_helical_blade":
-        half = rng.uniform(5.0, 5.8) * (1 - 0.35 * geo.face)
-        blade = [pt(start), pt(tip)]
-        canvas.add("metal", frame, _helical_blade(start, tip, half, rng.uniform(14, 22)),
-                   bbox_of(blade, 10), mu=MU_METAL)
-        canvas.add("metal", frame, tube(pt(start - u * 4), pt(start + u * 14),
-                                        rng.uniform(5.5, 6.5)), bbox_of(blade, 10), MU_METAL)
+    if design == "cmn_helical_blade":  # a wide blade on a shaft, its sleeve standing out
+        half = rng.uniform(5.8, 6.6) * (1 - 0.35 * geo.face)
+        blade_start = start + u * rng.uniform(25, 35)
+        canvas.add("metal", frame, _helical_blade(blade_start, tip, half, rng.uniform(14, 22)),
+                   bbox_of([pt(blade_start), pt(tip)], 10), mu=MU_METAL)
+        shaft = [pt(start - u * rng.uniform(4, 10)), pt(blade_start + u * 2)]
+        canvas.add("metal", frame, tube(shaft[0], shaft[1], rng.uniform(4.2, 4.8)),
+                   bbox_of(shaft, 10), MU_METAL)
     elif design == "cmn_lag_screw":
         screw(canvas, frame, start, tip, rng.uniform(5.1, 5.6), rng.uniform(20, 28),
               pitch=rng.uniform(3.0, 4.0))

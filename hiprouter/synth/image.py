@@ -226,7 +226,9 @@ def form_image(attenuation: Array, implant: Array, pixel_mm: float, out_shape: t
                   30.0 / pixel_mm)
     anat_a = a - ndimage.gaussian_filter(metal * contrast, acq.blur_mm / pixel_mm)
     mid = ndimage.gaussian_filter(anat_a, 1.2 / pixel_mm)
-    primary = np.exp(-np.clip(a - 3.5, -3.5, 12))
+    # automatic exposure control: the dose reaches the detector behind the median body part
+    a_ref = float(np.median(a[thick])) if thick.any() else 3.5
+    primary = np.exp(-np.clip(a - a_ref, -a_ref, 12))
     rows, cols_n = out_shape
     h = np.radians(acq.heel[1])
     yy = np.linspace(-0.5, 0.5, primary.shape[0], dtype=np.float32)[:, None]

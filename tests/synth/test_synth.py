@@ -48,6 +48,15 @@ def test_same_seed_same_study_other_seed_differs() -> None:
                                                                           strict=True))
     assert a.study_uid != c.study_uid
     assert a.images[0].dataset.PixelData != c.images[0].dataset.PixelData
+    # labels and head masks too, for every task
+    for task in TASKS[1:]:
+        x = make_study(13, 1, task=task, size=(160, 200))
+        y = make_study(13, 1, task=task, size=(160, 200))
+        assert x.hips == y.hips and x.age == y.age
+        for p, q in zip(x.images, y.images, strict=True):
+            assert p.labels == q.labels and p.dataset.PixelData == q.dataset.PixelData
+            assert p.head_masks.keys() == q.head_masks.keys()
+            assert all(np.array_equal(p.head_masks[k], q.head_masks[k]) for k in p.head_masks)
 
 
 def test_sampling_covers_all_classes_and_bilateral_combinations() -> None:
@@ -115,16 +124,21 @@ def test_dicom_objects_pass_dciodvfy(tmp_path: Path) -> None:
         pytest.skip("../shared/tools/validate_dicom.py not present")
     if shutil.which("dciodvfy") is None or shutil.which("dcmdump") is None:
         pytest.skip("dciodvfy/dcmdump not installed (scripts/test.sh installs them)")
-    paths = []
+    paths, seen = [], set()
     for i, (modality, photometric) in enumerate(
             [("CR", "MONOCHROME1"), ("DX", "MONOCHROME2"), ("DX", "MONOCHROME1"),
-             ("CR", "MONOCHROME2")]):
+             ("CR", "MONOCHROME2")] * 3):
         study = make_study(31, i, modality=modality, photometric=photometric, size=SMALL,
+                           task=TASKS[i % len(TASKS)],
                            views=("ap_pelvis", "ap_hip", "cross_table_lateral")[: 1 + i % 3])
         for n, img in enumerate(study.images):
             p = tmp_path / f"{i}_{n}.dcm"
             img.dataset.save_as(p, enforce_file_format=True)
             paths.append(str(p))
+            seen.add(("burned", img.dataset.BurnedInAnnotation))
+            seen.add(("lossy", img.dataset.LossyImageCompression))
+    # burned-in annotations and a lossy step are flagged in the headers, and valid
+    assert {("burned", "YES"), ("burned", "NO"), ("lossy", "01"), ("lossy", "00")} <= seen
     out = subprocess.run([sys.executable, str(VALIDATOR), *paths], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stdout
