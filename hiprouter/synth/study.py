@@ -47,7 +47,7 @@ __all__ = [
     "sample_hips", "write_study",
 ]
 
-WORK_LONG_SIDE = (384, 640)
+WORK_LONG_SIDE = (256, 640)
 """Range of the long side (pixels) of the working-resolution scene: the stored image's
 long side, clipped to it (larger images are upsampled from the scene)."""
 DEFAULT_SIZE = (1500, 2500)

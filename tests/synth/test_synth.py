@@ -175,9 +175,9 @@ def test_ap_marker_and_hips_are_on_the_correct_side() -> None:
             assert centre < img.dataset.Columns / 2
         else:
             assert centre > img.dataset.Columns / 2
-        # lead marker: the brightest pixels of its box are among the brightest of the image
-        # (metal may keep some grey levels; a low-resolution or lossy step blurs it)
-        assert np.percentile(img.display[y0:y1, x0:x1], 99) > np.percentile(img.display, 90)
+        # lead marker: its brightest pixels are well above the image's median (metal may keep
+        # some grey levels; a low-resolution or lossy step blurs it)
+        assert np.percentile(img.display[y0:y1, x0:x1], 99) > np.median(img.display) + 0.1
         seen[img.marker] += 1
     assert seen["R"] + seen["L"] >= 4
 
