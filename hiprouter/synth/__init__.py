@@ -1,9 +1,13 @@
 """The synthetic radiograph generator: an offline tool for tests, demos and demo weights.
 
-- `study`: whole studies as DICOM with per-hip labels (`make_study`, `generate_dataset`).
-- `scene`, `anatomy`, `hardware`: what is drawn (pelvis and femora, implants, findings).
-- `canvas`: drawing primitives; `image`: detector physics and post-processing;
-  `dicom`: headers; `preview`: a labelled contact sheet.
+- `labels`: the label schema and the sampling of the ground truth per task (shared with the
+  independent renderer in `alt`); `dicom`: headers (shared too).
+- `study`: whole studies as DICOM with per-hip labels and femoral head masks
+  (`make_study`, `write_study`, `generate_dataset`); `preview`: labelled contact sheets.
+- `scene`, `anatomy`, `findings`, `hardware`, `fixation`, `failure`: what is drawn (pelvis
+  and femora, native joint findings, implants, fixation devices, THA failure).
+- `canvas`: drawing primitives; `image`: detector physics, processing and degradation;
+  `tone`: console look-up tables; `overlay`: lead markers and burned-in annotations.
 
 Nothing in the production path (router, pipelines, report) imports this package.
 """

@@ -83,6 +83,12 @@ class Canvas:
         if x.size:
             self.layers[layer][sl] += mu * field(x, y)
 
+    def scale(self, layer: str, frame: Array, field: Field, bbox) -> None:
+        """Multiply a layer by field(x, y) inside bbox: lucencies (bone loss) and fills."""
+        sl, x, y = self.local_grid(frame, bbox)
+        if x.size:
+            self.layers[layer][sl] *= field(x, y)
+
     def region(self, frame: Array, pts: Sequence[Point] | Array, pad_mm: float = 6.0
                ) -> Region | None:
         """The part of the canvas around a local-mm outline (None when it is off-canvas)."""
@@ -98,6 +104,12 @@ class Canvas:
     def inside_depth(self, mask: Array) -> Array:
         """Distance (mm) from each pixel inside mask to the mask's edge."""
         return ndimage.distance_transform_edt(mask).astype(np.float32) * self.pixel_mm
+
+    def soft_depth(self, cover: Array) -> Array:
+        """Depth (mm) inside an anti-aliased coverage map: the distance to the edge, rising
+        smoothly through the partly covered edge pixels."""
+        edt = ndimage.distance_transform_edt(cover >= 0.5).astype(np.float32)
+        return (np.clip(edt - 0.5, 0, None) + 0.5 * cover) * self.pixel_mm
 
     @property
     def total(self) -> Array:
@@ -118,6 +130,16 @@ class Region:
         img = Image.new("L", (self.shape[1], self.shape[0]), 0)
         ImageDraw.Draw(img).polygon([tuple(p) for p in pix], fill=1)
         return np.asarray(img, dtype=bool)
+
+    def coverage(self, frame: Array, pts: Sequence[Point] | Array, k: int = 3) -> Array:
+        """Anti-aliased polygon (local mm): the fraction of each pixel inside, from a k-times
+        supersampled rasterisation."""
+        pix = (apply(self.canvas.s2p @ frame, pts) - [self.sl[1].start, self.sl[0].start]
+               + 0.5) * k - 0.5
+        img = Image.new("L", (self.shape[1] * k, self.shape[0] * k), 0)
+        ImageDraw.Draw(img).polygon([tuple(p) for p in pix], fill=1)
+        fine = np.asarray(img, dtype=np.float32)
+        return fine.reshape(self.shape[0], k, self.shape[1], k).mean(axis=(1, 3))
 
     def local(self, frame: Array) -> tuple[Array, Array]:
         """Local coordinates (mm) of the window's pixels."""

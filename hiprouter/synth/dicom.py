@@ -38,6 +38,8 @@ class StudyHeader:
     manufacturer: str
     station: str
     institution: str
+    age: str | None = None
+    """PatientAge, e.g. '067Y'."""
 
 
 @dataclass
@@ -61,6 +63,10 @@ class SeriesHeader:
     rescale: tuple[float, float] | None
     """(slope, intercept) or None; DX always has one."""
     acquisition_dt: datetime
+    burned_in: bool = False
+    """Text or graphics burned into the pixels."""
+    lossy_ratio: float | None = None
+    """Compression ratio of a lossy JPEG step the pixels went through."""
 
 
 def build_dataset(study: StudyHeader, series: SeriesHeader, stored: np.ndarray,
@@ -98,6 +104,8 @@ def build_dataset(study: StudyHeader, series: SeriesHeader, stored: np.ndarray,
     ds.PatientID = study.patient_id
     ds.PatientBirthDate = study.birth_date
     ds.PatientSex = study.sex
+    if study.age:
+        ds.PatientAge = study.age
     if series.body_part:
         ds.BodyPartExamined = series.body_part
     elif not is_dx:
@@ -127,7 +135,12 @@ def build_dataset(study: StudyHeader, series: SeriesHeader, stored: np.ndarray,
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
-    ds.LossyImageCompression = "00"
+    if series.lossy_ratio is None:
+        ds.LossyImageCompression = "00"
+    else:
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = f"{series.lossy_ratio:.1f}"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
     if series.window is not None:
         ds.WindowCenter = f"{series.window[0]:.1f}"
         ds.WindowWidth = f"{series.window[1]:.1f}"
@@ -136,7 +149,7 @@ def build_dataset(study: StudyHeader, series: SeriesHeader, stored: np.ndarray,
         ds.RescaleIntercept = f"{series.rescale[1]:g}"
         ds.RescaleSlope = f"{series.rescale[0]:g}"
         ds.RescaleType = "US"
-    ds.BurnedInAnnotation = "NO"
+    ds.BurnedInAnnotation = "YES" if series.burned_in else "NO"
     if is_dx:
         _dx_modules(ds, series, photometric)
     else:

@@ -1,9 +1,11 @@
-"""Orthopaedic hardware of the 9 hardware classes, drawn as high-attenuation implants.
+"""Arthroplasty hardware (total hip, hemiarthroplasty, cement spacer, fixation around a
+stem) drawn as high-attenuation implants, and the dispatcher for every hardware class.
 
 Femoral implants are drawn in the femur frame (origin at the head centre, x lateral, y
 distal, see anatomy.FemurShape); acetabular components in the hemipelvis frame
-(u lateral, acetabular centre at (ACETABULUM_U, 0)). `face` says how the view sees a
-lateral plate: 0 edge-on (AP), 1 face-on (lateral).
+(u lateral, acetabular centre at (ACETABULUM_U, 0)). Implant designs vary (stem shapes and
+lengths, cemented or not, cup sizes, inclination and anteversion, screws, head sizes,
+bipolar heads) independently of the labels. Internal fixation lives in `fixation`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hiprouter.synth.anatomy import (
 from hiprouter.synth.canvas import (
     Array,
     Canvas,
+    Field,
     Point,
     affine,
     apply,
@@ -36,19 +39,37 @@ from hiprouter.synth.canvas import (
     strip,
     tube,
 )
-
-ARTHROPLASTY = frozenset({"tha", "hemiarthroplasty", "tha_with_fixation", "post_infectious"})
-HAS_CUP = frozenset({"tha", "tha_with_fixation"})
+from hiprouter.synth.fixation import ViewGeometry, add_fixation, pt, screw
+from hiprouter.synth.labels import FIXATION, THA
 
 
 @dataclass
-class ViewGeometry:
-    """How a view projects the implants."""
+class Stem:
+    """A femoral stem as drawn (femur frame)."""
 
-    face: float = 0.0
-    """0: lateral plates seen edge-on (AP); 1: face-on (cross-table lateral)."""
-    cup_opening_deg: float = 50.0
-    """Direction (hemipelvis frame) the open face of an acetabular cup points to."""
+    outline: Array
+    interface: Array
+    """Outline of the bone-implant interface: the cement mantle, or the stem itself."""
+    cemented: bool
+    length: float
+
+
+@dataclass
+class Cup:
+    """An acetabular component as drawn (hemipelvis frame)."""
+
+    centre: Point
+    radius: float
+    """Outer radius at the bone interface (shell, or cement mantle)."""
+    opening_deg: float
+
+
+@dataclass
+class Implants:
+    """Geometry of the drawn arthroplasty components, for drawing their failure."""
+
+    stem: Stem | None = None
+    cup: Cup | None = None
 
 
 def resection_cut(f: FemurShape, rng: np.random.Generator) -> Cut:
@@ -58,83 +79,130 @@ def resection_cut(f: FemurShape, rng: np.random.Generator) -> Cut:
     return Cut(point=(float(p[0]), float(p[1])), angle_deg=ang, keep="distal", wiggle=0.4)
 
 
-def _pt(a: Array) -> Point:
-    return (float(a[0]), float(a[1]))
-
-
 def _add_metal_polygon(canvas: Canvas, frame: Array, pts, thickness: float,
                        mu: float = MU_METAL, layer: str = "metal") -> None:
     """A flat implant outline; projected thickness rounds off over 1.5 mm at its edge."""
     reg = canvas.region(frame, pts)
     if reg is None:
         return
-    depth = canvas.inside_depth(reg.mask(frame, pts))
+    depth = canvas.soft_depth(reg.coverage(frame, pts))
     reg.add(layer, mu * thickness * smoothstep(0, 1.5, depth))
 
 
-def add_stem(canvas: Canvas, frame: Array, f: FemurShape, rng: np.random.Generator, *,
-             length: float | None = None, cemented: bool | None = None) -> float:
-    """Femoral stem with trunnion; optional cement mantle and restrictor. Returns length."""
-    length = rng.uniform(105, 160) if length is None else length
-    cemented = rng.random() < 0.45 if cemented is None else cemented
+_STEM_SHAPES = {"straight": 0.35, "anatomic": 0.2, "short": 0.15, "long": 0.15,
+                "collared": 0.15}
+
+
+def _stem_outline(f: FemurShape, length: float, lat_w: float, tip_w: float, shoulder: float,
+                  bow: float, grow: float = 0.0) -> Array:
+    """Stem outline; `bow` curves it (mm at mid-length, positive lateral), `grow` widens
+    it all round (cement mantle)."""
     nd = f.neck_dir
     perp = np.array([nd[1], -nd[0]])  # points superior-lateral of the neck axis
     if perp[1] > 0:
         perp = -perp
     neck_base = f.junction + 0.45 * f.neck_len * nd
-    tip_w = rng.uniform(3.5, 5.5)
-    lat_w = rng.uniform(8.5, 11.5)
-    sp = f.shaft_point
-    outline = [
-        neck_base + 7.5 * perp, sp(-rng.uniform(12, 22), lat_w), sp(25, lat_w - 0.5),
-        sp(length * 0.6, (lat_w + tip_w) / 2), sp(length, tip_w), sp(length + 5, 0),
-        sp(length, -tip_w), sp(length * 0.5, -tip_w - 2.5), sp(18, -lat_w - 1),
-        sp(2, -lat_w - 4), neck_base - 8.5 * perp,
+
+    def sp(t: float, lateral: float) -> Array:
+        b = bow * np.sin(np.pi * np.clip(t / length, 0, 1))
+        side = 1 if lateral >= 0 else -1
+        return f.shaft_point(t, lateral + b + side * grow)
+
+    pts = [
+        neck_base + (7.5 + grow) * perp - grow * nd, sp(-shoulder, lat_w), sp(25, lat_w - 0.5),
+        sp(length * 0.6, (lat_w + tip_w) / 2), sp(length, tip_w),
+        f.shaft_point(length + 5 + grow), sp(length, -tip_w),
+        sp(length * 0.5, -tip_w - 2.5), sp(18, -lat_w - 1), sp(2, -lat_w - 4),
+        neck_base - (8.5 + grow) * perp - grow * nd,
     ]
-    outline = smooth_polygon([_pt(p) for p in outline], 2)
+    return smooth_polygon([pt(p) for p in pts], 2)
+
+
+def add_stem(canvas: Canvas, frame: Array, f: FemurShape, rng: np.random.Generator, *,
+             length: float | None = None, cemented: bool | None = None) -> Stem:
+    """Femoral stem with trunnion, in one of several shapes; optional cement mantle with a
+    restrictor beyond the tip."""
+    shape = str(rng.choice(list(_STEM_SHAPES), p=list(_STEM_SHAPES.values())))
+    default_len = {"short": (70, 100), "long": (180, 250)}.get(shape, (105, 160))
+    length = rng.uniform(*default_len) if length is None else length
+    cemented = rng.random() < 0.45 if cemented is None else cemented
+    tip_w = rng.uniform(3.5, 5.5) if shape != "long" else rng.uniform(5.5, 7.0)
+    lat_w = rng.uniform(8.5, 11.5)
+    shoulder = rng.uniform(12, 22) if shape != "short" else rng.uniform(2, 8)
+    bow = {"anatomic": rng.uniform(2, 5), "short": -rng.uniform(3, 6)}.get(shape, 0.0)
+    outline = _stem_outline(f, length, lat_w, tip_w, shoulder, bow)
+    interface = outline
+    mu = MU_METAL * rng.uniform(0.6, 1.0)  # titanium to cobalt-chrome
     if cemented:
-        reg = canvas.region(frame, outline, pad_mm=10)
+        mantle = rng.uniform(2.0, 4.0)
+        interface = _stem_outline(f, length, lat_w, tip_w, shoulder, bow, grow=mantle)
+        reg = canvas.region(frame, interface, pad_mm=4)
         if reg is not None:
-            grown = ndimage.binary_dilation(reg.mask(frame, outline),
-                                            iterations=max(1, int(3.0 / canvas.pixel_mm)))
-            d = canvas.inside_depth(grown)
-            reg.add("metal", MU_CEMENT * 24 * smoothstep(0, 2.0, d) * (1 + 0.1 * np.cos(d)))
-        plug = sp(length + rng.uniform(12, 25))
-        canvas.add("metal", frame, ellipsoid(_pt(plug), 7, 5, f.shaft_tilt_deg),
+            d = canvas.soft_depth(reg.coverage(frame, interface))
+            reg.add("metal", MU_CEMENT * 24 * smoothstep(0, 1.5, d) * (1 + 0.1 * np.cos(d)))
+        plug = f.shaft_point(length + rng.uniform(12, 25))
+        canvas.add("metal", frame, ellipsoid(pt(plug), 7, 5, f.shaft_tilt_deg),
                    bbox_of([plug], 10), mu=MU_CEMENT * 1.5)
-    _add_metal_polygon(canvas, frame, outline, rng.uniform(9, 14))
-    trunnion = tube((0.0, 0.0), _pt(neck_base), 5.5, 7.0, cap=0.5)
-    canvas.add("metal", frame, trunnion, bbox_of([(0, 0), _pt(neck_base)], 10), mu=MU_METAL)
-    return length
+    _add_metal_polygon(canvas, frame, outline, rng.uniform(9, 14), mu=mu)
+    neck_base = f.junction + 0.45 * f.neck_len * f.neck_dir
+    trunnion = tube((0.0, 0.0), pt(neck_base), 5.5, 7.0, cap=0.5)
+    canvas.add("metal", frame, trunnion, bbox_of([(0, 0), pt(neck_base)], 10), mu=mu)
+    if shape == "collared":
+        calcar = [pt(f.shaft_point(-2, -lat_w - 8)), pt(f.shaft_point(-8, -lat_w + 2))]
+        canvas.add("metal", frame, strip(calcar, 1.5), bbox_of(calcar, 4), mu=mu * 8)
+    return Stem(outline, interface, cemented, length)
+
+
+def cup_shell(c: Point, r_out: float, r_in: float, opening_deg: float,
+              anteversion_deg: float) -> Field:
+    """Hemispherical shell whose open face points `opening_deg` in the image plane, tilted
+    `anteversion_deg` out of it: projected thickness (the rim shows as an ellipse)."""
+    o, av = np.radians(opening_deg), np.radians(anteversion_deg)
+    n = (np.cos(o) * np.cos(av), np.sin(o) * np.cos(av), max(np.sin(av), 1e-3))
+
+    def kept(r: float, dx: Array, dy: Array) -> Array:
+        h = np.sqrt(np.clip(r * r - dx * dx - dy * dy, 0, None))
+        z_cut = -(n[0] * dx + n[1] * dy) / n[2]  # the dome side has z below the cut
+        return np.clip(z_cut + h, 0, 2 * h)
+
+    def field(x: Array, y: Array) -> Array:
+        dx, dy = x - c[0], y - c[1]
+        return kept(r_out, dx, dy) - kept(r_in, dx, dy)
+
+    return field
 
 
 def add_cup(canvas: Canvas, hemi: Array, centre: Point, r: float, geo: ViewGeometry,
-            rng: np.random.Generator) -> None:
-    """Acetabular cup: metal shell (cementless) or polyethylene cup with wire and cement."""
-    opening = geo.cup_opening_deg + rng.normal(0, 6)
+            rng: np.random.Generator, tilt_deg: float = 0.0) -> Cup:
+    """Acetabular cup: metal shell (cementless, maybe with screws) or a cemented
+    polyethylene cup with its wire marker. `tilt_deg` adds inclination (migration)."""
+    opening = geo.cup_opening_deg + rng.normal(0, 6) + tilt_deg
+    anteversion = rng.uniform(5, 30) * (1 - geo.face)
     bbox = bbox_of([centre], r + 8)
     if rng.random() < 0.7:
-        canvas.add("metal", hemi, shell(centre, r, r - rng.uniform(2.5, 4.5), opening, rim=3.0),
-                   bbox, mu=MU_METAL)
-        for _ in range(int(rng.integers(0, 3))):
-            a = np.radians(opening + 180 + rng.uniform(-35, 35))
+        canvas.add("metal", hemi, cup_shell(centre, r, r - rng.uniform(2.5, 4.5), opening,
+                                            anteversion), bbox, mu=MU_METAL)
+        for _ in range(int(rng.choice([0, 0, 1, 2, 3]))):
+            a = np.radians(opening + 180 + rng.uniform(-40, 40))
             p0 = (centre[0] + (r - 4) * np.cos(a), centre[1] + (r - 4) * np.sin(a))
-            p1 = (centre[0] + (r + 22) * np.cos(a), centre[1] + (r + 22) * np.sin(a))
+            p1 = (centre[0] + (r + rng.uniform(15, 30)) * np.cos(a),
+                  centre[1] + (r + rng.uniform(15, 30)) * np.sin(a))
             canvas.add("metal", hemi, tube(p0, p1, 3.2, 2.2, thread=(2.5, 0.8), round_end=True),
                        bbox_of([p0, p1], 6), mu=MU_METAL)
-    else:
-        canvas.add("metal", hemi, shell(centre, r + 3, r, opening), bbox_of([centre], r + 10),
-                   mu=MU_CEMENT * 1.6)
-        a0 = opening + 90 + rng.uniform(-15, 15)
-        t = np.radians(np.linspace(a0, a0 + 180, 30))
-        wire = [(centre[0] + (r - 1) * np.cos(x), centre[1] + (r - 1) * np.sin(x) * 0.35)
-                for x in t]
-        rot = affine(rot_deg=opening + 90 - a0)
-        wire = [tuple(p) for p in apply(affine(tx=centre[0], ty=centre[1]) @ rot
-                                        @ affine(tx=-centre[0], ty=-centre[1]), wire)]
-        canvas.add("metal", hemi, line(wire, 0.9), bbox_of(wire, 4), mu=MU_METAL * 6)
-        canvas.add("metal", hemi, line(_arc(centre, r - 0.5, opening + 95, opening + 265), 0.8),
-                   bbox, mu=MU_METAL * 5)
+        return Cup(centre, r, opening)
+    canvas.add("metal", hemi, cup_shell(centre, r + 3, r, opening, anteversion),
+               bbox_of([centre], r + 10), mu=MU_CEMENT * 1.6)
+    a0 = opening + 90 + rng.uniform(-15, 15)
+    t = np.radians(np.linspace(a0, a0 + 180, 30))
+    wire = [(centre[0] + (r - 1) * np.cos(x), centre[1] + (r - 1) * np.sin(x) * 0.35)
+            for x in t]
+    rot = affine(rot_deg=opening + 90 - a0)
+    wire = [tuple(p) for p in apply(affine(tx=centre[0], ty=centre[1]) @ rot
+                                    @ affine(tx=-centre[0], ty=-centre[1]), wire)]
+    canvas.add("metal", hemi, line(wire, 0.9), bbox_of(wire, 4), mu=MU_METAL * 6)
+    canvas.add("metal", hemi, line(_arc(centre, r - 0.5, opening + 95, opening + 265), 0.8),
+               bbox, mu=MU_METAL * 5)
+    return Cup(centre, r + 3, opening)
 
 
 def _arc(c: Point, r: float, a0: float, a1: float, n: int = 28) -> list[Point]:
@@ -142,158 +210,15 @@ def _arc(c: Point, r: float, a0: float, a1: float, n: int = 28) -> list[Point]:
     return [(c[0] + r * np.cos(a), c[1] + r * np.sin(a)) for a in t]
 
 
-def add_head(canvas: Canvas, frame: Array, r: float, bipolar: bool = False) -> None:
+def add_head(canvas: Canvas, frame: Array, r: float, bipolar: bool = False,
+             mu: float = MU_METAL) -> None:
+    """Prosthetic head (metal or ceramic); bipolar: an outer shell around a small head."""
     bbox = bbox_of([(0, 0)], r + 3)
     if bipolar:
-        canvas.add("metal", frame, shell((0, 0), r, r - 2.5), bbox, mu=MU_METAL)
-        canvas.add("metal", frame, sphere((0, 0), 14), bbox, mu=MU_METAL * 0.6)
+        canvas.add("metal", frame, shell((0, 0), r, r - 2.5), bbox, mu=mu)
+        canvas.add("metal", frame, sphere((0, 0), 14), bbox, mu=mu * 0.6)
     else:
-        canvas.add("metal", frame, sphere((0, 0), r), bbox, mu=MU_METAL)
-
-
-def _screw(canvas: Canvas, frame: Array, head_end: Array, tip: Array, r: float,
-           thread_len: float, *, head_r: float = 0.0, washer: bool = False) -> None:
-    """Partially threaded screw from head_end (outside) to tip."""
-    axis = tip - head_end
-    length = float(np.hypot(*axis))
-    u = axis / length
-    split = tip - u * min(thread_len, length)
-    bb = bbox_of([_pt(head_end), _pt(tip)], r + 8)
-    if thread_len < length:
-        canvas.add("metal", frame, tube(_pt(head_end), _pt(split), r * 0.72, cap=0.3), bb,
-                   MU_METAL)
-    canvas.add("metal", frame, tube(_pt(split), _pt(tip), r, r * 0.8, thread=(2.6, r * 0.35),
-                                    round_end=True, cap=0.3), bb, MU_METAL)
-    if head_r:
-        canvas.add("metal", frame, tube(_pt(head_end - u * 4), _pt(head_end), head_r, cap=0.3),
-                   bb, MU_METAL)
-    if washer:
-        n = np.array([-u[1], u[0]])
-        w = [_pt(head_end + n * (r + 4)), _pt(head_end - n * (r + 4))]
-        canvas.add("metal", frame, strip(w, 0.8, 0.3), bbox_of(w, 3), mu=MU_METAL * 12)
-
-
-def _neck_line(f: FemurShape, tip_depth: float, offset: float) -> tuple[Array, Array]:
-    """A line parallel to the neck axis, `offset` mm across it: (lateral start, tip)."""
-    nd = f.neck_dir
-    perp = np.array([-nd[1], nd[0]])
-    tip = nd * (f.head_r - tip_depth) + perp * offset
-    start = tip - nd * (f.head_r - tip_depth + f.neck_len + f.shaft_r / np.sin(
-        np.radians(180 - f.neck_shaft_deg)) + 4)
-    return start, tip
-
-
-def add_cannulated_screws(canvas: Canvas, frame: Array, f: FemurShape,
-                          rng: np.random.Generator) -> None:
-    n = int(rng.choice([2, 3, 3]))
-    spread = f.neck_r * rng.uniform(0.35, 0.55)
-    offsets = [-spread, spread] if n == 2 else [-spread, rng.normal(0, 2), spread]
-    r = rng.choice([3.25, 3.65])
-    washer = rng.random() < 0.4
-    for off in offsets:
-        start, tip = _neck_line(f, rng.uniform(4, 8), off)
-        _screw(canvas, frame, start, tip, r, rng.uniform(16, 32), head_r=r + 1.5, washer=washer)
-
-
-def _side_plate(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry, t0: float,
-                n_holes: int, rng: np.random.Generator, spacing: float = 18.0) -> float:
-    """Plate on the lateral femoral cortex from shaft position t0, cortical screws. Returns
-    the distal end position."""
-    face = geo.face
-    lat = (1 - face) * (f.shaft_r + 2.8)
-    half = 2.8 + face * 5.5
-    t1 = t0 + spacing * (n_holes + 0.7)
-    pts = [_pt(f.shaft_point(t0, lat)), _pt(f.shaft_point(t1, lat))]
-    canvas.add("metal", frame, strip(pts, half), bbox_of(pts, half + 3), mu=MU_METAL * 6)
-    for i in range(n_holes):
-        if rng.random() < 0.12:
-            continue
-        t = t0 + spacing * (i + 1) + rng.normal(0, 1)
-        outer = f.shaft_point(t, f.shaft_r + 6)
-        inner = f.shaft_point(t, -f.shaft_r - rng.uniform(1, 4))
-        if face < 0.7:
-            w = 1 - face
-            _screw(canvas, frame, outer, inner, 2.25 * w + 0.3, 40, head_r=4.0 * w + 0.5)
-        if face > 0.3:
-            c = _pt(f.shaft_point(t, 0))
-            canvas.add("metal", frame, ellipsoid(c, 2.4, 2.4, depth=10 * face),
-                       bbox_of([c], 4), mu=MU_METAL)
-            canvas.add("metal", frame, shell(c, 4.2, 2.6), bbox_of([c], 6), mu=MU_METAL * face)
-    return t1
-
-
-def add_dynamic_hip_screw(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
-                          rng: np.random.Generator) -> None:
-    start, tip = _neck_line(f, rng.uniform(6, 12), rng.normal(-2, 2))
-    u = (tip - start) / np.hypot(*(tip - start))
-    barrel_end = start + u * rng.uniform(34, 42)
-    bb = bbox_of([_pt(start), _pt(tip)], 12)
-    canvas.add("metal", frame, tube(_pt(start - u * 3), _pt(barrel_end), 6.3, cap=0.5), bb,
-               MU_METAL)
-    _screw(canvas, frame, start + u * 10, tip, 6.2, rng.uniform(20, 26))
-    # plate starts where the barrel meets the lateral cortex
-    t0 = float(np.dot(start - f.junction, f.shaft_dir)) - 6
-    _side_plate(canvas, frame, f, geo, t0, int(rng.integers(2, 7)), rng)
-
-
-def add_lateral_plate(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
-                      rng: np.random.Generator) -> None:
-    """Proximal femoral locking plate with diverging head screws, or an angled blade plate."""
-    lat = (1 - geo.face) * (f.shaft_r + 3)
-    gt_top = f.gt_size[1] * 1.1
-    if rng.random() < 0.6:
-        pts = [_pt(f.shaft_point(-gt_top, lat * 0.9 + 4)), _pt(f.shaft_point(-gt_top * 0.4,
-                                                                              lat + 6)),
-               _pt(f.shaft_point(15, lat + 2)), _pt(f.shaft_point(40, lat))]
-        half = 3.0 + geo.face * 8
-        canvas.add("metal", frame, strip(pts, half), bbox_of(pts, half + 3), mu=MU_METAL * 6)
-        for k in range(int(rng.integers(3, 5))):
-            start, tip = _neck_line(f, rng.uniform(6, 10), 0.0)
-            ang = np.radians(-10 + 8 * k + rng.normal(0, 2))
-            rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-            origin = f.shaft_point(-gt_top * 0.55 + 14 * k, lat + 6)
-            d = rot @ (tip - start) / np.hypot(*(tip - start))
-            length = f.neck_len + f.head_r * 0.6 + 10 - 6 * abs(k - 1.5)
-            _screw(canvas, frame, origin, origin + d * length, 2.5, length, head_r=3.5)
-        _side_plate(canvas, frame, f, geo, 40, int(rng.integers(2, 6)), rng)
-    else:
-        start, tip = _neck_line(f, rng.uniform(10, 16), -f.neck_r * 0.3)
-        half = 2.5 + 6 * geo.face
-        blade = [_pt(start), _pt(tip)]
-        canvas.add("metal", frame, strip(blade, half), bbox_of(blade, half + 3), mu=MU_METAL * 5)
-        t0 = float(np.dot(start - f.junction, f.shaft_dir))
-        corner = [_pt(start), _pt(f.shaft_point(t0 + 6, lat))]
-        canvas.add("metal", frame, strip(corner, 3.0), bbox_of(corner, 6), mu=MU_METAL * 6)
-        _side_plate(canvas, frame, f, geo, t0, int(rng.integers(3, 6)), rng)
-
-
-def add_im_nail(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
-                rng: np.random.Generator) -> None:
-    """Cephalomedullary nail from the greater trochanter with a lag screw or blade."""
-    long_nail = rng.random() < 0.5
-    length = rng.uniform(340, 420) if long_nail else rng.uniform(170, 240)
-    entry = f.shaft_point(-f.gt_size[1] * 1.2, 6)
-    bend = f.shaft_point(45, 0.5)
-    end = f.shaft_point(length - 40, -0.5)
-    r_prox, r_dist = rng.uniform(7.5, 8.5), rng.uniform(5, 6)
-    bb = bbox_of([_pt(entry), _pt(end)], 12)
-    canvas.add("metal", frame, tube(_pt(entry), _pt(bend), r_prox, r_prox * 0.95, cap=0.8), bb,
-               MU_METAL)
-    canvas.add("metal", frame, tube(_pt(bend), _pt(end), r_prox * 0.9, r_dist, round_end=True),
-               bb, MU_METAL)
-    start, tip = _neck_line(f, rng.uniform(8, 12), rng.normal(-1, 1.5))
-    if rng.random() < 0.75:
-        _screw(canvas, frame, start, tip, 5.3, rng.uniform(18, 26))
-    else:
-        blade = [_pt(start), _pt(tip)]
-        canvas.add("metal", frame, strip(blade, 5.0 - 2 * geo.face), bbox_of(blade, 8),
-                   mu=MU_METAL * 8)
-        canvas.add("metal", frame, line([_pt(start), _pt(tip)], 1.0), bbox_of(blade, 4),
-                   mu=MU_METAL * 3)
-    for k in range(int(rng.integers(1, 3))):
-        t = length - 40 - 15 - 14 * k
-        outer, inner = f.shaft_point(t, f.shaft_r + 5), f.shaft_point(t, -f.shaft_r - 3)
-        _screw(canvas, frame, outer, inner, 2.5, 50, head_r=4.0)
+        canvas.add("metal", frame, sphere((0, 0), r), bbox, mu=mu)
 
 
 def add_fixation_on_tha(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGeometry,
@@ -308,10 +233,10 @@ def add_fixation_on_tha(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGe
             tilt = rng.normal(0, 0.15)
             a = f.shaft_point(t + f.shaft_r * tilt, f.shaft_r + 2)
             b = f.shaft_point(t - f.shaft_r * tilt, -f.shaft_r - 2)
-            pts = [_pt(a), _pt(b)]
+            pts = [pt(a), pt(b)]
             canvas.add("metal", frame, line(pts, rng.uniform(0.7, 1.1)), bbox_of(pts, 4),
                        mu=MU_METAL * 5)
-            canvas.add("metal", frame, ellipsoid(_pt(a), 2.5, 2.0), bbox_of([_pt(a)], 4),
+            canvas.add("metal", frame, ellipsoid(pt(a), 2.5, 2.0), bbox_of([pt(a)], 4),
                        mu=MU_METAL)
     if kind in ("plate", "plate_cerclage"):
         t0 = rng.uniform(-15, 45)
@@ -319,26 +244,26 @@ def add_fixation_on_tha(canvas: Canvas, frame: Array, f: FemurShape, geo: ViewGe
         lat = (1 - face) * (f.shaft_r + 2.8)
         half = 2.8 + face * 5.5
         t1 = t0 + rng.uniform(120, 220)
-        pts = [_pt(f.shaft_point(t0, lat)), _pt(f.shaft_point(t1, lat))]
+        pts = [pt(f.shaft_point(t0, lat)), pt(f.shaft_point(t1, lat))]
         canvas.add("metal", frame, strip(pts, half), bbox_of(pts, half + 3), mu=MU_METAL * 6)
         for t in np.arange(t0 + 12, t1 - 5, 18.0):
             if t < stem_len + 8:
                 for side in (-1, 1):
-                    p = [_pt(f.shaft_point(t + side * 4, f.shaft_r + 3)),
-                         _pt(f.shaft_point(t - side * 4, -f.shaft_r - 3))]
+                    p = [pt(f.shaft_point(t + side * 4, f.shaft_r + 3)),
+                         pt(f.shaft_point(t - side * 4, -f.shaft_r - 3))]
                     canvas.add("metal", frame, line(p, 0.8), bbox_of(p, 3), mu=MU_METAL * 5)
             else:
-                _screw(canvas, frame, f.shaft_point(t, f.shaft_r + 6),
+                screw(canvas, frame, f.shaft_point(t, f.shaft_r + 6),
                        f.shaft_point(t, -f.shaft_r - 2), 2.25, 40, head_r=4.0)
     if kind == "trochanteric":
         top = f.shaft_point(-f.gt_size[1] * 1.3, 14)
-        pts = [_pt(top), _pt(f.shaft_point(-f.gt_size[1] * 0.5, f.shaft_r + 8)),
-               _pt(f.shaft_point(20, f.shaft_r + 4)), _pt(f.shaft_point(70, f.shaft_r + 3))]
+        pts = [pt(top), pt(f.shaft_point(-f.gt_size[1] * 0.5, f.shaft_r + 8)),
+               pt(f.shaft_point(20, f.shaft_r + 4)), pt(f.shaft_point(70, f.shaft_r + 3))]
         canvas.add("metal", frame, strip(pts, 2.6 + 5 * geo.face), bbox_of(pts, 10),
                    mu=MU_METAL * 6)
         for t in (-5.0, 25.0, 55.0):
-            p = [_pt(f.shaft_point(t + 3, f.shaft_r + 4)),
-                 _pt(f.shaft_point(t - 3, -f.shaft_r - 3))]
+            p = [pt(f.shaft_point(t + 3, f.shaft_r + 4)),
+                 pt(f.shaft_point(t - 3, -f.shaft_r - 3))]
             canvas.add("metal", frame, line(p, 0.9), bbox_of(p, 3), mu=MU_METAL * 5)
 
 
@@ -350,7 +275,7 @@ def add_cement_spacer(canvas: Canvas, frame: Array, hemi: Array, f: FemurShape,
         r = f.head_r * rng.uniform(0.85, 1.05)
         lumps = [(0.0, 0.0, r)]
         length = rng.uniform(90, 150)
-        core = [(0.0, 0.0), _pt(f.junction), _pt(sp(length - 10))]
+        core = [(0.0, 0.0), pt(f.junction), pt(sp(length - 10))]
         canvas.add("metal", frame, line(core, rng.uniform(1.5, 2.5)), bbox_of(core, 6),
                    mu=MU_METAL * 5)
     else:
@@ -359,7 +284,7 @@ def add_cement_spacer(canvas: Canvas, frame: Array, hemi: Array, f: FemurShape,
     for x, y, r in lumps:
         bumpy = _bumpy_blob((x, y), r, rng)
         _add_metal_polygon(canvas, frame, bumpy, r * 1.4, mu=MU_CEMENT * 1.3)
-    dowel = [_pt(f.junction + 0.2 * f.neck_len * f.neck_dir), _pt(sp(length))]
+    dowel = [pt(f.junction + 0.2 * f.neck_len * f.neck_dir), pt(sp(length))]
     w = f.shaft_r * f.canal_r * rng.uniform(0.8, 1.1)
     canvas.add("metal", frame, tube(dowel[0], dowel[1], w + 3, w, cap=5), bbox_of(dowel, 20),
                mu=MU_CEMENT * 1.3)
@@ -370,7 +295,7 @@ def add_cement_spacer(canvas: Canvas, frame: Array, hemi: Array, f: FemurShape,
             heading = rng.uniform(0, 2 * np.pi)
             beads = []
             for _k in range(int(rng.integers(6, 16))):
-                beads.append(_pt(p))
+                beads.append(pt(p))
                 heading += rng.normal(0, 0.35)
                 p = p + 8.0 * np.array([np.cos(heading), np.sin(heading)])
             canvas.add("metal", hemi, line(beads, 0.5), bbox_of(beads, 3), mu=MU_METAL * 3)
@@ -384,37 +309,36 @@ def _bumpy_blob(c: Point, r: float, rng: np.random.Generator) -> Array:
     return np.stack([c[0] + rr * np.cos(t), c[1] + rr * np.sin(t)], axis=1)
 
 
-def add_hip_hardware(canvas: Canvas, hardware: str, femur_frame: Array, hemi: Array,
-                     cup_centre: Point, f: FemurShape, geo: ViewGeometry,
-                     rng: np.random.Generator) -> None:
-    """Draw the implants of one hardware class (femur already drawn and resected)."""
+def add_hip_hardware(canvas: Canvas, hardware: str, device: str, femur_frame: Array,
+                     hemi: Array, cup_centre: Point, f: FemurShape, geo: ViewGeometry,
+                     rng: np.random.Generator, cup_tilt_deg: float = 0.0) -> Implants:
+    """Draw the implants of one hip (femur already drawn and resected); returns the
+    arthroplasty geometry its failure is drawn around."""
     if hardware == "no_hardware":
-        return
-    if hardware in HAS_CUP:
-        cup_r = f.head_r * rng.uniform(1.02, 1.18)
-        add_cup(canvas, hemi, cup_centre, cup_r, geo, rng)
-        add_head(canvas, femur_frame, float(rng.choice([14.0, 16.0, 18.0])))
-        stem_len = add_stem(canvas, femur_frame, f, rng,
-                            length=rng.uniform(160, 240) if hardware == "tha_with_fixation"
-                            and rng.random() < 0.4 else None)
+        return Implants()
+    if hardware in THA:
+        cup_r = f.head_r * rng.uniform(1.02, 1.2)
+        cup = add_cup(canvas, hemi, cup_centre, cup_r, geo, rng, cup_tilt_deg)
+        head_r = float(rng.choice([11.0, 14.0, 16.0, 18.0, 20.0], p=[0.1, 0.35, 0.3, 0.2, 0.05]))
+        add_head(canvas, femur_frame, min(head_r, cup_r - 9.5),  # poly liner >= 5 mm
+                 mu=MU_METAL * (0.5 if rng.random() < 0.4 else 1.0))
+        stem = add_stem(canvas, femur_frame, f, rng,
+                        length=rng.uniform(160, 240) if hardware == "tha_with_fixation"
+                        and rng.random() < 0.4 else None)
         if hardware == "tha_with_fixation":
-            add_fixation_on_tha(canvas, femur_frame, f, geo, stem_len, rng)
-    elif hardware == "hemiarthroplasty":
+            add_fixation_on_tha(canvas, femur_frame, f, geo, stem.length, rng)
+        return Implants(stem, cup)
+    if hardware == "hemiarthroplasty":
         add_head(canvas, femur_frame, f.head_r * rng.uniform(0.95, 1.03),
                  bipolar=rng.random() < 0.5)
-        add_stem(canvas, femur_frame, f, rng, cemented=rng.random() < 0.7)
-    elif hardware == "im_nail":
-        add_im_nail(canvas, femur_frame, f, geo, rng)
-    elif hardware == "cannulated_screws":
-        add_cannulated_screws(canvas, femur_frame, f, rng)
-    elif hardware == "dynamic_hip_screw":
-        add_dynamic_hip_screw(canvas, femur_frame, f, geo, rng)
-    elif hardware == "lateral_plate":
-        add_lateral_plate(canvas, femur_frame, f, geo, rng)
-    elif hardware == "post_infectious":
+        return Implants(add_stem(canvas, femur_frame, f, rng, cemented=rng.random() < 0.7))
+    if hardware == "post_infectious":
         add_cement_spacer(canvas, femur_frame, hemi, f, rng)
-    else:
-        raise ValueError(f"unknown hardware class {hardware!r}")
+        return Implants()
+    if hardware in FIXATION:
+        add_fixation(canvas, femur_frame, f, geo, hardware, device, rng)
+        return Implants()
+    raise ValueError(f"unknown hardware class {hardware!r}")
 
 
 def add_foreign_bodies(canvas: Canvas, frame: Array, region: tuple[float, float, float, float],
