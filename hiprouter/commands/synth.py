@@ -30,10 +30,18 @@ def _split(value: str | None) -> list[str] | None:
               help="Processes; the output does not depend on it.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a PNG contact sheet: one AP pelvis per hardware class.")
+              help="Also write a PNG contact sheet: one image per hardware class.")
+@click.option("--renderer", type=click.Choice(["primary", "alt"]), default="primary",
+              show_default=True,
+              help="primary: the training renderer; alt: the independent renderer for "
+                   "cross-generator tests.")
+@click.option("--task", type=click.Choice(["mixed", "hardware", "screening", "failure",
+                                           "device", "onfh"]), default=None,
+              help="alt only: weight the index hip towards one pipeline's classes "
+                   "(default mixed).")
 def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | None,
-          size: tuple[int, int] | None, workers: int, quiet: bool, preview: Path | None
-          ) -> None:
+          size: tuple[int, int] | None, workers: int, quiet: bool, preview: Path | None,
+          renderer: str, task: str | None) -> None:
     """Generate synthetic studies in OUT with ground truth per hip in OUT/labels.csv.
 
     Synthetic images are for tests and demos only, not for clinical use.
@@ -55,10 +63,21 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
         weights = {k: 1.0 for k in chosen}
     if size is not None and size[0] > size[1]:
         raise click.BadParameter("MIN must not exceed MAX", param_hint="--size")
+    if renderer == "primary" and task is not None:
+        raise click.UsageError("--task is an option of --renderer alt")
+    if renderer == "alt" and chosen:
+        raise click.UsageError("--renderer alt samples classes by --task, not --classes")
     try:
-        labels = generate_dataset(out, studies, seed, progress=not quiet,
-                                  class_weights=weights, views=_split(views), size=size,
-                                  workers=workers)
+        if renderer == "alt":
+            from hiprouter.synth.alt import generate_alt_dataset
+
+            labels = generate_alt_dataset(out, studies, seed, task=task or "mixed",
+                                          views=_split(views), size=size,
+                                          progress=not quiet, workers=workers)
+        else:
+            labels = generate_dataset(out, studies, seed, progress=not quiet,
+                                      class_weights=weights, views=_split(views), size=size,
+                                      workers=workers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     with labels.open(newline="") as fh:
@@ -77,7 +96,13 @@ def synth(out: Path, studies: int, seed: int, views: str | None, classes: str | 
     table.add_row("tha_dislocation", str(dislocated))
     Console().print(table)
     click.echo(f"labels: {labels}")
-    if preview is not None:
+    if preview is not None and renderer == "alt":
+        from hiprouter.synth.alt.sheet import HARDWARE_EXAMPLES, example_sheet
+
+        preview.parent.mkdir(parents=True, exist_ok=True)
+        example_sheet(HARDWARE_EXAMPLES, seed, columns=3).save(preview)
+        click.echo(f"preview: {preview}")
+    elif preview is not None:
         from hiprouter.synth.preview import write_example_sheet
 
         click.echo(f"preview: {write_example_sheet(preview, seed)}")

@@ -119,7 +119,7 @@ def form_image(maps: dict[str, np.ndarray], work_pixel: float, stored: tuple[int
     hi = lo + span * rng.uniform(0.75, 0.95)  # thin soft tissue falls towards black
     density = (hi - log) / (hi - lo)
     # metal and collimated borders: graded, not clipped, above the anatomy
-    density = np.where(density > 1, 1 + 0.3 * np.tanh((density - 1) / 0.6), density)
+    density = np.where(density > 1, 1 + 0.6 * np.tanh((density - 1) / 1.5), density)
     density = np.maximum(density, -0.2)
     roi = inside & (density > 0) & (density < 1.0)
     compressed = console.compress(density, acq.processing, pixel, roi)

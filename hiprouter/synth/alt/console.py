@@ -39,10 +39,10 @@ def sample_processing(rng: np.random.Generator) -> Processing:
     base = rng.uniform(1.0, 1.8)
     gains = tuple(float(base * rng.uniform(0.8, 1.2) * (1.0 + 0.25 * (i in (1, 2, 3))))
                   for i in range(levels))
-    return Processing(gains, float(rng.uniform(0.6, 0.95)), float(rng.uniform(0.3, 0.7)),
+    return Processing(gains, float(rng.uniform(0.6, 0.95)), float(rng.uniform(0.6, 0.9)),
                       str(rng.choice(["sigmoid", "equalise", "gamma"], p=[0.5, 0.3, 0.2])),
-                      float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.65, 0.9)),
-                      float(rng.uniform(15, 35)))
+                      float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.3, 0.55)),
+                      float(rng.uniform(35, 70)))
 
 
 def anatomy_range(log_img: np.ndarray, field: np.ndarray, open_level: float
@@ -110,26 +110,28 @@ def enhance(density: np.ndarray, proc: Processing, pixel_mm: float) -> np.ndarra
 
 
 def tone(x: np.ndarray, proc: Processing, roi: np.ndarray) -> np.ndarray:
-    """Map enhanced density to 0..1 with the console's tone curve; the anatomy's middle
-    lands on mid-grey, its densest part near white."""
+    """Map enhanced density to 0..1 with the console's tone curve: the anatomy (roi) spans
+    0..0.9, its middle near mid-grey; denser things (metal, collimated borders) keep some
+    gradation above it."""
     vals = x[roi] if roi.any() else x.ravel()
     lo, mid, hi = np.percentile(vals, [0.5, 35 + 25 * proc.curve_strength, 99.7])
+    span = max(hi - lo, 1e-6)
+    y = np.clip((x - lo) / span, 0, 1)
     if proc.curve == "equalise":
-        hist, edges = np.histogram(np.clip((vals - lo) / max(hi - lo, 1e-6), 0, 1), bins=256,
-                                   range=(0, 1))
+        hist, edges = np.histogram(np.clip((vals - lo) / span, 0, 1), bins=256, range=(0, 1))
         cdf = np.cumsum(hist).astype(float)
-        cdf /= cdf[-1]
-        y = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
         k = 0.45 + 0.35 * proc.curve_strength
-        return np.clip(k * np.interp(y, edges[1:], cdf) + (1 - k) * y, 0, 1)
-    if proc.curve == "sigmoid":
+        out = k * np.interp(y, edges[1:], cdf / cdf[-1]) + (1 - k) * y
+    elif proc.curve == "sigmoid":
         k = 3.5 + 3 * proc.curve_strength
-        y = (x - mid) / max(hi - lo, 1e-6) * 2
-        out = 1 / (1 + np.exp(-k * (y - 0.15)))
-        top = 1 / (1 + np.exp(-k * ((hi - mid) / max(hi - lo, 1e-6) * 2 - 0.15)))
-        return np.clip(out / top, 0, 1)
-    y = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
-    return y ** (1.3 + 0.9 * proc.curve_strength)
+        m = (mid - lo) / span
+        f = 1 / (1 + np.exp(-k * (y - m - 0.1)))
+        f0, f1 = 1 / (1 + np.exp(k * (m + 0.1))), 1 / (1 + np.exp(-k * (0.9 - m)))
+        out = (f - f0) / (f1 - f0)
+    else:
+        out = y ** (1.3 + 0.9 * proc.curve_strength)
+    above = np.clip((x - hi) / span, 0, None)
+    return np.clip(0.86 * out + 0.14 * np.tanh(above / 0.5), 0, 1)
 
 
 def store(display: np.ndarray, bits: int, photometric: str, rng: np.random.Generator

@@ -66,9 +66,11 @@ def sample_body(rng: np.random.Generator, age: float, sex: str) -> Body:
     av = rng.normal(15, 5)
     fat = (4 + (bmi - 17) * (2.6 if female else 1.9)) * rng.uniform(0.8, 1.2)
     trunk_a = size * (165 + (bmi - 20) * 3.4 + (14 if female else 0)) * rng.uniform(0.95, 1.05)
+    hip_half = size * rng.normal(92 if female else 88, 3)
+    trunk_a = max(trunk_a, hip_half + size * (85 + fat))  # wide enough for the trochanters
     return Body(
         age=float(age), sex=sex, size=float(size),
-        hip_half=float(size * rng.normal(92 if female else 88, 3)),
+        hip_half=float(hip_half),
         head_r=float(size * rng.normal(22.5 if female else 25, 1.1)),
         neck_shaft=(float(nsa + rng.normal(0, 1.5)), float(nsa + rng.normal(0, 1.5))),
         anteversion=(float(av + rng.normal(0, 2)), float(av + rng.normal(0, 2))),

@@ -93,7 +93,7 @@ def sample_abdomen(rng: np.random.Generator, body: Body) -> Abdomen:
 
 
 def _thigh(frame: FemurFrame, pose: Pose, radius: float, shrink: float) -> Solid:
-    top = pose.point(frame.shaft_point(20) + np.array([-12.0, 0, 0]))
+    top = pose.point(frame.shaft_point(45) + np.array([-12.0, 0, 0]))
     bottom = pose.point(frame.shaft_point(450))
     return capsule_chain(np.array([top, bottom]), [radius - shrink, radius * 0.8 - shrink])
 
@@ -110,7 +110,7 @@ def draw_soft_tissue(layers: Layers, body: Body, frames: dict[str, FemurFrame],
         t = frustum(np.array([0, 12 * s, fold]), np.array([0, 12 * s, 450.0]), a - shrink,
                     0.86 * a - shrink, ratio=(b - shrink) / (a - shrink), hint=x)
         bottom = ellipsoid(np.array([0, 12 * s, fold]), np.eye(3),
-                           (a - shrink, b - shrink, 105 * s - shrink)).clip(
+                           (a - shrink, b - shrink, 70 * s - shrink)).clip(
                                np.array([0, 0, 1.0]), np.array([0, 0, fold]))
         return [Solid((t, bottom), 1.0)]
 
@@ -121,12 +121,6 @@ def draw_soft_tissue(layers: Layers, body: Body, frames: dict[str, FemurFrame],
     layers.add("tissue", core)
     layers.add("fat", outer)
     layers.add("fat", core, -1.0)
-    # the perineum: air between the thighs below the pelvic floor
-    notch = solid(ellipsoid(np.array([0, 12 * s, fold - 150 * s]), np.eye(3),
-                            (0.14 * a, b, 90 * s)))
-    layers.add("tissue", notch.offset(f), -1.0)
-    layers.add("fat", notch.offset(f), 1.0)
-    layers.add("fat", notch, -1.0)
     planes: list[Convex] = []
     for lat in (-1.0, 1.0):  # gluteal, obturator internus and iliopsoas fat planes
         h = body.hip_half

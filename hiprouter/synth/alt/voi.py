@@ -32,6 +32,8 @@ def apply_voi(ds: Dataset, rng: np.random.Generator, stored: np.ndarray, acq: Ac
     kinds = ["window", "two_windows", "sigmoid", "lut"] + (["none"] if acq.modality == "CR"
                                                          else [])
     kind = str(rng.choice(kinds))
+    if kind == "lut" and (hi - max(lo, 0)) > 30000:
+        kind = "window"  # a LUT this long would not fit an explicit VR US element
     if kind == "none":
         return kind
     width = max((hi - lo) * rng.uniform(1.0, 1.3), 2.0)
@@ -51,14 +53,14 @@ def apply_voi(ds: Dataset, rng: np.random.Generator, stored: np.ndarray, acq: Ac
 
 
 def _lut_item(lo: float, hi: float, rng: np.random.Generator) -> Dataset:
-    """A 12-bit sigmoid-like table from lo to hi (first mapped value = lo)."""
+    """A 16-bit sigmoid-like table from lo to hi (first mapped value = lo)."""
     first = max(0, int(np.floor(lo)))
     n = int(min(max(np.ceil(hi) - first + 1, 2), 65535))
     x = np.linspace(-1, 1, n)
     k = rng.uniform(1.5, 3.5)
-    y = (np.tanh(k * x) / np.tanh(k) + 1) / 2 * 4095
+    y = (np.tanh(k * x) / np.tanh(k) + 1) / 2 * 65535
     item = Dataset()
-    item.LUTDescriptor = [n, first, 12]
+    item.add_new(0x00283002, "US", [n, first, 16])  # LUT Descriptor
     item.LUTExplanation = "CONSOLE DEFAULT"
-    item.LUTData = [int(v) for v in np.rint(y)]
+    item.add_new(0x00283006, "US", [int(v) for v in np.rint(y)])  # LUT Data
     return item
