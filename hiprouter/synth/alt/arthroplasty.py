@@ -46,29 +46,27 @@ def _stem(model: FemurModel, design: str, rng: np.random.Generator, hw: Hardware
     tip = f.shaft_point(length)
     metal = {"wedge": "titanium", "short": "titanium", "anatomic": "titanium",
              "cemented_taper": str(rng.choice(["cocr", "steel"])), "cylinder": "cocr"}[design]
-    transition = frustum(base, j + np.array([-0.45 * rs, 0, -26]), 8.0, 6.5)
-    if design in ("wedge", "cemented_taper"):
-        k = 0.85 if design == "cemented_taper" else 1.0
-        body = wedge(top, tip + np.array([0, 0, 8.0]), x, y,
-                     (0.42 * rs * k, 0.55 * rs * k, 6.5 * k), (4.5 * k, 4.5 * k, 4.0 * k))
-        end = ellipsoid(tip + np.array([0, 0, 8.0]), np.eye(3), (4.5 * k, 4.0 * k, 9.0))
-        canal = solid(body, end)
-    elif design == "cylinder":
-        r = min(f.canal_r, rng.uniform(7, 9))
-        upper = wedge(top, top - np.array([0, 0, 55.0]), x, y, (0.42 * rs, 0.55 * rs, 7.5),
-                      (r, r, r * 0.9))
-        canal = solid(upper, capsule_chain(np.array([top - np.array([0, 0, 45.0]), tip]),
-                                           [r, r * 0.95]))
-    elif design == "short":
-        pts = np.array([base, j + np.array([-0.38 * rs, 0, -20]),
-                        j + np.array([-0.2 * rs, 0, -55]), j + np.array([0.05 * rs, 0, -95])])
-        canal = capsule_chain(pts, [9.0, 8.0, 6.5, 4.5], ratio=0.62, hint=x, smooth=True)
+    k = 0.85 if design == "cemented_taper" else 1.0
+    calcar = j + np.array([-0.5 * rs, 0, -22])
+    tip_end = tip + np.array([0, 0, 6.0])
+    if design == "short":
+        pts = np.array([base, calcar, j + np.array([-0.2 * rs, 0, -55]),
+                        j + np.array([0.05 * rs, 0, -95])])
+        canal = capsule_chain(pts, [9.0, 8.5, 6.5, 4.5], ratio=0.62, hint=x, smooth=True)
     else:
-        pts = np.array([base, j + np.array([-0.25 * rs, 2, -20]), j + np.array([0, -2, -60]),
-                        j + np.array([0.05 * rs, 3, -105]), tip])
-        canal = capsule_chain(pts, [11.0, 10.0, 8.0, 6.0, 4.5], ratio=0.6, hint=x, smooth=True)
+        mid = j + np.array([-0.12 * rs, 0, -0.45 * length])
+        r_mid = min(f.canal_r, 8.0) if design == "cylinder" else 6.5 * k
+        r_tip = r_mid * 0.95 if design == "cylinder" else 4.2 * k
+        if design == "anatomic":
+            mid = mid + np.array([0, -3.0, 0])
+        medial = capsule_chain(np.array([base, calcar, mid, tip_end]),
+                               [8.5 * k, 9.5 * k, r_mid, r_tip], ratio=0.68, hint=x,
+                               smooth=True)
+        shoulder = wedge(top + np.array([0.15 * rs, 0, 0]), j + np.array([0, 0, -0.55 * length]),
+                         x, y, (0.5 * rs * k, 0.85 * rs, 6.5 * k), (r_mid * 0.8, 2.0, 5.0 * k))
+        canal = solid(medial, shoulder, power=12.0)
     taper = frustum(base, h + nd * 4.0, 6.8, 5.6)
-    parts: list[Convex | Solid] = [canal, transition, taper]
+    parts: list[Convex | Solid] = [canal, taper]
     if design in ("wedge", "anatomic") and rng.random() < 0.4:
         parts.append(frustum(base + nd * 2, base - nd * 1.5, 13.0, 13.0, ratio=0.8))
     whole = solid(*parts)
@@ -309,7 +307,7 @@ def _failure(failure: str, model: FemurModel, hw: Hardware, around: Solid, cup: 
     elif failure == "dislocation":
         hw.head_offset = hw.head_offset + np.array(
             [lat * rng.uniform(5, 18), rng.uniform(10, 30), rng.uniform(22, 42)])
-        hw.extra_pose = (rng.uniform(5, 25), -rng.uniform(8, 20), rng.uniform(15, 35))
+        hw.extra_pose = (rng.uniform(0, 12), -rng.uniform(5, 15), rng.uniform(10, 25))
     elif failure == "periprosthetic_fracture":
         _periprosthetic_fracture(model, tip_below, rng)
     elif failure == "infection":

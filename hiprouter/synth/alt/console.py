@@ -41,7 +41,7 @@ def sample_processing(rng: np.random.Generator) -> Processing:
                   for i in range(levels))
     return Processing(gains, float(rng.uniform(0.6, 0.95)), float(rng.uniform(0.6, 0.9)),
                       str(rng.choice(["sigmoid", "equalise", "gamma"], p=[0.5, 0.3, 0.2])),
-                      float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.3, 0.55)),
+                      float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.25, 0.5)),
                       float(rng.uniform(35, 70)))
 
 

@@ -19,7 +19,6 @@ from hiprouter.synth.alt.raycast import (
     Solid,
     capsule_chain,
     ellipsoid,
-    frustum,
     rotation,
     solid,
     sphere,
@@ -137,13 +136,15 @@ def build_femur(body: Body, side: str, *, valgus: float = 0.0, extra_av: float =
     if body.child:
         head = ellipsoid(np.zeros(3) + up * 0.1 * r, np.eye(3), (0.8 * r, 0.8 * r, 0.55 * r))
     el["head"] = Element(head, head.offset(-1.2 * s))
-    neck_a = frustum(0.3 * r * nd, 1.05 * r * nd, 0.74 * r, 0.68 * r, ratio=0.8, hint=up)
-    neck_b = frustum(1.0 * r * nd, (length + 0.1 * rs) * nd, 0.68 * r, 1.0 * r, ratio=0.78,
-                     hint=up)
+    # the neck as one mitred tube from inside the head to the trochanteric region
+    neck_pts = np.array([0.0 * nd, 1.05 * r * nd, (length + 0.1 * rs) * nd])
+    neck = capsule_chain(neck_pts, [0.6 * r, 0.68 * r, 1.0 * r], ratio=0.8, hint=up,
+                         caps=False)
+    neck_in = capsule_chain(neck_pts, [0.6 * r - 1.5 * s, 0.68 * r - 1.5 * s, r - 1.6 * s],
+                            ratio=0.8, hint=up, caps=False)
     if body.child:  # physis: the metaphysis stops short of the ossific nucleus
-        neck_a = neck_a.clip(-nd, 0.62 * r * nd)
-    el["neck_a"] = Element(neck_a, neck_a.offset(-1.5 * s))
-    el["neck_b"] = Element(neck_b, neck_b.offset(-1.6 * s))
+        neck, neck_in = neck.clip(-nd, 0.62 * r * nd), neck_in.clip(-nd, 0.62 * r * nd)
+    el["neck"] = Element(neck, neck_in)
     gt_c = np.array([j[0] + 0.4 * rs, j[1] + 6 * s, -24 * s])
     gt_r = (1.0 * rs, 1.1 * rs, 21 * s)
     if body.child:
@@ -202,11 +203,11 @@ def add_osteoarthritis(model: FemurModel, grade: int, rng: np.random.Generator) 
         pos = 0.55 * r * f.neck_dir - 0.85 * r * e1
         drop = ellipsoid(pos, np.eye(3), (4 + grade, 3 + grade, 3 + grade))
         model.elements["osteophyte_drop"] = Element(drop, drop.offset(-0.8))
-    head = model.elements["head"].outer
     top = unit(np.array([0.35, 0, 1.0]))
-    if grade >= 2:
-        cap = solid(head.offset(-1.2).clip(-top, 0.3 * r * top))
-        model.features.append(Feature("cortical", cap, 0.12 * grade))
+    if grade >= 2:  # subchondral sclerosis under the weight-bearing dome
+        cap = solid(ellipsoid(top * 0.68 * r, np.column_stack(_tangent_frame(top, e2)),
+                              (0.28 * r, 0.55 * r, 0.55 * r)))
+        model.features.append(Feature("cortical", cap, 0.1 * grade))
         model.features.append(Feature("cancellous", cap, 0.1 * grade))
     if grade >= 3:
         for _ in range(int(rng.integers(1, 4))):
@@ -312,7 +313,6 @@ def resect(model: FemurModel, level: float) -> None:
     model.cuts.append((np.array([-1.0, 0, 0]), f.junction - np.array([0.15 * f.shaft_r, 0, 0]),
                        ("gt",)))
     model.elements.pop("head", None)
-    model.elements.pop("neck_a", None)
     model.features = [ft for ft in model.features if ft.fragment != "head"]
 
 

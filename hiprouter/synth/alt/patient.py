@@ -87,8 +87,8 @@ def sample_body(rng: np.random.Generator, age: float, sex: str) -> Body:
         sacral_slope=float(rng.normal(40, 6)),
         lordosis=float(rng.normal(45, 8)),
         trunk_a=float(trunk_a),
-        trunk_b=float(trunk_a * rng.uniform(0.62, 0.78)),
+        trunk_b=float(trunk_a * rng.uniform(0.56, 0.7)),
         fat=float(size * fat),
-        thigh_r=float(size * (60 + (bmi - 20) * 2.2) * rng.uniform(0.92, 1.08)),
+        thigh_r=float(size * (74 + (bmi - 20) * 2.6) * rng.uniform(0.92, 1.08)),
         child=child,
     )

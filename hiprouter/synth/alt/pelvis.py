@@ -175,15 +175,19 @@ def build_socket(body: Body, side: str, *, inclination: float | None = None,
 
 
 def _acetabulum(sock: Socket, lat: float, s: float, child: bool
-                ) -> tuple[list[Pair], Solid, Solid]:
-    """Cancellous block around the socket (pieces), subchondral shell (outer, inner)."""
+                ) -> tuple[list[Pair], Solid, Solid, Solid]:
+    """Cancellous block around the socket (pieces), subchondral shell (outer, inner), and
+    the cavity the block must not fill."""
     a, c, r = sock.axis, sock.center, sock.radius
     face_point = c + a * sock.face
-    block = ellipsoid(c + np.array([-lat * 3 * s, 3 * s, 5 * s]), np.eye(3),
-                      (r + 7 * s, r + 4 * s, r + 10 * s)).clip(a, face_point)
-    outer = sphere(c, r + sock.shell).clip(a, face_point)
-    inner = sphere(c, r).clip(a, face_point)
+    block = ellipsoid(c + np.array([-lat * 3 * s, 3 * s, 6 * s]), np.eye(3),
+                      (r + 4.5 * s, r + 3 * s, r + 8.5 * s)).clip(a, face_point)
+    # the lunate subchondral shell is open at the acetabular notch (inferiorly)
+    notch = unit(np.array([-lat * 0.25, 0.1, -1.0]))
+    outer = sphere(c, r + sock.shell).clip(a, face_point).clip(notch, c + notch * 0.55 * r)
+    inner = sphere(c, r).clip(a, face_point).clip(notch, c + notch * 0.55 * r)
     pieces = [(block, block)]
+    cavity = solid(sphere(c, r + sock.shell).clip(a, face_point))
     if child:  # triradiate cartilage: ilium above, ischium behind, pubis in front
         cuts = [[(np.array([0, 0, -1.0]), c + np.array([0, 0, 2.5 * s]))],
                 [(np.array([0, 0, 1.0]), c - np.array([0, 0, 2.5 * s])),
@@ -198,8 +202,8 @@ def _acetabulum(sock: Socket, lat: float, s: float, child: bool
             pieces.append((b, b))
             outs.append(o)
             ins.append(i)
-        return pieces, Solid(tuple(outs)), Solid(tuple(ins))
-    return pieces, solid(outer), solid(inner)
+        return pieces, Solid(tuple(outs)), Solid(tuple(ins)), cavity
+    return pieces, solid(outer), solid(inner), cavity
 
 
 def draw_hemipelvis(layers: Layers, body: Body, side: str, sock: Socket, bvtv: float,
@@ -210,34 +214,35 @@ def draw_hemipelvis(layers: Layers, body: Body, side: str, sock: Socket, bvtv: f
     pa = body.pubic_arch
     wing, crest = _iliac_wing(body, lat, bvtv)
     layers.add_sheet(wing)
-    add_bone(layers, _tube(list(map(tuple, crest)), [4.0 * s] * 2 + [5.0 * s] * 3 + [4.5 * s] * 2,
-                           1.1 * s), bvtv)
+    add_bone(layers, _tube(list(map(tuple, crest)), [3.2 * s] * 2 + [4.2 * s] * 3 + [3.6 * s] * 2,
+                           0.9 * s), bvtv)
     add_bone(layers, _tube([(lat * 50 * s, 50 * s, 82 * s), (lat * 58 * s, 32 * s, 56 * s),
                             (lat * (h - 36 * s), 4 * s, 20 * s),
                             (lat * (h - 42 * s), -22 * s, -2 * s),
                             (lat * 30 * s, -42 * s, -16 * s), (lat * 16 * s, -46 * s, -23 * s)],
                            [3.6 * s, 3.6 * s, 3.4 * s, 3.6 * s, 4.5 * s, 5 * s], 1.3 * s), bvtv)
     low: list[Pair] = []
-    low += _tube([(lat * (h - 18 * s), 20 * s, 22 * s), (lat * (h - 22 * s), 26 * s, -12 * s),
-                  (lat * (h - 21 * s), 27 * s, -48 * s)], [15 * s, 13 * s, 12 * s], 1.6 * s,
+    low += _tube([(lat * (h - 32 * s), 38 * s, 48 * s), (lat * (h - 31 * s), 30 * s, 0.0),
+                  (lat * (h - 25 * s), 28 * s, -42 * s)], [5 * s, 10 * s, 11 * s], 1.5 * s,
                  ratio=0.8, hint=(1.0, 0, 0))
     low.append(_blob((lat * (h - 20 * s), 27 * s, -62 * s), (11 * s, 14 * s, 16 * s), 1.6 * s))
     low += _tube([(lat * (h - 22 * s), 20 * s, -72 * s), (lat * (h - 44 * s), -6 * s, -80 * s),
                   (lat * 26 * pa * s, -30 * s, -70 * s), (lat * 11 * s, -42 * s, -55 * s)],
                  [7 * s, 6 * s, 6 * s, 7 * s], 1.5 * s, ratio=0.7, hint=(0, 1.0, 0))
-    low += _tube([(lat * (h - 10 * s), -16 * s, -4 * s), (lat * (h - 36 * s), -33 * s, -17 * s),
+    low += _tube([(lat * (h - 26 * s), -12 * s, 2 * s), (lat * (h - 38 * s), -32 * s, -15 * s),
                   (lat * 26 * s, -44 * s, -25 * s), (lat * 13 * s, -46 * s, -34 * s)],
-                 [14 * s, 10 * s, 8.5 * s, 8 * s], 1.4 * s, ratio=0.7, hint=(0, 0, 1.0))
+                 [9 * s, 8.5 * s, 8 * s, 8 * s], 1.4 * s, ratio=0.75, hint=(0, 0, 1.0))
     low.append(_blob((lat * 13 * s, -45 * s, -43 * s), (10.5 * s, 9 * s, 17 * s), 1.6 * s))
     low.append(_blob((lat * (h - 40 * s), 45 * s, 0.0), (9 * s, 5 * s, 4 * s), 1.2 * s))
     if body.child:  # ischiopubic synchondrosis: no bone at the inferior ramus midpoint
         gap = np.array([lat * (h - 44 * s), -6 * s, -80 * s])
         cut = unit([lat * -1.0, -1.0, 0.2])
         low = [(o.clip(cut, gap - 2 * cut), i.clip(cut, gap - 2 * cut)) for o, i in low]
-    pieces, shell_out, shell_in = _acetabulum(sock, lat, s, body.child)
-    add_bone(layers, low + pieces, bvtv * (1 - 0.6 * resorbed))
+    pieces, shell_out, shell_in, cavity = _acetabulum(sock, lat, s, body.child)
+    add_bone(layers, low, bvtv)
+    block = Solid(tuple(p for p, _ in pieces))
+    layers.add_difference("cancellous", block, cavity, 0.7 * bvtv * (1 - 0.6 * resorbed))
     layers.add_shell(shell_out, shell_in, "cortical", None)
-    layers.add("cancellous", shell_out, -bvtv * (1 - 0.6 * resorbed))
     tear = _tube([(lat * (h - 31 * s), -3 * s, -2 * s), (lat * (h - 33 * s), -3 * s, -17 * s),
                   (lat * (h - 27 * s), -3 * s, -22 * s), (lat * (h - 22 * s), -3 * s, -10 * s)],
                  [2.2 * s] * 4, 2.2 * s)

@@ -433,6 +433,23 @@ class Layers:
         if core is not None:
             self.add(core, inner, weight)
 
+    def add_difference(self, material: str, outer: Solid, inner: Solid, weight: float = 1.0
+                       ) -> None:
+        """Add weight x the chord of outer beyond that of inner (never negative): bone
+        around a cavity that is not entirely inside it."""
+        res = self.chord(outer)
+        if res is None:
+            return
+        (r0, r1, c0, c1), acc = res
+        out = acc.copy()
+        sub = self.chord(inner)
+        if sub is not None:
+            (s0, s1, d0, d1), cut = sub
+            a0, a1, b0, b1 = max(r0, s0), min(r1, s1), max(c0, d0), min(c1, d1)
+            if a0 < a1 and b0 < b1:
+                out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] -= cut[a0 - s0:a1 - s0, b0 - d0:b1 - d0]
+        self.map(material)[r0:r1, c0:c1] += weight * np.maximum(out, 0)
+
     def add_sheet(self, sheet: Sheet, weight: float = 1.0) -> None:
         paths = sheet.paths(self.cam, self.cam.directions((0, self.cam.shape[0], 0,
                                                            self.cam.shape[1])))

@@ -87,8 +87,10 @@ def sample_abdomen(rng: np.random.Generator, body: Body) -> Abdomen:
                           (lat * (h - 10), -35 * s, -90 * s), (lat * (h - 20), -30 * s, -250 * s)],
                          60)
             for k in range(0, len(line) - 2, 2):
-                if rng.random() < 0.55:
-                    plaques += [line[k:k + 2] + np.array([off, 0, 0]) for off in (-3.0, 3.0)]
+                for off in (-3.0, 3.0):
+                    if rng.random() < 0.45:
+                        seg = line[k:k + 2] + np.array([off, 0, 0]) + rng.normal(0, 0.7, (2, 3))
+                        plaques.append(seg)
     return Abdomen(tuple(gas), tuple(bubbles), phleb, tuple(plaques))
 
 
@@ -110,7 +112,7 @@ def draw_soft_tissue(layers: Layers, body: Body, frames: dict[str, FemurFrame],
         t = frustum(np.array([0, 12 * s, fold]), np.array([0, 12 * s, 450.0]), a - shrink,
                     0.86 * a - shrink, ratio=(b - shrink) / (a - shrink), hint=x)
         bottom = ellipsoid(np.array([0, 12 * s, fold]), np.eye(3),
-                           (a - shrink, b - shrink, 70 * s - shrink)).clip(
+                           (a - shrink, b - shrink, 120 * s - shrink)).clip(
                                np.array([0, 0, 1.0]), np.array([0, 0, fold]))
         return [Solid((t, bottom), 1.0)]
 

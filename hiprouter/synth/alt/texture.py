@@ -30,12 +30,12 @@ def trabecular(shape: tuple[int, int], pixel_mm: float, rng: np.random.Generator
 
 def modulate(cancellous: np.ndarray, pixel_mm: float, rng: np.random.Generator) -> np.ndarray:
     """Cancellous bone paths with trabecular texture and coarse density variation."""
-    fine = trabecular(cancellous.shape, pixel_mm, rng, spacing_mm=rng.uniform(0.8, 1.3),
-                      angle_deg=90 + rng.normal(0, 10), anisotropy=rng.uniform(0.5, 0.9))
-    cross = trabecular(cancellous.shape, pixel_mm, rng, spacing_mm=rng.uniform(1.0, 1.6),
-                       angle_deg=rng.uniform(20, 50), anisotropy=rng.uniform(0.4, 0.8))
+    fine = trabecular(cancellous.shape, pixel_mm, rng, spacing_mm=rng.uniform(0.7, 1.1),
+                      angle_deg=90 + rng.normal(0, 10), anisotropy=rng.uniform(1.0, 2.0))
+    cross = trabecular(cancellous.shape, pixel_mm, rng, spacing_mm=rng.uniform(0.9, 1.4),
+                       angle_deg=rng.uniform(20, 50), anisotropy=rng.uniform(0.8, 1.6))
     coarse = trabecular(cancellous.shape, pixel_mm, rng, spacing_mm=rng.uniform(5, 9),
                         angle_deg=0.0, anisotropy=0.0)
     amp = rng.uniform(0.15, 0.28)
-    tex = 1 + amp * (0.65 * fine + 0.45 * cross) + 0.12 * coarse
+    tex = 1 + amp * (0.65 * fine + 0.45 * cross) + 0.06 * coarse
     return np.clip(cancellous, 0, None) * np.clip(tex, 0.15, None)
