@@ -51,8 +51,8 @@ class TimedPACS(LocalPACS):
 
 def b4_model_dir(root: Path) -> Path:
     """EfficientNet-B4 at 380 px with random weights (timing only)."""
-    from hiprouter.inference.classes import HARDWARE_CLASSES
     from hiprouter.inference.models import ModelCard, create_model, save_model
+    from hiprouter.pipelines.hardware import HARDWARE as HARDWARE_CLASSES
 
     out = root / "efficientnet_b4-random"
     card = ModelCard(name="efficientnet_b4 random (timing only)", version="0.0.0",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.pipelines.hardware import HARDWARE as HARDWARE_CLASSES
 
 SIDES = ("R", "L")
 VIEWS = ("ap_pelvis", "ap_hip", "frog_leg", "cross_table_lateral")

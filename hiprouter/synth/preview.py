@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.pipelines.hardware import HARDWARE as HARDWARE_CLASSES
 from hiprouter.synth.labels import DEVICES, SCREENING_CLASSES, TASKS
 from hiprouter.synth.study import SynthImage, make_study
 

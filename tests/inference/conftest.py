@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hiprouter.inference.classes import HARDWARE_CLASSES
 from hiprouter.inference.models import ModelCard, create_model, save_model
+from hiprouter.pipelines.hardware import HARDWARE as HARDWARE_CLASSES
 
 
 @pytest.fixture(scope="session")

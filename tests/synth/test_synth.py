@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from hiprouter.cli import main
 from hiprouter.commands.synth import TASKS as CLI_TASKS
-from hiprouter.inference.classes import HARDWARE_CLASSES
+from hiprouter.pipelines.hardware import HARDWARE as HARDWARE_CLASSES
 from hiprouter.synth.labels import TASK_CLASSES, TASK_COLUMN, TASKS
 from hiprouter.synth.preview import _LAYOUT, example_sheet
 from hiprouter.synth.study import (
