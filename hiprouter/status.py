@@ -73,8 +73,9 @@ def _per_group(session: Session, group: Any, state: Any, next_run: Any) -> dict[
     for name, st, n in rows:
         out.setdefault(str(name), {})[str(st)] = int(n)
     oldest = session.execute(
-        # failed = waiting for a retry (e.g. the PACS is down): still pending work
-        select(group, func.min(next_run)).where(state.in_(("pending", "failed")))
+        # failed = waiting for a retry (e.g. the PACS is down), running = being attempted
+        # right now: all of it is unfinished work, so the backlog's age shows at any moment
+        select(group, func.min(next_run)).where(state.in_(("pending", "failed", "running")))
         .group_by(group)
     ).all()
     for name, when in oldest:
