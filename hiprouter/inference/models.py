@@ -71,6 +71,11 @@ class ModelCard(BaseModel):
     """timm model name, e.g. efficientnet_b4."""
     input_size: int = Field(gt=15)
     in_chans: int = 1
+    task: str = "classification"
+    """What the weights do: classification (one crop -> classes), or a task a pipeline kind
+    defines (e.g. dual-view classification, segmentation, a normative model)."""
+    parameters: dict[str, Any] = {}
+    """Task-specific settings the pipeline kind reads (input channels, views, files)."""
     label_set: str = "hardware"
     """The pipeline kind (and labels column) the model was trained for."""
     classes: list[str]
