@@ -67,10 +67,26 @@ class NodeConfig(_Strict):
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     """Largest P-DATA PDU we accept (and announce as our maximum)."""
     max_associations: int = Field(16, ge=1, le=1024)
+    reserved_associations: int = Field(4, ge=0)
+    """Of `max_associations`, places only callers matching `allowed_calling` may use
+    (none while the allow-list is open; at most `max_associations - 1`)."""
+    max_associations_per_host: int = Field(8, ge=1)
+    """Associations from one peer address at once."""
+    max_pending_connections: int = Field(32, ge=1, le=4096)
+    """Connections that have not sent an A-ASSOCIATE-RQ yet (hosts bound in
+    `allowed_calling` not counted); beyond it the oldest such connection is closed."""
+    max_pending_per_host: int = Field(8, ge=1)
+    """The same per peer address."""
+    request_timeout_s: float = Field(5.0, gt=0)
+    """From the TCP accept until a whole A-ASSOCIATE-RQ (and TLS handshake) has arrived."""
+    preempt_idle_s: float = Field(1.0, ge=0)
+    """When every place is taken, an association idle this long may be aborted for a new
+    request (see docs/security.md)."""
     max_dataset_mb: int = Field(512, ge=1)
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
+    """Also closes an established association after this long without a PDU."""
     tls: TLSConfig = TLSConfig()
 
     _ae = field_validator("ae_title")(_check_ae)

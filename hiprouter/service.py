@@ -37,7 +37,11 @@ from hiprouter.router.flow.retention import sweep_retention
 from hiprouter.router.flow.routing import route_study
 from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_studies
 from hiprouter.router.flow.worker import JobWorker
-from hiprouter.router.net.receive import StorageSCP, record_unrecorded_files
+from hiprouter.router.net.receive import (
+    REFUSAL_WINDOW_S,
+    StorageSCP,
+    record_unrecorded_files,
+)
 from hiprouter.router.net.spool import Spool
 from hiprouter.schema import Study
 
@@ -65,6 +69,7 @@ class Node:
         self._hooks_started = False
         self.add_interval_job(self.sweep_studies, settings.studies.sweep_interval_s,
                               "study-completion")
+        self.add_interval_job(self.scp.flush_refusals, REFUSAL_WINDOW_S, "refusal-summary")
 
     def add_interval_job(self, func: Callable[[], Any], every_s: float, job_id: str) -> None:
         """Run `func` every `every_s` seconds in the scheduler (never two at once)."""
