@@ -105,6 +105,9 @@ class StorageConfig(_Strict):
     retention_check_s: float = Field(3600, gt=0)
     """How often the retention job runs."""
     fsync: bool = True
+    group: str | None = None
+    """None: the files the server creates are 0600 and its folders 0700 (owner only);
+    a group name: 0640 and 0750 (set-group-ID), owned by that group."""
 
 
 class StudiesConfig(_Strict):

@@ -168,7 +168,9 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     """Run the demo; returns 0 when every study's results reached the PACS."""
     if not verbose:  # the router's own log lines would drown the demo's output
         logs.configure("WARNING", base.logging.json_logs)
-    from hiprouter.service import build_node
+    from hiprouter.service import build_node, private_files
+
+    private_files(base)
 
     # Every run starts from fresh state (its own database, spool and PACS folder), so a
     # second run in the same folder does the whole flow again instead of finding duplicates.

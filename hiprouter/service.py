@@ -26,7 +26,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import __version__, audit
+from hiprouter import __version__, audit, fileperms
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
 from hiprouter.logs import get_logger
@@ -89,6 +89,8 @@ class Node:
     def start(self) -> None:
         """Prepare the spool, start the scheduler, the SCP and the start hooks."""
         self.spool.prepare()
+        fileperms.make_dirs(self.settings.storage.output_dir)
+        fileperms.tighten(self.settings.storage.output_dir)
         removed = self.spool.remove_stale_temporaries(older_than_s=0)  # no writer runs yet
         if removed:
             log.warning("removed temporary files left by a crash", count=removed)
@@ -226,9 +228,19 @@ def _stop_on_signal(stop: threading.Event, message: str) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def private_files(settings: Settings) -> None:
+    """Files and folders this process creates from now on are the service's only
+    (`hiprouter.fileperms`), whatever umask it was started with."""
+    try:
+        fileperms.apply(settings.storage.group)
+    except fileperms.GroupError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def serve(settings: Settings) -> None:
     """`hiprouter serve`: upgrade the database, run the node until SIGTERM/SIGINT, then
     stop gracefully."""
+    private_files(settings)
     dbmod.upgrade(settings.database.url)
     node = build_node(settings)
     stop = threading.Event()
@@ -248,6 +260,7 @@ def serve(settings: Settings) -> None:
 
 def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
     """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
+    private_files(settings)
     engine = dbmod.make_engine(settings.database.url)
     factory = dbmod.session_factory(engine)
     workers = Workers(settings, factory, count, dispatch)

@@ -7,7 +7,8 @@ do not. The layers, lowest first; a module may import modules of its own layer o
 lower one, never of a higher one:
 
     foundation        hiprouter (package), config, schema, db, audit, logs, findings (the
-                      findings model), resources (shipped files), and router.flow.rules
+                      findings model), resources (shipped files), fileperms (the modes
+                      of the files the server creates), and router.flow.rules
                       (the rule grammar is part of the configuration model: config imports
                       `Rule`; rules imports nothing from hiprouter)
     models, reports   inference, report
@@ -37,7 +38,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hiprouter"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("hiprouter", "hiprouter.config", "hiprouter.schema", "hiprouter.db",
                     "hiprouter.audit", "hiprouter.logs", "hiprouter.findings",
-                    "hiprouter.resources", "hiprouter.router.flow.rules")),
+                    "hiprouter.resources", "hiprouter.fileperms",
+                    "hiprouter.router.flow.rules")),
     ("models, reports", ("hiprouter.inference", "hiprouter.report")),
     ("pipelines", ("hiprouter.pipelines",)),
     ("offline tools", ("hiprouter.synth", "hiprouter.training")),

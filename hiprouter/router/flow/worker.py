@@ -24,7 +24,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import audit
+from hiprouter import audit, fileperms
 from hiprouter.config import RetryConfig, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
@@ -97,8 +97,10 @@ def make_context(settings: Settings, factory: sessionmaker[Session], job: Job,
     """Load the job's instances and create its output folder."""
     with factory() as session:
         instances = job_instances(session, job)
+    fileperms.make_dirs(settings.storage.output_dir)
     out = settings.storage.output_dir / f"{job.id}-{uuid.uuid4().hex[:12]}"
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(mode=0o700)
+    fileperms.secure(out, folder=True)
     return JobContext(settings, factory, job, instances, out,
                       log or get_logger("hiprouter.pipeline").bind(job_id=job.id))
 
@@ -126,6 +128,9 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
         if not ctx.instances:
             raise RuntimeError("the job has no stored instances")
         paths = execute(ctx, pipelines)
+        for path in paths:  # report writers use mkstemp (0600): the group mode, if any
+            if path.parent == ctx.output_dir:
+                fileperms.secure(path)
         objects = object_uids(paths) if job.send_to else []
         with write_transaction(factory) as session:
             queue.complete(session, job.id, owner)
