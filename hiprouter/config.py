@@ -94,6 +94,10 @@ class NodeConfig(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///var/hiprouter.db"
+    """Overridden by the environment variable HIPROUTER_DATABASE_URL when it is set."""
+    password_file: Path | None = None
+    """A file holding the database password (first line), put into `url` at start-up, so
+    the configuration file need not contain it."""
 
 
 class StorageConfig(_Strict):
@@ -242,6 +246,13 @@ class Settings(_Strict):
     `hiprouter.pipelines.registry.register_kind` (entry points are the usual way)."""
     logging: LoggingConfig = LoggingConfig()
     _base_dir: Path | None = PrivateAttr(default=None)
+    _url_source: str = PrivateAttr(default="config")
+
+    @property
+    def database_url_source(self) -> str:
+        """Where `database.url` came from: config, env (HIPROUTER_DATABASE_URL) or
+        password_file (the password came from that file)."""
+        return self._url_source
 
     @property
     def base_dir(self) -> Path | None:
@@ -325,7 +336,39 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, str(cfg_path or "defaults"), data)) from exc
-    return _resolve_paths(settings, base)
+    settings = _resolve_paths(settings, base)
+    _database_credentials(settings)
+    return settings
+
+
+DATABASE_URL_ENV = "HIPROUTER_DATABASE_URL"
+
+
+def _database_credentials(s: Settings) -> None:
+    """The database URL from the environment, or its password from `password_file`."""
+    from sqlalchemy.engine import make_url
+
+    env = os.environ.get(DATABASE_URL_ENV)
+    if env:
+        s.database.url = env
+        s._url_source = "env"
+    pw_file = s.database.password_file
+    if pw_file is None:
+        return
+    try:
+        lines = pw_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"database.password_file: cannot read {pw_file}: {exc}") from exc
+    password = lines[0] if lines else ""
+    if not password:
+        raise ConfigError(f"database.password_file: {pw_file} is empty")
+    try:
+        url = make_url(s.database.url)
+    except Exception as exc:
+        raise ConfigError(f"database.url: not a database URL: {exc}") from exc
+    s.database.url = url.set(password=password).render_as_string(hide_password=False)
+    if s._url_source == "config":
+        s._url_source = "password_file"
 
 
 def _resolve(base: Path, p: Path) -> Path:
@@ -335,6 +378,8 @@ def _resolve(base: Path, p: Path) -> Path:
 def _resolve_paths(s: Settings, base: Path) -> Settings:
     s.storage.spool_dir = _resolve(base, s.storage.spool_dir)
     s.storage.output_dir = _resolve(base, s.storage.output_dir)
+    if s.database.password_file is not None:
+        s.database.password_file = _resolve(base, s.database.password_file)
     if s.sr_templates_dir is not None:
         s.sr_templates_dir = _resolve(base, s.sr_templates_dir)
     s._base_dir = base

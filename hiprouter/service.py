@@ -26,7 +26,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import __version__, audit, fileperms
+from hiprouter import __version__, audit, fileperms, posture
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
 from hiprouter.logs import get_logger
@@ -228,6 +228,12 @@ def _stop_on_signal(stop: threading.Event, message: str) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def warn_insecure(settings: Settings) -> None:
+    """Log each gap of the hardening checklist (docs/security.md) at start-up."""
+    for gap in posture.warnings(settings):
+        log.warning("insecure configuration", key=gap.key, warning=gap.message)
+
+
 def private_files(settings: Settings) -> None:
     """Files and folders this process creates from now on are the service's only
     (`hiprouter.fileperms`), whatever umask it was started with."""
@@ -241,6 +247,7 @@ def serve(settings: Settings) -> None:
     """`hiprouter serve`: upgrade the database, run the node until SIGTERM/SIGINT, then
     stop gracefully."""
     private_files(settings)
+    warn_insecure(settings)
     dbmod.upgrade(settings.database.url)
     node = build_node(settings)
     stop = threading.Event()
@@ -261,6 +268,7 @@ def serve(settings: Settings) -> None:
 def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
     """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
     private_files(settings)
+    warn_insecure(settings)
     engine = dbmod.make_engine(settings.database.url)
     factory = dbmod.session_factory(engine)
     workers = Workers(settings, factory, count, dispatch)

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from hiprouter import __version__
+from hiprouter import __version__, posture
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
 from hiprouter.schema import FindingRow, Instance, Job, Send, Study
@@ -140,6 +140,8 @@ def _collect(session: Session, settings: Settings) -> dict[str, Any]:
             name: {"ae_title": d.ae_title, "host": d.host, "port": d.port}
             for name, d in sorted(settings.destinations.items())
         },
+        "security_warnings": [{"key": w.key, "message": w.message}
+                              for w in posture.warnings(settings)],
     }
 
 
@@ -195,6 +197,14 @@ def render_status(data: dict[str, Any], console: Any) -> None:
             table.add_column(col)
         for kind, what, f in failures:
             table.add_row(kind, what, f["state"], str(f["attempts"]), f["last_error"] or "")
+        console.print(table)
+
+    if data.get("security_warnings"):
+        table = Table(title="security warnings (docs/security.md)", title_style="bold red")
+        table.add_column("key", style="red")
+        table.add_column("warning")
+        for w in data["security_warnings"]:
+            table.add_row(w["key"], w["message"])
         console.print(table)
 
     if data["destinations"]:

@@ -8,7 +8,8 @@ lower one, never of a higher one:
 
     foundation        hiprouter (package), config, schema, db, audit, logs, findings (the
                       findings model), resources (shipped files), fileperms (the modes
-                      of the files the server creates), and router.flow.rules
+                      of the files the server creates), posture (warnings about an
+                      insecure configuration), and router.flow.rules
                       (the rule grammar is part of the configuration model: config imports
                       `Rule`; rules imports nothing from hiprouter)
     models, reports   inference, report
@@ -38,7 +39,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hiprouter"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("hiprouter", "hiprouter.config", "hiprouter.schema", "hiprouter.db",
                     "hiprouter.audit", "hiprouter.logs", "hiprouter.findings",
-                    "hiprouter.resources", "hiprouter.fileperms",
+                    "hiprouter.resources", "hiprouter.fileperms", "hiprouter.posture",
                     "hiprouter.router.flow.rules")),
     ("models, reports", ("hiprouter.inference", "hiprouter.report")),
     ("pipelines", ("hiprouter.pipelines",)),
