@@ -221,6 +221,21 @@ class ReportConfig(_Strict):
     """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
 
 
+class DecodeConfig(_Strict):
+    """Bounds on decoding received pixel data for inference (and for sending a compressed
+    file uncompressed): a crafted JPEG 2000 or RLE stream must not take a worker down."""
+
+    max_decoded_mb: float = Field(512, gt=0)
+    """Refuse images whose header declares more decoded bytes (Rows x Columns x frames x
+    samples x bytes per sample)."""
+    sandbox: bool = True
+    """Decode compressed pixel data in a separate, memory-limited process."""
+    memory_limit_mb: int = Field(2048, ge=256)
+    """Address-space limit (RLIMIT_AS) of that process."""
+    timeout_s: float = Field(120, gt=0)
+    """Longest decode of one image; the decoding process is then killed."""
+
+
 class LoggingConfig(_Strict):
     level: str = "INFO"
     json_logs: bool | None = None
@@ -240,6 +255,7 @@ class Settings(_Strict):
     rule_mode: Literal["first", "all"] = "first"
     pipelines: dict[str, PipelineConfig] = {}
     report: ReportConfig = ReportConfig()
+    decode: DecodeConfig = DecodeConfig()
     sr_templates_dir: Path | None = None
     plugins: list[str] = []
     """Python modules imported at start-up; they may call

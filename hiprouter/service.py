@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import __version__, audit, fileperms, posture
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
+from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
 from hiprouter.router.flow import queue
@@ -133,6 +134,14 @@ class Node:
             log.error("cannot record application activity", error=str(exc))
 
 
+def configure_decoding(settings: Settings) -> None:
+    """Bounds on pixel decoding (`decode.*`) for this process's workers and dispatcher."""
+    d = settings.decode
+    pixels.configure(pixels.DecodeLimits(max_decoded_mb=d.max_decoded_mb,
+                                         memory_limit_mb=d.memory_limit_mb,
+                                         timeout_s=d.timeout_s, sandbox=d.sandbox))
+
+
 def _check_report_templates(settings: Settings) -> None:
     """Fail at start-up, not on the first job, when a site's SR templates are broken."""
     from hiprouter.report.text import TemplateError, check_templates
@@ -150,6 +159,7 @@ class Workers:
                  dispatch: bool = True) -> None:
         validate_pipelines(settings)
         _check_report_templates(settings)
+        configure_decoding(settings)
         self.factory = factory
         self.stop_event = threading.Event()
         pipelines = PipelineSet(settings)
@@ -174,6 +184,7 @@ class Workers:
             t.join(timeout_s)
         if self.dispatcher is not None:
             self.dispatcher.join(timeout_s)
+        pixels.shutdown()
         log.info("workers stopped")
 
 

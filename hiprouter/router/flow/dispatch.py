@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import audit
 from hiprouter.config import Destination, Settings
 from hiprouter.db import utcnow, write_transaction
+from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow import queue, studies
 from hiprouter.schema import Association, Send, SendAttempt
@@ -197,8 +198,8 @@ def _c_store(assoc: object, item: _Item) -> tuple[int | None, str | None]:
     try:
         if (item.send.sop_class_uid, ts) not in accepted:
             ds = dcmread(path)
-            if ts not in UNCOMPRESSED:
-                ds.decompress(generate_instance_uid=False)  # same object, same UID
+            if ts not in UNCOMPRESSED:  # same object, same UID; bounded (pixels.py)
+                ds = pixels.decompress(ds)
             dataset = ds  # pynetdicom converts between the uncompressed syntaxes
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths: send the file's bytes as is
         rsp = assoc.send_c_store(dataset)  # type: ignore[attr-defined]

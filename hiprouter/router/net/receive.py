@@ -19,6 +19,8 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.filereader import _read_file_meta_info as read_file_meta_info
+from pydicom.filereader import read_preamble
 from pydicom.tag import Tag
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow
+from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow.studies import note_instance
 from hiprouter.router.net.gate import Gate, GateLimits
@@ -50,6 +53,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 REFUSAL_WINDOW_S = 60.0
 REFUSALS_PER_KEY = 3
@@ -93,11 +97,35 @@ class Identifiers:
     series_uid: str
 
 
-def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifiers:
+def check_deflated(encoded: bytes | memoryview, limit: int) -> None:
+    """Refuse a deflated data set that would inflate to more than `limit` bytes (pydicom
+    inflates the whole data set at once when reading it: a deflate bomb)."""
+    head = bytes(encoded[:8192])
+    if DEFLATED.encode() not in head:
+        return
+    fp = BytesIO(bytes(encoded))
+    try:
+        read_preamble(fp, False)
+        meta = read_file_meta_info(fp)
+    except Exception as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot parse file meta: {exc}") from exc
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+        return
+    try:
+        pixels.inflated_size(memoryview(encoded)[fp.tell():], limit)
+    except pixels.PixelDataRefused as exc:
+        raise Refused(CANNOT_UNDERSTAND, exc.reason) from exc
+
+
+def read_identifiers(encoded: bytes, sop_instance_uid: str | None,
+                     max_inflated: int | None = None) -> Identifiers:
     """Read the UIDs we index from an encoded file (meta + data set) without pixel data.
 
-    `sop_instance_uid` is the one from the C-STORE request (None: do not compare).
+    `sop_instance_uid` is the one from the C-STORE request (None: do not compare);
+    `max_inflated` bounds what a deflated data set may inflate to.
     """
+    if max_inflated is not None:
+        check_deflated(encoded, max_inflated)
     try:
         ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
         values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
@@ -578,7 +606,8 @@ class StorageSCP:
         # inside the write transaction would serialise all associations behind it).
         pending = self.spool.begin(encoded)
         try:
-            ids = read_identifiers(encoded, sop_uid)
+            ids = read_identifiers(encoded, sop_uid,
+                                   self.settings.node.max_dataset_mb * 1024 * 1024)
             pending.rename()
             spooled = pending.wait_durable()
             with self._write_lock:
