@@ -63,14 +63,21 @@ def prepare_sqlite_file(url: str) -> None:
             continue
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys."""
+def make_engine(url: str, wait_s: float | None = None) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
+
+    `wait_s` bounds how long a statement waits for a lock held by another process (SQLite
+    busy timeout, PostgreSQL lock_timeout) and for the connection; default: 30 s on SQLite,
+    no lock timeout on PostgreSQL (whose connection attempt gives up after 10 s).
+    """
+    busy_ms = int((wait_s if wait_s is not None else 30.0) * 1000)
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
             fileperms.make_dirs(Path(path).parent)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=True
+            url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
+            pool_pre_ping=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -82,7 +89,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -91,7 +98,13 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = max(1, int(wait_s)) if wait_s is not None else 10
+        if wait_s is not None:
+            connect_args["options"] = f"-c lock_timeout={busy_ms}"
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args=connect_args)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -404,3 +404,29 @@ def test_leases_of_dead_local_processes_expire_at_start(factory, tmp_path: Path)
     again = queue.claim(factory, "new", 300, retry)
     assert again is not None and again.attempts == 2
     assert queue.claim(factory, "new", 300, retry) is None  # the live and remote leases hold
+
+
+def test_retry_and_replay_give_up_on_a_locked_database_and_say_so(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from hiprouter.cli import main
+
+    db.upgrade(sqlite_url)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": sqlite_url}}))
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, and not letting go
+    try:
+        for args in (["retry"], ["replay", "1.2.3"]):
+            result = CliRunner().invoke(main, ["--config", str(cfg), *args, "--timeout", "0.5"])
+            assert result.exit_code == 1, result.output
+            assert "gave up after 0.5 s (--timeout) waiting for the database" in result.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    result = CliRunner().invoke(main, ["--config", str(cfg), "retry", "--timeout", "0.5"])
+    assert result.exit_code == 0 and "re-queued 0 dead jobs" in result.output
