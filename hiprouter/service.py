@@ -239,10 +239,12 @@ def _stop_on_signal(stop: threading.Event, message: str) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def warn_insecure(settings: Settings) -> None:
-    """Log each gap of the hardening checklist (docs/security.md) at start-up."""
+def warn_insecure(settings: Settings, listening: bool = True) -> None:
+    """Log each gap of the hardening checklist (docs/security.md) at start-up (a process
+    that does not listen only the database's)."""
     for gap in posture.warnings(settings):
-        log.warning("insecure configuration", key=gap.key, warning=gap.message)
+        if listening or not gap.key.startswith("node."):
+            log.warning("insecure configuration", key=gap.key, warning=gap.message)
 
 
 def private_files(settings: Settings) -> None:
@@ -279,7 +281,7 @@ def serve(settings: Settings) -> None:
 def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
     """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
     private_files(settings)
-    warn_insecure(settings)
+    warn_insecure(settings, listening=False)
     engine = dbmod.make_engine(settings.database.url)
     factory = dbmod.session_factory(engine)
     workers = Workers(settings, factory, count, dispatch)
