@@ -89,9 +89,11 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "wb")  # noqa: SIM115
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.Popen([sys.executable, "-c", "from hiprouter.cli import main; main()",
                              "--config", str(cfg), "serve"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                            env={**os.environ, "PYTHONPATH": path})  # this checkout's code
     env = {**os.environ, "TCP_NODELAY": "1"}
     try:
         def serve_alive() -> str | None:

@@ -89,9 +89,11 @@ def start_hiprouter(work: Path, args: argparse.Namespace) -> tuple[subprocess.Po
         "logging": {"level": "WARNING", "json_logs": True},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "hiprouter"), "--config", str(root / "config.yaml"),
-         "serve"], stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"),
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(  # this checkout's code, whatever hiprouter is installed
+        [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
+         str(root / "config.yaml"), "serve"], stdout=subprocess.DEVNULL,
+        stderr=open(root / "log", "wb"), env={**os.environ, "PYTHONPATH": path},
     )
     wait_port(port)
     return proc, port

@@ -30,6 +30,9 @@ from tests.router.conftest import RouterProcess  # noqa: E402
 from tests.router.rawdul import associate, associate_rq, closed_by_peer, connect  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+CHECKOUT = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                          if p)}
+"""The server runs this checkout's code, whatever hiprouter the interpreter has installed."""
 
 
 class Echoer:
@@ -166,8 +169,8 @@ def main() -> None:
         sys.exit("echoscu not found: apt-get install dcmtk")
     root = Path(tempfile.mkdtemp(prefix="hiprouter-flood-"))
     router = RouterProcess(root / "router", {"node": {
-        "allowed_calling": [{"ae_title": "LEGIT"}, {"ae_title": "SCANNER"}]},
-        "logging": {"level": "WARNING", "json_logs": True}}).start()
+        "allowed_calling": [{"ae_title": "LEGIT"}, {"ae_title": "SCANNER"}]}},
+        env=CHECKOUT).start()
     try:
         print(f"hiprouter serve on 127.0.0.1:{router.port}, default limits, cpu cores "
               f"{os.cpu_count()}", flush=True)

@@ -152,9 +152,12 @@ def serve(work: Path, pacs: Pacs, workers: int) -> tuple[subprocess.Popen[bytes]
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "hiprouter"), "--config",
-                             str(cfg), "serve"], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=work, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    # this checkout's code, whatever hiprouter the interpreter has installed
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", "from hiprouter.cli import main; main()",
+                             "--config", str(cfg), "serve"], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=work,
+                            env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": path})
     return proc, port
 
 
