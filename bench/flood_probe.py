@@ -170,8 +170,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hiprouter-flood-"))
     router = RouterProcess(root / "router", {"node": {
         "allowed_calling": [{"ae_title": "LEGIT"}, {"ae_title": "SCANNER"}]}},
-        env=CHECKOUT).start()
+        env=CHECKOUT)
     try:
+        router.start()
         print(f"hiprouter serve on 127.0.0.1:{router.port}, default limits, cpu cores "
               f"{os.cpu_count()}", flush=True)
         print(idle_connections(router.port, args.flood, args.hold_s), flush=True)
