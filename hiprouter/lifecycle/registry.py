@@ -70,6 +70,34 @@ def _safe(value: str, what: str) -> str:
     return value
 
 
+def evaluation_baseline(model_dir: Path) -> dict[str, Any]:
+    """The predicted-class distribution of a model's test split (evaluation/report.json
+    written by `hiprouter train`), the first baseline production is compared with."""
+    import json
+
+    path = Path(model_dir) / "evaluation" / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        classes, matrix = report["classes"], report["confusion_matrix"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    totals = [sum(row[j] for row in matrix) for j in range(len(classes))]
+    n = sum(totals)
+    if not n:
+        return {}
+    return {"source": "test split (evaluation/report.json)", "n": n,
+            "class_distribution": {c: t / n for c, t in zip(classes, totals, strict=True)
+                                   if t}}
+
+
+def set_baseline(factory: sessionmaker[Session], model_id: int, baseline: dict[str, Any]
+                 ) -> None:
+    with write_transaction(factory) as session:
+        row = session.get(ModelVersion, model_id)
+        if row is not None:
+            row.baseline = {**(row.baseline or {}), **baseline}
+
+
 def register(factory: sessionmaker[Session], settings: Settings, model_dir: Path, *,
              name: str | None = None, version: str | None = None,
              baseline: dict[str, Any] | None = None, who: str | None = None) -> ModelVersion:
@@ -111,7 +139,8 @@ def register(factory: sessionmaker[Session], settings: Settings, model_dir: Path
     with write_transaction(factory) as session:
         row = ModelVersion(name=name, version=version, kind=card.label_set, path=str(target),
                            weights_sha256=card.weights_sha256, device_uid=card.device_uid,
-                           card=card_data, baseline=baseline or {}, stage=REGISTERED,
+                           card=card_data,
+                           baseline=baseline or evaluation_baseline(model_dir), stage=REGISTERED,
                            registered_at=now, stage_changed_at=now)
         session.add(row)
         session.flush()
