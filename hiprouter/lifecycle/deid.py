@@ -338,7 +338,7 @@ def deidentify(ds: Dataset, pseudo: Pseudonyms, cfg: DeidConfig) -> Deidentified
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = (
         "MODIFIED" if cfg.retain_longitudinal_dates else "REMOVED")
-    ds.DeidentificationMethod = ("hiprouter PS3.15 Basic Profile, keyed pseudonyms" +
+    ds.DeidentificationMethod = ("PS3.15 Basic Profile (hiprouter), keyed UIDs" +
                                  (", corners blanked" if "pixels" in actions else ""))
     codes = Sequence()
     for a in actions:

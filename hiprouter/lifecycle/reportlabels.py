@@ -223,8 +223,9 @@ def sentences(text: str) -> list[tuple[int, int]]:
     start = 0
     for m in _SENTENCE.finditer(text):
         piece = text[start:m.start()]
-        if "\n" not in m.group() and _ABBREV_END.search(piece):
-            continue
+        nxt = text[m.end():m.end() + 1]
+        if "\n" not in m.group() and _ABBREV_END.search(piece) and not nxt.isupper():
+            continue  # "re. und li." does not end a sentence; "re. Eine ..." does
         if piece.strip():
             spans.append((start, m.start()))
         start = m.end()
