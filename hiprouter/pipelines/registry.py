@@ -169,8 +169,9 @@ class PipelineSet:
 
     With a `resolver` (the model registry, injected by the service), each configured
     pipeline runs the versions its registry name has in stage active (in place of its
-    configured models) and shadow (next to it, recorded only); `refresh` re-reads the
-    registry before a job so promotions take effect without a restart.
+    configured models) and shadow (next to it, recorded only; a pipeline in ``mode:
+    shadow`` without an active version runs only the shadow version); `refresh` re-reads
+    the registry before a job so promotions take effect without a restart.
     """
 
     def __init__(self, settings: Settings,
@@ -230,8 +231,14 @@ class PipelineSet:
         with self._lock:
             stages = dict(self._deployments.get(cfg.registry_name(name), {}))
         active, shadow = stages.get("active"), stages.get("shadow")
-        out = [Variant(self._build(name, active), "active" if active else cfg.mode,
-                       active.model_id if active else None)]
+        if active is not None:
+            out = [Variant(self._build(name, active), "active", active.model_id)]
+        elif shadow is not None and cfg.mode == "shadow":
+            # a pipeline in shadow mode runs the version under validation in place of
+            # its configured (or bundled demo) models
+            return [Variant(self._build(name, shadow), "shadow", shadow.model_id)]
+        else:
+            out = [Variant(self._build(name, None), cfg.mode, None)]
         if shadow is not None:
             out.append(Variant(self._build(name, shadow), "shadow", shadow.model_id))
         return out

@@ -70,3 +70,57 @@ def leaked(text: str, index: int = 0) -> list[str]:
     needles = [*values.values(), *values["PatientName"].split("^"), "19410523", "1941-05-23"]
     low = text.lower()
     return sorted({n for n in needles if len(n) >= 4 and n.lower() in low})
+
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def text_sr(study: Dataset, text: str, *, final: bool = True, seed: str = "") -> Dataset:
+    """A Basic Text SR final report in the study of `study` (same patient and study
+    attributes, identifiers included), as a RIS/PACS would store it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def code(value: str, scheme: str, meaning: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+        return item
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["report", str(study.StudyInstanceUID), seed])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                    "ReferringPhysicianName", "StudyID", "InstitutionName", "StudyDescription"):
+        if keyword in study:
+            setattr(ds, keyword, study.get(keyword))
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.Modality = "SR"
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["report-series", ds.SOPInstanceUID])
+    ds.SeriesNumber, ds.InstanceNumber = 900, 1
+    ds.Manufacturer = "RIS"
+    ds.ContentDate, ds.ContentTime = str(study.get("StudyDate", "20260101")), "120000"
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = Sequence([code("18748-4", "LN", "Diagnostic Imaging Report")])
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "VERIFIED" if final else "UNVERIFIED"
+    if final:
+        observer = Dataset()
+        observer.VerifyingObserverName = "RADIOLOGE^RITA"
+        observer.VerifyingOrganization = str(study.get("InstitutionName", "") or "X")
+        observer.VerificationDateTime = ds.ContentDate + "130000"
+        observer.VerifyingObserverIdentificationCodeSequence = Sequence()
+        ds.VerifyingObserverSequence = Sequence([observer])
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = Sequence([code("121071", "DCM", "Finding")])
+    item.TextValue = text
+    ds.ContentSequence = Sequence([item])
+    return ds
