@@ -155,6 +155,15 @@ def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
                              "model_id": result.model_id,
                              "sop_instance_uids": sorted({u for f in result.findings
                                                           for u in f.source_sop_uids})})
+            for f in result.findings:
+                if f.status == "not_assessed" and f.classification is not None:
+                    audit.record(
+                        session, audit.NOT_ASSESSED, "E", audit.MINOR_FAILURE,
+                        description=f"{f.laterality} hip not assessed by {result.pipeline}: "
+                                    f"{f.classification.reason}"[:4000],
+                        participants=[app],
+                        objects={**objects, "pipeline": result.pipeline,
+                                 "sop_instance_uids": list(f.source_sop_uids)})
             if result.skipped:
                 audit.record(
                     session, audit.INFERENCE, "E", audit.SUCCESS,
