@@ -256,3 +256,40 @@ def _run(router: Any, pacs: Any, tmp_path: Path) -> None:
         for ev in s.scalars(select(AuditEvent)):
             _phi_free(json.dumps([ev.outcome_description, ev.objects, ev.participants]),
                       f"audit {ev.event_id_meaning}")
+
+
+def test_pull_with_c_get_needs_no_running_serve(tmp_path: Path) -> None:
+    """C-GET brings the series back on the pull's own association (Orthanc as the PACS)."""
+    require_tool("Orthanc")
+    import yaml
+
+    pacs = start_orthanc(tmp_path / "orthanc", modalities={
+        "hiprouter": ("HIPROUTER", "127.0.0.1", 1)})
+    try:
+        hardware, report, want_hw, _ = PULLED[0]
+        images = _dated(phi_study(40, 0, hardware), IN_RANGE)
+        for ds in images:
+            pacs.upload(_bytes(ds))
+        pacs.upload(_bytes(text_sr(images[0], report)))
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({
+            "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+            "storage": {"spool_dir": str(tmp_path / "spool")},
+            "destinations": {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1",
+                                      "port": pacs.dicom_port}},
+            "dataset": {"source": "pacs", "retrieve": "get", "sample_size": 0,
+                        "deid": {"key_file": str(tmp_path / "key")}},
+            "logging": {"json_logs": True}}))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
+             str(config), "dataset", "pull", str(tmp_path / "set"), "--kind", "hardware",
+             "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        _phi_free(proc.stdout + proc.stderr, "C-GET pull")
+        rows = list(csv.DictReader((tmp_path / "set" / "labels.csv").open()))
+        assert sorted((r["laterality"], r["hardware"]) for r in rows) == sorted(want_hw.items())
+        for path in (tmp_path / "set" / "images").rglob("*.dcm"):
+            _phi_free(all_text(dcmread(path)), path.name)
+    finally:
+        pacs.stop()
