@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import __version__, audit
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
-from hiprouter.lifecycle import monitor
 from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
@@ -204,6 +203,8 @@ def run_monitoring(factory: sessionmaker[Session], settings: Settings) -> list[A
     """Labels from newly received final reports, then the weekly agreement and drift
     figures of every pipeline; alerts go to the log, `status` and the metrics (when the
     metrics module is there)."""
+    from hiprouter.lifecycle import monitor  # only when monitoring runs: lean worker start
+
     try:
         monitor.extract_received_reports(factory, settings)
         checks = monitor.run_checks(factory, settings)
