@@ -8,6 +8,7 @@ network; hiprouter itself must come from the wheel, never from the checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,8 +39,13 @@ def test_every_package_is_listed_in_pyproject() -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the hiprouter wheel installed; returns its bin folder."""
     root = tmp_path_factory.mktemp("wheel")
+    # Build from a copy: setuptools writes hiprouter.egg-info into the source folder, and a
+    # stale one in the checkout would shadow the installed entry points.
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "var", "tests", "bench", "build", "*.egg-info", "__pycache__"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "--quiet", "-w", str(root / "dist"), str(REPO)], cwd=root)
+                  "--quiet", "-w", str(root / "dist"), str(source)], cwd=root)
     assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = (root / "dist").glob("hiprouter-*.whl")
     base = getattr(sys, "_base_executable", sys.executable)
