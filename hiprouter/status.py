@@ -46,6 +46,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     return data
 
 
+def collect_from(session: Session, settings: Settings) -> dict[str, Any]:
+    """The same facts as `collect_status`, read with the caller's session (the web page)."""
+    return _collect(session, settings)
+
+
 def _check_schema(engine: Engine, url: str) -> None:
     try:
         tables = set(inspect(engine).get_table_names())
@@ -75,7 +80,8 @@ def _per_group(session: Session, group: Any, state: Any, next_run: Any) -> dict[
     oldest = session.execute(
         # failed = waiting for a retry (e.g. the PACS is down), running = being attempted
         # right now: all of it is unfinished work, so the backlog's age shows at any moment
-        select(group, func.min(next_run)).where(state.in_(("pending", "failed", "running")))
+        select(group, func.min(next_run)).where(
+            state.in_(("pending", "failed", "running", "committing")))
         .group_by(group)
     ).all()
     for name, when in oldest:
@@ -137,10 +143,28 @@ def _collect(session: Session, settings: Settings) -> dict[str, Any]:
         },
         "models": [{"name": n, "version": v} for n, v in models],
         "destinations": {
-            name: {"ae_title": d.ae_title, "host": d.host, "port": d.port}
-            for name, d in sorted(settings.destinations.items())
+            name: describe_destination(d) for name, d in sorted(settings.destinations.items())
         },
     }
+
+
+def describe_destination(dest: Any) -> dict[str, Any]:
+    """Type and address of a destination (no credentials)."""
+    if dest.type == "dicomweb":
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(dest.url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return {"type": "dicomweb", "url": urlunsplit(parts._replace(netloc=netloc)),
+                "address": urlunsplit(parts._replace(netloc=netloc))}
+    if dest.type == "hl7":
+        return {"type": "hl7", "host": dest.host, "port": dest.port,
+                "message_type": dest.message_type,
+                "address": f"MLLP {dest.host}:{dest.port} ({dest.message_type})"}
+    return {"type": "dicom", "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
+            "storage_commitment": dest.storage_commitment,
+            "address": f"{dest.ae_title}@{dest.host}:{dest.port}"
+                       + (" (storage commitment)" if dest.storage_commitment else "")}
 
 
 def render_status(data: dict[str, Any], console: Any) -> None:
@@ -175,13 +199,15 @@ def render_status(data: dict[str, Any], console: Any) -> None:
         groups = data[what][key]
         if not groups:
             continue
+        states = ["pending", "running", "failed", "dead"]
+        if any("committing" in c for c in groups.values()):
+            states.insert(3, "committing")
         table = Table(title=f"{what} per {label}")
-        table.add_column(label)
-        for col in ("pending", "running", "failed", "dead", "oldest pending"):
+        table.add_column(label, overflow="fold")
+        for col in (*states, "oldest pending"):
             table.add_column(col, justify="right")
         for name, c in sorted(groups.items()):
-            table.add_row(name, *(str(c.get(s, 0)) for s in ("pending", "running", "failed",
-                                                            "dead")),
+            table.add_row(name, *(str(c.get(s, 0)) for s in states),
                           c.get("oldest_pending_next_run_at") or "-")
         console.print(table)
 
@@ -199,8 +225,9 @@ def render_status(data: dict[str, Any], console: Any) -> None:
 
     if data["destinations"]:
         table = Table(title="destinations")
-        for col in ("name", "AE title", "address"):
-            table.add_column(col)
+        for col in ("name", "type", "address"):
+            table.add_column(col, overflow="fold")
         for name, d in data["destinations"].items():
-            table.add_row(name, d["ae_title"], f"{d['host']}:{d['port']}")
+            table.add_row(name, d.get("type", "dicom"), d.get("address") or
+                          f"{d.get('ae_title')}@{d.get('host')}:{d.get('port')}")
         console.print(table)
