@@ -84,11 +84,12 @@ def dicomweb_plugin() -> Path | None:
 
 
 def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", *,
-                  dicomweb: bool = False) -> Orthanc:
+                  dicomweb: bool = False, extra: dict[str, Any] | None = None) -> Orthanc:
     """Start Orthanc with a private storage folder; waits until its REST API answers.
 
     dicomweb=True loads the DICOMweb plugin (QIDO-RS, WADO-RS, STOW-RS under
     http://127.0.0.1:<http_port>/dicom-web/); FileNotFoundError when it is not installed.
+    `extra` adds or replaces configuration keys (e.g. DicomModalities).
     """
     exe = shutil.which("Orthanc")
     if exe is None:
@@ -118,6 +119,7 @@ def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", *,
     }
     if dicomweb:
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    config.update(extra or {})
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process
