@@ -169,7 +169,15 @@ def describe_destination(dest: Any) -> dict[str, Any]:
 
 def render_status(data: dict[str, Any], console: Any) -> None:
     """Print the status as rich tables."""
+    for table in status_tables(data):
+        console.print(table)
+
+
+def status_tables(data: dict[str, Any]) -> list[Any]:
+    """The status as rich tables (printed by `render_status`, refreshed by `--watch`)."""
     from rich.table import Table
+
+    tables: list[Any] = []
 
     node = data["node"]
     head = Table(title=f"hiprouter {data['version']}", show_header=False)
@@ -182,7 +190,7 @@ def render_status(data: dict[str, Any], console: Any) -> None:
     head.add_row("duplicates", str(data["instances"]["duplicates"]))
     models = ", ".join(f"{m['name']} {m['version']}" for m in data["models"]) or "none yet"
     head.add_row("models seen", models)
-    console.print(head)
+    tables.append(head)
 
     counts = Table(title="counts by state")
     counts.add_column("what")
@@ -192,7 +200,7 @@ def render_status(data: dict[str, Any], console: Any) -> None:
         states = data[what]["by_state"] or {"-": 0}
         for state, n in sorted(states.items()):
             counts.add_row(what, state, str(n))
-    console.print(counts)
+    tables.append(counts)
 
     for what, key, label in (("jobs", "by_pipeline", "pipeline"),
                              ("sends", "by_destination", "destination")):
@@ -209,7 +217,7 @@ def render_status(data: dict[str, Any], console: Any) -> None:
         for name, c in sorted(groups.items()):
             table.add_row(name, *(str(c.get(s, 0)) for s in states),
                           c.get("oldest_pending_next_run_at") or "-")
-        console.print(table)
+        tables.append(table)
 
     failures = [("job", f"{f['pipeline']} study {f['study_uid']}", f) for f in
                 data["jobs"]["recent_failures"]]
@@ -221,7 +229,7 @@ def render_status(data: dict[str, Any], console: Any) -> None:
             table.add_column(col)
         for kind, what, f in failures:
             table.add_row(kind, what, f["state"], str(f["attempts"]), f["last_error"] or "")
-        console.print(table)
+        tables.append(table)
 
     if data["destinations"]:
         table = Table(title="destinations")
@@ -230,4 +238,5 @@ def render_status(data: dict[str, Any], console: Any) -> None:
         for name, d in data["destinations"].items():
             table.add_row(name, d.get("type", "dicom"), d.get("address") or
                           f"{d.get('ae_title')}@{d.get('host')}:{d.get('port')}")
-        console.print(table)
+        tables.append(table)
+    return tables
