@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Flask, Response, abort, jsonify, render_template, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import __version__, metrics
@@ -96,8 +96,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> Flask:
     if web.metrics:
         @app.get("/metrics")
         def scrape() -> Response:
-            return Response(generate_latest(metrics.REGISTRY), 200,
-                            {"Content-Type": CONTENT_TYPE_LATEST})
+            # text format, or OpenMetrics when the scraper asks for it (Accept header)
+            encoder, content_type = choose_encoder(request.headers.get("Accept"))
+            return Response(encoder(metrics.REGISTRY), 200, {"Content-Type": content_type})
 
     @app.get("/")
     def index() -> str:
