@@ -28,8 +28,16 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.registry import Collector
+
+disable_created_metrics()  # no `*_created` series next to every counter and histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """The registry /metrics serves (not prometheus_client's global one, so tests and

@@ -111,3 +111,24 @@ def test_metrics_only(node: Any) -> None:
     server, _ = node(status_page=False)
     assert get(server.port, "/")[0] == 404
     assert get(server.port, "/metrics")[0] == 200
+
+
+def test_the_config_snippets_in_the_docs_are_valid() -> None:
+    """What a new user copies from docs/operations.md and docs/integrations.md validates."""
+    import re
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    checked = 0
+    for doc in ("operations.md", "integrations.md"):
+        text = (REPO / "docs" / doc).read_text(encoding="utf-8")
+        for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):
+            data = yaml.safe_load(block)
+            if not isinstance(data, dict) or not {"web", "destinations"} & set(data):
+                continue
+            data.pop("rules", None)
+            Settings.model_validate(data)
+            checked += 1
+    assert checked >= 5
