@@ -102,3 +102,32 @@ def test_systemd_units_verify(unit: str, tmp_path: Path) -> None:
     assert run.returncode == 0 and problems == [], run.stderr
     if "worker" in unit:
         assert "hiprouter worker $HIPROUTER_WORKER_ARGS" in text
+
+
+def test_worker_serves_its_metrics(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "--config", str(_config(tmp_path)), "worker", "--count",
+                             "1", "--metrics-port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        assert "hiprouter_dead_letters" in text
+        with pytest.raises(urllib.error.HTTPError):  # no status page on a worker
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0

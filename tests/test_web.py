@@ -132,3 +132,24 @@ def test_the_config_snippets_in_the_docs_are_valid() -> None:
             Settings.model_validate(data)
             checked += 1
     assert checked >= 5
+
+
+def test_every_metric_is_documented() -> None:
+    import hiprouter.web.app  # noqa: F401  (declares hiprouter_web_requests_total)
+    from hiprouter import metrics
+    from tests.conftest import REPO
+
+    doc = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    collector = (REPO / "hiprouter" / "web" / "collect.py").read_text(encoding="utf-8")
+    import re
+
+    from prometheus_client import Counter
+
+    names = set(re.findall(r'"(hiprouter_[a-z_]+)"', collector))
+    for name in metrics.names():
+        if name.startswith("hiprouter_test_"):
+            continue
+        kind = metrics._metrics[name][0]
+        names.add(name + "_total" if kind is Counter else name)
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert missing == []
