@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import shutil
 import signal
 import subprocess
@@ -54,7 +55,7 @@ def test_status_watch_json_prints_one_object_per_interval(tmp_path: Path) -> Non
         lines = [proc.stdout.readline() for _ in range(3)]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        proc.communicate(timeout=120)  # drain: a full pipe would block its last write
     objects = [json.loads(line) for line in lines]
     assert all("studies" in o and "sends" in o for o in objects)
     assert proc.returncode == 0
@@ -68,7 +69,7 @@ def test_status_watch_refreshes_in_a_terminal(tmp_path: Path) -> None:
                             stderr=follower, env=env, close_fds=True)
     os.close(follower)
     seen = b""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and seen.count(b"Ctrl-C to stop") < 3:
             try:
@@ -77,7 +78,14 @@ def test_status_watch_refreshes_in_a_terminal(tmp_path: Path) -> None:
                 break
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        end = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < end:  # drain the terminal
+            try:
+                if select.select([leader], [], [], 0.5)[0]:
+                    os.read(leader, 65536)
+            except OSError:
+                time.sleep(0.05)
+        proc.wait(10)
         os.close(leader)
     text = seen.decode(errors="replace")
     assert "counts by state" in text and text.count("Ctrl-C to stop") >= 3
