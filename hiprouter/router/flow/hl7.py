@@ -8,17 +8,18 @@ source headers (accession number, patient identity: these go to the RIS in the m
 never into logs or audit events), sends it over MLLP and reads the ACK: MSA-1 AA (or CA)
 is success; AE, AR, CE, CR, no ACK or a connection error is a failed attempt that is
 retried with the same backoff, dead letter and audit as any other send. The message
-control ID (MSH-10) is derived from the SR's SOP Instance UID and the destination, so a
-retry repeats the same message and a RIS can drop duplicates.
+control ID (MSH-10) is derived from the SR's SOP Instance UID, the destination and how
+often the message was delivered before, so a retry repeats the same control ID (a RIS can
+drop a duplicate) and a replay (`hiprouter replay`) sends a new one.
 
 Message (ORU^R01 by default; ORM^O01 or OMI^O23 per destination):
 MSH, PID (patient ID, name, birth date, sex from the radiograph), ORC (accession number as
 filler order number), [TQ1 with the priority, OMI only], OBR (accession in OBR-3 and
 OBR-18, result status P, the triage priority in OBR-27 component 6 per `priority_map`),
 [IPC, OMI only], then OBX: the impression (TX), the findings text per hip (TX, OBX-4 R/L),
-one coded finding per hip and pipeline (CWE, probability in OBX-9, "A" in OBX-8 when it
-raised the triage level), the triage level (CWE) and reason (ST), and a reference to the
-SR (RP, plus its Study/Series/SOP Instance UIDs as HD).
+one coded finding per hip and pipeline (CWE, probability in OBX-9), the triage level (CWE,
+"A" in OBX-8 when above ROUTINE) and reason (ST), and a reference to the SR (RP, plus its
+Study/Series/SOP Instance UIDs as HD).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter.config import Hl7Destination, Settings
 from hiprouter.db import utcnow
-from hiprouter.schema import FindingRow, Instance, Job, Output, Send
+from hiprouter.schema import FindingRow, Instance, Job, Output, Send, SendAttempt
 
 SR_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33",
                         "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.11"})
@@ -119,10 +120,18 @@ def _seg(name: str, *fields: str) -> str:
     return "|".join([name, *out])
 
 
-def control_id(sop_instance_uid: str, destination: str) -> str:
-    """MSH-10 (at most 20 characters): the same for every attempt of one send."""
-    digest = hashlib.sha256(f"{sop_instance_uid}|{destination}".encode()).hexdigest()
-    return "HR" + digest[:18].upper()
+def control_id(sop_instance_uid: str, destination: str, delivered_before: int = 0) -> str:
+    """MSH-10 (at most 20 characters): the same for every attempt of one delivery."""
+    key = f"{sop_instance_uid}|{destination}" + (f"|{delivered_before}"
+                                                 if delivered_before else "")
+    return "HR" + hashlib.sha256(key.encode()).hexdigest()[:18].upper()
+
+
+def deliveries(factory: sessionmaker[Session], send: Send) -> int:
+    """How often this send was delivered before (a replay sends it again)."""
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(SendAttempt).where(
+            SendAttempt.send_id == send.id, SendAttempt.error.is_(None))) or 0)
 
 
 @dataclass
@@ -383,7 +392,7 @@ def deliver(factory: sessionmaker[Session], settings: Settings, name: str,
     Raises Hl7Error (or OSError, ssl.SSLError) when the attempt failed.
     """
     facts = gather(factory, send)
-    ctrl = control_id(send.sop_instance_uid, name)
+    ctrl = control_id(send.sop_instance_uid, name, deliveries(factory, send))
     message = build_message(facts, dest, ctrl, settings.node.ae_title)
     try:
         ack = parse_ack(mllp_exchange(dest, message, tls))

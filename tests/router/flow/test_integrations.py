@@ -200,6 +200,8 @@ def test_hl7_messages_follow_the_v25_structures(message_type: str) -> None:
     segments = {s.split("|")[0]: s.split("|") for s in er7.split("\r") if s}
     assert segments["MSH"][9] == hl7.control_id("1.2.3.4", "ris")
     assert len(segments["MSH"][9]) <= 20
+    # retries keep the control ID; a replay (delivered once already) gets a new one
+    assert hl7.control_id("1.2.3.4", "ris", 1) != hl7.control_id("1.2.3.4", "ris")
     assert segments["PID"][3] == "PID-1" and segments["PID"][5] == "Doe^Jane^^^Dr"
     assert segments["OBR"][3] == "ACC\\F\\42" and segments["OBR"][27] == "^^^^^STAT"
     assert "OBX|1|TX|121073^Impression^DCM||Left: fracture\\S\\x" in er7
