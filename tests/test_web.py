@@ -33,9 +33,9 @@ def get(port: int, path: str, auth: tuple[str, str] | None = None) -> tuple[int,
 
 @pytest.fixture()
 def node(tmp_path: Path) -> Any:
-    def make(**web: Any) -> tuple[WebServer, str]:
+    def make(url: str | None = None, **web: Any) -> tuple[WebServer, str]:
         settings = Settings.model_validate({
-            "database": {"url": f"sqlite:///{tmp_path / 'db.sqlite'}"},
+            "database": {"url": url or f"sqlite:///{tmp_path / 'db.sqlite'}"},
             "storage": {"spool_dir": str(tmp_path / "spool")},
             "web": {"enabled": True, "port": 0, **web}})
         db.upgrade(settings.database.url)
@@ -153,3 +153,13 @@ def test_every_metric_is_documented() -> None:
         names.add(name + "_total" if kind is Counter else name)
     missing = sorted(n for n in names if f"`{n}`" not in doc)
     assert missing == []
+
+
+@pytest.mark.postgres
+def test_pages_and_metrics_on_postgresql(node: Any, pg_url: str) -> None:
+    server, uid = node(pg_url)
+    assert uid in get(server.port, "/?q=ACC-777")[1]
+    assert "ACK AE" in get(server.port, "/audit?text=ack+ae&outcome=4")[1]
+    assert "ACK AE" in get(server.port, f"/studies/{uid}")[1]
+    assert get(server.port, "/models")[0] == 200
+    assert 'hiprouter_studies{state="done"} 1.0' in get(server.port, "/metrics")[1]
