@@ -162,3 +162,22 @@ COMMITMENTS = counter(
     "hiprouter_storage_commitments_total",
     "Storage commitment results per destination (committed, failed, timeout, requested)",
     ["destination", "result"])
+
+# -- model monitoring (hiprouter/lifecycle/monitor.py, via service.run_monitoring) -----------
+
+MONITOR_VALUE = gauge(
+    "hiprouter_monitor_value",
+    "Latest weekly agreement or drift figure per pipeline, mode (active, shadow) and metric",
+    ["pipeline", "mode", "metric"])
+MONITOR_ALERT = gauge(
+    "hiprouter_monitor_alert",
+    "1 when the latest figure of that pipeline, mode and metric crossed its threshold",
+    ["pipeline", "mode", "metric"])
+
+
+def set_monitor_check(*, pipeline: str, mode: str, metric: str, value: float | None,
+                      alert: bool) -> None:
+    """Export one monitoring figure (called by the scheduler's monitoring job)."""
+    if value is not None:
+        MONITOR_VALUE.labels(pipeline, mode, metric).set(float(value))
+    MONITOR_ALERT.labels(pipeline, mode, metric).set(1 if alert else 0)

@@ -163,3 +163,21 @@ def test_pages_and_metrics_on_postgresql(node: Any, pg_url: str) -> None:
     assert "ACK AE" in get(server.port, f"/studies/{uid}")[1]
     assert get(server.port, "/models")[0] == 200
     assert 'hiprouter_studies{state="done"} 1.0' in get(server.port, "/metrics")[1]
+
+
+def test_monitoring_figures_reach_the_metrics() -> None:
+    """The lifecycle's monitoring job hands its figures to metrics.set_monitor_check."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from hiprouter import metrics
+    from hiprouter.service import _export_gauges
+
+    _export_gauges([SimpleNamespace(pipeline="hardware", mode="shadow", metric="class_psi",
+                                    value=0.31, alert=True)])
+    text = generate_latest(metrics.REGISTRY).decode()
+    assert ('hiprouter_monitor_value{metric="class_psi",mode="shadow",pipeline="hardware"} '
+            '0.31') in text
+    assert 'hiprouter_monitor_alert{metric="class_psi",mode="shadow",pipeline="hardware"} 1.0' \
+        in text

@@ -181,7 +181,8 @@ def recent_studies(session: Session, headers: HeaderCache, limit: int,
     out = []
     for st in studies:
         path = session.scalar(select(Instance.spool_path).where(
-            Instance.study_uid == st.study_uid, Instance.state == "stored")
+            Instance.study_uid == st.study_uid, Instance.state == "stored",
+            Instance.purpose == "clinical")
             .order_by(Instance.id).limit(1))
         head = headers.get(st.study_uid, path)
         rows = list(session.scalars(

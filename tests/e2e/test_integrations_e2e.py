@@ -113,8 +113,8 @@ def test_metrics_web_page_dicomweb_hl7_and_storage_commitment_with_real_peers(
         "pipelines": {n: {"kind": n, "models": [str(m)], "device": "cpu"}
                       for n, m in models.items()},
     })
-    pacs = start_orthanc(tmp_path / "pacs", "PACS", extra={
-        "DicomModalities": {"hiprouter": ["HIPROUTER", "127.0.0.1", router.port]}})
+    pacs = start_orthanc(tmp_path / "pacs", "PACS",  # it sends commitment reports to us
+                         modalities={"hiprouter": ("HIPROUTER", "127.0.0.1", router.port)})
     archive = start_orthanc(tmp_path / "archive", "ARCHIVE", dicomweb=True)
     ris = start_ris(nack_first=1)
     viewer_server = OhifServer(dist, archive.http_port)

@@ -203,7 +203,8 @@ def gather(factory: sessionmaker[Session], send: Send) -> ReportFacts:
             .order_by(FindingRow.laterality.desc(), FindingRow.id)))
         source = session.scalar(
             select(Instance.spool_path).where(Instance.study_uid == send.study_uid,
-                                              Instance.state == "stored")
+                                              Instance.state == "stored",
+                                              Instance.purpose == "clinical")
             .order_by(Instance.id).limit(1))
     for out in outputs:
         if out.kind == "KOS":

@@ -4,16 +4,16 @@ A send to a destination with `storage_commitment: true` waits in state `committi
 its C-STORE until the peer's N-EVENT-REPORT names its SOP Instance UID under the
 Transaction UID of the N-ACTION (`commit_uid`).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 """
 
 import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
