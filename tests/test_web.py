@@ -181,3 +181,23 @@ def test_monitoring_figures_reach_the_metrics() -> None:
             '0.31') in text
     assert 'hiprouter_monitor_alert{metric="class_psi",mode="shadow",pipeline="hardware"} 1.0' \
         in text
+
+
+def test_registry_and_monitoring_alerts_are_shown(node: Any, tmp_path: Path) -> None:
+    from hiprouter.schema import ModelVersion, MonitorCheck
+
+    server, _ = node()
+    with server.factory() as s, s.begin():
+        now = db.utcnow()
+        s.add(ModelVersion(name="hip-site", version="2.0.0", kind="hardware", path="/m",
+                           weights_sha256="0" * 64, device_uid="2.25.1", card={},
+                           baseline={}, stage="shadow", registered_at=now,
+                           stage_changed_at=now))
+        s.add(MonitorCheck(pipeline="hardware", mode="shadow", model_name="hip-site",
+                           model_version="2.0.0", week="2026-W47", metric="class_psi",
+                           value=0.42, threshold=0.25, n=80, alert=True, details={},
+                           checked_at=now))
+    page = get(server.port, "/")[1]
+    assert "shadow model" in page and "hip-site 2.0.0 (hardware)" in page
+    assert 'id="alerts"' in page and "class_psi" in page and "0.420" in page
+    assert "hip-site" in get(server.port, "/models")[1]

@@ -145,7 +145,9 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> Flask:
         page_enabled()
         with factory() as session:
             rows = collect.model_versions(session)
+            registry = collect_from(session, settings).get("registry", [])
         pipelines = {name: p.kind for name, p in sorted(settings.pipelines.items())}
-        return render_template("models.html", rows=rows, pipelines=pipelines)
+        return render_template("models.html", rows=rows, pipelines=pipelines,
+                               registry=registry)
 
     return app
