@@ -29,6 +29,11 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _sigint_default() -> None:
+    """A child of a shell's background job inherits SIGINT ignored; Ctrl-C must reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _config(tmp_path: Path) -> Path:
     url = f"sqlite:///{tmp_path / 'h.db'}"
     dbmod.upgrade(url)
@@ -49,7 +54,7 @@ def test_models_list_in_a_pipe_keeps_whole_names(tmp_path: Path) -> None:
 def test_status_watch_json_prints_one_object_per_interval(tmp_path: Path) -> None:
     proc = subprocess.Popen([*CLI, "--config", str(_config(tmp_path)), "status", "--watch",
                              "--json", "--interval", "0.3"], stdout=subprocess.PIPE,
-                            text=True, env=_env())
+                            text=True, env=_env(), preexec_fn=_sigint_default)
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -66,7 +71,8 @@ def test_status_watch_refreshes_in_a_terminal(tmp_path: Path) -> None:
     env = {**_env(), "TERM": "xterm", "COLUMNS": "120", "LINES": "50"}
     proc = subprocess.Popen([*CLI, "--config", str(_config(tmp_path)), "status", "--watch",
                              "--interval", "0.3"], stdin=follower, stdout=follower,
-                            stderr=follower, env=env, close_fds=True)
+                            stderr=follower, env=env, close_fds=True,
+                            preexec_fn=_sigint_default)
     os.close(follower)
     seen = b""
     deadline = time.monotonic() + 120
