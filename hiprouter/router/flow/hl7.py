@@ -5,7 +5,8 @@ One message per report (study episode): the worker queues one send for the repor
 `send_when` says the report has nothing worth a message (`wanted`). The dispatcher then
 builds the message from the database (the job's findings, the KOS priority) and the study's
 source headers (accession number, patient identity: these go to the RIS in the message and
-never into logs or audit events), sends it over MLLP and reads the ACK: MSA-1 AA (or CA)
+never into logs or audit events), checks it against the message structure with hl7apy
+(`validate`), sends it over MLLP and reads the ACK: MSA-1 AA (or CA)
 is success; AE, AR, CE, CR, no ACK or a connection error is a failed attempt that is
 retried with the same backoff, dead letter and audit as any other send. The message
 control ID (MSH-10) is derived from the SR's SOP Instance UID, the destination and how
@@ -16,9 +17,10 @@ Message (ORU^R01 by default; ORM^O01 or OMI^O23 per destination):
 MSH, PID (patient ID, name, birth date, sex from the radiograph), ORC (accession number as
 filler order number), [TQ1 with the priority, OMI only], OBR (accession in OBR-3 and
 OBR-18, result status P, the triage priority in OBR-27 component 6 per `priority_map`),
-[IPC, OMI only], then OBX: the impression (TX), the findings text per hip (TX, OBX-4 R/L),
+[IPC, OMI only], then OBX: the impression (TX), the findings text per hip (TX, OBX-4 R/L;
+text longer than one line continues in the next OBX with the same identifier),
 one coded finding per hip and pipeline (CWE, probability in OBX-9), the triage level (CWE,
-"A" in OBX-8 when above ROUTINE) and reason (ST), and a reference to the SR (RP, plus its
+"A" in OBX-8 when above ROUTINE) and reason (TX), and a reference to the SR (RP, plus its
 Study/Series/SOP Instance UIDs as HD).
 """
 
@@ -132,6 +134,21 @@ def deliveries(factory: sessionmaker[Session], send: Send) -> int:
     with factory() as session:
         return int(session.scalar(select(func.count()).select_from(SendAttempt).where(
             SendAttempt.send_id == send.id, SendAttempt.error.is_(None))) or 0)
+
+
+TEXT_LINE = 190
+"""Longest text in one OBX (one line of a report): text fields of HL7 v2 receivers are
+often limited to 199 characters, so longer text goes in consecutive OBX segments with the
+same identifier and sub-ID, split between words (escaping may lengthen a line a little)."""
+
+
+def wrap(text: str, width: int = TEXT_LINE) -> list[str]:
+    """Text as lines of at most `width` characters, split between words."""
+    import textwrap
+
+    text = " ".join((text or "").split())
+    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) \
+        if text else []
 
 
 @dataclass
@@ -289,13 +306,12 @@ def build_message(facts: ReportFacts, dest: Hl7Destination, ctrl_id: str,
                                                       accession),
                              escape(facts.study_uid), accession))
     observations: list[list[str]] = []
-    if facts.impression:
-        observations.append(["TX", _comp("121073", "Impression", "DCM"), "",
-                             escape(facts.impression)])
+    for line in wrap(facts.impression):
+        observations.append(["TX", _comp("121073", "Impression", "DCM"), "", escape(line)])
     for side in ("R", "L", "U"):
-        if facts.hip_text.get(side):
+        for line in wrap(" ".join(facts.hip_text.get(side, []))):
             observations.append(["TX", _comp("HIPTEXT", "AI findings text per hip", SCHEME),
-                                 side, escape(" ".join(facts.hip_text[side]))])
+                                 side, escape(line)])
     for f in facts.findings:
         value = (_comp(f["class"], str(f["class"]).replace("_", " "), SCHEME)
                  if f["status"] == "assessed" and f["class"] else
@@ -306,9 +322,9 @@ def build_message(facts: ReportFacts, dest: Hl7Destination, ctrl_id: str,
     observations.append(["CWE", _comp("TRIAGE", "AI triage priority", SCHEME), "",
                          _comp(facts.priority, facts.priority.title(), SCHEME), "", "",
                          "A" if facts.priority != "ROUTINE" else ""])
-    if facts.reason:
-        observations.append(["ST", _comp("TRIAGEREASON", "AI triage reason", SCHEME), "",
-                             escape(facts.reason)])
+    for line in wrap(facts.reason):
+        observations.append(["TX", _comp("TRIAGEREASON", "AI triage reason", SCHEME), "",
+                             escape(line)])
     if facts.sr_uid:
         observations.append(["RP", _comp("SR", "AI structured report", SCHEME), "",
                              _comp(facts.sr_uid, node_ae, "AP", "DICOM")])
@@ -324,6 +340,27 @@ def build_message(facts: ReportFacts, dest: Hl7Destination, ctrl_id: str,
         segments.append(_seg("OBX", str(n), vtype, ident, sub, value, rest[0], rest[1],
                              rest[2], rest[3], "", "P", "", "", now))
     return "\r".join(segments) + "\r"
+
+
+def validate(er7: str, dest: Hl7Destination) -> None:
+    """Check the message against the HL7 v2 structure of its type with hl7apy (segments,
+    groups, required fields, data types); Hl7Error when it does not conform.
+
+    ORM^O01 is parsed but not checked against its structure: hl7apy models its choice group
+    (OBR | RQD | RQ1 | RXO | ODS | ODT) as if each member were required.
+    """
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    strict = dest.message_type != "ORM^O01"
+    level = VALIDATION_LEVEL.STRICT if strict else VALIDATION_LEVEL.TOLERANT
+    try:
+        message = parse_message(er7, validation_level=level, find_groups=True)
+        if strict:
+            message.validate()
+    except Exception as exc:
+        raise Hl7Error(f"{dest.message_type} {dest.version} message not valid: "
+                       f"{type(exc).__name__}: {exc}"[:500]) from exc
 
 
 # -- MLLP --------------------------------------------------------------------------------------
@@ -395,6 +432,7 @@ def deliver(factory: sessionmaker[Session], settings: Settings, name: str,
     facts = gather(factory, send)
     ctrl = control_id(send.sop_instance_uid, name, deliveries(factory, send))
     message = build_message(facts, dest, ctrl, settings.node.ae_title)
+    validate(message, dest)
     try:
         ack = parse_ack(mllp_exchange(dest, message, tls))
     except (OSError, ssl.SSLError) as exc:

@@ -188,6 +188,7 @@ def test_hl7_messages_follow_the_v25_structures(message_type: str) -> None:
     dest = Hl7Destination(type="hl7", host="ris", port=2575, message_type=message_type,
                           priority_map={"HIGH": "STAT"})
     er7 = hl7.build_message(facts(), dest, hl7.control_id("1.2.3.4", "ris"), "HIPROUTER")
+    hl7.validate(er7, dest)  # what the dispatcher checks before sending
     level = VALIDATION_LEVEL.STRICT
     msg = parse_message(er7, validation_level=level, find_groups=True)
     if message_type == "ORM^O01":
@@ -344,3 +345,22 @@ def test_commitment_report_and_timeout(tmp_path: Path) -> None:
     info.ReferencedSOPSequence, info.FailedSOPSequence = [ok], [bad]
     assert commitment.parse_report(2, info) == ("9.9.1", ["1.1"],
                                                 {"1.2": "failure reason 0x0112"})
+
+
+def test_long_text_continues_in_the_next_obx() -> None:
+    dest = Hl7Destination(type="hl7", host="ris", port=2575)
+    f = facts()
+    f.impression = "Right hip: total hip arthroplasty. " * 20
+    er7 = hl7.build_message(f, dest, "HRTEST", "HIPROUTER")
+    hl7.validate(er7, dest)
+    lines = [seg.split("|")[5] for seg in er7.split("\r") if "|121073^Impression^DCM|" in seg]
+    assert len(lines) == 4 and all(len(line) <= hl7.TEXT_LINE for line in lines)
+    assert " ".join(lines) == f.impression.strip()
+
+
+def test_a_message_that_breaks_its_structure_is_not_sent() -> None:
+    dest = Hl7Destination(type="hl7", host="ris", port=2575)
+    er7 = hl7.build_message(facts(), dest, "HRTEST", "HIPROUTER")
+    broken = "\r".join(seg for seg in er7.split("\r") if not seg.startswith("OBR|"))
+    with pytest.raises(hl7.Hl7Error, match="ORU\\^R01 2.5 message not valid"):
+        hl7.validate(broken, dest)
