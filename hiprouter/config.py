@@ -191,6 +191,8 @@ class Hl7Destination(_Strict):
     always: for every report."""
     timeout_s: float = Field(30.0, gt=0)
     """Seconds to connect and to wait for the ACK."""
+    validate_structure: bool = True
+    """Check each message against its HL7 v2 structure (hl7apy) before sending it."""
     max_concurrent: int = Field(1, ge=1, le=16)
     tls: TLSConfig = TLSConfig()
 

@@ -432,7 +432,8 @@ def deliver(factory: sessionmaker[Session], settings: Settings, name: str,
     facts = gather(factory, send)
     ctrl = control_id(send.sop_instance_uid, name, deliveries(factory, send))
     message = build_message(facts, dest, ctrl, settings.node.ae_title)
-    validate(message, dest)
+    if dest.validate_structure:
+        validate(message, dest)
     try:
         ack = parse_ack(mllp_exchange(dest, message, tls))
     except (OSError, ssl.SSLError) as exc:
