@@ -10,6 +10,8 @@ database; only this module wires them together.
 
 A Node takes more with small additions: `on_complete`, callables appended to
 `Node.start_hooks` / `Node.stop_hooks`, or `Node.add_interval_job` before `start()`.
+`attach_integrations` adds the SCP's metrics, storage commitment reports on the SCP and,
+when `web.enabled`, the HTTP server with /metrics and the status page (hiprouter/web/).
 """
 
 from __future__ import annotations
@@ -28,17 +30,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import __version__, audit, fileperms, posture
 from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Settings
+from hiprouter.config import ConfigError, Destination, Settings
 from hiprouter.inference import pixels
 from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
 from hiprouter.router.flow import queue
-from hiprouter.router.flow.dispatch import Dispatcher
+from hiprouter.router.flow.dispatch import Dispatcher, report_handler
 from hiprouter.router.flow.retention import sweep_retention
 from hiprouter.router.flow.routing import route_study
 from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_studies
 from hiprouter.router.flow.worker import JobWorker
+from hiprouter.router.net import commitment as net_commitment
+from hiprouter.router.net import observe as net_observe
 from hiprouter.router.net.receive import (
     REFUSAL_WINDOW_S,
     StorageSCP,
@@ -256,13 +260,32 @@ def _export_gauges(checks: list[Any]) -> None:
             log.warning("cannot export monitoring gauge", error=str(exc))
 
 
+def attach_integrations(node: Node) -> None:
+    """Metrics of the SCP, storage commitment reports on the SCP (when a destination asks
+    for commitment) and the web server (`web.enabled`)."""
+    settings = node.settings
+    net_observe.instrument(node.scp)
+    if any(isinstance(d, Destination) and d.storage_commitment
+           for d in settings.destinations.values()):
+        net_commitment.accept_reports(node.scp, report_handler(node.factory, settings))
+    if settings.web.enabled:
+        from hiprouter.web.server import WebServer
+
+        web = WebServer(settings, node.factory)
+        node.start_hooks.append(lambda _node: web.start())
+        node.stop_hooks.append(lambda _node: web.stop())
+        node.web = web  # type: ignore[attr-defined]
+
+
 def build_node(settings: Settings) -> Node:
-    """The node `serve` runs: routing on study completion, workers, dispatcher, retention.
+    """The node `serve` runs: routing on study completion, workers, dispatcher, retention,
+    metrics, storage commitment and the web server.
 
     Raises ConfigError when a pipeline kind, plugin or SR template is not usable.
     """
     node = Node(settings, on_complete=routing_callback(settings))
     attach_workers(node)
+    attach_integrations(node)
     return node
 
 
@@ -321,19 +344,30 @@ def serve(settings: Settings) -> None:
             node.stop()
 
 
-def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
-    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
+def run_workers(settings: Settings, count: int, dispatch: bool = True,
+                metrics_port: int | None = None) -> None:
+    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT; with
+    `metrics_port`, this process's metrics at http://<web.host>:<metrics_port>/metrics."""
     private_files(settings)
     warn_insecure(settings, listening=False)
     engine = dbmod.make_engine(settings.database.url)
     factory = dbmod.session_factory(engine)
     workers = Workers(settings, factory, count, dispatch)
+    web = None
+    if metrics_port is not None:
+        from hiprouter.web.server import WebServer
+
+        web = WebServer(settings, factory, port=metrics_port, status_page=False)
     done = threading.Event()
     with _stop_on_signal(done, "signal received, stopping workers"):
         try:
             workers.start()
+            if web is not None:
+                web.start()
             log.info("worker process ready", pid=os.getpid())
             done.wait()
         finally:
+            if web is not None:
+                web.stop()
             workers.stop()
             engine.dispose()

@@ -15,15 +15,18 @@ from hiprouter.commands import Context, pass_ctx
               help="Job worker threads (default: queue.workers, at least 1).")
 @click.option("--dispatch/--no-dispatch", default=True, show_default=True,
               help="Also send queued objects to their destinations.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve this process's Prometheus metrics on web.host:PORT/metrics.")
 @pass_ctx
-def worker(ctx: Context, count: int | None, dispatch: bool) -> None:
+def worker(ctx: Context, count: int | None, dispatch: bool, metrics_port: int | None) -> None:
     """Run job workers (and the dispatcher) only, next to `serve`, until SIGTERM."""
     from hiprouter.config import ConfigError
     from hiprouter.service import run_workers
 
     settings = ctx.settings
     try:
-        run_workers(settings, count or max(settings.queue.workers, 1), dispatch)
+        run_workers(settings, count or max(settings.queue.workers, 1), dispatch,
+                    metrics_port)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

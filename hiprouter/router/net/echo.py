@@ -30,6 +30,9 @@ def parse_target(target: str, settings: Settings) -> EchoTarget:
     """A configured destination name, or AE@HOST:PORT. Raises ValueError otherwise."""
     if target in settings.destinations:
         dest = settings.destinations[target]
+        if dest.type != "dicom":
+            raise ValueError(f"{target!r} is a {dest.type} destination; C-ECHO needs a DICOM "
+                             "one")
         return EchoTarget(dest.ae_title, dest.host, dest.port)
     match = TARGET_RE.match(target)
     if match is None:
