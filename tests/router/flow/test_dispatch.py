@@ -248,7 +248,8 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
         clock.__init__()  # type: ignore[misc]  # starts now, after the sends were queued
         monkeypatch.setattr(dispatch, "utcnow", clock.utcnow)
         monkeypatch.setattr(queue, "utcnow", clock.utcnow)
-        monkeypatch.setattr(dispatch, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+        monkeypatch.setattr(dispatch, "time", types.SimpleNamespace(
+            monotonic=clock.monotonic, perf_counter=time.perf_counter))
         batch = claim_sends(factory, settings, "pacs", "first")
         assert len(batch) == 6
         worker = threading.Thread(target=send_batch,
