@@ -193,7 +193,7 @@ class ReportConfig(_Strict):
     default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
     heatmap_pipelines: list[str] | None = None
     """Whose heat maps the SC overlays show, first that has one per hip wins; None: every
-    pipeline in run order."""
+    pipeline, cascade stages before the pipelines they run on, else in run order."""
     secondary_captures: bool = True
     """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
 

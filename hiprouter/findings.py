@@ -247,6 +247,9 @@ class PipelineResult:
     triage_thresholds: dict[str, float] = field(default_factory=dict)
     """Class key -> calibrated probability at which the class triggers its triage level
     (from the model card); classes without one use 0.5 unless a rule says otherwise."""
+    upstream: str | None = None
+    """For a cascade stage, the pipeline whose findings selected its hips (set by the
+    runner); None for a first-stage pipeline."""
 
 
 @dataclass

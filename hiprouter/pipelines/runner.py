@@ -60,6 +60,7 @@ def run_pipelines(pipelines: Sequence[PipelineKind], conditions: dict[str, RunsO
             targets, skipped = select_targets(condition, done[condition.pipeline])
             result = pipe.run(study, targets) if targets else pipe.empty_result()
             result.skipped.extend(skipped)
+            result.upstream = condition.pipeline
         for uid, reason in study.refused.items():
             result.not_assessed.setdefault(uid, reason)
         done[pipe.name] = result
