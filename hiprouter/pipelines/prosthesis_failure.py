@@ -108,19 +108,21 @@ class ProsthesisFailureKind(PipelineKind):
     options: ProsthesisFailureOptions
     inputs = Inputs(views=frozenset(AP_VIEWS + LATERAL_VIEWS))
     default_runs_on = RunsOn(pipeline="hardware", classes=THA_CLASSES)
+    label_set: ClassVar[str] = "prosthesis_failure"
+    """The models' label set (subclasses of the kind keep reading these models)."""
     label_column: ClassVar[str] = "failure"
     label_aliases: ClassVar[dict[str, str]] = {"none": "no_failure"}
 
     def __init__(self, context: KindContext, options: PipelineOptions) -> None:
         super().__init__(context, options)
-        dirs = list(self.options.models) or [demo_model_dir(self.kind)]
+        dirs = list(self.options.models) or [demo_model_dir(self.label_set)]
         self.ensemble = DualViewEnsemble.from_dirs(dirs, self.options.device,
                                                    self.options.runtime,
                                                    self.options.batch_size)
         for card in self.ensemble.cards:
-            if card.label_set != self.kind:
+            if card.label_set != self.label_set:
                 raise ModelError(f"pipelines.{self.name}: {card.name} is a {card.label_set!r} "
-                                 f"model; kind {self.kind!r} needs {self.kind!r} models")
+                                 f"model; kind {self.kind!r} needs {self.label_set!r} models")
         self._vocabulary = self.ensemble.cards[0].vocabulary_over(self.default_vocabulary())
 
     @classmethod
