@@ -38,6 +38,9 @@ def register(group: click.Group) -> None:
 @click.option("--lr", default=2e-3, show_default=True, type=float)
 @click.option("--lateral-dropout", default=0.3, show_default=True, type=float,
               help="Probability of training a hip without its lateral view.")
+@click.option("--crop", type=click.Choice(["implant_window", "full"]), default="implant_window",
+              show_default=True,
+              help="Model input: a square around the implant, or the whole hip crop.")
 @click.option("--members", default=1, show_default=True, type=int,
               help="Ensemble size (the seed uses 4); seeds SEED ... SEED+N-1.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -53,15 +56,19 @@ def register(group: click.Group) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--decode-workers", default=1, show_default=True, type=int)
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start every member's backbone from this model (same arch), e.g. the "
+                   "hardware demo; a dual-view model with the same classes: all layers.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
 def train_dual_view_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, label_set: str,
                         label_column: str, arch: str, input_size: int, epochs: int,
-                        batch_size: int, lr: float, lateral_dropout: float, members: int,
+                        batch_size: int, lr: float, lateral_dropout: float, crop: str,
+                        members: int,
                         seed: int, balance: bool, threads: int, max_steps: int | None,
                         name: str, model_version: str, training_data: str,
                         synthetic_demo: bool, device: str, decode_workers: int,
-                        cache_dir: Path | None) -> None:
+                        init_from: Path | None, cache_dir: Path | None) -> None:
     """Train the dual-view (AP + lateral) model on DATA_DIR and a labels CSV."""
     from hiprouter.inference.models import ModelError
     from hiprouter.training.dataset import DatasetError
@@ -74,11 +81,11 @@ def train_dual_view_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, 
         raise click.UsageError("--members must be at least 1")
     cfg = DualViewConfig(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch_size,
                          lr=lr, seed=seed, members=members, label_set=label_set,
-                         label_column=label_column, lateral_dropout=lateral_dropout,
+                         label_column=label_column, lateral_dropout=lateral_dropout, crop=crop,
                          balance=balance, threads=threads, max_steps=max_steps,
                          decode_workers=decode_workers, name=name, version=model_version,
                          training_data=training_data, synthetic_demo=synthetic_demo,
-                         device=device)
+                         device=device, init_from=str(init_from) if init_from else None)
     try:
         cards = train_dual_view(data_dir, labels_csv, out_dir, cfg, cache_dir, log=click.echo)
     except (DatasetError, ModelError, ValueError) as exc:

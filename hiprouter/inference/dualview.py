@@ -47,6 +47,57 @@ TASK = "dual_view_classification"
 """`ModelCard.task` of these models."""
 AP_VIEWS = ("ap_pelvis", "ap_hip")
 LATERAL_VIEWS = ("frog_leg", "cross_table_lateral")
+CROPS = ("full", "implant_window")
+"""How a hip crop becomes the model input: `full` letterboxes the whole crop (half an AP
+pelvis is twice as tall as wide, so half the input is padding); `implant_window` first
+cuts the square of the crop's shorter side centred on the implant (the brightest pixels,
+metal, away from the borders where markers and text sit), which doubles the resolution
+on the prosthesis. The card's ``parameters.crop`` says which; training and run time use
+the same function."""
+
+
+def implant_window(pixels: np.ndarray, margin: float = 0.08,
+                   quantile: float = 0.99) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the square window of side min(rows, cols) centred on
+    the centroid of the brightest pixels (display space: metal is bright) inside a margin;
+    the whole crop when it is nearly square."""
+    rows, cols = pixels.shape
+    side = min(rows, cols)
+    if max(rows, cols) <= 1.15 * side:
+        return 0, 0, rows, cols
+    mr, mc = int(margin * rows), int(margin * cols)
+    inner = pixels[mr : rows - mr, mc : cols - mc]
+    if inner.size == 0:
+        return 0, 0, rows, cols
+    ys, xs = np.nonzero(inner >= np.quantile(inner, quantile))
+    cy = float(ys.mean()) + mr if ys.size else rows / 2
+    cx = float(xs.mean()) + mc if xs.size else cols / 2
+    top = int(np.clip(round(cy - side / 2), 0, rows - side))
+    left = int(np.clip(round(cx - side / 2), 0, cols - side))
+    return top, left, top + side, left + side
+
+
+def model_input(pixels: np.ndarray, size: int, crop: str = "full"
+                ) -> tuple[np.ndarray, Letterbox, tuple[int, int, int, int]]:
+    """The letterboxed model input of a hip crop, its letterbox and the window used (in
+    crop pixels)."""
+    rows, cols = pixels.shape
+    window = implant_window(pixels) if crop == "implant_window" else (0, 0, rows, cols)
+    top, left, bottom, right = window
+    boxed, lb = letterbox(pixels[top:bottom, left:right], size)
+    return boxed, lb, window
+
+
+def map_to_crop(model_map: np.ndarray, lb: Letterbox, window: tuple[int, int, int, int],
+                crop_shape: tuple[int, int]) -> np.ndarray:
+    """A model-space map in the crop's geometry (zero outside the window)."""
+    top, left, bottom, right = window
+    inner = lb.to_source(model_map)
+    if (top, left, bottom, right) == (0, 0, *crop_shape):
+        return inner
+    out = np.zeros(crop_shape, dtype=np.float32)
+    out[top:bottom, left:right] = inner
+    return out
 
 
 def build_net(architecture: str, num_classes: int, in_chans: int = 1) -> Any:
@@ -87,9 +138,11 @@ def build_net(architecture: str, num_classes: int, in_chans: int = 1) -> Any:
     return DualViewNet()
 
 
-def card_parameters(net: Any, lateral_dropout: float) -> dict[str, Any]:
+def card_parameters(net: Any, lateral_dropout: float, crop: str = "full") -> dict[str, Any]:
     """What the model card records about the dual-view design (read back by `load`)."""
-    return {"views": {"ap": list(AP_VIEWS), "lateral": list(LATERAL_VIEWS)},
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, not {crop!r}")
+    return {"views": {"ap": list(AP_VIEWS), "lateral": list(LATERAL_VIEWS)}, "crop": crop,
             "fusion": "shared backbone, average-pooled features of each view concatenated "
                       "[AP | lateral], linear head; a learned vector replaces a missing "
                       "lateral view",
@@ -128,6 +181,10 @@ class DualViewModel:
     @property
     def channels(self) -> int:
         return int(self.missing.shape[0])
+
+    @property
+    def crop(self) -> str:
+        return str(self.card.parameters.get("crop", "full"))
 
     @property
     def temperature(self) -> float:
@@ -376,15 +433,15 @@ class DualViewEnsemble:
         return default
 
     def _features(self, member: int, crops: Sequence[np.ndarray]
-                  ) -> tuple[np.ndarray, list[Letterbox]]:
-        size = self.models[member].card.input_size
-        boxed = [letterbox(c, size) for c in crops]
+                  ) -> tuple[np.ndarray, list[tuple[Letterbox, tuple[int, int, int, int]]]]:
+        model = self.models[member]
+        inputs = [model_input(c, model.card.input_size, model.crop) for c in crops]
         out = []
-        for start in range(0, len(boxed), self.batch_size):
-            chunk = boxed[start : start + self.batch_size]
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
             batch = normalise(np.stack([b[0] for b in chunk]))[:, None]
             out.append(self.runners[member].run(batch))
-        return np.concatenate(out), [b[1] for b in boxed]
+        return np.concatenate(out), [(b[1], b[2]) for b in inputs]
 
     def predict(self, ap_crops: Sequence[np.ndarray], lateral_crops: Sequence[np.ndarray],
                 heatmaps: bool = True) -> HipPrediction:
@@ -419,11 +476,14 @@ class DualViewEnsemble:
         ap_maps: list[np.ndarray | None] = [None] * n_ap
         lat_maps: list[np.ndarray | None] = [None] * n_lat
         if heatmaps:
+            all_crops = [*ap_crops, *lateral_crops]
             for j in range(n_ap + n_lat):
                 view = "ap" if j < n_ap else "lateral"
                 acc = None
                 for model, feats, boxes in member_maps:
-                    crop_map = boxes[j].to_source(model.view_cam(feats[j], predicted, view))
+                    lb, window = boxes[j]
+                    crop_map = map_to_crop(model.view_cam(feats[j], predicted, view), lb,
+                                           window, all_crops[j].shape)
                     acc = crop_map if acc is None else acc + crop_map
                 normalised = cammod.normalise_map(acc) if acc is not None else None
                 if j < n_ap:

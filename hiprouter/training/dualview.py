@@ -81,6 +81,9 @@ class DualViewConfig:
     label_set: str = "prosthesis_failure"
     label_column: str = ""
     lateral_dropout: float = 0.3
+    crop: str = "implant_window"
+    """Model input: `implant_window` (a square around the implant) or `full` (the whole
+    hip crop letterboxed); recorded in the card and applied at run time."""
     balance: bool = False
     threads: int = 0
     """torch threads (0: torch's default)."""
@@ -91,6 +94,10 @@ class DualViewConfig:
     training_data: str = ""
     synthetic_demo: bool = False
     device: str = "auto"
+    init_from: str | None = None
+    """A model folder of the same architecture whose backbone starts every member: a
+    single-view classifier (e.g. the hardware demo, which knows what implants look like) or
+    another dual-view model (with the same classes: all of it)."""
     augment: dict[str, float] = field(default_factory=lambda: {
         "rotation_deg": 10.0, "zoom": 0.1, "translate": 0.05, "perspective": 0.2,
         "brightness": 0.2, "contrast": 0.2, "flip_p": 0.5})
@@ -150,14 +157,81 @@ def pair_hips(rows: Sequence[LabelledHip], used: Sequence[int], classes: Sequenc
     return hips, without_ap
 
 
+def _window_crops(image: Path, size: int, crop: str, cache_dir: Path | None
+                  ) -> dict[str, np.ndarray] | str:
+    """Model inputs (uint8) of one image's hip crops by laterality, through the same
+    `model_input` as run time; cached per image, size and crop mode."""
+    import hashlib
+
+    from hiprouter.inference.decode import RefusedImage, decode_file
+    from hiprouter.inference.dualview import model_input
+    from hiprouter.inference.laterality import hip_crops
+
+    cached = None
+    if cache_dir is not None:
+        stat = image.stat()
+        key = f"{image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{crop}"
+        cached = Path(cache_dir) / f"{hashlib.sha1(key.encode()).hexdigest()}-{crop}.npz"
+        if cached.is_file():
+            with np.load(cached) as npz:
+                return {k: npz[k] for k in npz.files}
+    try:
+        ds, decoded = decode_file(image)
+    except (RefusedImage, OSError) as exc:
+        return getattr(exc, "reason", None) or str(exc)
+    out: dict[str, np.ndarray] = {}
+    for c in hip_crops(ds, decoded.pixels):
+        boxed, _, _ = model_input(c.pixels, size, crop)
+        out.setdefault(c.laterality, np.rint(boxed * 255).astype(np.uint8))
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(cached)
+    return out
+
+
+def load_inputs(rows: Sequence[LabelledHip], data_dir: Path, size: int, crop: str,
+                cache_dir: Path | None, workers: int = 1
+                ) -> tuple[np.ndarray, list[int], dict[str, str]]:
+    """Like dataset.load_crops (uint8 (N, S, S), row indices, refusals), for a crop mode:
+    `full` is exactly load_crops; `implant_window` cuts the implant window first."""
+    if crop == "full":
+        return load_crops(rows, data_dir, size, cache_dir, workers=workers)
+    from hiprouter.training.dataset import crop_for
+
+    images, used, refused = [], [], {}
+    by_path: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_path.setdefault(row.path, []).append(i)
+    for path, idx in by_path.items():
+        crops = _window_crops(Path(data_dir) / path, size, crop, cache_dir)
+        if isinstance(crops, str):
+            refused[path] = crops
+            continue
+        for i in idx:
+            got = crop_for(crops, rows[i].laterality)
+            if got is None:
+                refused[path] = f"no {rows[i].laterality} hip found in this image"
+                continue
+            images.append(got)
+            used.append(i)
+    order = np.argsort(used, kind="stable")
+    stacked = np.stack([images[j] for j in order]) if images else np.zeros((0, size, size),
+                                                                           np.uint8)
+    return stacked, [used[j] for j in order], refused
+
+
 def load_hips(data_dir: Path, labels_csv: Path, label_set: str, input_size: int,
               cache_dir: Path | None, label_column: str = "", decode_workers: int = 1,
-              log: Callable[[str], Any] = print) -> tuple[list[str], np.ndarray, list[Hip]]:
-    """Classes, uint8 crops (N, S, S) and the paired hips of a labelled DICOM folder."""
+              log: Callable[[str], Any] = print, crop: str = "full"
+              ) -> tuple[list[str], np.ndarray, list[Hip]]:
+    """Classes, uint8 model inputs (N, S, S) and the paired hips of a labelled DICOM
+    folder."""
     spec = label_spec(label_set)
     rows = read_labels(labels_csv, spec.classes, label_column or spec.column, spec.aliases)
-    images, used, refused = load_crops(rows, data_dir, input_size, cache_dir,
-                                       workers=decode_workers)
+    images, used, refused = load_inputs(rows, data_dir, input_size, crop, cache_dir,
+                                        decode_workers)
     for path, reason in refused.items():
         log(f"skipped {path}: {reason}")
     hips, without_ap = pair_hips(rows, used, spec.classes, data_dir)
@@ -262,6 +336,36 @@ def hip_probabilities(net: Any, images: np.ndarray, hips: Sequence[Hip], device:
     return np.stack(out)
 
 
+def init_backbone(net: Any, model_dir: Path, arch: str, classes: Sequence[str]) -> str:
+    """Start `net` from another model's weights; returns what was taken."""
+    from hiprouter.inference import dualview
+    from hiprouter.inference.models import load_model, read_card
+
+    card = read_card(Path(model_dir))
+    if card.architecture != arch:
+        raise ValueError(f"--init-from {model_dir}: architecture differs "
+                         f"({card.architecture} vs {arch})")
+    if card.task == dualview.TASK:
+        start = dualview.load(Path(model_dir)).net.state_dict()
+        if list(card.classes) == list(classes):
+            net.load_state_dict(start)
+            return "all layers (a dual-view model with the same classes)"
+        backbone = {k[len("backbone."):]: v for k, v in start.items()
+                    if k.startswith("backbone.")}
+    else:
+        module = load_model(Path(model_dir)).module
+        head = module.pretrained_cfg.get("classifier") or ""
+        if not head:
+            raise ValueError(f"--init-from {model_dir}: cannot tell its classifier head apart")
+        backbone = {k: v for k, v in module.state_dict().items()
+                    if not k.startswith(f"{head}.")}
+    missing, unexpected = net.backbone.load_state_dict(backbone, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--init-from {model_dir}: backbone does not fit (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]})")
+    return f"backbone of {card.name} {card.version} ({card.weights_sha256[:12]}...), new head"
+
+
 def _train_member(images: np.ndarray, hips: list[Hip], split: dict[str, list[int]],
                   classes: list[str], cfg: DualViewConfig, seed: int, device: Any,
                   log: Callable[[str], Any]) -> tuple[Any, list[dict[str, Any]], int]:
@@ -269,7 +373,11 @@ def _train_member(images: np.ndarray, hips: list[Hip], split: dict[str, list[int
     from tqdm import tqdm
 
     torch.manual_seed(seed)
-    net = build_net(cfg.arch, len(classes)).to(device)
+    net = build_net(cfg.arch, len(classes))
+    if cfg.init_from:
+        what = init_backbone(net, Path(cfg.init_from), cfg.arch, classes)
+        log(f"seed {seed}: starting from the {what}")
+    net = net.to(device)
     train_hips = [hips[i] for i in split["train"]]
     val_hips = [hips[i] for i in split["val"]]
     val_y = np.array([h.label for h in val_hips])
@@ -368,7 +476,7 @@ def train_dual_view(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: DualVi
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, images, hips = load_hips(data_dir, labels_csv, cfg.label_set, cfg.input_size,
                                       cache_dir or out_dir / "cache", cfg.label_column,
-                                      cfg.decode_workers, log)
+                                      cfg.decode_workers, log, cfg.crop)
     split = split_hips(hips, classes, cfg.seed)
     _write_split(out_dir / "split.csv", hips, split, classes)
     with_lat = sum(1 for h in hips if h.lateral)
@@ -406,7 +514,7 @@ def train_dual_view(data_dir: Path, labels_csv: Path, out_dir: Path, cfg: DualVi
         card = ModelCard(
             name=cfg.name, version=cfg.version, architecture=cfg.arch,
             input_size=cfg.input_size, label_set=cfg.label_set, classes=classes,
-            parameters=card_parameters(net, cfg.lateral_dropout),
+            parameters=card_parameters(net, cfg.lateral_dropout, cfg.crop),
             training_data=dataset_name, synthetic_demo=cfg.synthetic_demo, limitations=note,
             training=training,
             evaluation={"test_split": {**card_figures(metrics, f"test split of {dataset_name}"),
@@ -453,8 +561,13 @@ def evaluate_dual_view(model_dirs: Sequence[Path], data_dir: Path, labels_csv: P
     ens = DualViewEnsemble.from_dirs(model_dirs, device, runtime)
     card = ens.cards[0]
     size = max(c.input_size for c in ens.cards)
+    crop = {m.crop for m in ens.models}
+    if len(crop) > 1:
+        raise ValueError(f"the members use different crops ({sorted(crop)})")
+    # the inputs are cut exactly as at run time (a window of a square input, and the
+    # letterbox of an input of the model's size, change nothing when predict repeats them)
     classes, images, hips = load_hips(data_dir, labels_csv, card.label_set, size, cache_dir,
-                                      label_column, log=lambda _: None)
+                                      label_column, log=lambda _: None, crop=crop.pop())
     if classes != ens.classes:
         raise ValueError(f"the model's classes {ens.classes} differ from the label set's "
                          f"{classes}")

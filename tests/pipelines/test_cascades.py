@@ -190,6 +190,22 @@ def test_dual_view_head_maps_and_back_ends_agree(tmp_path: Path) -> None:
     assert pred.single_view and pred.lateral_maps == [] and pred.ap_maps[0].shape == (80, 50)
 
 
+def test_implant_window_centres_the_metal_and_maps_go_back_to_the_crop() -> None:
+    crop = np.full((300, 150), 0.3, np.float32)
+    crop[200:240, 60:100] = 1.0  # the implant, low in a tall crop
+    crop[5:12, 5:12] = 1.0  # a marker in the corner (inside the margin: ignored)
+    top, left, bottom, right = dualview.implant_window(crop)
+    assert (left, right) == (0, 150) and bottom - top == 150
+    assert top < 200 and bottom > 240 and abs((top + bottom) / 2 - 220) <= 2
+    assert dualview.implant_window(np.zeros((100, 110), np.float32)) == (0, 0, 100, 110)
+    boxed, lb, window = dualview.model_input(crop, 64, "implant_window")
+    assert boxed.shape == (64, 64) and window == (top, left, bottom, right)
+    back = dualview.map_to_crop(np.ones((4, 4), np.float32), lb, window, crop.shape)
+    assert back.shape == crop.shape and back[:top].max() == 0 and back[top:bottom].min() > 0.9
+    _, _, full = dualview.model_input(crop, 64, "full")
+    assert full == (0, 0, 300, 150)
+
+
 def test_hot_outline_encloses_the_peak_in_source_pixels() -> None:
     heat = np.zeros((40, 30), np.float32)
     heat[10:20, 5:12] = 1.0
