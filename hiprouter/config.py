@@ -89,6 +89,9 @@ class StorageConfig(_Strict):
     retention_check_s: float = Field(3600, gt=0)
     """How often the retention job runs."""
     fsync: bool = True
+    models_dir: Path = Path("var/models")
+    """The model registry's files: one folder per registered model version
+    (`hiprouter models register` copies the model there)."""
 
 
 class StudiesConfig(_Strict):
@@ -177,6 +180,17 @@ class PipelineConfig(BaseModel):
     kind's default; first-stage kinds run on every hip)."""
     triage: list[TriageRule] = []
     """Which findings set which priority; empty: the vocabulary's default triage meaning."""
+    mode: Literal["active", "shadow"] = "active"
+    """active: the findings go into the report; shadow: the pipeline runs and its findings
+    are recorded, but nothing of it is sent (no SR group, no overlay, no triage reason).
+    A registered model's stage overrides this (`hiprouter models promote`)."""
+    registered_model: str | None = None
+    """The model registry name whose shadow and active versions this pipeline runs (None:
+    the pipeline's own name). Without a promoted version the `models` option (or the
+    kind's demo model) is used, as before."""
+
+    def registry_name(self, pipeline: str) -> str:
+        return self.registered_model or pipeline
 
     def options(self) -> dict[str, Any]:
         """The kind-specific keys of this block."""
@@ -196,6 +210,84 @@ class ReportConfig(_Strict):
     pipeline, cascade stages before the pipelines they run on, else in run order."""
     secondary_captures: bool = True
     """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
+
+
+class DeidConfig(_Strict):
+    """De-identification of pulled data sets (PS3.15 Basic Application Level
+    Confidentiality Profile with options)."""
+
+    key_file: Path = Path("var/keys/pseudonym.key")
+    """Secret key of the keyed hashes (pseudonymous UIDs, patient keys, date shifts). Keep
+    it outside any data set; created (mode 0600) on first use."""
+    retain_longitudinal_dates: bool = True
+    """Retain Longitudinal Temporal Information with Modified Dates: every date of a patient
+    is shifted by the same keyed offset (intervals survive); else dates are removed."""
+    max_date_shift_days: int = Field(365, ge=1, le=3650)
+    clean_descriptors: bool = True
+    """Clean Descriptors Option: keep study/series descriptions and protocol names (the
+    view and side words hip models read), with identifying words removed."""
+    burned_in: Literal["blank_corners", "exclude", "keep"] = "blank_corners"
+    """Images that have (or may have) burned-in annotation: blank the corners, leave the
+    image out, or keep it as it is (only for sites whose modalities burn nothing in)."""
+    corner_fraction: float = Field(0.15, gt=0, lt=0.5)
+    """Height and width of each blanked corner, as a fraction of the image."""
+    trust_burned_in_no: bool = False
+    """True: an image whose BurnedInAnnotation is NO is left as it is."""
+
+
+class DatasetConfig(_Strict):
+    """`hiprouter dataset pull`: data sets from the site's PACS."""
+
+    ae_title: str = "HIPROUTER_DS"
+    """A second AE title of this node. The PACS knows it as a C-MOVE destination (same host
+    and port as node.ae_title); instances sent to it are stored with purpose `dataset` and
+    never routed to inference."""
+    source: str | None = None
+    """The destination (PACS) queried by default (C-FIND, C-MOVE/C-GET)."""
+    retrieve: Literal["move", "get"] = "move"
+    max_per_minute: float = Field(60.0, gt=0)
+    """Rate limit of retrieve requests (series per minute)."""
+    timeout_s: float = Field(600.0, gt=0)
+    """How long one retrieval may take before the item is failed (resumed next run)."""
+    deid: DeidConfig = DeidConfig()
+    label_rules: Path | None = None
+    """Report label rules (YAML); None: the rules shipped with hiprouter."""
+    report_language: Literal["auto", "en", "de"] = "auto"
+    sample_size: int = Field(24, ge=0, le=500)
+    """Images on the label review sheet."""
+    keep_spool: bool = False
+    """Keep the retrieved originals in the spool after export (else removed)."""
+
+    _ae = field_validator("ae_title")(_check_ae)
+
+
+class MonitoringConfig(_Strict):
+    """Feedback and drift in production: final reports vs findings, distributions vs the
+    validation baseline, per pipeline and ISO week."""
+
+    enabled: bool = True
+    interval_s: float = Field(900.0, gt=0)
+    """How often `serve` extracts labels from received reports and recomputes the figures."""
+    weeks: int = Field(8, ge=1, le=104)
+    """How many recent weeks are (re)computed."""
+    min_findings: int = Field(20, ge=1)
+    """Fewer findings in a week never alert."""
+    min_agreement: float = Field(0.8, ge=0, le=1)
+    """Alert when the final reports agree with the findings less often than this."""
+    max_class_shift: float = Field(0.25, ge=0)
+    """Alert when the population stability index of predicted classes exceeds this."""
+    max_confidence_drop: float = Field(0.1, ge=0, le=1)
+    """Alert when the mean confidence falls this far below the baseline's."""
+    max_not_assessed_rise: float = Field(0.1, ge=0, le=1)
+    """Alert when the share of hips not assessed (out of distribution) rises this far above
+    the baseline's."""
+    report_sop_classes: list[str] = [
+        "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",
+        "1.2.840.10008.5.1.4.1.1.88.33"]
+    """SR classes received as final reports (purpose `report`: read for feedback, not
+    routed): Basic Text, Enhanced and Comprehensive SR. Our own SR output (Comprehensive
+    3D) is not among them."""
+    report_language: Literal["auto", "en", "de"] = "auto"
 
 
 class LoggingConfig(_Strict):
@@ -222,6 +314,8 @@ class Settings(_Strict):
     """Python modules imported at start-up; they may call
     `hiprouter.pipelines.registry.register_kind` (entry points are the usual way)."""
     logging: LoggingConfig = LoggingConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     _base_dir: Path | None = PrivateAttr(default=None)
 
     @property
@@ -246,6 +340,10 @@ class Settings(_Strict):
             if pipe.runs_on is not None and pipe.runs_on.pipeline not in self.pipelines:
                 raise ValueError(f"pipelines.{name}.runs_on: unknown pipeline "
                                  f"{pipe.runs_on.pipeline!r}")
+        if self.dataset.source is not None and self.dataset.source not in self.destinations:
+            raise ValueError(f"dataset.source: unknown destination {self.dataset.source!r}")
+        if self.dataset.ae_title == self.node.ae_title:
+            raise ValueError("dataset.ae_title must differ from node.ae_title")
         heat = self.report.heatmap_pipelines or []
         for name in heat:
             if name not in self.pipelines:
@@ -316,6 +414,10 @@ def _resolve(base: Path, p: Path) -> Path:
 def _resolve_paths(s: Settings, base: Path) -> Settings:
     s.storage.spool_dir = _resolve(base, s.storage.spool_dir)
     s.storage.output_dir = _resolve(base, s.storage.output_dir)
+    s.storage.models_dir = _resolve(base, s.storage.models_dir)
+    s.dataset.deid.key_file = _resolve(base, s.dataset.deid.key_file)
+    if s.dataset.label_rules is not None:
+        s.dataset.label_rules = _resolve(base, s.dataset.label_rules)
     if s.sr_templates_dir is not None:
         s.sr_templates_dir = _resolve(base, s.sr_templates_dir)
     s._base_dir = base

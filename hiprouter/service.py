@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import __version__, audit
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Settings
+from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
 from hiprouter.router.flow import queue
@@ -145,7 +146,7 @@ class Workers:
         _check_report_templates(settings)
         self.factory = factory
         self.stop_event = threading.Event()
-        pipelines = PipelineSet(settings)
+        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
         self.threads: list[threading.Thread] = [
             JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
         ]
@@ -193,6 +194,48 @@ def attach_workers(node: Node) -> None:
             log.error("retention sweep failed", error=str(exc))
 
     node.add_interval_job(retention, settings.storage.retention_check_s, "retention")
+    if settings.monitoring.enabled:
+        node.add_interval_job(lambda: run_monitoring(node.factory, settings),
+                              settings.monitoring.interval_s, "monitoring")
+
+
+def run_monitoring(factory: sessionmaker[Session], settings: Settings) -> list[Any]:
+    """Labels from newly received final reports, then the weekly agreement and drift
+    figures of every pipeline; alerts go to the log, `status` and the metrics (when the
+    metrics module is there)."""
+    from hiprouter.lifecycle import monitor  # only when monitoring runs: lean worker start
+
+    try:
+        monitor.extract_received_reports(factory, settings)
+        checks = monitor.run_checks(factory, settings)
+    except Exception as exc:
+        log.error("monitoring failed", error=str(exc))
+        return []
+    for check in checks:
+        if check.alert:
+            log.warning("drift alert", pipeline=check.pipeline, mode=check.mode,
+                        model=f"{check.model_name} {check.model_version}", week=check.week,
+                        metric=check.metric, value=check.value, threshold=check.threshold,
+                        n=check.n)
+    _export_gauges(checks)
+    return checks
+
+
+def _export_gauges(checks: list[Any]) -> None:
+    """Set the monitoring gauges when the metrics module exists (the integrations work)."""
+    try:
+        from hiprouter import metrics  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    setter = getattr(metrics, "set_monitor_check", None)
+    if setter is None:
+        return
+    for check in checks:
+        try:
+            setter(pipeline=check.pipeline, mode=check.mode, metric=check.metric,
+                   value=check.value, alert=check.alert)
+        except Exception as exc:  # never let monitoring export stop the node
+            log.warning("cannot export monitoring gauge", error=str(exc))
 
 
 def build_node(settings: Settings) -> Node:

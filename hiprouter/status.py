@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 from hiprouter import __version__
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
-from hiprouter.schema import FindingRow, Instance, Job, Send, Study
+from hiprouter.lifecycle.monitor import latest_alerts
+from hiprouter.schema import FindingRow, Instance, Job, ModelVersion, Send, Study
 
 RECENT_FAILURES = 5
 
@@ -136,6 +137,18 @@ def _collect(session: Session, settings: Settings) -> dict[str, Any]:
             ],
         },
         "models": [{"name": n, "version": v} for n, v in models],
+        "registry": [
+            {"name": r.name, "version": r.version, "kind": r.kind, "stage": r.stage,
+             "device_uid": r.device_uid, "since": _iso(r.stage_changed_at)}
+            for r in session.scalars(select(ModelVersion).where(
+                ModelVersion.stage.in_(("shadow", "active"))).order_by(ModelVersion.name))],
+        "pipelines": {name: {"kind": cfg.kind, "mode": cfg.mode,
+                             "registered_model": cfg.registry_name(name)}
+                      for name, cfg in sorted(settings.pipelines.items())},
+        "monitoring": {"alerts": [
+            {"pipeline": c.pipeline, "mode": c.mode, "model": f"{c.model_name} {c.model_version}",
+             "week": c.week, "metric": c.metric, "value": c.value, "threshold": c.threshold,
+             "n": c.n} for c in latest_alerts(session)]},
         "destinations": {
             name: {"ae_title": d.ae_title, "host": d.host, "port": d.port}
             for name, d in sorted(settings.destinations.items())
@@ -158,7 +171,21 @@ def render_status(data: dict[str, Any], console: Any) -> None:
     head.add_row("duplicates", str(data["instances"]["duplicates"]))
     models = ", ".join(f"{m['name']} {m['version']}" for m in data["models"]) or "none yet"
     head.add_row("models seen", models)
+    for r in data.get("registry", []):
+        head.add_row(f"{r['stage']} model", f"{r['name']} {r['version']} ({r['kind']})")
     console.print(head)
+
+    alerts = data.get("monitoring", {}).get("alerts", [])
+    if alerts:
+        table = Table(title="[red]monitoring alerts[/] (hiprouter monitor)")
+        for col in ("pipeline", "mode", "model", "week", "metric", "value", "limit", "n"):
+            table.add_column(col)
+        for a in alerts:
+            table.add_row(a["pipeline"], a["mode"], a["model"], a["week"], a["metric"],
+                          "n/a" if a["value"] is None else f"{a['value']:.3f}",
+                          "n/a" if a["threshold"] is None else f"{a['threshold']:.3f}",
+                          str(a["n"]))
+        console.print(table)
 
     counts = Table(title="counts by state")
     counts.add_column("what")

@@ -12,9 +12,12 @@ lower one, never of a higher one:
                       `Rule`; rules imports nothing from hiprouter)
     models, reports   inference, report
     pipelines         pipelines (the contract, the registry, the runner, the kinds)
+    lifecycle         lifecycle (de-identification, labels from reports, the model
+                      registry, agreement and drift figures: used offline and by serve)
     offline tools     synth, training
     router            router.net (the DICOM network side), router.flow (the flow side)
-    service           service (the composition root), demo, status
+    service           service (the composition root), demo, status, pull (dataset pull:
+                      the PACS side and the export)
     commands          cli, commands
 
 Inside the router layer net and flow are independent, with two exceptions:
@@ -40,9 +43,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "hiprouter.resources", "hiprouter.router.flow.rules")),
     ("models, reports", ("hiprouter.inference", "hiprouter.report")),
     ("pipelines", ("hiprouter.pipelines",)),
+    ("lifecycle", ("hiprouter.lifecycle",)),
     ("offline tools", ("hiprouter.synth", "hiprouter.training")),
     ("router", ("hiprouter.router", "hiprouter.router.net", "hiprouter.router.flow")),
-    ("service", ("hiprouter.service", "hiprouter.demo", "hiprouter.status")),
+    ("service", ("hiprouter.service", "hiprouter.demo", "hiprouter.status", "hiprouter.pull")),
     ("commands", ("hiprouter.cli", "hiprouter.commands")),
 ]
 NET, FLOW = "hiprouter.router.net", "hiprouter.router.flow"

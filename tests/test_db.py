@@ -34,7 +34,7 @@ def test_upgrade_creates_schema_and_audit_roundtrip(backend: str, request) -> No
 def test_upgrade_is_idempotent(sqlite_url: str) -> None:
     db.upgrade(sqlite_url)
     db.upgrade(sqlite_url)
-    assert db.current_revision(db.make_engine(sqlite_url)) == "0004"
+    assert db.current_revision(db.make_engine(sqlite_url)) == "0006"
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

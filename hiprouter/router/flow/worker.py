@@ -86,7 +86,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
 def job_instances(session: Session, job: Job) -> list[Instance]:
     """The stored instances a job works on, in a stable order."""
     query = select(Instance).where(Instance.study_uid == job.study_uid,
-                                   Instance.state == "stored")
+                                   Instance.state == "stored", Instance.purpose == "clinical")
     if job.series_uids is not None:
         query = query.where(Instance.series_uid.in_(job.series_uids))
     return list(session.scalars(query.order_by(Instance.series_uid, Instance.id)).all())
@@ -107,6 +107,7 @@ def execute(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     """The files a job produces: its report, or the originals for a forward job."""
     if ctx.job.pipeline == FORWARD and not ctx.job.pipelines:
         return [Path(i.spool_path) for i in ctx.instances]
+    pipelines.refresh()  # a promotion in the model registry takes effect with this job
     return run_analysis(ctx, pipelines)
 
 

@@ -69,6 +69,8 @@ class AssociationState:
     stored: int = 0
     duplicates: int = 0
     study_uids: set[str] = field(default_factory=set)
+    dataset: bool = False
+    """Called AE title was dataset.ae_title: a data-set retrieval, never routed."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,20 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifier
                        values["StudyInstanceUID"], values["SeriesInstanceUID"])
 
 
+CLINICAL, DATASET, REPORT = "clinical", "dataset", "report"
+"""Instance purposes: only clinical instances count for their study and are routed."""
+
+
 def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                     spooled: SpooledFile, *, received_at: datetime,
-                    association_id: int | None = None, calling_ae: str | None = None) -> None:
+                    association_id: int | None = None, calling_ae: str | None = None,
+                    purpose: str = CLINICAL) -> None:
     """Insert an instance row and count it for its study, committed before returning.
 
     Core statements on a plain connection: on this hot path the ORM unit of work cost
     more than the SQL itself. Raises IntegrityError for a SOP Instance UID already stored.
+    A data-set or report instance is stored but not counted for a study: it never opens an
+    episode and is never routed.
     """
     with engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
@@ -120,8 +129,10 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                 "sha256": spooled.sha256, "spool_path": str(spooled.path),
                 "received_at": received_at, "association_id": association_id,
                 "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
+                "purpose": purpose,
             })
-            note_instance(conn, ids.study_uid, calling_ae, received_at)
+            if purpose == CLINICAL:
+                note_instance(conn, ids.study_uid, calling_ae, received_at)
 
 
 # Built once: constructing the statement per instance cost more than running it.
@@ -213,6 +224,8 @@ class StorageSCP:
         self.engine = factory.kw["bind"]
         self.spool = spool
         self.allow = AllowList(settings)
+        self.dataset_ae = settings.dataset.ae_title
+        self.report_classes = frozenset(settings.monitoring.report_sop_classes)
         self.server: ThreadedAssociationServer | None = None
         # SQLite has one writer at a time and its busy handler sleeps 1-100 ms between
         # tries; associations of this process queue on a lock instead (woken at once).
@@ -320,6 +333,10 @@ class StorageSCP:
         called = str(primitive.called_ae_title).strip()
         state = self._state(assoc)
         state.calling_ae = calling
+        if called == self.dataset_ae:
+            # Our second AE title: pynetdicom checks the called AE against this one.
+            assoc.acceptor.ae_title = called
+            state.dataset = True
         reason = self.allow.check(calling, state.peer_host)
         if reason is None:
             return
@@ -371,7 +388,8 @@ class StorageSCP:
             with self.factory() as session, session.begin():
                 row = Association(
                     direction="in", calling_ae=state.calling_ae[:16],
-                    called_ae=self.settings.node.ae_title, peer_host=state.peer_host,
+                    called_ae=self.dataset_ae if state.dataset else self.settings.node.ae_title,
+                    peer_host=state.peer_host,
                     peer_port=int(assoc.requestor.port or 0), started_at=utcnow(),
                     outcome="accepted", instances_received=0,
                 )
@@ -466,10 +484,12 @@ class StorageSCP:
             ids = read_identifiers(encoded, sop_uid)
             pending.rename()
             spooled = pending.wait_durable()
+            purpose = DATASET if state.dataset else (
+                REPORT if ids.sop_class_uid in self.report_classes else CLINICAL)
             with self._write_lock:
                 record_instance(self.engine, ids, str(event.context.transfer_syntax),
                                 spooled, received_at=utcnow(), association_id=state.row_id,
-                                calling_ae=state.calling_ae[:16] or None)
+                                calling_ae=state.calling_ae[:16] or None, purpose=purpose)
         except IntegrityError:
             # Duplicates are rare: the unique SOP Instance UID finds them, after the
             # write, which spares every other instance a look-up.
