@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Demo weights of the second-stage kinds, trained and evaluated on SYNTHETIC radiographs only:
-#   prosthesis_failure (seed 000, Hip-Net): an ensemble of 4 dual-view models (AP + lateral)
+#   prosthesis_failure (seed 000, Hip-Net): a dual-view model (AP + lateral), one member
 #   fixation_device (seed 004): one single-view classifier of the 6 generic designs (AP views)
 # Held-out figures: a separately generated primary-renderer test set, and the independent
 # (alt) renderer for cross-renderer transfer; both recorded in the model cards.
 #
 # Usage: scripts/train_cascade_demos.sh   (DATA, OUT, THREADS, HIPROUTER may be set)
 # The results go to $OUT/prosthesis_failure-demo/member-{1..4} and $OUT/fixation_device-demo;
-# copy them to models/ to make them the kinds' defaults. Small on purpose (CPU, minutes per
-# epoch): float16 weights, about 6 MB and 4.6 MB.
+# copy them to models/ to make them the kinds' defaults. Both start from the hardware demo's
+# backbone (resnet10t at 160 px; from scratch, short CPU runs learned little); float16
+# weights, 9.8 MB each. Run from the repository root (models/hardware-demo).
 set -euo pipefail
 
 DATA=${DATA:-/work/scratch/fd/data}
@@ -43,10 +44,11 @@ EOF
 done
 
 PF=$OUT/prosthesis_failure-demo
-$H train-dual-view "$DATA/failure_train" --out "$PF" --arch mnasnet_small --input-size 192 \
-  --epochs 12 --batch-size 16 --lr 2e-3 --lateral-dropout 0.3 --members 4 --seed 0 \
-  --threads "$THREADS" --synthetic-demo --name prosthesis_failure-demo \
-  --version 0.1.0-synthetic --cache "$DATA/cache-pf" \
+# one member (float16, 9.8 MB); --members 4 trains the seed's ensemble of 4 (member-1..4)
+$H train-dual-view "$DATA/failure_train" --out "$PF" --arch resnet10t --input-size 160 \
+  --crop implant_window --init-from models/hardware-demo --epochs 8 --batch-size 16 \
+  --lr 1e-3 --lateral-dropout 0.3 --members 1 --seed 0 --threads "$THREADS" --synthetic-demo \
+  --name prosthesis_failure-demo --version 0.1.0-synthetic --cache "$DATA/cache-pfwin" \
   --training-data "synthetic studies only: 'hiprouter synth --task failure --studies 1400 --seed 7001 --size 500 700' (primary renderer); no real radiographs"
 $H evaluate-dual-view "$PF" --data "$DATA/failure_test" --out "$PF/evaluation/held-out-primary" \
   --device cpu --record held_out_primary \
@@ -57,9 +59,9 @@ $H evaluate-dual-view "$PF" --data "$DATA/failure_alt" --out "$PF/evaluation/cro
 
 FD=$OUT/fixation_device-demo
 $H train "$DATA/device_train" --labels "$DATA/device_train/labels_ap.csv" --out "$FD" \
-  --label-set fixation_device --arch regnetx_002 --input-size 192 --epochs-head 0 --epochs 14 \
-  --batch-size 16 --lr 2e-3 --workers 0 --seed 0 --synthetic-demo --name fixation_device-demo \
-  --version 0.1.0-synthetic --cache "$DATA/cache-fd" \
+  --label-set fixation_device --arch resnet10t --input-size 160 --init-from models/hardware-demo \
+  --epochs-head 1 --epochs 6 --batch-size 16 --lr-head 2e-3 --lr 1e-3 --workers 0 --seed 0 \
+  --synthetic-demo --name fixation_device-demo --version 0.1.0-synthetic --cache "$DATA/cache-fd160" \
   --training-data "synthetic studies only: 'hiprouter synth --task device --studies 900 --seed 7002 --size 500 700' (primary renderer), AP views; no real radiographs"
 $H models half "$FD"
 $H evaluate "$FD" "$DATA/device_test" --labels "$DATA/device_test/labels_ap.csv" \
@@ -68,4 +70,4 @@ $H evaluate "$FD" "$DATA/device_test" --labels "$DATA/device_test/labels_ap.csv"
 $H evaluate "$FD" "$DATA/device_alt" --labels "$DATA/device_alt/labels_ap.csv" \
   --out "$FD/evaluation/cross-renderer-alt" --device cpu --record cross_renderer_alt \
   --dataset-name "synthetic, independent renderer: 'hiprouter synth --renderer alt --task device --studies 200 --seed 7202 --size 500 700', AP views"
-du -sh "$PF"/member-*/model.safetensors "$FD/model.safetensors"
+du -sh "$PF"/model.safetensors "$FD/model.safetensors"
