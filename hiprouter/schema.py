@@ -153,7 +153,7 @@ class Send(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     destination: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
-    # pending | running | failed (waiting to retry) | sent | dead
+    # pending | running | failed (waiting to retry) | committing | sent | dead
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -165,6 +165,13 @@ class Send(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # storage commitment (migration 0007): state `committing` waits for the peer's
+    # N-EVENT-REPORT on the Transaction UID of its N-ACTION
+    commit_uid: Mapped[str | None] = mapped_column(UID, nullable=True, index=True)
+    commit_requested_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True)
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
 
 
 class SendAttempt(Base):
