@@ -77,5 +77,5 @@ def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: st
     pipes = [pipeline_set.get(n) for n in order]
     modalities = {m for p in pipes for m in p.modalities()}
     study = StudyInput.from_datasets(study_uid, datasets, modalities)
-    conditions = {n: runs_on(n, pipeline_set.settings) for n in order}
+    conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
     return run_pipelines(pipes, conditions, study), study.images
