@@ -23,7 +23,7 @@ mkdir -p "$WORK"
   --studies 300 --seed 9000 --size 450 1400 --workers 2 --quiet
 
 COMMON=(--label-set onfh --seed 0 --version 0.1.0-synthetic --synthetic-demo
-        --decode-workers 2 --device cpu
+        --decode-workers 2 --device cpu --cache "$WORK/cache"
         --training-data "synthetic studies only: 'hiprouter synth --task onfh --studies 900 --seed 2000 --size 450 1400'; no real radiographs")
 
 # 2. Femoral-head segmentation: locator + refiner U-Nets, Dice + cross-entropy.
@@ -41,5 +41,5 @@ run $HIPROUTER train "$WORK/data/train" --task normative \
 run $HIPROUTER evaluate "$WORK/onfh-demo" "$WORK/data/holdout" \
   --out "$WORK/onfh-demo/evaluation/holdout" --device cpu --record holdout \
   --dataset-name "synthetic hold-out: 'hiprouter synth --task onfh --studies 300 --seed 9000 --size 450 1400'"
-rm -rf "$WORK/onfh-demo/cache" "$WORK/onfh-segmentation/cache"
+rm -rf "$WORK/cache"
 du -sh "$WORK/onfh-demo/model.safetensors"
