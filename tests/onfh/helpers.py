@@ -85,6 +85,8 @@ def tiny_onfh_model(root: Path, studies: int = 40) -> Path:
     key = str(studies)
     if key in _MODELS and (_MODELS[key] / "card.yaml").is_file():
         return _MODELS[key]
+    import warnings
+
     import torch
 
     from hiprouter.training.normative import train_normative
@@ -97,9 +99,11 @@ def tiny_onfh_model(root: Path, studies: int = 40) -> Path:
         labels = write_heads_dataset(data, studies)
         seg_cfg, norm_cfg = tiny_configs()
         quiet = lambda *_: None  # noqa: E731
-        train_segmentation(data, labels, root / "seg", seg_cfg, log=quiet)
-        train_normative(data, labels, root / "onfh", root / "seg", norm_cfg, log=quiet,
-                        n_boot=50)
+        with warnings.catch_warnings():  # few patients per grade for 10 stratified folds
+            warnings.simplefilter("ignore", UserWarning)
+            train_segmentation(data, labels, root / "seg", seg_cfg, log=quiet)
+            train_normative(data, labels, root / "onfh", root / "seg", norm_cfg, log=quiet,
+                            n_boot=50)
     finally:
         torch.set_num_threads(threads)
     _MODELS[key] = root / "onfh"
