@@ -55,7 +55,7 @@ LABEL_SET = "onfh"
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "locator": {"size": 96, "widths": [8, 16, 32, 64]},
     "refiner": {"size": 96, "widths": [16, 32, 64, 128], "roi_scale": 2.0},
-    "vae": {"patch_size": 64, "patch_scale": 1.0, "patch_offset": 0.25, "patch_highpass": 0.1,
+    "vae": {"patch_size": 64, "patch_scale": 1.0, "patch_offset": 0.25, "patch_highpass": 0.05,
             "latent_dim": 16,
             "widths": [16, 32, 64, 128], "channels": ["intensity", "mask"]},
     "weights_dtype": "float16",
@@ -172,6 +172,17 @@ def outline(prob: np.ndarray, square: Square, max_points: int = 64) -> np.ndarra
         line = line[np.linspace(0, len(line), max_points, endpoint=False).astype(int)]
     x, y = square.from_window(line[:, 0] - 1.0, line[:, 1] - 1.0, prob.shape[0])
     return np.stack([x, y], axis=1)
+
+
+SATURATED_LEVEL = 0.99
+SATURATED_FRACTION = 0.5
+"""A head more than half white in the display is not assessed (and not learned from)."""
+
+
+def saturated_fraction(image: np.ndarray, prob: np.ndarray) -> float:
+    """Share of a window's head pixels (prob > 0.5) at or above SATURATED_LEVEL."""
+    mask = prob > 0.5
+    return float((image[mask] >= SATURATED_LEVEL).mean()) if mask.any() else 0.0
 
 
 def lateral_on_image_right(laterality: str, standard_display: bool) -> bool | None:
@@ -312,10 +323,9 @@ class HeadSegmentation:
     def crop_outline(self) -> np.ndarray:
         return outline(self.prob, self.window)
 
-    def metal_fraction(self, level: float = 0.98) -> float:
-        """Share of the head's pixels (refiner window) at or above a display brightness."""
-        mask = self.prob > 0.5
-        return float((self.image[mask] >= level).mean()) if mask.any() else 0.0
+    def saturated_fraction(self) -> float:
+        """Share of the head's pixels (refiner window) white in the display."""
+        return saturated_fraction(self.image, self.prob)
 
 
 def _unet(params: dict[str, Any]) -> Any:
@@ -529,25 +539,30 @@ class OnfhModel:
         return self.normative.patch(seg.image, seg.prob, mirror)
 
     def assess(self, crop: np.ndarray, lateral_right: bool | None,
-               metal_level: float = 0.98, max_metal_fraction: float | None = None
-               ) -> HeadAssessment | str:
+               max_saturated: float | None = SATURATED_FRACTION) -> HeadAssessment | str:
         """Segment and assess one crop; a string says why there is no assessment.
 
         `lateral_right`: whether the hip's lateral side is on the image's right (mirrored
         to the left for the normative model); None (side unknown): both orientations, the
-        smaller distance. A head whose mask holds more than `max_metal_fraction` pixels at
-        or above `metal_level` (display brightness) is not assessed.
+        smaller distance. A head with more than `max_saturated` of its pixels white in
+        the display (metal, or a window that clips bone) is not assessed.
         """
+        return self.assess_segmentation(self.segmenter.segment(crop), lateral_right,
+                                        max_saturated)
+
+    def assess_segmentation(self, seg: HeadSegmentation | None, lateral_right: bool | None,
+                            max_saturated: float | None = SATURATED_FRACTION
+                            ) -> HeadAssessment | str:
+        """`assess` of a head already segmented (None: no head found)."""
         if self.normative is None or self.normative.staging is None:
             raise ModelError(f"{self.card.name}: no normative model")
-        seg = self.segmenter.segment(crop)
         if seg is None:
             return "no femoral head found"
-        if max_metal_fraction is not None:
-            metal = seg.metal_fraction(metal_level)
-            if metal > max_metal_fraction:
-                return (f"metal over the femoral head ({100 * metal:.0f} % of its pixels; "
-                        "implant or fixation)")
+        if max_saturated is not None:
+            white = seg.saturated_fraction()
+            if white > max_saturated:
+                return (f"femoral head white in the display ({100 * white:.0f} % of its pixels:"
+                        " metal, or a window that clips bone)")
         flips = [lateral_right] if lateral_right is not None else [False, True]
         patches = [self.patch(seg, bool(f)) for f in flips]
         if any(p is None for p in patches):

@@ -11,7 +11,8 @@ Findings (no DICOM here; the report stage builds SR, SC and SEG):
 - `Classification`: the stage band (``onfh_0_1`` when the card found grades 0 and 1 not
   separable, else ``onfh_0`` / ``onfh_1``; ``onfh_2`` ... ``onfh_4``), its probability
   from the card's per-grade fits of the log distance; indeterminate below the card's (or
-  the options') minimum confidence; not assessed when no head is found or metal covers it;
+  the options') minimum confidence; not assessed when no head is found or it is mostly
+  white in the display;
 - `Measurement`: the distance and the percentile (UCUM "1");
 - `Mask`: one per head and image ("Right femoral head"; the SEG's segment);
 - `Region`: the head's outline as a POLYLINE per image (drawn on the SC, SCOORD in the SR);
@@ -21,9 +22,10 @@ Findings (no DICOM here; the report stage builds SR, SC and SEG):
 Cascade: by default it runs after `hardware` on hips without arthroplasty (``exclude``
 tha, hemiarthroplasty, tha_with_fixation, post_infectious: no native head); the skipped
 hips are audited. The default condition is optional: a rule that runs `onfh` without a
-`hardware` pipeline runs it on every hip, its sentences say "hardware not checked", and
-heads covered by metal are still refused by the kind's own check (`metal_fraction`). A
-`runs_on` written in the config is never optional unless it says so.
+`hardware` pipeline runs it on every hip and its sentences say "hardware not checked"
+(a prosthetic head that is white in the display is still refused, `max_saturated`, but
+screws in a native head are not recognised). A `runs_on` written in the config is never
+optional unless it says so.
 """
 
 from __future__ import annotations
@@ -69,18 +71,18 @@ _P = FindingClass.private
 
 ONFH = Vocabulary((
     _P("onfh_0_1", "No definite femoral head osteonecrosis", "ON001",
-       "No definite radiographic sign of femoral head osteonecrosis (stage 0-1)",
+       "No definite femoral head osteonecrosis, stage 0-1",
        negative=True),
     _P("onfh_0", "No femoral head osteonecrosis", "ON000",
-       "No radiographic sign of femoral head osteonecrosis (stage 0)", negative=True),
+       "No femoral head osteonecrosis, stage 0", negative=True),
     _P("onfh_1", "Femoral head osteonecrosis", "ON010",
-       "Femoral head osteonecrosis, estimated radiographic stage 1"),
+       "Femoral head osteonecrosis, estimated stage 1"),
     _P("onfh_2", "Femoral head osteonecrosis", "ON020",
-       "Femoral head osteonecrosis, estimated radiographic stage 2"),
+       "Femoral head osteonecrosis, estimated stage 2"),
     _P("onfh_3", "Femoral head osteonecrosis", "ON030",
-       "Femoral head osteonecrosis, estimated radiographic stage 3"),
+       "Femoral head osteonecrosis, estimated stage 3"),
     _P("onfh_4", "Femoral head osteonecrosis", "ON040",
-       "Femoral head osteonecrosis, estimated radiographic stage 4"),
+       "Femoral head osteonecrosis, estimated stage 4"),
 ))
 """Stage bands (docs/synthetic-data.md: `onfh_grade` 0-4). A model card lists the bands it
 estimates: ``onfh_0_1`` replaces ``onfh_0`` and ``onfh_1`` when the validation set did not
@@ -108,11 +110,11 @@ class OnfhOptions(PipelineOptions):
     min_confidence: float | None = Field(None, ge=0, le=1)
     """Below this stage probability a finding is indeterminate (None: the card's
     ``abstention.min_confidence``, else never)."""
-    metal_fraction: float = Field(0.03, ge=0, le=1)
-    """A head whose mask has more than this share of metal-bright pixels is not assessed
-    (screws or a blade in the head, or a prosthetic head when no hardware pipeline ran)."""
-    metal_level: float = Field(0.98, gt=0, le=1)
-    """Display brightness (0-1) at and above which a pixel counts as metal."""
+    max_saturated: float | None = Field(0.5, ge=0, le=1)
+    """A head with more than this share of its pixels white in the display is not assessed
+    (a prosthetic head when no hardware pipeline ran, or a window that clips bone); null:
+    never. Display brightness cannot tell metal from clipped bone, so this is no
+    substitute for the hardware cascade."""
 
     @field_validator("models")
     @classmethod
@@ -194,8 +196,7 @@ class OnfhKind(PipelineKind):
 
         standard = image_left_is_patient_right(study.images[uid].dataset)
         return self.model.assess(crop.pixels, lateral_on_image_right(crop.laterality, standard),
-                                 metal_level=self.options.metal_level,
-                                 max_metal_fraction=self.options.metal_fraction)
+                                 self.options.max_saturated)
 
     def _finding(self, side: Laterality, crops: list[tuple[str, HipCrop]],
                  study: StudyInput) -> Finding:

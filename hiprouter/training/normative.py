@@ -37,6 +37,7 @@ from hiprouter.inference.onfh import (
     DEFAULT_PARAMETERS,
     LABEL_SET,
     ONFH_TASK,
+    SATURATED_FRACTION,
     SEGMENTATION_TASK,
     HeadSegmenter,
     NormativeModel,
@@ -50,6 +51,7 @@ from hiprouter.inference.onfh import (
     load_state,
     mahalanobis,
     round_weights,
+    saturated_fraction,
     save_onfh_model,
 )
 from hiprouter.training.onfh_data import (
@@ -77,7 +79,7 @@ class NormativeConfig:
     """Patch side / head diameter."""
     patch_offset: float = 0.25
     """Patch centre above the head's centroid / head diameter (towards the dome)."""
-    patch_highpass: float = 0.1
+    patch_highpass: float = 0.05
     """Gaussian high-pass of the intensities, sigma / head diameter (0: none)."""
     latent_dim: int = 16
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
@@ -169,7 +171,12 @@ def head_patches(segmenter: HeadSegmenter, seg_sha: str, rows: Sequence[HeadRow]
     for rec in segmented_heads(segmenter, seg_sha, rows, data_dir, cache_dir,
                                cfg.decode_workers, log):
         rec = dict(rec)
-        if "image" in rec:
+        if "image" in rec and saturated_fraction(rec["image"].astype(np.float32),
+                                                 rec["prob"].astype(np.float32)
+                                                 ) > SATURATED_FRACTION:
+            rec.pop("image"), rec.pop("prob")
+            rec["not_assessed"] = "femoral head white in the display"
+        elif "image" in rec:
             patch = head_patch(rec.pop("image").astype(np.float32),
                                rec.pop("prob").astype(np.float32), cfg.patch_size,
                                cfg.patch_scale, bool(rec["mirror"]), cfg.patch_offset,
@@ -490,6 +497,8 @@ def train_normative(data_dir: Path, labels_csv: Path, out_dir: Path, seg_dir: Pa
                 d = float(test_d[i])
                 out.update({"distance": d, "percentile": normative.percentile(d),
                             "band": staging.band(d), "band_key": classes[staging.band(d)]})
+            elif "not_assessed" in rec:
+                out["not_assessed"] = rec["not_assessed"]
             elif not rec.get("found", False):
                 out["found"] = False
                 out["not_assessed"] = "no femoral head found"

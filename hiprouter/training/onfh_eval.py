@@ -57,13 +57,16 @@ def assess_heads(model: OnfhModel, rows: Sequence[HeadRow], data_dir: Path,
             out.append(rec)
             continue
         assert isinstance(head, HeadImage)
-        result = model.assess(head.crop, lateral_on_image_right(row.laterality,
-                                                                head.standard_display))
+        seg = model.segmenter.segment(head.crop)
+        rec["dice"] = dice(seg.crop_mask(head.crop.shape) if seg is not None
+                           else np.zeros_like(head.mask), head.mask)
+        if seg is None:
+            rec["found"] = False
+        result = model.assess_segmentation(seg, lateral_on_image_right(row.laterality,
+                                                                       head.standard_display))
         if isinstance(result, str):
             rec["not_assessed"] = result
-            rec["dice"] = dice(np.zeros_like(head.mask), head.mask)
         else:
-            rec["dice"] = dice(result.segmentation.crop_mask(head.crop.shape), head.mask)
             rec["distance"] = result.distance
             rec["percentile"] = result.percentile
             rec["band"] = result.band

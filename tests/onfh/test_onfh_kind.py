@@ -182,6 +182,10 @@ def test_vocabulary_and_options() -> None:
     assert ONFH.keys == ["onfh_0_1", "onfh_0", "onfh_1", "onfh_2", "onfh_3", "onfh_4"]
     assert ONFH.is_negative("onfh_0_1") and not ONFH.is_negative("onfh_3")
     assert all(fc.triage is None for fc in ONFH)
+    from hiprouter.pipelines.onfh import DISTANCE, PERCENTILE
+
+    for code in [fc.code for fc in ONFH] + [DISTANCE, PERCENTILE]:
+        assert len(code.meaning) <= 64, code  # DICOM LO
     with pytest.raises(ValueError):
         OnfhOptions.model_validate({"models": ["a", "b"]})
     with pytest.raises(ValueError):
