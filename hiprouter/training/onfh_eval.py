@@ -267,9 +267,9 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
         lines.append(f"| {name.replace('_', ' ')} | {a['n'][0]}, {a['n'][1]} | {a['auc']}"
                      + (f" [{ci[0]}, {ci[1]}]" if ci else "") + " |")
     st = metrics["stage"]
-    lines += ["", "## Stage bands", "", f"bands: {', '.join(st['bands'])}; heads {st['n']}"]
+    lines += ["", "## Stage bands", "", f"- bands: {', '.join(st['bands'])}; heads {st['n']}"]
     if "accuracy" in st:
-        lines += [f"; accuracy {st['accuracy']}, balanced accuracy {st['balanced_accuracy']}, "
+        lines += [f"- accuracy {st['accuracy']}, balanced accuracy {st['balanced_accuracy']}, "
                   f"within one band {st['within_one_band']}, linearly weighted kappa "
                   f"{st['linear_weighted_kappa']}", "",
                   "Confusion matrix (rows: truth, columns: estimate):", "",
