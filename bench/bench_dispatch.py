@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import func, select  # noqa: E402
 
+from bench.benchwait import wait_for  # noqa: E402
 from hiprouter import db  # noqa: E402
 from hiprouter.config import Settings  # noqa: E402
 from hiprouter.router.flow import queue  # noqa: E402
@@ -65,13 +66,13 @@ def bench_dispatch(root: Path, files: list[Path], concurrency: int) -> None:
     start = time.perf_counter()
     dispatcher.start()
     try:
-        while True:
+        def all_sent() -> bool:
             with factory() as s:
-                sent = s.scalar(select(func.count()).select_from(Send)
-                                .where(Send.state == "sent"))
-            if sent == len(files):
-                break
-            time.sleep(0.02)
+                return s.scalar(select(func.count()).select_from(Send)
+                                .where(Send.state == "sent")) == len(files)
+
+        wait_for(all_sent, 600, f"{len(files)} sends to storescp to be acknowledged",
+                 interval_s=0.02)
         elapsed = time.perf_counter() - start
     finally:
         stop.set()

@@ -29,6 +29,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.benchwait import run as run_limited  # noqa: E402
+from bench.benchwait import wait_for  # noqa: E402
 from hiprouter.demo import SR_CLASS, LocalPACS, free_port  # noqa: E402
 from hiprouter.synth.study import make_study  # noqa: E402
 
@@ -87,39 +89,48 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "wb")  # noqa: SIM115
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.Popen([sys.executable, "-c", "from hiprouter.cli import main; main()",
                              "--config", str(cfg), "serve"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=work)
+                            stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                            env={**os.environ, "PYTHONPATH": path})  # this checkout's code
     env = {**os.environ, "TCP_NODELAY": "1"}
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["echoscu", "-aec", "HIPROUTER", "127.0.0.1", str(port)],
-                             env=env, capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError((work / "serve.log").read_text()[-3000:])
-            time.sleep(0.3)
+        def serve_alive() -> str | None:
+            if proc.poll() is None:
+                return None
+            return (f"hiprouter serve exited ({proc.returncode}): "
+                    + (work / "serve.log").read_text()[-3000:])
+
+        def echo_ok() -> bool:
+            return run_limited(["echoscu", "-aec", "HIPROUTER", "127.0.0.1", str(port)], 30,
+                       "a C-ECHO answer", env=env, capture_output=True).returncode == 0
+
+        wait_for(echo_ok, 60, "hiprouter serve to answer C-ECHO", 0.3, serve_alive)
         # Warm-up: the first job loads the model; that study is not counted.
-        subprocess.run(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
-                        *map(str, warmup)], env=env, check=True, capture_output=True)
-        while warmup[0].parent.name not in pacs.sr_at:
-            if time.monotonic() > deadline + 600 or proc.poll() is not None:
-                raise RuntimeError((work / "serve.log").read_text()[-3000:])
-            time.sleep(0.2)
+        run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                     *map(str, warmup)],
+            300, "the warm-up study to be stored", env=env, check=True, capture_output=True)
+        wait_for(lambda: warmup[0].parent.name in pacs.sr_at, 600,
+                 "the warm-up study's SR at the PACS (model loading)", 0.2, serve_alive)
         acked: dict[str, float] = {}
         started = time.monotonic()
         for files in tqdm(studies, desc=f"{label}: sending", unit="study"):
-            subprocess.run(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
-                            *map(str, files)], env=env, check=True, capture_output=True)
+            run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                         *map(str, files)],
+                300, "a study to be stored", env=env, check=True, capture_output=True)
             acked[files[0].parent.name] = time.monotonic()
         with tqdm(total=len(studies), desc=f"{label}: waiting for SRs", unit="study") as bar:
-            done = 0
-            while done < len(studies):
-                if time.monotonic() - started > 1800:
-                    raise TimeoutError("SRs did not all arrive within 30 minutes")
+            done = [0]
+
+            def all_srs() -> bool:
                 now_done = sum(1 for uid in acked if uid in pacs.sr_at)
-                bar.update(now_done - done)
-                done = now_done
-                time.sleep(0.2)
+                bar.update(now_done - done[0])
+                done[0] = now_done
+                return now_done == len(studies)
+
+            wait_for(all_srs, 1800, f"the SRs of {len(studies)} studies at the PACS", 0.2,
+                     serve_alive)
         total = max(pacs.sr_at.values()) - started
         lat = np.array([pacs.sr_at[uid] - acked[uid] for uid in acked])
     finally:

@@ -28,6 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.benchwait import communicate, wait_for  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.router.conftest import make_cr_files  # noqa: E402
 
@@ -37,14 +38,14 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 def wait_port(port: int, timeout: float = 60.0) -> None:
     import socket
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+            return False
+
+    wait_for(listening, timeout, f"a server to listen on port {port}", 0.05)
 
 
 def send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
@@ -56,7 +57,7 @@ def send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for i in range(senders)
     ]
-    errors = [p.communicate()[1] for p in procs]
+    errors = [communicate(p, 1800, f"storescu to send {len(files)} files")[1] for p in procs]
     elapsed = time.perf_counter() - start
     for proc, err in zip(procs, errors, strict=True):
         if proc.returncode != 0:
@@ -88,9 +89,11 @@ def start_hiprouter(work: Path, args: argparse.Namespace) -> tuple[subprocess.Po
         "logging": {"level": "WARNING", "json_logs": True},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "hiprouter"), "--config", str(root / "config.yaml"),
-         "serve"], stdout=subprocess.DEVNULL, stderr=open(root / "log", "wb"),
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(  # this checkout's code, whatever hiprouter is installed
+        [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
+         str(root / "config.yaml"), "serve"], stdout=subprocess.DEVNULL,
+        stderr=open(root / "log", "wb"), env={**os.environ, "PYTHONPATH": path},
     )
     wait_port(port)
     return proc, port

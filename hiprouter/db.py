@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from hiprouter import fileperms
 from hiprouter.resources import alembic_dir
 
 
@@ -37,14 +39,45 @@ def redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys."""
+def prepare_sqlite_file(url: str) -> None:
+    """Create a SQLite database's folder and file with the service's modes before SQLite
+    does (it would follow the umask), and put the modes of an existing file and its
+    -wal/-shm right (SQLite gives those the database file's mode)."""
+    if not url.startswith("sqlite"):
+        return
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    db_file = Path(path)
+    fileperms.make_dirs(db_file.parent)
+    try:
+        os.close(os.open(db_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, fileperms.file_mode()))
+    except FileExistsError:
+        pass
+    for file in (db_file, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        try:
+            fileperms.secure(file)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # not ours (a read-only `status` of another user's file)
+            continue
+
+
+def make_engine(url: str, wait_s: float | None = None) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
+
+    `wait_s` bounds how long a statement waits for a lock held by another process (SQLite
+    busy timeout, PostgreSQL lock_timeout) and for the connection; default: 30 s on SQLite,
+    no lock timeout on PostgreSQL (whose connection attempt gives up after 10 s).
+    """
+    busy_ms = int((wait_s if wait_s is not None else 30.0) * 1000)
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fileperms.make_dirs(Path(path).parent)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_pre_ping=True
+            url, connect_args={"timeout": busy_ms / 1000, "check_same_thread": False},
+            pool_pre_ping=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -56,7 +89,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -65,7 +98,13 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = max(1, int(wait_s)) if wait_s is not None else 10
+        if wait_s is not None:
+            connect_args["options"] = f"-c lock_timeout={busy_ms}"
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args=connect_args)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -103,10 +142,7 @@ def upgrade(url: str, revision: str = "heads") -> None:
     """Run alembic migrations up to `revision` (all heads by default)."""
     from alembic import command
 
-    if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    prepare_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)
 
 

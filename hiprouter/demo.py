@@ -109,21 +109,29 @@ def demo_settings(base: Settings, workdir: Path, pacs: LocalPACS, port: int) -> 
     return s
 
 
-def send_study(study: SynthStudy, port: int, called: str) -> None:
-    """C-STORE every image of a study in one association (as a modality would)."""
+def send_study(study: SynthStudy, port: int, called: str, timeout_s: float = 60.0) -> None:
+    """C-STORE every image of a study in one association (as a modality would); each
+    network step waits at most `timeout_s`."""
     ae = AE(ae_title="DEMOMODALITY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
     for ds in (img.dataset for img in study.images):
         ctx = build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
         if all(c.abstract_syntax != ctx.abstract_syntax for c in ae.requested_contexts):
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
-        raise RuntimeError("the router refused the demo association")
+        why = "rejected" if assoc.is_rejected else "no answer"
+        raise RuntimeError(f"the router did not accept the demo association within "
+                           f"{timeout_s:.0f} s ({why})")
     try:
         for img in study.images:
             status = assoc.send_c_store(img.dataset)
-            if status is None or status.Status != 0x0000:
-                raise RuntimeError(f"C-STORE failed: {status}")
+            if status is None or "Status" not in status:
+                raise RuntimeError(f"no C-STORE response from the router within "
+                                   f"{timeout_s:.0f} s")
+            if status.Status != 0x0000:
+                raise RuntimeError(f"the router answered C-STORE with 0x{status.Status:04X}")
     finally:
         assoc.release()
 
@@ -168,12 +176,13 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     """Run the demo; returns 0 when every study's results reached the PACS."""
     if not verbose:  # the router's own log lines would drown the demo's output
         logs.configure("WARNING", base.logging.json_logs)
-    from hiprouter.service import build_node
+    from hiprouter.service import build_node, private_files
+
+    private_files(base)
 
     # Every run starts from fresh state (its own database, spool and PACS folder), so a
     # second run in the same folder does the whole flow again instead of finding duplicates.
-    workdir = workdir.resolve() / time.strftime("run-%Y%m%d-%H%M%S")
-    workdir.mkdir(parents=True, exist_ok=False)
+    workdir = fresh_run_folder(workdir)
     console.print(f"[bold]hiprouter demo[/] in {workdir}")
     made = [make_study(seed, i, **DEMO_CASES[i % len(DEMO_CASES)]) for i in range(studies)]
     console.print(f"made {len(made)} synthetic studies "
@@ -185,32 +194,87 @@ def run_demo(base: Settings, workdir: Path, studies: int, seed: int, timeout_s: 
     node.start()
     console.print(f"router {settings.node.ae_title}@127.0.0.1:{settings.node.port} -> "
                   f"PACS {pacs.ae_title}@127.0.0.1:{pacs.port} ({pacs.folder})")
+    pending = {s.study_uid for s in made}
+    waiting: list[str] = []
     try:
         started = time.monotonic()
         for study in made:
-            send_study(study, settings.node.port, settings.node.ae_title)
+            send_study(study, settings.node.port, settings.node.ae_title,
+                       max(5.0, timeout_s - (time.monotonic() - started)))
         console.print("studies sent; waiting for the results at the PACS (study completes "
-                      f"after {settings.studies.complete_after_s:.0f} s idle, then inference)")
-        pending = {s.study_uid for s in made}
+                      f"after {settings.studies.complete_after_s:.0f} s idle, then inference; "
+                      f"at most {timeout_s:.0f} s in all)")
         while pending and time.monotonic() - started < timeout_s:
             for uid in list(pending):
-                kinds = {KIND.get(str(dcmread(p, stop_before_pixels=True).SOPClassUID))
-                         for p in pacs.files(uid)}
-                if "KOS" in kinds:
+                if "KOS" in _kinds_at(pacs, uid):
                     pending.discard(uid)
             time.sleep(0.5)
         elapsed = time.monotonic() - started
+        if pending:
+            waiting = _what_is_missing(node, pacs, sorted(pending))
     finally:
         node.stop()
         pacs.stop()
     _print_results(made, pacs, console)
     if pending:
-        console.print(f"[red]{len(pending)} studies without results after {timeout_s:.0f} s; "
-                      f"see `hiprouter --config ... status` and {workdir}[/]")
+        console.print(f"[red]gave up after {timeout_s:g} s (--timeout) waiting for the "
+                      f"results of {len(pending)} of {len(made)} studies at the local PACS:[/]")
+        for line in waiting:
+            console.print(f"[red]  {line}[/]")
+        console.print(f"[red]router database and files: {workdir}[/]")
         return 1
     console.print(f"all results at the PACS after {elapsed:.1f} s. Database: "
                   f"{settings.database.url}")
     return 0
+
+
+def fresh_run_folder(workdir: Path) -> Path:
+    """A new folder `run-<date>-<time>` (with -2, -3, ... when that exists) under `workdir`."""
+    base = workdir.resolve() / time.strftime("run-%Y%m%d-%H%M%S")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder under {workdir}")
+
+
+def _kinds_at(pacs: LocalPACS, study_uid: str) -> set[str | None]:
+    return {KIND.get(str(dcmread(p, stop_before_pixels=True).SOPClassUID))
+            for p in pacs.files(study_uid)}
+
+
+def _what_is_missing(node: Any, pacs: LocalPACS, study_uids: list[str]) -> list[str]:
+    """Per study still waited for: what reached the PACS, and where the router is with it."""
+    from sqlalchemy import func, select
+
+    from hiprouter.schema import Job, Send, Study
+
+    lines = []
+    with node.factory() as session:
+        for uid in study_uids:
+            arrived = sorted(k for k in _kinds_at(pacs, uid) if k)
+            study = session.scalars(select(Study).where(Study.study_uid == uid)).first()
+            jobs = dict(session.execute(select(Job.state, func.count()).where(
+                Job.study_uid == uid).group_by(Job.state)).all())
+            sends = dict(session.execute(select(Send.state, func.count()).where(
+                Send.study_uid == uid).group_by(Send.state)).all())
+            errors = [e for e in session.scalars(select(Job.last_error).where(
+                Job.study_uid == uid, Job.last_error.is_not(None)))][:1]
+            state = study.state if study is not None else "not received"
+            lines.append(
+                f"study ...{uid[-16:]}: the triage KOS (the last result); at the PACS: "
+                f"{', '.join(arrived) or 'nothing'}; router: study {state}, jobs "
+                f"{_counts(jobs)}, sends {_counts(sends)}"
+                + (f"; last job error: {errors[0][:200]}" if errors else ""))
+    return lines
+
+
+def _counts(by_state: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none"
 
 
 def _print_results(made: list[SynthStudy], pacs: LocalPACS, console: Console) -> None:

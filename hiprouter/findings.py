@@ -222,6 +222,8 @@ class Finding:
     qualifiers: dict[str, str] = field(default_factory=dict)
     """Short facts the report states, e.g. ``{"views": "AP only"}``."""
     latency_ms: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+    """Numbers recorded for monitoring, never reported, e.g. ``{"ood_score": 1.3}``."""
 
     @property
     def status(self) -> Status:
@@ -247,6 +249,10 @@ class PipelineResult:
     triage_thresholds: dict[str, float] = field(default_factory=dict)
     """Class key -> calibrated probability at which the class triggers its triage level
     (from the model card); classes without one use 0.5 unless a rule says otherwise."""
+    mode: str = "active"
+    """active: reported; shadow: recorded in the database only, nothing of it is sent."""
+    model_id: int | None = None
+    """The model registry entry that produced it (None: configured or bundled models)."""
 
 
 @dataclass
@@ -258,6 +264,10 @@ class StudyFindings:
 
     def findings(self) -> list[Finding]:
         return [f for r in self.results for f in r.findings]
+
+    def reported(self) -> StudyFindings:
+        """Only the results that go into the report (shadow results are left out)."""
+        return StudyFindings(self.study_uid, [r for r in self.results if r.mode == "active"])
 
     def result(self, pipeline: str) -> PipelineResult:
         for r in self.results:

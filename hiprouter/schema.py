@@ -93,6 +93,11 @@ class Instance(Base):
     # stored | quarantined
     state: Mapped[str] = mapped_column(String(16), default="stored")
     quarantine_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # clinical: routed to inference; dataset: retrieved for a training data set (called AE
+    # dataset.ae_title, or C-GET by `dataset pull`); report: a final report (text SR) for
+    # feedback. Only clinical instances count for a study and are routed (migration 0006).
+    purpose: Mapped[str] = mapped_column(String(16), default="clinical",
+                                         server_default="clinical")
 
 
 class Job(Base):
@@ -148,7 +153,7 @@ class Send(Base):
     sop_class_uid: Mapped[str] = mapped_column(UID)
     destination: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
-    # pending | running | failed (waiting to retry) | sent | dead
+    # pending | running | failed (waiting to retry) | committing | sent | dead
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -160,6 +165,13 @@ class Send(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # storage commitment (migration 0007): state `committing` waits for the peer's
+    # N-EVENT-REPORT on the Transaction UID of its N-ACTION
+    commit_uid: Mapped[str | None] = mapped_column(UID, nullable=True, index=True)
+    commit_requested_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True)
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
 
 
 class SendAttempt(Base):
@@ -213,6 +225,10 @@ class FindingRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # active: reported; shadow: recorded only, nothing of it is sent (migration 0006)
+    mode: Mapped[str] = mapped_column(String(8), default="active", server_default="active")
+    # the model registry entry the finding came from (None: a model folder from config)
+    model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Output(Base):
@@ -255,3 +271,116 @@ class AuditEvent(Base):
     # {"study_uid": ..., "sop_instance_uids": [...], "sop_class_uid": ...}
     objects: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     source_id: Mapped[str] = mapped_column(String(64))
+
+
+class ModelVersion(Base):
+    """A registered model version (`hiprouter models register`), its files under
+    storage.models_dir and its stage: registered | shadow | active | retired."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    device_uid: Mapped[str] = mapped_column(UID)
+    card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The card as registered (site evaluation figures included)."""
+    baseline: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """What production is compared with: class distribution, confidence, OOD rate."""
+    stage: Mapped[str] = mapped_column(String(16), default="registered")
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stage_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+
+
+class ModelStageEvent(Base):
+    """Every stage change of a registered model (the history `models rollback` reads)."""
+
+    __tablename__ = "model_stage_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"),
+                                          index=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    from_stage: Mapped[str] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetItem(Base):
+    """One study or series a `dataset pull` found, and how far it got (resumable)."""
+
+    __tablename__ = "dataset_items"
+    __table_args__ = (UniqueConstraint("dataset", "study_uid", "series_uid",
+                                       name="uq_dataset_items"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(128), index=True)
+    """The data set's name (its output folder's name)."""
+    study_uid: Mapped[str] = mapped_column(UID)
+    series_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    # found | retrieved | exported | excluded | failed
+    state: Mapped[str] = mapped_column(String(16), default="found")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReportLabel(Base):
+    """A per-hip label one final report gives for one pipeline kind's classes.
+
+    Only the label, the rules that fired and a hash of the text are kept, never the text.
+    """
+
+    __tablename__ = "report_labels"
+    __table_args__ = (UniqueConstraint("study_uid", "source_ref", "kind", "laterality",
+                                       name="uq_report_labels"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    source: Mapped[str] = mapped_column(String(8))  # sr | csv
+    source_ref: Mapped[str] = mapped_column(String(64))
+    """SOP Instance UID of the SR, or a keyed hash of the RIS row."""
+    report_sha256: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(64))
+    laterality: Mapped[str] = mapped_column(String(1))  # R | L
+    # labelled | unlabelled | contradictory
+    status: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    evidence: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Ids of the rules that fired (class/language/pattern number, negated or not)."""
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                         nullable=True)
+    extracted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MonitorCheck(Base):
+    """One drift or agreement figure of a pipeline for one week, and whether it alerts."""
+
+    __tablename__ = "monitor_checks"
+    __table_args__ = (UniqueConstraint("pipeline", "mode", "model_version", "week", "metric",
+                                       name="uq_monitor_checks"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(64), index=True)
+    mode: Mapped[str] = mapped_column(String(8))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    week: Mapped[str] = mapped_column(String(8))  # ISO week, 2026-W07
+    metric: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n: Mapped[int] = mapped_column(Integer, default=0)
+    alert: Mapped[bool] = mapped_column(Boolean, default=False)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

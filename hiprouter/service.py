@@ -10,6 +10,8 @@ database; only this module wires them together.
 
 A Node takes more with small additions: `on_complete`, callables appended to
 `Node.start_hooks` / `Node.stop_hooks`, or `Node.add_interval_job` before `start()`.
+`attach_integrations` adds the SCP's metrics, storage commitment reports on the SCP and,
+when `web.enabled`, the HTTP server with /metrics and the status page (hiprouter/web/).
 """
 
 from __future__ import annotations
@@ -26,18 +28,26 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import __version__, audit
+from hiprouter import __version__, audit, fileperms, posture
 from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Settings
+from hiprouter.config import ConfigError, Destination, Settings
+from hiprouter.inference import pixels
+from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
 from hiprouter.router.flow import queue
-from hiprouter.router.flow.dispatch import Dispatcher
+from hiprouter.router.flow.dispatch import Dispatcher, report_handler
 from hiprouter.router.flow.retention import sweep_retention
 from hiprouter.router.flow.routing import route_study
 from hiprouter.router.flow.studies import CompletionCallback, sweep_complete_studies
 from hiprouter.router.flow.worker import JobWorker
-from hiprouter.router.net.receive import StorageSCP, record_unrecorded_files
+from hiprouter.router.net import commitment as net_commitment
+from hiprouter.router.net import observe as net_observe
+from hiprouter.router.net.receive import (
+    REFUSAL_WINDOW_S,
+    StorageSCP,
+    record_unrecorded_files,
+)
 from hiprouter.router.net.spool import Spool
 from hiprouter.schema import Study
 
@@ -65,6 +75,7 @@ class Node:
         self._hooks_started = False
         self.add_interval_job(self.sweep_studies, settings.studies.sweep_interval_s,
                               "study-completion")
+        self.add_interval_job(self.scp.flush_refusals, REFUSAL_WINDOW_S, "refusal-summary")
 
     def add_interval_job(self, func: Callable[[], Any], every_s: float, job_id: str) -> None:
         """Run `func` every `every_s` seconds in the scheduler (never two at once)."""
@@ -84,6 +95,8 @@ class Node:
     def start(self) -> None:
         """Prepare the spool, start the scheduler, the SCP and the start hooks."""
         self.spool.prepare()
+        fileperms.make_dirs(self.settings.storage.output_dir)
+        fileperms.tighten(self.settings.storage.output_dir)
         removed = self.spool.remove_stale_temporaries(older_than_s=0)  # no writer runs yet
         if removed:
             log.warning("removed temporary files left by a crash", count=removed)
@@ -126,6 +139,14 @@ class Node:
             log.error("cannot record application activity", error=str(exc))
 
 
+def configure_decoding(settings: Settings) -> None:
+    """Bounds on pixel decoding (`decode.*`) for this process's workers and dispatcher."""
+    d = settings.decode
+    pixels.configure(pixels.DecodeLimits(max_decoded_mb=d.max_decoded_mb,
+                                         memory_limit_mb=d.memory_limit_mb,
+                                         timeout_s=d.timeout_s, sandbox=d.sandbox))
+
+
 def _check_report_templates(settings: Settings) -> None:
     """Fail at start-up, not on the first job, when a site's SR templates are broken."""
     from hiprouter.report.text import TemplateError, check_templates
@@ -143,9 +164,10 @@ class Workers:
                  dispatch: bool = True) -> None:
         validate_pipelines(settings)
         _check_report_templates(settings)
+        configure_decoding(settings)
         self.factory = factory
         self.stop_event = threading.Event()
-        pipelines = PipelineSet(settings)
+        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
         self.threads: list[threading.Thread] = [
             JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
         ]
@@ -167,6 +189,7 @@ class Workers:
             t.join(timeout_s)
         if self.dispatcher is not None:
             self.dispatcher.join(timeout_s)
+        pixels.shutdown()
         log.info("workers stopped")
 
 
@@ -193,15 +216,76 @@ def attach_workers(node: Node) -> None:
             log.error("retention sweep failed", error=str(exc))
 
     node.add_interval_job(retention, settings.storage.retention_check_s, "retention")
+    if settings.monitoring.enabled:
+        node.add_interval_job(lambda: run_monitoring(node.factory, settings),
+                              settings.monitoring.interval_s, "monitoring")
+
+
+def run_monitoring(factory: sessionmaker[Session], settings: Settings) -> list[Any]:
+    """Labels from newly received final reports, then the weekly agreement and drift
+    figures of every pipeline; alerts go to the log, `status` and the metrics (when the
+    metrics module is there)."""
+    from hiprouter.lifecycle import monitor  # only when monitoring runs: lean worker start
+
+    try:
+        monitor.extract_received_reports(factory, settings)
+        checks = monitor.run_checks(factory, settings)
+    except Exception as exc:
+        log.error("monitoring failed", error=str(exc))
+        return []
+    for check in checks:
+        if check.alert:
+            log.warning("drift alert", pipeline=check.pipeline, mode=check.mode,
+                        model=f"{check.model_name} {check.model_version}", week=check.week,
+                        metric=check.metric, value=check.value, threshold=check.threshold,
+                        n=check.n)
+    _export_gauges(checks)
+    return checks
+
+
+def _export_gauges(checks: list[Any]) -> None:
+    """Set the monitoring gauges when the metrics module exists (the integrations work)."""
+    try:
+        from hiprouter import metrics  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    setter = getattr(metrics, "set_monitor_check", None)
+    if setter is None:
+        return
+    for check in checks:
+        try:
+            setter(pipeline=check.pipeline, mode=check.mode, metric=check.metric,
+                   value=check.value, alert=check.alert)
+        except Exception as exc:  # never let monitoring export stop the node
+            log.warning("cannot export monitoring gauge", error=str(exc))
+
+
+def attach_integrations(node: Node) -> None:
+    """Metrics of the SCP, storage commitment reports on the SCP (when a destination asks
+    for commitment) and the web server (`web.enabled`)."""
+    settings = node.settings
+    net_observe.instrument(node.scp)
+    if any(isinstance(d, Destination) and d.storage_commitment
+           for d in settings.destinations.values()):
+        net_commitment.accept_reports(node.scp, report_handler(node.factory, settings))
+    if settings.web.enabled:
+        from hiprouter.web.server import WebServer
+
+        web = WebServer(settings, node.factory)
+        node.start_hooks.append(lambda _node: web.start())
+        node.stop_hooks.append(lambda _node: web.stop())
+        node.web = web  # type: ignore[attr-defined]
 
 
 def build_node(settings: Settings) -> Node:
-    """The node `serve` runs: routing on study completion, workers, dispatcher, retention.
+    """The node `serve` runs: routing on study completion, workers, dispatcher, retention,
+    metrics, storage commitment and the web server.
 
     Raises ConfigError when a pipeline kind, plugin or SR template is not usable.
     """
     node = Node(settings, on_complete=routing_callback(settings))
     attach_workers(node)
+    attach_integrations(node)
     return node
 
 
@@ -221,9 +305,28 @@ def _stop_on_signal(stop: threading.Event, message: str) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def warn_insecure(settings: Settings, listening: bool = True) -> None:
+    """Log each gap of the hardening checklist (docs/security.md) at start-up (a process
+    that does not listen only the database's)."""
+    for gap in posture.warnings(settings):
+        if listening or not gap.key.startswith("node."):
+            log.warning("insecure configuration", key=gap.key, warning=gap.message)
+
+
+def private_files(settings: Settings) -> None:
+    """Files and folders this process creates from now on are the service's only
+    (`hiprouter.fileperms`), whatever umask it was started with."""
+    try:
+        fileperms.apply(settings.storage.group)
+    except fileperms.GroupError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def serve(settings: Settings) -> None:
     """`hiprouter serve`: upgrade the database, run the node until SIGTERM/SIGINT, then
     stop gracefully."""
+    private_files(settings)
+    warn_insecure(settings)
     dbmod.upgrade(settings.database.url)
     node = build_node(settings)
     stop = threading.Event()
@@ -241,17 +344,30 @@ def serve(settings: Settings) -> None:
             node.stop()
 
 
-def run_workers(settings: Settings, count: int, dispatch: bool = True) -> None:
-    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT."""
+def run_workers(settings: Settings, count: int, dispatch: bool = True,
+                metrics_port: int | None = None) -> None:
+    """`hiprouter worker`: run workers in this process until SIGTERM or SIGINT; with
+    `metrics_port`, this process's metrics at http://<web.host>:<metrics_port>/metrics."""
+    private_files(settings)
+    warn_insecure(settings, listening=False)
     engine = dbmod.make_engine(settings.database.url)
     factory = dbmod.session_factory(engine)
     workers = Workers(settings, factory, count, dispatch)
+    web = None
+    if metrics_port is not None:
+        from hiprouter.web.server import WebServer
+
+        web = WebServer(settings, factory, port=metrics_port, status_page=False)
     done = threading.Event()
     with _stop_on_signal(done, "signal received, stopping workers"):
         try:
             workers.start()
+            if web is not None:
+                web.start()
             log.info("worker process ready", pid=os.getpid())
             done.wait()
         finally:
+            if web is not None:
+                web.stop()
             workers.stop()
             engine.dispose()

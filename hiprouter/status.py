@@ -12,10 +12,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from hiprouter import __version__
+from hiprouter import __version__, posture
 from hiprouter import db as dbmod
 from hiprouter.config import Settings
-from hiprouter.schema import FindingRow, Instance, Job, Send, Study
+from hiprouter.lifecycle.monitor import latest_alerts
+from hiprouter.schema import FindingRow, Instance, Job, ModelVersion, Send, Study
 
 RECENT_FAILURES = 5
 
@@ -44,6 +45,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     finally:
         engine.dispose()
     return data
+
+
+def collect_from(session: Session, settings: Settings) -> dict[str, Any]:
+    """The same facts as `collect_status`, read with the caller's session (the web page)."""
+    return _collect(session, settings)
 
 
 def _check_schema(engine: Engine, url: str) -> None:
@@ -75,7 +81,8 @@ def _per_group(session: Session, group: Any, state: Any, next_run: Any) -> dict[
     oldest = session.execute(
         # failed = waiting for a retry (e.g. the PACS is down), running = being attempted
         # right now: all of it is unfinished work, so the backlog's age shows at any moment
-        select(group, func.min(next_run)).where(state.in_(("pending", "failed", "running")))
+        select(group, func.min(next_run)).where(
+            state.in_(("pending", "failed", "running", "committing")))
         .group_by(group)
     ).all()
     for name, when in oldest:
@@ -136,16 +143,56 @@ def _collect(session: Session, settings: Settings) -> dict[str, Any]:
             ],
         },
         "models": [{"name": n, "version": v} for n, v in models],
+        "registry": [
+            {"name": r.name, "version": r.version, "kind": r.kind, "stage": r.stage,
+             "device_uid": r.device_uid, "since": _iso(r.stage_changed_at)}
+            for r in session.scalars(select(ModelVersion).where(
+                ModelVersion.stage.in_(("shadow", "active"))).order_by(ModelVersion.name))],
+        "pipelines": {name: {"kind": cfg.kind, "mode": cfg.mode,
+                             "registered_model": cfg.registry_name(name)}
+                      for name, cfg in sorted(settings.pipelines.items())},
+        "monitoring": {"alerts": [
+            {"pipeline": c.pipeline, "mode": c.mode, "model": f"{c.model_name} {c.model_version}",
+             "week": c.week, "metric": c.metric, "value": c.value, "threshold": c.threshold,
+             "n": c.n} for c in latest_alerts(session)]},
         "destinations": {
-            name: {"ae_title": d.ae_title, "host": d.host, "port": d.port}
-            for name, d in sorted(settings.destinations.items())
+            name: describe_destination(d) for name, d in sorted(settings.destinations.items())
         },
+        "security_warnings": [{"key": w.key, "message": w.message}
+                              for w in posture.warnings(settings)],
     }
+
+
+def describe_destination(dest: Any) -> dict[str, Any]:
+    """Type and address of a destination (no credentials)."""
+    if dest.type == "dicomweb":
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(dest.url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        return {"type": "dicomweb", "url": urlunsplit(parts._replace(netloc=netloc)),
+                "address": urlunsplit(parts._replace(netloc=netloc))}
+    if dest.type == "hl7":
+        return {"type": "hl7", "host": dest.host, "port": dest.port,
+                "message_type": dest.message_type,
+                "address": f"MLLP {dest.host}:{dest.port} ({dest.message_type})"}
+    return {"type": "dicom", "ae_title": dest.ae_title, "host": dest.host, "port": dest.port,
+            "storage_commitment": dest.storage_commitment,
+            "address": f"{dest.ae_title}@{dest.host}:{dest.port}"
+                       + (" (storage commitment)" if dest.storage_commitment else "")}
 
 
 def render_status(data: dict[str, Any], console: Any) -> None:
     """Print the status as rich tables."""
+    for table in status_tables(data):
+        console.print(table)
+
+
+def status_tables(data: dict[str, Any]) -> list[Any]:
+    """The status as rich tables (printed by `render_status`, refreshed by `--watch`)."""
     from rich.table import Table
+
+    tables: list[Any] = []
 
     node = data["node"]
     head = Table(title=f"hiprouter {data['version']}", show_header=False)
@@ -158,7 +205,21 @@ def render_status(data: dict[str, Any], console: Any) -> None:
     head.add_row("duplicates", str(data["instances"]["duplicates"]))
     models = ", ".join(f"{m['name']} {m['version']}" for m in data["models"]) or "none yet"
     head.add_row("models seen", models)
-    console.print(head)
+    for r in data.get("registry", []):
+        head.add_row(f"{r['stage']} model", f"{r['name']} {r['version']} ({r['kind']})")
+    tables.append(head)
+
+    alerts = data.get("monitoring", {}).get("alerts", [])
+    if alerts:
+        table = Table(title="[red]monitoring alerts[/] (hiprouter monitor)")
+        for col in ("pipeline", "mode", "model", "week", "metric", "value", "limit", "n"):
+            table.add_column(col)
+        for a in alerts:
+            table.add_row(a["pipeline"], a["mode"], a["model"], a["week"], a["metric"],
+                          "n/a" if a["value"] is None else f"{a['value']:.3f}",
+                          "n/a" if a["threshold"] is None else f"{a['threshold']:.3f}",
+                          str(a["n"]))
+        tables.append(table)
 
     counts = Table(title="counts by state")
     counts.add_column("what")
@@ -168,22 +229,24 @@ def render_status(data: dict[str, Any], console: Any) -> None:
         states = data[what]["by_state"] or {"-": 0}
         for state, n in sorted(states.items()):
             counts.add_row(what, state, str(n))
-    console.print(counts)
+    tables.append(counts)
 
     for what, key, label in (("jobs", "by_pipeline", "pipeline"),
                              ("sends", "by_destination", "destination")):
         groups = data[what][key]
         if not groups:
             continue
+        states = ["pending", "running", "failed", "dead"]
+        if any("committing" in c for c in groups.values()):
+            states.insert(3, "committing")
         table = Table(title=f"{what} per {label}")
-        table.add_column(label)
-        for col in ("pending", "running", "failed", "dead", "oldest pending"):
+        table.add_column(label, overflow="fold")
+        for col in (*states, "oldest pending"):
             table.add_column(col, justify="right")
         for name, c in sorted(groups.items()):
-            table.add_row(name, *(str(c.get(s, 0)) for s in ("pending", "running", "failed",
-                                                            "dead")),
+            table.add_row(name, *(str(c.get(s, 0)) for s in states),
                           c.get("oldest_pending_next_run_at") or "-")
-        console.print(table)
+        tables.append(table)
 
     failures = [("job", f"{f['pipeline']} study {f['study_uid']}", f) for f in
                 data["jobs"]["recent_failures"]]
@@ -195,12 +258,22 @@ def render_status(data: dict[str, Any], console: Any) -> None:
             table.add_column(col)
         for kind, what, f in failures:
             table.add_row(kind, what, f["state"], str(f["attempts"]), f["last_error"] or "")
-        console.print(table)
+        tables.append(table)
+
+    if data.get("security_warnings"):
+        table = Table(title="security warnings (docs/security.md)", title_style="bold red")
+        table.add_column("key", style="red")
+        table.add_column("warning")
+        for w in data["security_warnings"]:
+            table.add_row(w["key"], w["message"])
+        tables.append(table)
 
     if data["destinations"]:
         table = Table(title="destinations")
-        for col in ("name", "AE title", "address"):
-            table.add_column(col)
+        for col in ("name", "type", "address"):
+            table.add_column(col, overflow="fold")
         for name, d in data["destinations"].items():
-            table.add_row(name, d["ae_title"], f"{d['host']}:{d['port']}")
-        console.print(table)
+            table.add_row(name, d.get("type", "dicom"), d.get("address") or
+                          f"{d.get('ae_title')}@{d.get('host')}:{d.get('port')}")
+        tables.append(table)
+    return tables

@@ -6,15 +6,22 @@ command module (`cli._register`). Pipeline kinds found through entry points or `
 do not. The layers, lowest first; a module may import modules of its own layer or of a
 lower one, never of a higher one:
 
-    foundation        hiprouter (package), config, schema, db, audit, logs, findings (the
-                      findings model), resources (shipped files), and router.flow.rules
+    foundation        hiprouter (package), config, schema, db, audit, logs, metrics (the
+                      Prometheus registry), findings (the findings model), resources
+                      (shipped files), fileperms (the modes of the files the server
+                      creates), posture (warnings about an insecure configuration), and
+                      router.flow.rules
                       (the rule grammar is part of the configuration model: config imports
                       `Rule`; rules imports nothing from hiprouter)
     models, reports   inference, report
     pipelines         pipelines (the contract, the registry, the runner, the kinds)
+    lifecycle         lifecycle (de-identification, labels from reports, the model
+                      registry, agreement and drift figures: used offline and by serve)
     offline tools     synth, training
     router            router.net (the DICOM network side), router.flow (the flow side)
-    service           service (the composition root), demo, status
+    service           service (the composition root), demo, status, pull (dataset pull:
+                      the PACS side and the export), web (metrics and status page over
+                      HTTP)
     commands          cli, commands
 
 Inside the router layer net and flow are independent, with two exceptions:
@@ -36,13 +43,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hiprouter"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("hiprouter", "hiprouter.config", "hiprouter.schema", "hiprouter.db",
-                    "hiprouter.audit", "hiprouter.logs", "hiprouter.findings",
-                    "hiprouter.resources", "hiprouter.router.flow.rules")),
+                    "hiprouter.audit", "hiprouter.logs", "hiprouter.metrics",
+                    "hiprouter.findings",
+                    "hiprouter.resources", "hiprouter.fileperms", "hiprouter.posture",
+                    "hiprouter.router.flow.rules")),
     ("models, reports", ("hiprouter.inference", "hiprouter.report")),
     ("pipelines", ("hiprouter.pipelines",)),
+    ("lifecycle", ("hiprouter.lifecycle",)),
     ("offline tools", ("hiprouter.synth", "hiprouter.training")),
     ("router", ("hiprouter.router", "hiprouter.router.net", "hiprouter.router.flow")),
-    ("service", ("hiprouter.service", "hiprouter.demo", "hiprouter.status")),
+    ("service", ("hiprouter.service", "hiprouter.demo", "hiprouter.status", "hiprouter.pull",
+                 "hiprouter.web")),
     ("commands", ("hiprouter.cli", "hiprouter.commands")),
 ]
 NET, FLOW = "hiprouter.router.net", "hiprouter.router.flow"

@@ -34,7 +34,7 @@ def test_upgrade_creates_schema_and_audit_roundtrip(backend: str, request) -> No
 def test_upgrade_is_idempotent(sqlite_url: str) -> None:
     db.upgrade(sqlite_url)
     db.upgrade(sqlite_url)
-    assert db.current_revision(db.make_engine(sqlite_url)) == "0004"
+    assert db.current_revision(db.make_engine(sqlite_url)) == "0007"
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -77,9 +77,39 @@ def test_findings_migration_keeps_inference_rows_and_downgrades(backend: str, re
 
 
 def test_write_transaction_serialises_on_sqlite(sqlite_url: str) -> None:
+    """Read-then-write in write transactions from many threads loses no update: each one
+    holds the write lock from its start (a plain BEGIN would read a stale count, or fail
+    with "database is locked" when upgrading to a write)."""
+    import threading
+
+    from hiprouter.schema import Study
+
     db.upgrade(sqlite_url)
-    factory = db.session_factory(db.make_engine(sqlite_url))
-    with db.write_transaction(factory) as s:
-        audit.record(s, audit.APPLICATION_ACTIVITY, "E", 0)
+    engine = db.make_engine(sqlite_url)
+    factory = db.session_factory(engine)
+    now = db.utcnow()
+    with factory() as s, s.begin():
+        s.add(Study(study_uid="1.2.3", state="receiving", first_received_at=now,
+                    last_received_at=now, instance_count=0))
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def bump() -> None:
+        try:
+            start.wait()
+            for _ in range(10):
+                with db.write_transaction(factory) as s:
+                    study = s.scalars(sa.select(Study)).one()
+                    study.instance_count = study.instance_count + 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
     with factory() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(AuditEvent)) == 1
+        assert s.scalars(sa.select(Study.instance_count)).one() == 80
+    engine.dispose()

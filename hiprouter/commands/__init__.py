@@ -3,7 +3,9 @@ take the shared `Context` with `@pass_ctx`."""
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Any
 
 import click
 
@@ -32,3 +34,14 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def console(**kwargs: Any) -> Any:
+    """A rich Console for command output. When stdout is not a terminal (a pipe, a file)
+    and COLUMNS is not set, tables get all the width they need instead of 80 columns, so
+    `hiprouter models list | cat` or `| grep` never sees a name cut to `hardwa…`."""
+    from rich.console import Console
+
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ and "width" not in kwargs:
+        kwargs["width"] = 100_000
+    return Console(**kwargs)

@@ -17,7 +17,7 @@ from hiprouter.commands import Context, pass_ctx
 @click.option("--studies", default=3, show_default=True, type=click.IntRange(1, 50))
 @click.option("--seed", default=2026, show_default=True)
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True,
-              help="Seconds to wait for all results.")
+              help="Seconds to wait for all results (then it says what is missing).")
 @click.option("--verbose", is_flag=True, help="Show the router's log lines too.")
 @pass_ctx
 def demo(ctx: Context, workdir: Path, studies: int, seed: int, timeout_s: float,
@@ -27,7 +27,12 @@ def demo(ctx: Context, workdir: Path, studies: int, seed: int, timeout_s: float,
 
     from hiprouter.demo import run_demo
 
-    sys.exit(run_demo(ctx.settings, workdir, studies, seed, timeout_s, Console(), verbose))
+    try:
+        code = run_demo(ctx.settings, workdir, studies, seed, timeout_s, Console(), verbose)
+    except RuntimeError as exc:  # a step that gave up says which and why
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
 
 
 def register(group: click.Group) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hiprouter.commands import Context, pass_ctx
+from hiprouter.commands import Context, console, pass_ctx
 
 
 def register(group: click.Group) -> None:
@@ -134,7 +134,6 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
                  device: str, runtime: str, label_column: str, n_boot: int,
                  record_as: str | None, dataset_name: str) -> None:
     """Evaluate MODEL_DIR on labelled DICOM files: metrics table, report.md/json, PNGs."""
-    from rich.console import Console
     from rich.table import Table
 
     from hiprouter.inference.models import ModelError
@@ -161,11 +160,11 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
             return "n/a"
         return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-    console = Console()
+    out = console()
     model = metrics["model"]
-    console.print(f"[bold]{model['name']} {model['version']}[/] "
+    out.print(f"[bold]{model['name']} {model['version']}[/] "
                   f"({model['architecture']}, {', '.join(model['runtime'])})")
-    console.print(f"hips {metrics['n']}  "
+    out.print(f"hips {metrics['n']}  "
                   f"accuracy {fmt(metrics['accuracy'], metrics['accuracy_ci95'])}"
                   f"  kappa {fmt(metrics['cohen_kappa'], metrics['cohen_kappa_ci95'])}"
                   f"  macro AUC {fmt(metrics['macro_auc'])}")
@@ -173,18 +172,18 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     for cls, m in metrics["per_class"].items():
         table.add_row(cls, str(m["support"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
                       f"{m['f1']:.3f}", fmt(m["auc"], m["auc_ci95"]))
-    console.print(table)
+    out.print(table)
     cm = Table("true \\ predicted", *[str(i) for i in range(len(metrics["classes"]))])
     for i, (cls, row) in enumerate(zip(metrics["classes"], metrics["confusion_matrix"],
                                        strict=True)):
         cm.add_row(f"{i} {cls}", *[str(v) for v in row])
-    console.print(cm)
+    out.print(cm)
     if metrics["refused"]:
-        console.print(f"[yellow]{len(metrics['refused'])} image(s) refused; see report.json[/]")
+        out.print(f"[yellow]{len(metrics['refused'])} image(s) refused; see report.json[/]")
     if model["synthetic_demo"]:
-        console.print("[yellow]synthetic-trained demo model: figures say nothing about "
+        out.print("[yellow]synthetic-trained demo model: figures say nothing about "
                       "clinical accuracy[/]")
-    console.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "
+    out.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "
                   f"{paths['confusion']}")
     if record_as:
         from hiprouter.inference.models import read_card, write_card
@@ -194,7 +193,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
         name = dataset_name or f"{data_dir.name} ({labels_csv.name})"
         card.evaluation = {**card.evaluation, record_as: card_figures(metrics, name)}
         write_card(model_dir, card)
-        console.print(f"recorded as evaluation.{record_as} in {model_dir}/card.yaml")
+        out.print(f"recorded as evaluation.{record_as} in {model_dir}/card.yaml")
 
 
 def _label_set(model_dir: Path) -> str:
@@ -218,7 +217,6 @@ def models_list(ctx: Context, as_json: bool) -> None:
     """Models in models/ and in the configured pipelines, with weight checks."""
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from hiprouter.inference.models import ModelError, installed_models, read_card, verify_weights
@@ -254,7 +252,7 @@ def models_list(ctx: Context, as_json: bool) -> None:
         table.add_row(r["name"], r["version"], r["architecture"], f"{r['input_size']} px",
                       r["device_uid"], "[green]yes[/]" if r["sha256_ok"] else "[red]NO[/]",
                       "[yellow]SYNTHETIC DEMO[/]" if r["synthetic_demo"] else "", r["dir"])
-    Console().print(table)
+    console().print(table)
 
 
 @models_group.command("kinds")
@@ -263,7 +261,6 @@ def models_kinds(as_json: bool) -> None:
     """Installed pipeline kinds (entry points `hiprouter.pipelines`), options and cascades."""
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from hiprouter.pipelines.registry import describe_kinds
@@ -276,4 +273,4 @@ def models_kinds(as_json: bool) -> None:
     for r in rows:
         table.add_row(r["kind"], r.get("description") or r.get("error", ""), r.get("runs_on", ""),
                       ", ".join(r.get("options", [])), r["source"])
-    Console().print(table)
+    console().print(table)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
-from hiprouter.commands import Context, pass_ctx
+from hiprouter.commands import Context, console, pass_ctx
 
 
 @click.command()
@@ -26,24 +27,67 @@ def serve(ctx: Context) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--watch", is_flag=True,
+              help="Refresh every --interval seconds until Ctrl-C (with --json: one JSON "
+                   "object per line).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.2),
+              help="Seconds between refreshes with --watch.")
 @pass_ctx
-def status(ctx: Context, as_json: bool) -> None:
+def status(ctx: Context, as_json: bool, watch: bool, interval: float) -> None:
     """Counts of instances, studies, jobs and sends; free disk; models seen."""
     from hiprouter.status import StatusError, collect_status, render_status
 
-    try:
-        data = collect_status(ctx.settings)
-    except StatusError as exc:
-        if as_json:
-            click.echo(json.dumps({"error": str(exc)}))
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    def collect() -> dict[str, Any]:
+        try:
+            return collect_status(ctx.settings)
+        except StatusError as exc:
+            if as_json:
+                click.echo(json.dumps({"error": str(exc)}))
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+    if watch:
+        _watch(collect, as_json, interval)
+        return
+    data = collect()
     if as_json:
         click.echo(json.dumps(data, sort_keys=True))
         return
-    from rich.console import Console
+    render_status(data, console())
 
-    render_status(data, Console())
+
+def _watch(collect: Any, as_json: bool, interval: float) -> None:
+    import time
+    from datetime import datetime
+
+    from rich.console import Group
+    from rich.live import Live
+
+    from hiprouter.status import status_tables
+
+    try:
+        if as_json:
+            while True:
+                click.echo(json.dumps(collect(), sort_keys=True), nl=True)
+                sys.stdout.flush()
+                time.sleep(interval)
+        out = console()
+
+        def view() -> Any:
+            stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+            return Group(*status_tables(collect()),
+                         f"[dim]{stamp}, every {interval:g} s; Ctrl-C to stop[/]")
+
+        if not out.is_terminal:  # a pipe or file: one snapshot after another
+            while True:
+                out.print(view())
+                time.sleep(interval)
+        with Live(view(), console=out, auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 @click.command()

@@ -15,15 +15,18 @@ from hiprouter.commands import Context, pass_ctx
               help="Job worker threads (default: queue.workers, at least 1).")
 @click.option("--dispatch/--no-dispatch", default=True, show_default=True,
               help="Also send queued objects to their destinations.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve this process's Prometheus metrics on web.host:PORT/metrics.")
 @pass_ctx
-def worker(ctx: Context, count: int | None, dispatch: bool) -> None:
+def worker(ctx: Context, count: int | None, dispatch: bool, metrics_port: int | None) -> None:
     """Run job workers (and the dispatcher) only, next to `serve`, until SIGTERM."""
     from hiprouter.config import ConfigError
     from hiprouter.service import run_workers
 
     settings = ctx.settings
     try:
-        run_workers(settings, count or max(settings.queue.workers, 1), dispatch)
+        run_workers(settings, count or max(settings.queue.workers, 1), dispatch,
+                    metrics_port)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -90,17 +93,37 @@ def rules_test(ctx: Context, paths: tuple[str, ...], calling_ae: str | None,
     click.echo(f"{matched} of {len({r['file'] for r in rows})} files matched")
 
 
+WAIT_OPTION = click.option(
+    "--timeout", "wait_s", default=30.0, show_default=True, type=click.FloatRange(0.1),
+    help="Seconds to wait for the database (a lock held by `serve`, a slow connection).")
+
+
+def _gave_up(ctx: Context, wait_s: float, exc: Exception) -> None:
+    from hiprouter import db as dbmod
+
+    url = dbmod.redact_url(ctx.settings.database.url)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    click.echo(f"error: gave up after {wait_s:g} s (--timeout) waiting for the database "
+               f"{url} (locked by another process, or not reachable): {first}", err=True)
+    sys.exit(1)
+
+
 @click.command()
 @click.option("--study", "study_uid", default=None, help="Only this Study Instance UID.")
+@WAIT_OPTION
 @pass_ctx
-def retry(ctx: Context, study_uid: str | None) -> None:
+def retry(ctx: Context, study_uid: str | None, wait_s: float) -> None:
     """Put dead jobs and dead sends back in the queue (workers pick them up)."""
+    from sqlalchemy.exc import OperationalError
+
     from hiprouter import db as dbmod
     from hiprouter.router.flow.ops import retry_dead
 
-    engine = dbmod.make_engine(ctx.settings.database.url)
+    engine = dbmod.make_engine(ctx.settings.database.url, wait_s=wait_s)
     try:
         done = retry_dead(dbmod.session_factory(engine), study_uid)
+    except OperationalError as exc:
+        _gave_up(ctx, wait_s, exc)
     finally:
         engine.dispose()
     click.echo(f"re-queued {done.jobs} dead jobs and {done.sends} dead sends")
@@ -108,18 +131,23 @@ def retry(ctx: Context, study_uid: str | None) -> None:
 
 @click.command()
 @click.argument("study_uid")
+@WAIT_OPTION
 @pass_ctx
-def replay(ctx: Context, study_uid: str) -> None:
+def replay(ctx: Context, study_uid: str, wait_s: float) -> None:
     """Run STUDY_UID's pipelines again and send their results again."""
+    from sqlalchemy.exc import OperationalError
+
     from hiprouter import db as dbmod
     from hiprouter.router.flow.ops import replay_study
 
-    engine = dbmod.make_engine(ctx.settings.database.url)
+    engine = dbmod.make_engine(ctx.settings.database.url, wait_s=wait_s)
     try:
         done = replay_study(dbmod.session_factory(engine), ctx.settings, study_uid)
     except LookupError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OperationalError as exc:
+        _gave_up(ctx, wait_s, exc)
     finally:
         engine.dispose()
     how = "routed again with the current rules" if done.rerouted else "re-queued"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from hiprouter.commands import console
+
 TASKS = ("hardware", "screening", "failure", "device", "onfh")
 """The training tasks (hiprouter.synth.labels.TASKS; repeated so --help imports nothing)."""
 
@@ -53,7 +55,6 @@ def synth(out: Path, studies: int, seed: int, task: str, renderer: str, views: s
 
     Synthetic images are for tests and demos only, not for clinical use.
     """
-    from rich.console import Console
     from rich.table import Table
 
     from hiprouter.synth.labels import TASK_CLASSES, TASK_COLUMN
@@ -107,7 +108,7 @@ def synth(out: Path, studies: int, seed: int, task: str, renderer: str, views: s
             table.add_row(k, str(n))
         table.add_row("tha_dislocation", str(sum(int(r["dislocation"]) for r in rows)))
     table.add_row("head masks", str(sum(1 for r in rows if r["head_mask"])))
-    Console().print(table)
+    console().print(table)
     click.echo(f"labels: {labels}")
     if preview is not None and renderer == "alt":
         from hiprouter.synth.alt.sheet import HARDWARE_EXAMPLES, example_sheet

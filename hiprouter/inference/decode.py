@@ -6,7 +6,9 @@ Rescale Slope/Intercept), VOI LUT or Window Center/Width (first of several), MON
 inversion. BitsStored masking and sign extension happen in pydicom's decoders.
 
 Images a radiograph model must not see are refused with `RefusedImage` and a reason a PACS
-administrator can act on: wrong modality, multi-frame, colour, no pixel data, undecodable.
+administrator can act on: wrong modality, multi-frame, colour, no pixel data, undecodable,
+or larger than `decode.max_decoded_mb` (pixel data are decoded by `pixels.py`: the declared
+size is checked first, compressed data are decoded in a memory-limited process).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from hiprouter.inference import pixels
 
 RADIOGRAPH_MODALITIES: tuple[str, ...] = ("CR", "DX")
 """Modalities accepted by default; RG/OT etc. need an explicit opt-in."""
@@ -144,8 +148,10 @@ def decode(ds: Dataset, modalities: Iterable[str] = RADIOGRAPH_MODALITIES) -> De
     """Decode a radiograph to display space, or raise `RefusedImage` with the reason."""
     check_radiograph(ds, modalities)
     uid = str(ds.get("SOPInstanceUID", ""))
-    try:
-        raw = ds.pixel_array
+    try:  # declared size checked first; compressed data decoded in a bounded process
+        raw = pixels.pixel_array(ds)
+    except pixels.PixelDataRefused as exc:
+        raise RefusedImage(exc.reason, uid) from exc
     except Exception as exc:  # decoder plug-ins raise assorted errors
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax)) if syntax else "unknown transfer syntax"

@@ -180,6 +180,7 @@ class ClassifierKind(PipelineKind):
         finding = Finding(pipeline=self.name, laterality=side, source_sop_uids=uids,
                           model=self.model_info(), classification=classification,
                           latency_ms=latency_ms)
+        finding.scores["ood_score"] = float(max(p.ood_score for p in preds))
         used_views = [crop.view for _, crop in crops]
         finding.qualifiers["views"] = ", ".join(
             dict.fromkeys(VIEW_NAMES[v] for v in used_views))

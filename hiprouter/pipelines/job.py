@@ -63,24 +63,32 @@ def run_analysis(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     study, decoded = analyse_study(pipelines, names, ctx.job.study_uid, datasets)
     settings = ctx.settings
     bundle: ReportBundle | None = None
+    reported = study.reported()  # shadow results are recorded, never sent
     try:
-        bundle = build_report(
-            study, datasets, {u: img.decoded.display_uint8() for u, img in decoded.items()},
-            settings.report, {n: settings.pipelines[n].triage for n in names
-                              if n in settings.pipelines},
-            settings.sr_templates_dir)
+        if reported.results:
+            bundle = build_report(
+                reported, datasets,
+                {u: img.decoded.display_uint8() for u, img in decoded.items()},
+                settings.report, {n: settings.pipelines[n].triage for n in names
+                                  if n in settings.pipelines},
+                settings.sr_templates_dir)
     except NothingToReport:
         bundle = None
     paths = write_bundle(bundle, ctx.output_dir) if bundle is not None else []
     record(ctx, study, bundle, paths, unreadable)
+    shadow = [f"{r.pipeline}:{r.model.version if r.model else '-'}:{f.laterality}:"
+              f"{_summary(f)}" for r in study.results if r.mode == "shadow" for f in r.findings]
+    if shadow:
+        ctx.log.info("shadow findings recorded", findings=shadow)
     if bundle is None:
         ctx.log.info("nothing to report", not_assessed=len(study.not_assessed()),
-                     unreadable=len(unreadable))
+                     unreadable=len(unreadable), shadow_only=bool(study.results)
+                     and not reported.results)
     else:
         ctx.log.info("study reported", priority=bundle.priority, objects=len(paths),
                      left_out=[what for what, _ in bundle.left_out],
                      findings=[f"{f.pipeline}:{f.laterality}:{_summary(f)}"
-                               for f in study.findings()])
+                               for f in reported.findings()])
     return paths
 
 
@@ -111,8 +119,10 @@ def finding_row(f: Finding, result: PipelineResult, job: Job) -> dict[str, Any]:
         "details": {"qualifiers": dict(f.qualifiers),
                     "masks": [{"sop_instance_uid": m.sop_instance_uid, "label": m.label,
                                "pixels": int(m.mask.sum())} for m in f.masks],
-                    "heatmaps": [h.sop_instance_uid for h in f.heatmaps]},
+                    "heatmaps": [h.sop_instance_uid for h in f.heatmaps],
+                    "scores": {k: float(v) for k, v in f.scores.items()}},
         "latency_ms": float(f.latency_ms),
+        "mode": result.mode, "model_id": result.model_id,
     }
 
 
@@ -132,7 +142,8 @@ def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
                 model = result.model
                 audit.record(
                     session, audit.INFERENCE, "E", audit.SUCCESS,
-                    description=f"{result.pipeline} ({result.kind}) "
+                    description=f"{result.pipeline} ({result.kind}"
+                    f"{', shadow: recorded, not sent' if result.mode == 'shadow' else ''}) "
                     f"{model.name + ' ' + model.version if model else ''}: "
                     + "; ".join(f"{f.laterality} {_summary(f)}"
                                 + (f" {f.classification.probability:.3f}"
@@ -140,9 +151,19 @@ def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
                     participants=[audit.participant("application", ctx.settings.node.ae_title,
                                                     device_uid=model.device_uid if model
                                                     else None)],
-                    objects={**objects, "pipeline": result.pipeline,
+                    objects={**objects, "pipeline": result.pipeline, "mode": result.mode,
+                             "model_id": result.model_id,
                              "sop_instance_uids": sorted({u for f in result.findings
                                                           for u in f.source_sop_uids})})
+            for f in result.findings:
+                if f.status == "not_assessed" and f.classification is not None:
+                    audit.record(
+                        session, audit.NOT_ASSESSED, "E", audit.MINOR_FAILURE,
+                        description=f"{f.laterality} hip not assessed by {result.pipeline}: "
+                                    f"{f.classification.reason}"[:4000],
+                        participants=[app],
+                        objects={**objects, "pipeline": result.pipeline,
+                                 "sop_instance_uids": list(f.source_sop_uids)})
             if result.skipped:
                 audit.record(
                     session, audit.INFERENCE, "E", audit.SUCCESS,

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -158,25 +160,95 @@ def validate_pipelines(settings: Settings) -> None:
             raise ConfigError(f"rules[{rule.name}]: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One instance of a configured pipeline that a job runs, and what becomes of it."""
+
+    pipeline: PipelineKind
+    mode: str
+    """active: its findings are reported; shadow: recorded only."""
+    model_id: int | None = None
+    """The model registry entry it runs (None: the configured or bundled models)."""
+
+
 class PipelineSet:
-    """Pipeline instances built once per worker process (models load once), thread-safe."""
+    """Pipeline instances built once per worker process (models load once), thread-safe.
 
-    def __init__(self, settings: Settings) -> None:
+    With a `resolver` (the model registry, injected by the service), each configured
+    pipeline runs the versions its registry name has in stage active (in place of its
+    configured models) and shadow (next to it, recorded only; a pipeline in ``mode:
+    shadow`` without an active version runs only the shadow version); `refresh` re-reads
+    the registry before a job so promotions take effect without a restart.
+    """
+
+    def __init__(self, settings: Settings,
+                 resolver: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+                 ) -> None:
         self.settings = settings
-        self._built: dict[str, PipelineKind] = {}
+        self._built: dict[tuple[str, int | None], PipelineKind] = {}
         self._lock = threading.Lock()
+        self._resolver = resolver
+        self._deployments: Mapping[str, Mapping[str, Any]] = {}
         load_plugins(settings.plugins)
+        self.refresh()
 
-    def get(self, name: str) -> PipelineKind:
+    def refresh(self) -> None:
+        """Re-read the model registry; instances of versions no longer deployed are dropped."""
+        if self._resolver is None:
+            return
+        current = self._resolver()
         with self._lock:
-            if name not in self._built:
+            if current == self._deployments:
+                return
+            self._deployments = current
+            live = {None} | {d.model_id for stages in current.values() for d in stages.values()}
+            self._built = {k: v for k, v in self._built.items() if k[1] in live}
+
+    def _build(self, name: str, deployed: Any | None) -> PipelineKind:
+        key = (name, deployed.model_id if deployed is not None else None)
+        with self._lock:
+            if key not in self._built:
                 if name not in self.settings.pipelines:
                     raise ConfigError(f"pipeline {name!r} is not configured")
                 cfg = self.settings.pipelines[name]
                 options = validate_options(name, cfg, self.settings)
+                if deployed is not None:
+                    if "models" not in type(options).model_fields:
+                        raise ConfigError(f"pipelines.{name} ({cfg.kind}): the kind takes no "
+                                          "`models` option, so it cannot run registered models")
+                    if deployed.kind != cfg.kind:
+                        raise ConfigError(
+                            f"pipelines.{name}: registered model {deployed.name} "
+                            f"{deployed.version} is a {deployed.kind!r} model, the pipeline "
+                            f"is of kind {cfg.kind!r}")
+                    options = options.model_copy(update={"models": [Path(deployed.path)]})
                 cls = kind_class(cfg.kind)
-                self._built[name] = cls(KindContext(name, self.settings), options)
-            return self._built[name]
+                self._built[key] = cls(KindContext(name, self.settings), options)
+            return self._built[key]
+
+    def get(self, name: str) -> PipelineKind:
+        """The instance whose findings are reported (or, without one, the configured one)."""
+        return self.variants(name)[0].pipeline
+
+    def variants(self, name: str) -> list[Variant]:
+        """What a job runs for pipeline `name`, the one that feeds cascades first."""
+        if name not in self.settings.pipelines:
+            raise ConfigError(f"pipeline {name!r} is not configured")
+        cfg = self.settings.pipelines[name]
+        with self._lock:
+            stages = dict(self._deployments.get(cfg.registry_name(name), {}))
+        active, shadow = stages.get("active"), stages.get("shadow")
+        if active is not None:
+            out = [Variant(self._build(name, active), "active", active.model_id)]
+        elif shadow is not None and cfg.mode == "shadow":
+            # a pipeline in shadow mode runs the version under validation in place of
+            # its configured (or bundled demo) models
+            return [Variant(self._build(name, shadow), "shadow", shadow.model_id)]
+        else:
+            out = [Variant(self._build(name, None), cfg.mode, None)]
+        if shadow is not None:
+            out.append(Variant(self._build(name, shadow), "shadow", shadow.model_id))
+        return out
 
     def order(self, names: Sequence[str]) -> list[str]:
         return resolve_order(names, self.settings)

@@ -16,7 +16,7 @@ from hiprouter.config import RunsOn
 from hiprouter.findings import Finding, PipelineResult, StudyFindings
 from hiprouter.inference.study import StudyImage, StudyInput
 from hiprouter.pipelines.base import PipelineKind, Target
-from hiprouter.pipelines.registry import PipelineSet, runs_on
+from hiprouter.pipelines.registry import PipelineSet, Variant, runs_on
 
 
 def admits(condition: RunsOn, finding: Finding) -> bool:
@@ -49,33 +49,58 @@ def select_targets(condition: RunsOn, upstream: PipelineResult) -> tuple[list[Ta
 
 def run_pipelines(pipelines: Sequence[PipelineKind], conditions: dict[str, RunsOn | None],
                   study: StudyInput) -> StudyFindings:
-    """Run `pipelines` (already in cascade order) on a decoded study."""
+    """Run `pipelines` (already in cascade order, all reported) on a decoded study."""
+    return run_variants([[Variant(p, "active")] for p in pipelines], conditions, study)
+
+
+def run_variants(stages: Sequence[Sequence[Variant]], conditions: dict[str, RunsOn | None],
+                 study: StudyInput) -> StudyFindings:
+    """Run each pipeline's variants (cascade order; the first variant of a pipeline feeds
+    its cascades, the others are shadow models run on the same hips).
+
+    A stage whose upstream pipeline ran only in shadow runs in shadow too: a hip selected
+    by a model that is not reported cannot be reported on.
+    """
     out = StudyFindings(study.study_uid)
     done: dict[str, PipelineResult] = {}
-    for pipe in pipelines:
-        condition = conditions.get(pipe.name)
-        if condition is None:
-            result = pipe.run(study, None)
-        else:
-            targets, skipped = select_targets(condition, done[condition.pipeline])
-            result = pipe.run(study, targets) if targets else pipe.empty_result()
-            result.skipped.extend(skipped)
-        for uid, reason in study.refused.items():
-            result.not_assessed.setdefault(uid, reason)
-        done[pipe.name] = result
-        out.results.append(result)
+    for variants in stages:
+        primary = variants[0]
+        name = primary.pipeline.name
+        condition = conditions.get(name)
+        targets: list[Target] | None = None
+        skipped: list[str] = []
+        upstream_shadow = False
+        if condition is not None:
+            upstream = done[condition.pipeline]
+            targets, skipped = select_targets(condition, upstream)
+            upstream_shadow = upstream.mode == "shadow"
+        for i, variant in enumerate(variants):
+            pipe = variant.pipeline
+            if targets is None:
+                result = pipe.run(study, None)
+            else:
+                result = pipe.run(study, targets) if targets else pipe.empty_result()
+                result.skipped.extend(skipped)
+            result.mode = "shadow" if upstream_shadow else variant.mode
+            result.model_id = variant.model_id
+            for uid, reason in study.refused.items():
+                result.not_assessed.setdefault(uid, reason)
+            if i == 0:
+                done[name] = result
+            out.results.append(result)
     return out
 
 
 def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: str,
                   datasets: Sequence[Dataset]) -> tuple[StudyFindings, dict[str, StudyImage]]:
-    """Decode the study once and run the named pipelines in cascade order.
+    """Decode the study once and run the named pipelines (and their shadow models) in
+    cascade order.
 
     Returns the findings and the decoded images (for the report's overlays).
     """
     order = pipeline_set.order(names)
-    pipes = [pipeline_set.get(n) for n in order]
-    modalities = {m for p in pipes for m in p.modalities()}
+    stages = [pipeline_set.variants(n) for n in order]
+    modalities = {m for variants in stages for v in variants for m in v.pipeline.modalities()}
     study = StudyInput.from_datasets(study_uid, datasets, modalities)
     conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
-    return run_pipelines(pipes, conditions, study), study.images
+    return run_variants(stages, conditions, study), study.images

@@ -84,11 +84,16 @@ def dicomweb_plugin() -> Path | None:
 
 
 def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", *,
-                  dicomweb: bool = False) -> Orthanc:
+                  dicomweb: bool = False,
+                  modalities: dict[str, tuple[str, str, int]] | None = None,
+                  extra: dict[str, Any] | None = None) -> Orthanc:
     """Start Orthanc with a private storage folder; waits until its REST API answers.
 
     dicomweb=True loads the DICOMweb plugin (QIDO-RS, WADO-RS, STOW-RS under
     http://127.0.0.1:<http_port>/dicom-web/); FileNotFoundError when it is not installed.
+    `modalities`: name -> (AE title, host, port) of peers Orthanc knows (DicomModalities):
+    they may query it (C-FIND) and be C-MOVE destinations.
+    `extra` adds or replaces configuration keys.
     """
     exe = shutil.which("Orthanc")
     if exe is None:
@@ -115,9 +120,11 @@ def start_orthanc(workdir: Path, ae_title: str = "ORTHANC", *,
         "DicomCheckCalledAet": True,
         "UnknownSopClassAccepted": False,
         "Plugins": plugins,
+        "DicomModalities": {k: list(v) for k, v in (modalities or {}).items()},
     }
     if dicomweb:
         config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
+    config.update(extra or {})
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = open(workdir / "orthanc.log", "wb")  # noqa: SIM115 - closed with the process

@@ -11,6 +11,7 @@ validates.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,11 +48,12 @@ SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The plugin package installed (pip, no dependencies) into a folder of its own."""
     target = tmp_path_factory.mktemp("plugin-site")
-    build = tmp_path_factory.mktemp("plugin-build")
+    source = tmp_path_factory.mktemp("plugin-build") / "metal_extent"
+    shutil.copytree(PLUGIN, source)  # setuptools builds in the source folder: not in tests/
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-cache-dir", "--target", str(target), str(PLUGIN)],
-        capture_output=True, text=True, timeout=300, cwd=build)
+         "--no-cache-dir", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300, cwd=source.parent)
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(target.glob("hiprouter_metal_extent-1.0.0.dist-info/entry_points.txt"))
     return target

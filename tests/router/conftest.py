@@ -150,6 +150,8 @@ class RouterProcess:
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.log_path = root / "hiprouter.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.umask: int | None = None
+        """The umask the server is started with (None: this process's)."""
         self._engine: Any = None
 
     @property
@@ -169,6 +171,7 @@ class RouterProcess:
              "--config", str(self.config_path), "serve"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            umask=-1 if self.umask is None else self.umask,
         )
         log.close()
         deadline = time.monotonic() + timeout

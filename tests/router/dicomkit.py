@@ -101,3 +101,58 @@ def add_study(factory: Any, paths: list[Path], *, calling_ae: str | None = "MODA
                           last_received_at=at, completed_at=at, instance_count=len(paths),
                           calling_ae=calling_ae, episode=1))
     return study_uid
+
+
+def j2k_bomb(width: int = 60000, height: int = 60000, **attrs: Any) -> Dataset:
+    """A 64 x 64 CR whose JPEG 2000 codestream (SIZ marker) declares width x height: the
+    decoder would allocate for the codestream's size, not for Rows x Columns."""
+    import struct
+
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = make_dataset(**attrs)
+    ds.Rows = ds.Columns = 64
+    ds.PixelData = (np.arange(64 * 64, dtype=np.uint16) % 4096).tobytes()
+    ds.compress(JPEG2000Lossless)
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    siz = frame.index(b"\xff\x51")
+    struct.pack_into(">LL", frame, siz + 6, width, height)   # Xsiz, Ysiz
+    struct.pack_into(">LL", frame, siz + 22, width, height)  # XTsiz, YTsiz (one tile)
+    ds.PixelData = encapsulate([bytes(frame)])
+    return ds
+
+
+def deflate_bomb(path: Path, inflated_mb: int, **attrs: Any) -> Path:
+    """A Deflated Explicit VR Little Endian file whose data set inflates to about
+    `inflated_mb` MiB (a private OB element of zeros) from a few hundred KiB."""
+    import struct
+    import zlib
+    from io import BytesIO
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = make_dataset(**attrs)
+    meta = ds.file_meta
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    del ds.PixelData
+    plain = DicomBytesIO()
+    plain.is_little_endian, plain.is_implicit_VR = True, False
+    write_dataset(plain, ds)
+    size = inflated_mb * 1024 * 1024
+    # (7FE1,0010) private OB, explicit VR with a 4-byte length; odd groups sort after 7FE0
+    element = struct.pack("<HH2sHL", 0x7FE1, 0x1010, b"OB", 0, size)
+    creator = struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", 8) + b"HIPTEST "
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = [deflater.compress(plain.getvalue() + creator + element)]
+    zeros = b"\0" * (1 << 20)
+    out += [deflater.compress(zeros) for _ in range(inflated_mb)]
+    out.append(deflater.flush())
+    head = BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head.getvalue() + b"".join(out))
+    return path

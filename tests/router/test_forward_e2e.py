@@ -103,7 +103,9 @@ def test_pacs_outage_then_restart_every_instance_exactly_once(
         received = pacs.wait_for(5, timeout=30)
         assert wait_until(lambda: count(router, select(func.count()).select_from(Send)
                                         .where(Send.state == "sent")) == 5)
-        time.sleep(1.0)  # nothing more may arrive
+        # nothing more may arrive: once the router has stopped (SIGTERM finishes the sends
+        # in hand), whatever the PACS holds is all it will ever get from this run
+        assert router.stop() == 0
         received = pacs.received()
     finally:
         pacs.stop()
@@ -122,9 +124,9 @@ def test_three_associations_within_timeout_are_one_job_with_gaps_three(
 ) -> None:
     pacs = StoreSCP(tmp_path / "pacs").start()
     try:
-        # 2 s: the three quick associations (storescu runs back to back) stay one study
-        # episode even on a loaded machine
-        router = router_process({**forward_config(pacs), "studies": {"complete_after_s": 2.0}})
+        # 5 s: the three quick associations (storescu runs back to back, each well under a
+        # second even with every core busy) stay one study episode
+        router = router_process({**forward_config(pacs), "studies": {"complete_after_s": 5.0}})
         jobs_of = lambda uid: select(func.count()).select_from(Job).where(  # noqa: E731
             Job.study_uid == uid)
         quick_uid, slow_uid = generate_uid(), generate_uid()
@@ -134,7 +136,7 @@ def test_three_associations_within_timeout_are_one_job_with_gaps_three(
         for i in range(3):  # each gap longer than complete_after_s
             files = make_cr_files(tmp_path / f"s{i}", 2, study_uid=slow_uid, size=32, seed=i)
             assert storescu(router.port, files).returncode == 0
-            assert wait_until(lambda i=i: count(router, jobs_of(slow_uid)) == i + 1, 15)
+            assert wait_until(lambda i=i: count(router, jobs_of(slow_uid)) == i + 1, 60)
         assert wait_until(lambda: count(router, select(func.count()).select_from(Send)
                                         .where(Send.state == "sent")) == 12)
         received = pacs.wait_for(12, timeout=20)

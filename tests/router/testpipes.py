@@ -3,7 +3,9 @@
 It appends "<job id> <pid>" to `<output_dir>/../runs.log` when it starts and when it
 finishes (the study UID stands for the job), waits `HIPROUTER_TEST_PIPE_S` seconds in
 between, and reports one finding per hip crop, so tests can see which process ran which
-study and how often, and a report (SR and KOS) reaches the PACS.
+study and how often, and a report (SR and KOS) reaches the PACS. With
+`HIPROUTER_TEST_PIPE_PROCESSES=N` a job, once started, waits until jobs have started in N
+different processes (so a test of several worker processes sees each of them work).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class MarkedKind(PipelineKind):
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"start {study.study_uid} {os.getpid()}\n")
         time.sleep(delay)
+        _wait_for_processes(log, int(os.environ.get("HIPROUTER_TEST_PIPE_PROCESSES", "0")))
         result = self.empty_result()
         for uid, crop in study.crops():
             top, left, bottom, right = crop.box
@@ -62,3 +65,17 @@ class MarkedKind(PipelineKind):
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"end {study.study_uid} {os.getpid()}\n")
         return result
+
+
+def _wait_for_processes(log: object, processes: int, timeout_s: float = 120.0) -> None:
+    """Wait until `processes` different pids have logged a start (a polled condition)."""
+    if processes <= 1:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with open(log, encoding="utf-8") as fh:  # type: ignore[call-overload]
+            pids = {line.split()[2] for line in fh if line.startswith("start ")}
+        if len(pids) >= processes:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"jobs started in fewer than {processes} processes")

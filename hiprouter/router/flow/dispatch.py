@@ -1,4 +1,9 @@
-"""Dispatch: send queued objects to their destinations with C-STORE, retrying with backoff.
+"""Dispatch: send queued objects to their destinations, retrying with backoff.
+
+A destination's `type` says how: `dicom` (C-STORE, here, with optional storage
+commitment, commitment.py), `dicomweb` (STOW-RS, stow.py) or `hl7` (one HL7 v2 result
+message per report over MLLP, hl7.py). Claims, leases, attempts, backoff, the dead letter,
+audit and metrics are the same for all three.
 
 Each destination gets `max_concurrent` sender slots per process, and a claim admits a
 slot only while fewer than `max_concurrent` owners (across all processes and hosts) hold
@@ -10,29 +15,34 @@ capped exponential backoff and is dead after `queue.retry.max_attempts` attempts
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import audit
-from hiprouter.config import Destination, Settings
+from hiprouter import audit, metrics
+from hiprouter.config import AnyDestination, Destination, DicomwebDestination, Settings
 from hiprouter.db import utcnow, write_transaction
+from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
-from hiprouter.router.flow import queue, studies
-from hiprouter.schema import Association, Send, SendAttempt
+from hiprouter.router.flow import commitment, hl7, queue, stow, studies
+from hiprouter.schema import Association, Job, Send, SendAttempt
 
 log = get_logger(__name__)
 
+HL7_RESULT = audit.Code("HIP009", "HL7 Result Message")
 SUCCESS_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 """C-STORE success and warning statuses (PS3.4 B.2.3): the PACS has the object."""
 MAX_CONTEXTS = 128
@@ -118,10 +128,13 @@ def _contexts(items: list[_Item]) -> tuple[list[tuple[str, list[str]]], list[_It
 
 def send_batch(factory: sessionmaker[Session], settings: Settings, destination: str,
                sends: list[Send], owner: str) -> int:
-    """Send a claimed batch over one association; returns how many were stored."""
-    from pynetdicom import AE
+    """Send a claimed batch (one association, STOW-RS requests or HL7 messages); returns
+    how many were delivered."""
+    from pynetdicom import AE, evt
 
     dest = settings.destinations[destination]
+    if not isinstance(dest, Destination):
+        return _send_other(factory, settings, destination, dest, sends, owner)
     items = _inspect(sends)
     contexts, later = _contexts(items)
     if later:
@@ -143,12 +156,20 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
     ae.maximum_pdu_size = node.max_pdu_size
     for sop_class, syntaxes in contexts:
         ae.add_requested_context(sop_class, syntaxes)
+    transaction = None
+    if dest.storage_commitment:
+        transaction = generate_uid()
+        ae.add_requested_context(commitment.STORAGE_COMMITMENT_PUSH, [*UNCOMPRESSED])
     started = utcnow()
+    clock = time.perf_counter()
     sent: list[str] = []
     outcome, reason = "error", None
     try:
+        # a peer may send the commitment report on this association too
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             tls_args=_tls_args(dest))
+                             tls_args=_tls_args(dest),
+                             evt_handlers=[(evt.EVT_N_EVENT_REPORT,
+                                            report_handler(factory, settings))])
     except Exception as exc:  # bad TLS files, DNS failure
         assoc, reason = None, f"{type(exc).__name__}: {exc}"
     if assoc is None or not assoc.is_established:
@@ -173,12 +194,103 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
                         _record(factory, settings, rest.send, owner, None, reason)
                     break
                 status, error = _c_store(assoc, item)
-                if _record(factory, settings, item.send, owner, status, error) == queue.SENT:
+                if _record(factory, settings, item.send, owner, status, error,
+                           transaction) in (queue.SENT, queue.COMMITTING):
                     sent.append(item.send.sop_instance_uid)
+            if transaction is not None and sent:
+                objects = [(i.send.sop_class_uid, i.send.sop_instance_uid) for i in todo
+                           if i.send.sop_instance_uid in set(sent)]
+                problem = commitment.request(assoc, transaction, objects) \
+                    if assoc.is_established else "association ended before the N-ACTION"
+                if problem is None:
+                    metrics.COMMITMENTS.labels(destination, "requested").inc(len(objects))
+                else:
+                    commitment.request_failed(factory, settings, transaction, problem)
         finally:
             if assoc.is_established:
                 assoc.release()
+    metrics.SEND_SECONDS.labels(destination, "dicom").observe(time.perf_counter() - clock)
     _finish(factory, settings, destination, dest, started, outcome, reason, todo, sent)
+    return len(sent)
+
+
+def report_handler(factory: sessionmaker[Session], settings: Settings) -> Any:
+    """A pynetdicom EVT_N_EVENT_REPORT handler for storage commitment reports."""
+
+    def handle(event: Any) -> tuple[int, None]:
+        if str(event.request.AffectedSOPClassUID) != commitment.STORAGE_COMMITMENT_PUSH:
+            return 0x0112, None  # no such SOP instance
+        try:
+            info = event.event_information
+            transaction, committed, failed = commitment.parse_report(
+                int(event.event_type), info)
+            assoc = event.assoc
+            reporter = {"ae_title": str(assoc.requestor.ae_title or "").strip()
+                        if assoc.is_acceptor else str(assoc.acceptor.ae_title).strip(),
+                        "host": str(assoc.requestor.address if assoc.is_acceptor
+                                    else assoc.acceptor.address)}
+            commitment.apply_report(factory, settings, transaction, committed, failed,
+                                    reporter)
+        except ValueError as exc:
+            log.warning("bad storage commitment report", error=str(exc))
+            return 0x0110, None  # processing failure
+        except Exception as exc:
+            log.error("cannot record storage commitment report", error=str(exc))
+            return 0x0110, None
+        return 0x0000, None
+
+    return handle
+
+
+def _send_other(factory: sessionmaker[Session], settings: Settings, destination: str,
+                dest: AnyDestination, sends: list[Send], owner: str) -> int:
+    """A batch to a DICOMweb (STOW-RS) or HL7 (MLLP) destination."""
+    started = utcnow()
+    clock = time.perf_counter()
+    kind = dest.type
+    sent: list[str] = []
+    items = [_Item(s) for s in sends]
+    if isinstance(dest, DicomwebDestination):
+        try:
+            client = stow.make_client(dest)
+        except OSError as exc:  # unreadable password or token file
+            client, problem = None, f"cannot set up the DICOMweb client: {exc}"
+        for start in range(0, len(sends), dest.batch_size):
+            chunk = sends[start:start + dest.batch_size]
+            uids = [s.sop_instance_uid for s in chunk]
+            results = stow.store(client, [s.path for s in chunk], uids) if client else \
+                {u: stow.StowResult(None, problem) for u in uids}
+            for s in chunk:
+                result = results[s.sop_instance_uid]
+                if _record(factory, settings, s, owner, result.status, result.error) \
+                        == queue.SENT:
+                    sent.append(s.sop_instance_uid)
+        parts = [audit.participant("source", settings.node.ae_title, settings.node.host),
+                 audit.participant("destination", None, dest.url, destination=destination)]
+    else:
+        tls = None
+        if dest.tls.enabled:
+            from hiprouter.router.net.tls import client_ssl_context
+
+            tls = client_ssl_context(dest.tls, where=f"destinations.{destination}.tls")
+        controls: dict[str, str] = {}
+        for s in sends:
+            try:
+                ctrl, _ack = hl7.deliver(factory, settings, destination, dest, s, tls)
+                controls[s.sop_instance_uid] = ctrl
+                error = None
+            except Exception as exc:  # Hl7Error, unreadable files, database
+                error = str(exc) if isinstance(exc, hl7.Hl7Error) else \
+                    f"{type(exc).__name__}: {exc}"
+            if _record(factory, settings, s, owner, None, error) == queue.SENT:
+                sent.append(s.sop_instance_uid)
+        parts = [audit.participant("source", dest.sending_application, settings.node.host),
+                 audit.participant("destination", dest.receiving_application or None,
+                                   f"{dest.host}:{dest.port}", destination=destination,
+                                   message_control_ids=controls)]
+    metrics.SEND_SECONDS.labels(destination, kind).observe(time.perf_counter() - clock)
+    _finish(factory, settings, destination, dest, started, "released", None, items, sent,
+            participants=parts)
     return len(sent)
 
 
@@ -197,8 +309,8 @@ def _c_store(assoc: object, item: _Item) -> tuple[int | None, str | None]:
     try:
         if (item.send.sop_class_uid, ts) not in accepted:
             ds = dcmread(path)
-            if ts not in UNCOMPRESSED:
-                ds.decompress(generate_instance_uid=False)  # same object, same UID
+            if ts not in UNCOMPRESSED:  # same object, same UID; bounded (pixels.py)
+                ds = pixels.decompress(ds)
             dataset = ds  # pynetdicom converts between the uncompressed syntaxes
         _config.STORE_SEND_CHUNKED_DATASET = True  # paths: send the file's bytes as is
         rsp = assoc.send_c_store(dataset)  # type: ignore[attr-defined]
@@ -229,8 +341,10 @@ def _tls_args(dest: Destination) -> tuple[object, str | None] | None:
 
 
 def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owner: str,
-            status: int | None, error: str | None) -> str | None:
-    """Record one attempt and move the send to sent, failed (backoff) or dead."""
+            status: int | None, error: str | None,
+            commit_uid: str | None = None) -> str | None:
+    """Record one attempt and move the send to sent (or committing, when `commit_uid`
+    names the storage commitment transaction it waits for), failed (backoff) or dead."""
     retry = settings.queue.retry
     with write_transaction(factory) as session:
         row = session.scalars(
@@ -245,8 +359,12 @@ def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owne
                                 destination=row.destination, attempt=row.attempts,
                                 status=status, error=error, at=now))
         row.last_status, row.last_error = status, error
+        send.last_error = error  # the caller's copy, for its audit of failures
         row.lease_owner = row.lease_expires_at = None
-        if error is None:
+        if error is None and commit_uid is not None:
+            row.state, row.commit_uid, row.commit_requested_at = queue.COMMITTING, \
+                commit_uid, now
+        elif error is None:
             row.state, row.sent_at = queue.SENT, now
         elif row.attempts >= retry.max_attempts:
             row.state = queue.DEAD
@@ -255,7 +373,19 @@ def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owne
         else:
             row.state = queue.FAILED
             row.next_run_at = now + timedelta(seconds=queue.backoff_s(retry, row.attempts))
+        kind = settings.destinations[row.destination].type \
+            if row.destination in settings.destinations else "unknown"
+        metrics.SENDS.labels(row.destination, kind, row.state).inc()
+        if row.state in (queue.SENT, queue.COMMITTING):
+            metrics.SENT_BYTES.labels(row.destination).inc(_size(row.path))
         return row.state
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _renew(factory: sessionmaker[Session], owner: str, lease_s: float) -> None:
@@ -275,38 +405,76 @@ def _release(factory: sessionmaker[Session], sends: list[Send], owner: str) -> N
 
 
 def _finish(factory: sessionmaker[Session], settings: Settings, destination: str,
-            dest: Destination, started: object, outcome: str, reason: str | None,
-            items: list[_Item], sent: list[str]) -> None:
-    """Record the outbound association and audit what was transferred."""
-    calling = dest.calling_ae_title or settings.node.ae_title
+            dest: AnyDestination, started: object, outcome: str, reason: str | None,
+            items: list[_Item], sent: list[str],
+            participants: list[dict[str, Any]] | None = None) -> None:
+    """Record the outbound association (DICOM) and audit what was transferred (an HL7
+    message is audited as an Export, DCM 110106)."""
     by_study: dict[str, list[str]] = defaultdict(list)
     sent_set = set(sent)
     for item in items:
         if item.send.sop_instance_uid in sent_set:
             by_study[item.send.study_uid].append(item.send.sop_instance_uid)
+    event = audit.DATA_EXPORT if dest.type == "hl7" else audit.INSTANCES_TRANSFERRED
     with write_transaction(factory) as session:
-        session.add(Association(
-            direction="out", calling_ae=calling, called_ae=dest.ae_title,
-            peer_host=dest.host, peer_port=dest.port, started_at=started, ended_at=utcnow(),
-            outcome=outcome, reason=reason, instances_received=len(sent),
-        ))
-        parts = [audit.participant("source", calling, settings.node.host),
-                 audit.participant("destination", dest.ae_title, dest.host,
-                                   destination=destination)]
+        parts = participants or []
+        if isinstance(dest, Destination):
+            calling = dest.calling_ae_title or settings.node.ae_title
+            session.add(Association(
+                direction="out", calling_ae=calling, called_ae=dest.ae_title,
+                peer_host=dest.host, peer_port=dest.port, started_at=started,
+                ended_at=utcnow(), outcome=outcome, reason=reason, instances_received=len(sent),
+            ))
+            metrics.ASSOCIATIONS.labels("out", outcome).inc()
+            parts = [audit.participant("source", calling, settings.node.host),
+                     audit.participant("destination", dest.ae_title, dest.host,
+                                       destination=destination)]
         for study_uid, uids in by_study.items():
-            audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.SUCCESS,
+            audit.record(session, event, "R", audit.SUCCESS,
+                         event_type=HL7_RESULT if dest.type == "hl7" else None,
+                         description=f"HL7 {dest.message_type} accepted"
+                         if dest.type == "hl7" else None,
                          participants=parts,
                          objects={"study_uid": study_uid, "sop_instance_uids": uids})
         for study_uid in {i.send.study_uid for i in items}:
             studies.settle_study(session, study_uid)
         failed = len(items) - len(sent)
         if failed:
-            audit.record(session, audit.INSTANCES_TRANSFERRED, "R", audit.MINOR_FAILURE,
-                         description=f"{failed} of {len(items)} not sent: {reason or 'status'}",
+            errors = sorted({i.send.last_error or "" for i in items
+                             if i.send.sop_instance_uid not in sent_set} - {""})
+            why = reason or "; ".join(errors)[:500] or "status"
+            audit.record(session, event, "R", audit.MINOR_FAILURE,
+                         event_type=HL7_RESULT if dest.type == "hl7" else None,
+                         description=f"{failed} of {len(items)} not sent: {why}",
                          participants=parts,
                          objects={"study_uids": sorted({i.send.study_uid for i in items})})
     log.info("dispatch batch", destination=destination, outcome=outcome, sent=len(sent),
              failed=len(items) - len(sent))
+
+
+def objects_for(session: Session, settings: Settings, job: Job, destination: str,
+                objects: Sequence[tuple[Path, str, str]]) -> list[tuple[Path, str, str]]:
+    """What a job sends to one destination: every object, except that an `hl7` destination
+    gets one message per report (keyed on its SR), and none when `send_when` says so (that
+    decision is audited)."""
+    dest = settings.destinations.get(destination)
+    if dest is None or dest.type != "hl7":
+        return list(objects)
+    picked = hl7.pick_object(objects)
+    if picked is None:
+        return []
+    why = hl7.wanted(session, job, dest, settings.report.default_priority)
+    if why is None:
+        return [picked]
+    audit.record(session, audit.DATA_EXPORT, "R", audit.SUCCESS, event_type=HL7_RESULT,
+                 description=f"no HL7 message: {why} (send_when: {dest.send_when})",
+                 participants=[audit.participant("destination", None,
+                                                 f"{dest.host}:{dest.port}",
+                                                 destination=destination)],
+                 objects={"study_uid": job.study_uid, "job_id": job.id,
+                          "sop_instance_uids": [picked[1]]})
+    log.info("no HL7 message", study_uid=job.study_uid, destination=destination, reason=why)
+    return []
 
 
 class Dispatcher:
@@ -333,8 +501,12 @@ class Dispatcher:
     def _loop(self, destination: str, slot: int) -> None:
         owner = queue.owner_id(f"send-{destination}-{slot}")
         poll = self.settings.queue.poll_interval_s
+        dest = self.settings.destinations[destination]
+        watch = slot == 0 and isinstance(dest, Destination) and dest.storage_commitment
         while not self.stop.is_set():
             try:
+                if watch:
+                    commitment.expire(self.factory, self.settings, destination, dest)
                 sends = claim_sends(self.factory, self.settings, destination, owner)
                 if sends:
                     send_batch(self.factory, self.settings, destination, sends, owner)

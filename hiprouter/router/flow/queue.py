@@ -35,9 +35,11 @@ log = get_logger(__name__)
 
 PENDING, RUNNING, FAILED, DONE, DEAD = "pending", "running", "failed", "done", "dead"
 SENT = "sent"
+COMMITTING = "committing"
+"""A send stored at the peer, waiting for its storage commitment report."""
 WAITING = (PENDING, FAILED)
 """States of work that is not finished (plus RUNNING)."""
-UNFINISHED = (PENDING, RUNNING, FAILED)
+UNFINISHED = (PENDING, RUNNING, FAILED, COMMITTING)
 
 
 class LeaseLost(RuntimeError):

@@ -42,7 +42,8 @@ def series_headers(session: Session, study_uid: str) -> dict[str, Header]:
     """One representative header per series (its first stored, readable instance)."""
     rows = session.scalars(
         select(Instance)
-        .where(Instance.study_uid == study_uid, Instance.state == "stored")
+        .where(Instance.study_uid == study_uid, Instance.state == "stored",
+               Instance.purpose == "clinical")
         .order_by(Instance.series_uid, Instance.received_at, Instance.id)
     ).all()
     headers: dict[str, Header] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Sequence
@@ -24,13 +25,14 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import audit
+from hiprouter import audit, fileperms
 from hiprouter.config import RetryConfig, Settings
 from hiprouter.db import dialect_insert, utcnow, write_transaction
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.job import JobContext, run_analysis
 from hiprouter.pipelines.registry import FORWARD, PipelineSet
-from hiprouter.router.flow import queue, studies
+from hiprouter.router.flow import dispatch, queue, studies
+from hiprouter.router.flow import observe as observe_job
 from hiprouter.schema import Instance, Job, Send
 
 log = get_logger(__name__)
@@ -49,19 +51,28 @@ def object_uids(paths: Sequence[Path]) -> list[tuple[Path, str, str]]:
 
 
 def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
-                  objects: Sequence[tuple[Path, str, str]] | None = None) -> int:
+                  objects: Sequence[tuple[Path, str, str]] | None = None,
+                  settings: Settings | None = None) -> int:
     """Queue each file for each of the job's destinations; returns how many are pending.
 
     A (SOP Instance UID, destination) pair has one row for ever: a re-run of the job
     re-uses it (already sent stays sent), a replay sends it again, a pending or failed
     row just points at the new file. Pass `objects` (from `object_uids`) to keep file
-    reads out of the caller's transaction.
+    reads out of the caller's transaction, and `settings` to apply each destination's
+    choice of objects (`dispatch.objects_for`: one HL7 message per report).
     """
     insert = dialect_insert(session.get_bind().dialect.name)
     now = utcnow()
     queued = 0
-    for path, sop_uid, sop_class in objects if objects is not None else object_uids(paths):
+    objects = list(objects if objects is not None else object_uids(paths))
+    per_dest = {dest: {o[1] for o in dispatch.objects_for(session, settings, job, dest,
+                                                           objects)}
+                if settings is not None else None for dest in job.send_to}
+    for path, sop_uid, sop_class in objects:
         for dest in job.send_to:
+            wanted = per_dest[dest]
+            if wanted is not None and sop_uid not in wanted:
+                continue  # e.g. an HL7 destination takes one message per report
             session.execute(
                 insert(Send).values(
                     job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid,
@@ -86,7 +97,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
 def job_instances(session: Session, job: Job) -> list[Instance]:
     """The stored instances a job works on, in a stable order."""
     query = select(Instance).where(Instance.study_uid == job.study_uid,
-                                   Instance.state == "stored")
+                                   Instance.state == "stored", Instance.purpose == "clinical")
     if job.series_uids is not None:
         query = query.where(Instance.series_uid.in_(job.series_uids))
     return list(session.scalars(query.order_by(Instance.series_uid, Instance.id)).all())
@@ -97,8 +108,10 @@ def make_context(settings: Settings, factory: sessionmaker[Session], job: Job,
     """Load the job's instances and create its output folder."""
     with factory() as session:
         instances = job_instances(session, job)
+    fileperms.make_dirs(settings.storage.output_dir)
     out = settings.storage.output_dir / f"{job.id}-{uuid.uuid4().hex[:12]}"
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(mode=0o700)
+    fileperms.secure(out, folder=True)
     return JobContext(settings, factory, job, instances, out,
                       log or get_logger("hiprouter.pipeline").bind(job_id=job.id))
 
@@ -107,6 +120,7 @@ def execute(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     """The files a job produces: its report, or the originals for a forward job."""
     if ctx.job.pipeline == FORWARD and not ctx.job.pipelines:
         return [Path(i.spool_path) for i in ctx.instances]
+    pipelines.refresh()  # a promotion in the model registry takes effect with this job
     return run_analysis(ctx, pipelines)
 
 
@@ -121,15 +135,20 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
                             args=(factory, job.id, owner, lease_s, stop_beat), daemon=True)
     beat.start()
     ctx = None
+    clock = time.perf_counter()
+    outcome: str = "lost"
     try:
         ctx = make_context(settings, factory, job, bound)
         if not ctx.instances:
             raise RuntimeError("the job has no stored instances")
         paths = execute(ctx, pipelines)
+        for path in paths:  # report writers use mkstemp (0600): the group mode, if any
+            if path.parent == ctx.output_dir:
+                fileperms.secure(path)
         objects = object_uids(paths) if job.send_to else []
         with write_transaction(factory) as session:
             queue.complete(session, job.id, owner)
-            queued = enqueue_sends(session, job, paths, objects)
+            queued = enqueue_sends(session, job, paths, objects, settings)
             session.flush()
             studies.settle_study(session, job.study_uid)
             audit.record(
@@ -142,19 +161,22 @@ def run_job(factory: sessionmaker[Session], settings: Settings, pipelines: Pipel
                          "pipeline": job.pipeline, "send_to": job.send_to},
             )
         bound.info("job done", objects=len(paths), sends=queued)
-        return queue.DONE
+        outcome = queue.DONE
+        return outcome
     except queue.LeaseLost as exc:
         bound.warning("job result discarded, lease lost", error=str(exc))
-        return "lost"
+        return outcome
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         bound.error("job failed", error=error, trace=traceback.format_exc(limit=5))
         state = _fail(factory, job, owner, error, settings.queue.retry)
         _audit_failure(factory, settings, job, owner, error, state)
-        return state or "lost"
+        outcome = state or "lost"
+        return outcome
     finally:
         stop_beat.set()
         beat.join()
+        observe_job.job_attempt(factory, job, outcome, time.perf_counter() - clock)
         if ctx is not None and ctx.output_dir.exists() and not any(ctx.output_dir.iterdir()):
             shutil.rmtree(ctx.output_dir, ignore_errors=True)
 

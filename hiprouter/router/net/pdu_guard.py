@@ -6,23 +6,29 @@ socket declaring a 200 MiB A-ASSOCIATE-RQ makes it buffer everything that follow
 length exceeds the limit for that PDU type, and bounds the size of one C-STORE data set
 (data beyond the limit is dropped while reading; the store is then answered 0xA700).
 
+It also runs the pre-association timer: a connection has `request_timeout_s` from the
+TCP accept to deliver a whole A-ASSOCIATE-RQ (TLS handshake included), separate from the
+ARTIM/ACSE timeouts of real associations, and the connection gate (`gate.py`) decides
+which connections and associations stay when peers flood the port.
+
 It also reads each PDU with `recv_into` a buffer of the declared size instead of
 pynetdicom's 4 KiB `recv` loop, which matters for multi-megabyte P-DATA PDUs.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom.transport import RequestHandler
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from hiprouter.router.net import pynetdicom_compat as compat
+from hiprouter.router.net.gate import Conn, Gate
 from hiprouter.router.net.pynetdicom_compat import EVT_INVALID_PDU, EVT_TRANSPORT_CLOSED
 from hiprouter.router.net.reactor import WakeableDUL, run_association_reactor
 
@@ -39,6 +45,7 @@ _PDV_HEADER = struct.Struct(">LBB")
 
 # Called with (association, reason) when a PDU is refused; must not raise.
 ViolationHook = Callable[[Any, str], None]
+SilentHook = Callable[[str, str], None]
 
 
 @dataclass
@@ -47,25 +54,15 @@ class Limits:
 
     max_pdu: int
     max_dataset: int
-    max_connections: int
-    """Open connections (associated or not) beyond which new ones are closed at once."""
     read_timeout_s: float = 60.0
     """Longest time reading one PDU may take (a peer trickling bytes is cut off)."""
+    request_timeout_s: float = 5.0
+    """Longest time from the TCP accept until a whole A-ASSOCIATE-RQ has been read (TLS
+    handshake included); then the connection is closed."""
     on_violation: ViolationHook | None = None
-    open_connections: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def take_slot(self) -> bool:
-        """Count one more open connection, unless `max_connections` are open."""
-        with self._lock:
-            if self.open_connections >= self.max_connections:
-                return False
-            self.open_connections += 1
-            return True
-
-    def free_slot(self) -> None:
-        with self._lock:
-            self.open_connections -= 1
+    on_silent: SilentHook | None = None
+    """Called with (peer host, reason) when a connection is closed for sending no
+    A-ASSOCIATE-RQ in time; must not raise."""
 
 
 class GuardedDUL(WakeableDUL):
@@ -73,14 +70,46 @@ class GuardedDUL(WakeableDUL):
 
     limits: Limits
 
-    def __init__(self, assoc: Any, limits: Limits) -> None:
+    def __init__(self, assoc: Any, limits: Limits, conn: Conn | None = None) -> None:
         super().__init__(assoc)
         self.limits = limits
+        self.conn = conn
         self._dataset_bytes = 0
         self._command_bytes = 0
         self.dataset_too_large = False
         """Set when the current (or last) C-STORE data set exceeded the limit."""
         self._request_read = False
+        accepted = conn.accepted_at if conn is not None else time.monotonic()
+        self._request_deadline = accepted + limits.request_timeout_s
+
+    # -- the pre-association timer and preemption ----------------------------------------
+
+    def idle_wait(self) -> None:
+        super().idle_wait()
+        if not self._request_read and time.monotonic() > self._request_deadline:
+            self._request_timed_out()
+
+    def _request_timed_out(self) -> None:
+        """No whole A-ASSOCIATE-RQ within `request_timeout_s`: close the connection."""
+        if self._kill_thread:
+            return
+        hook = self.limits.on_silent
+        if hook is not None:
+            hook(self.conn.host if self.conn is not None else "", _silent(self.limits))
+        self.socket.close()
+        self.abandon(0x00)
+
+    def idle_timer_expired(self) -> bool:
+        """Also True when the gate preempted this association: the association thread
+        then aborts it as it would after the network timeout."""
+        if self.conn is not None and self.conn.preempted:
+            return True
+        return bool(super().idle_timer_expired())
+
+    def send_pdu(self, primitive: Any) -> None:
+        if self.conn is not None:
+            self.conn.touch()
+        super().send_pdu(primitive)
 
     def _limit_for(self, pdu_type: int) -> int:
         if pdu_type in (0x01, 0x02, 0x03):
@@ -95,9 +124,18 @@ class GuardedDUL(WakeableDUL):
         if sock is None:
             self.queue_event(EVT_TRANSPORT_CLOSED)
             return
+        timeout_s = self.limits.read_timeout_s
+        if not self._request_read:
+            timeout_s = min(timeout_s, self._request_deadline - time.monotonic())
+            if timeout_s <= 0:
+                self._request_timed_out()
+                return
         header = bytearray(6)
         try:
-            complete = _recv_into(sock, memoryview(header), self.limits.read_timeout_s)
+            complete = _recv_into(sock, memoryview(header), timeout_s)
+        except TimeoutError:
+            self._read_timed_out()
+            return
         except OSError:
             complete = False
         if not complete:
@@ -113,21 +151,34 @@ class GuardedDUL(WakeableDUL):
             return
         pdu_bytes = bytearray(6 + length)
         pdu_bytes[:6] = header
+        if not self._request_read:
+            timeout_s = self._request_deadline - time.monotonic()
         try:
-            complete = _recv_into(sock, memoryview(pdu_bytes)[6:], self.limits.read_timeout_s)
+            complete = _recv_into(sock, memoryview(pdu_bytes)[6:], timeout_s)
+        except TimeoutError:
+            self._read_timed_out()
+            return
         except OSError:
             complete = False
         if not complete:
             self._connection_lost()
             return
+        if self.conn is not None:
+            self.conn.touch()
         if pdu_type == P_DATA_TF:
+            if self.conn is not None:
+                self.conn.in_message = True  # until the SCP has served the request
             bounded = self._bound_pdata(memoryview(pdu_bytes)[6:])
             if bounded is None:
                 return
             if bounded is not True:
                 pdu_bytes = header + bounded
-        elif pdu_type == 0x01:
+        elif pdu_type == 0x01 and not self._request_read:
             self._request_read = True
+            try:  # from now on a read may take the network timeout
+                sock.settimeout(self.limits.read_timeout_s)
+            except OSError:
+                pass
         self.deliver_pdu(pdu_bytes)
 
     def _bound_pdata(self, view: memoryview) -> bytes | bool | None:
@@ -168,6 +219,14 @@ class GuardedDUL(WakeableDUL):
             out += data
         return bytes(out)
 
+    def _read_timed_out(self) -> None:
+        """A read did not complete in time: before the request that is the
+        pre-association timer, after it a peer trickling bytes."""
+        if not self._request_read:
+            self._request_timed_out()
+            return
+        self._connection_lost()
+
     def _connection_lost(self) -> None:
         """Evt17; before an A-ASSOCIATE-RQ arrived also wake the waiting acceptor thread.
 
@@ -205,38 +264,88 @@ def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
     return True
 
 
-def guarded_request_handler(limits: Limits, timeout_s: float | None) -> type[RequestHandler]:
-    """A pynetdicom request handler whose associations use `GuardedDUL` and the
-    event-driven association loop of `hiprouter.router.net.reactor`."""
+def _silent(limits: Limits) -> str:
+    return (f"no A-ASSOCIATE-RQ within {limits.request_timeout_s:g} s of connecting "
+            "(node.request_timeout_s); connection closed")
+
+
+def _wait_for_first_bytes(sock: Any, conn: Conn, limits: Limits) -> bool:
+    """Wait until the peer sent something (or closed), within the pre-association timer.
+
+    Until then a connection costs one thread waiting here, not a pynetdicom association
+    (whose set-up copies every supported presentation context). False when the
+    connection is to be dropped: the gate closed it, or the timer ran out (reported).
+    """
+    deadline = conn.accepted_at + limits.request_timeout_s
+    while conn.closing is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if limits.on_silent is not None:
+                limits.on_silent(conn.host, _silent(limits))
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], min(remaining, 1.0))
+        except (OSError, ValueError):
+            return False
+        if readable:
+            return conn.closing is None
+    return False
+
+
+class SharedContexts(list):  # type: ignore[type-arg]
+    """The server's supported presentation contexts, handed to each association as they
+    are instead of deep-copied (pynetdicom's `_create_association` deep-copies them for
+    every connection: 170 contexts x 45 transfer syntaxes cost ~70 ms of CPU per
+    association here). Negotiation only reads them and builds new result contexts."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return list(self)
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a listen backlog for bursts of connections
+    (socketserver's default of 5 made a burst of connects wait for SYN retransmits)."""
+
+    request_queue_size = 512
+
+
+def guarded_request_handler(limits: Limits, timeout_s: float | None,
+                            gate: Gate) -> type[RequestHandler]:
+    """A pynetdicom request handler whose connections are admitted by `gate` and whose
+    associations use `GuardedDUL` and the event-driven loop of
+    `hiprouter.router.net.reactor`."""
 
     class GuardedRequestHandler(compat.AcceptorRequestHandler):
+        conn: Conn
+
         def handle(self) -> None:
-            if not limits.take_slot():
-                if limits.on_violation is not None:
-                    limits.on_violation(None, f"more than {limits.max_connections} open "
-                                              f"connections; closed {self.client_address[0]}")
-                try:
-                    self.request.close()
-                except OSError:
-                    pass
-                return
+            self.conn = gate.open(self.request, str(self.client_address[0]))
             try:
+                if not _wait_for_first_bytes(self.request, self.conn, limits):
+                    gate.close(self.conn)
+                    self.server.shutdown_request(self.request)
+                    return
                 super().handle()
             except BaseException:
-                limits.free_slot()
+                gate.close(self.conn)
                 raise
 
         def prepare_socket(self, sock: Any) -> None:
             if isinstance(sock, socket.socket):
-                sock.settimeout(timeout_s)
+                # until the request is read, no single read may outlast the
+                # pre-association timer
+                sock.settimeout(limits.request_timeout_s if timeout_s is None
+                                else min(timeout_s, limits.request_timeout_s))
                 try:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
 
         def adapt_association(self, assoc: Any) -> None:
-            compat.replace_dul(assoc, GuardedDUL(assoc, limits))
-            compat.call_after_run(assoc, limits.free_slot)
+            conn = self.conn
+            assoc.hiprouter_conn = conn
+            compat.replace_dul(assoc, GuardedDUL(assoc, limits, conn))
+            compat.call_after_run(assoc, lambda: gate.close(conn))
             compat.replace_reactor(assoc, run_association_reactor)
 
     return GuardedRequestHandler

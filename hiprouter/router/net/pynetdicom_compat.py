@@ -25,6 +25,8 @@ Replaced (a subclass supplies its own implementation):
 Extended (the override calls upstream, then adds):
   `DULServiceProvider.send_pdu`, `DULServiceProvider.kill_dul` -> `HookedDUL`: then
     `wake()`, so an idle wait ends at once.
+  `DULServiceProvider.idle_timer_expired` -> `pdu_guard.GuardedDUL`: also True when the
+    connection gate preempted the association (the acceptor loop then aborts it).
   `RequestHandler.handle` -> `pdu_guard`: takes a connection slot first.
   `RequestHandler._create_association` -> `AcceptorRequestHandler`: `prepare_socket`
     before, `adapt_association` after (swap in the guarded DUL and the waiting loop).
@@ -41,6 +43,12 @@ Relied on (attributes and behaviour used from outside):
     `replace_dul` applies them again to the new DUL.
   `DIMSEServiceProvider.get_msg`: reads `msg_queue`, the queue `wait_for_dimse_message`
     waits on (a `queue.Queue`; its `not_empty` condition and `_qsize` are used).
+  `RequestHandler._create_association`: deep-copies `server.contexts` for every
+    association; `pdu_guard.SharedContexts` makes that copy shallow (negotiation
+    only reads the acceptor's contexts).
+  `ACSE._negotiate_as_acceptor`: rejects when more acceptor threads than
+    `AE.maximum_associations` run (connections that never sent a request included), so
+    the SCP sets that high and `gate.py` admits associations instead.
 """
 
 from __future__ import annotations
@@ -97,6 +105,10 @@ UPSTREAM_SHA256: dict[str, str] = {
         "d1e01042128ea4a2a70ea77f42a6633ede75289b31802f76b0deaf3e1b2c1d5e",
     "pynetdicom.dimse.DIMSEServiceProvider.get_msg":
         "890e3e04283f5aeb756236f1a4dd35d3a10bbdd52f3efa3f3950c01f47bd2b34",
+    "pynetdicom.dul.DULServiceProvider.idle_timer_expired":
+        "0150c19fda68f6e95f435aa00dd69a286a3a1dd870ee1acd9948c6738a449357",
+    "pynetdicom.acse.ACSE._negotiate_as_acceptor":
+        "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
 }
 """sha256 of `inspect.getsource()` of each upstream function above, as of
 `PYNETDICOM_VERSION`."""

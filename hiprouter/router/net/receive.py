@@ -19,11 +19,12 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.filereader import _read_file_meta_info as read_file_meta_info
+from pydicom.filereader import read_preamble
 from pydicom.tag import Tag
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,10 +32,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import audit
 from hiprouter.config import Settings
 from hiprouter.db import utcnow
+from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow.studies import note_instance
-from hiprouter.router.net.pdu_guard import Limits, guarded_request_handler
+from hiprouter.router.net.gate import Gate, GateLimits
+from hiprouter.router.net.pdu_guard import (
+    GuardedServer,
+    Limits,
+    SharedContexts,
+    guarded_request_handler,
+)
 from hiprouter.router.net.spool import Spool, SpooledFile
+from hiprouter.router.net.throttle import Throttle
 from hiprouter.router.net.tls import refusal_auditor, server_ssl_context
 from hiprouter.schema import Association, Instance
 
@@ -44,6 +53,15 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+REFUSAL_WINDOW_S = 60.0
+REFUSALS_PER_KEY = 3
+"""Refused peers are audited `REFUSALS_PER_KEY` times per kind and peer address per
+`REFUSAL_WINDOW_S` (and at most 20 events per window in all); the rest are summarised by
+`flush_refusals`."""
+MAX_SUMMARY_KEYS = 20
+PYNETDICOM_SLACK = 64
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ID_TAGS = [Tag("SOPClassUID"), Tag("SOPInstanceUID"), Tag("StudyInstanceUID"),
@@ -69,6 +87,8 @@ class AssociationState:
     stored: int = 0
     duplicates: int = 0
     study_uids: set[str] = field(default_factory=set)
+    dataset: bool = False
+    """Called AE title was dataset.ae_title: a data-set retrieval, never routed."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +99,35 @@ class Identifiers:
     series_uid: str
 
 
-def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifiers:
+def check_deflated(encoded: bytes | memoryview, limit: int) -> None:
+    """Refuse a deflated data set that would inflate to more than `limit` bytes (pydicom
+    inflates the whole data set at once when reading it: a deflate bomb)."""
+    head = bytes(encoded[:8192])
+    if DEFLATED.encode() not in head:
+        return
+    fp = BytesIO(bytes(encoded))
+    try:
+        read_preamble(fp, False)
+        meta = read_file_meta_info(fp)
+    except Exception as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot parse file meta: {exc}") from exc
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+        return
+    try:
+        pixels.inflated_size(memoryview(encoded)[fp.tell():], limit)
+    except pixels.PixelDataRefused as exc:
+        raise Refused(CANNOT_UNDERSTAND, exc.reason) from exc
+
+
+def read_identifiers(encoded: bytes, sop_instance_uid: str | None,
+                     max_inflated: int | None = None) -> Identifiers:
     """Read the UIDs we index from an encoded file (meta + data set) without pixel data.
 
-    `sop_instance_uid` is the one from the C-STORE request (None: do not compare).
+    `sop_instance_uid` is the one from the C-STORE request (None: do not compare);
+    `max_inflated` bounds what a deflated data set may inflate to.
     """
+    if max_inflated is not None:
+        check_deflated(encoded, max_inflated)
     try:
         ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
         values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
@@ -103,13 +147,20 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str | None) -> Identifier
                        values["StudyInstanceUID"], values["SeriesInstanceUID"])
 
 
+CLINICAL, DATASET, REPORT = "clinical", "dataset", "report"
+"""Instance purposes: only clinical instances count for their study and are routed."""
+
+
 def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                     spooled: SpooledFile, *, received_at: datetime,
-                    association_id: int | None = None, calling_ae: str | None = None) -> None:
+                    association_id: int | None = None, calling_ae: str | None = None,
+                    purpose: str = CLINICAL) -> None:
     """Insert an instance row and count it for its study, committed before returning.
 
     Core statements on a plain connection: on this hot path the ORM unit of work cost
     more than the SQL itself. Raises IntegrityError for a SOP Instance UID already stored.
+    A data-set or report instance is stored but not counted for a study: it never opens an
+    episode and is never routed.
     """
     with engine.connect().execution_options(sqlite_immediate=True) as conn:
         with conn.begin():
@@ -120,8 +171,10 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                 "sha256": spooled.sha256, "spool_path": str(spooled.path),
                 "received_at": received_at, "association_id": association_id,
                 "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
+                "purpose": purpose,
             })
-            note_instance(conn, ids.study_uid, calling_ae, received_at)
+            if purpose == CLINICAL:
+                note_instance(conn, ids.study_uid, calling_ae, received_at)
 
 
 # Built once: constructing the statement per instance cost more than running it.
@@ -180,6 +233,12 @@ class AllowList:
             if known is not None:
                 known.update(_addresses(entry.host))
 
+    @property
+    def trusted_hosts(self) -> set[str]:
+        """Addresses of the hosts bound to an entry (their connections get reserved
+        pending places)."""
+        return {h for hosts in self._hosts.values() if hosts for h in hosts}
+
     def check(self, calling_ae: str, peer_host: str) -> str | None:
         """None if allowed, else the reason for rejecting."""
         if self.open:
@@ -213,7 +272,9 @@ class StorageSCP:
         self.engine = factory.kw["bind"]
         self.spool = spool
         self.allow = AllowList(settings)
-        self.server: ThreadedAssociationServer | None = None
+        self.dataset_ae = settings.dataset.ae_title
+        self.report_classes = frozenset(settings.monitoring.report_sop_classes)
+        self.server: GuardedServer | None = None
         # SQLite has one writer at a time and its busy handler sleeps 1-100 ms between
         # tries; associations of this process queue on a lock instead (woken at once).
         self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
@@ -223,18 +284,31 @@ class StorageSCP:
         self.limits = Limits(
             max_pdu=node.max_pdu_size,
             max_dataset=node.max_dataset_mb * 1024 * 1024,
-            # a few more than max_associations, so those get a proper A-ASSOCIATE-RJ
-            max_connections=node.max_associations + 4,
             read_timeout_s=node.network_timeout_s,
+            request_timeout_s=node.request_timeout_s,
             on_violation=self._on_violation,
+            on_silent=self._on_silent,
         )
+        reserved = 0 if self.allow.open else min(node.reserved_associations,
+                                                 node.max_associations - 1)
+        self.gate = Gate(
+            GateLimits(max_associations=node.max_associations, reserved=reserved,
+                       per_host=node.max_associations_per_host,
+                       max_pending=node.max_pending_connections,
+                       pending_per_host=node.max_pending_per_host,
+                       preempt_idle_s=node.preempt_idle_s),
+            self.allow.trusted_hosts, on_event=self._on_gate_event)
+        self.throttle = Throttle(window_s=REFUSAL_WINDOW_S, per_key=REFUSALS_PER_KEY)
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
         node = self.settings.node
         ae = AE(ae_title=node.ae_title)
         ae.maximum_pdu_size = node.max_pdu_size
-        ae.maximum_associations = node.max_associations
+        # The gate admits associations (pynetdicom would count connections that never
+        # sent a request against its limit); this only bounds threads in the worst case.
+        ae.maximum_associations = (node.max_associations + node.max_pending_connections
+                                   + PYNETDICOM_SLACK)
         ae.acse_timeout = node.acse_timeout_s
         ae.dimse_timeout = node.dimse_timeout_s
         ae.network_timeout = node.network_timeout_s
@@ -249,17 +323,19 @@ class StorageSCP:
     def start(self) -> None:
         """Listen on node.host:node.port in background threads."""
         node = self.settings.node
-        handler = guarded_request_handler(self.limits, node.network_timeout_s)
+        handler = guarded_request_handler(self.limits, node.network_timeout_s, self.gate)
         server = self.ae.make_server(
             (node.host, node.port),
             evt_handlers=self.handlers(),
-            server_class=ThreadedAssociationServer,
+            server_class=GuardedServer,
             request_handler=handler,
             ssl_context=server_ssl_context(
-                node.tls, on_refused=refusal_auditor(self.factory, node.ae_title)
+                node.tls, on_refused=refusal_auditor(self.factory, node.ae_title,
+                                                     self.throttle)
             ) if node.tls.enabled else None,
         )
         server.daemon_threads = True
+        server.contexts = SharedContexts(server.contexts)
         self.ae._servers.append(server)
         thread = threading.Thread(target=server.serve_forever, name="hiprouter-scp",
                                   daemon=True)
@@ -278,8 +354,10 @@ class StorageSCP:
             return
         server, self.server = self.server, None
         server.shutdown()
+        self.gate.close_pending()
         for assoc in list(server.active_associations):
             assoc.join(timeout_s)
+        self.flush_refusals(force=True)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -320,12 +398,27 @@ class StorageSCP:
         called = str(primitive.called_ae_title).strip()
         state = self._state(assoc)
         state.calling_ae = calling
+        if called == self.dataset_ae:
+            # Our second AE title: pynetdicom checks the called AE against this one.
+            assoc.acceptor.ae_title = called
+            state.dataset = True
         reason = self.allow.check(calling, state.peer_host)
+        if reason is not None:
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            self._record_rejection(assoc, called, reason, "allow-list")
+            assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+            return
+        conn = getattr(assoc, "hiprouter_conn", None)
+        if conn is None:
+            return
+        reason = self.gate.request(conn, calling, allowed=not self.allow.open)
         if reason is None:
             return
-        assoc.acse.send_reject(0x01, 0x01, 0x03)
-        self._record_rejection(assoc, called, reason)
-        assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ
+        # transient, service-provider (presentation related), local limit exceeded
+        assoc.acse.send_reject(0x02, 0x03, 0x02)
+        self._record_rejection(assoc, called, f"too many associations: {reason}", "limit",
+                               alert=True)
+        assoc.kill()
 
     def _on_rejected(self, event: Any) -> None:
         assoc = event.assoc
@@ -338,10 +431,18 @@ class StorageSCP:
         reason = reasons.get(diagnostic or 0, f"rejected (diagnostic {diagnostic})")
         if diagnostic == 0x07:
             reason = f"called AE title {called!r} is not {self.settings.node.ae_title!r}"
-        self._record_rejection(assoc, called, reason)
+        self._record_rejection(assoc, called, reason, f"diagnostic-{diagnostic}")
 
-    def _record_rejection(self, assoc: Any, called: str, reason: str) -> None:
+    def _record_rejection(self, assoc: Any, called: str, reason: str, kind: str,
+                          alert: bool = False) -> None:
+        """Log and audit a rejected association (rate-limited per peer and kind);
+        `alert`: a Security Alert (a limit) rather than a failed node authentication."""
         state = self._state(assoc)
+        held = self.throttle.admit(("rejected", kind, state.peer_host, state.calling_ae))
+        if held is None:
+            return
+        if held:
+            reason += f" ({held} more such rejections held back before this one)"
         log.warning("association rejected", calling_ae=state.calling_ae, called_ae=called,
                     peer=state.peer_host, reason=reason)
         now = utcnow()
@@ -354,8 +455,10 @@ class StorageSCP:
                     instances_received=0,
                 ))
                 audit.record(
-                    session, audit.USER_AUTHENTICATION, "E", audit.MINOR_FAILURE,
-                    event_type=audit.NODE_AUTHENTICATION, description=reason,
+                    session, audit.SECURITY_ALERT if alert else audit.USER_AUTHENTICATION,
+                    "E", audit.MINOR_FAILURE,
+                    event_type=audit.RESOURCE if alert else audit.NODE_AUTHENTICATION,
+                    description=reason,
                     participants=[
                         audit.participant("source", state.calling_ae, state.peer_host),
                         audit.participant("destination", called),
@@ -371,7 +474,8 @@ class StorageSCP:
             with self.factory() as session, session.begin():
                 row = Association(
                     direction="in", calling_ae=state.calling_ae[:16],
-                    called_ae=self.settings.node.ae_title, peer_host=state.peer_host,
+                    called_ae=self.dataset_ae if state.dataset else self.settings.node.ae_title,
+                    peer_host=state.peer_host,
                     peer_port=int(assoc.requestor.port or 0), started_at=utcnow(),
                     outcome="accepted", instances_received=0,
                 )
@@ -411,21 +515,70 @@ class StorageSCP:
             log.error("cannot record association end", error=str(exc))
 
     def _on_violation(self, assoc: Any, reason: str) -> None:
-        peer = self._state(assoc).peer_host if assoc is not None else None
-        log.warning("peer violated limits, aborting", peer=peer, reason=reason)
+        self._alert("violation", assoc, reason, audit.SERIOUS_FAILURE,
+                    "peer violated limits, aborting")
+
+    def _on_silent(self, host: str, reason: str) -> None:
+        self._alert("silent", None, reason, audit.MINOR_FAILURE,
+                    "connection without an association request closed", host=host)
+
+    def _on_gate_event(self, kind: str, host: str, description: str) -> None:
+        self._alert(kind, None, description, audit.MINOR_FAILURE,
+                    "connection gate closed a connection", host=host)
+
+    def _alert(self, kind: str, assoc: Any, reason: str, outcome: int, message: str,
+               host: str | None = None) -> None:
+        """Log and audit a Security Alert about a peer, rate-limited per kind and host."""
+        peer = host or (self._state(assoc).peer_host if assoc is not None else "")
+        held = self.throttle.admit((kind, peer))
+        if held is None:
+            return
+        if held:
+            reason += f" ({held} more such events from {peer} held back before this one)"
+        log.warning(message, peer=peer, reason=reason)
         participants = (self._participants(assoc) if assoc is not None else
-                        [audit.participant("destination", self.settings.node.ae_title)])
+                        [audit.participant("source", host=peer),
+                         audit.participant("destination", self.settings.node.ae_title)])
         try:
             audit.record_now(
-                self.factory, audit.SECURITY_ALERT, "E", audit.SERIOUS_FAILURE,
+                self.factory, audit.SECURITY_ALERT, "E", outcome,
                 description=reason, participants=participants,
             )
         except Exception as exc:
             log.error("cannot record security alert", error=str(exc))
 
+    def flush_refusals(self, force: bool = False) -> int:
+        """Record one summary Security Alert for the refusals the rate limit held back
+        (per kind and peer, for windows that are over; all with `force`). Returns how
+        many events were summarised."""
+        held = self.throttle.drain(force=force)
+        if not held:
+            return 0
+        parts = [f"{n} x {key[0]} {'/'.join(str(k) for k in key[1:] if k)}"
+                 for key, n in sorted(held.items(), key=lambda kv: -kv[1])]
+        shown = "; ".join(parts[:MAX_SUMMARY_KEYS])
+        if len(parts) > MAX_SUMMARY_KEYS:
+            shown += f"; and {len(parts) - MAX_SUMMARY_KEYS} more peers"
+        total = sum(held.values())
+        description = (f"{total} refused connections or associations not audited one by "
+                       f"one (rate limit): {shown}")
+        log.warning("refusals held back by the rate limit", count=total, detail=shown)
+        try:
+            audit.record_now(
+                self.factory, audit.SECURITY_ALERT, "E", audit.MINOR_FAILURE,
+                description=description,
+                participants=[audit.participant("destination", self.settings.node.ae_title)],
+            )
+        except Exception as exc:
+            log.error("cannot record security alert", error=str(exc))
+        return total
+
     # -- DIMSE services --------------------------------------------------------------
 
     def _on_c_echo(self, event: Any) -> int:
+        conn = getattr(event.assoc, "hiprouter_conn", None)
+        if conn is not None:
+            conn.in_message = False
         return SUCCESS
 
     def _on_c_store(self, event: Any) -> int:
@@ -433,6 +586,9 @@ class StorageSCP:
         state = self._state(assoc)
         request = event.request
         sop_uid = str(request.AffectedSOPInstanceUID or "")
+        conn = getattr(assoc, "hiprouter_conn", None)
+        if conn is not None:  # an association serving a request is never idle
+            conn.busy += 1
         try:
             return self._store(event, state, sop_uid)
         except Refused as exc:
@@ -442,6 +598,11 @@ class StorageSCP:
             log.error("store failed", sop_instance_uid=sop_uid, error=str(exc))
             self._audit_failure(assoc, audit.RESOURCE, f"store failed: {exc}", sop_uid)
             return OUT_OF_RESOURCES
+        finally:
+            if conn is not None:
+                conn.busy -= 1
+                conn.in_message = False
+                conn.touch()
 
     def _store(self, event: Any, state: AssociationState, sop_uid: str) -> int:
         dul = event.assoc.dul
@@ -463,13 +624,16 @@ class StorageSCP:
         # inside the write transaction would serialise all associations behind it).
         pending = self.spool.begin(encoded)
         try:
-            ids = read_identifiers(encoded, sop_uid)
+            ids = read_identifiers(encoded, sop_uid,
+                                   self.settings.node.max_dataset_mb * 1024 * 1024)
             pending.rename()
             spooled = pending.wait_durable()
+            purpose = DATASET if state.dataset else (
+                REPORT if ids.sop_class_uid in self.report_classes else CLINICAL)
             with self._write_lock:
                 record_instance(self.engine, ids, str(event.context.transfer_syntax),
                                 spooled, received_at=utcnow(), association_id=state.row_id,
-                                calling_ae=state.calling_ae[:16] or None)
+                                calling_ae=state.calling_ae[:16] or None, purpose=purpose)
         except IntegrityError:
             # Duplicates are rare: the unique SOP Instance UID finds them, after the
             # write, which spares every other instance a look-up.

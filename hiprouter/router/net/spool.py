@@ -4,6 +4,7 @@ A file is written to a temporary name in its final folder, flushed with fsync, r
 atomically, and the folder is fsynced so the rename itself survives a crash. The file's
 fsync runs in a spool thread so the receiving thread can parse and hash meanwhile. Names are
 generated (uuid4), never derived from received values, so no UID can traverse paths.
+Files are created 0600 in folders of 0700 (`hiprouter.fileperms`), whatever the umask.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from hiprouter import fileperms
 
 TMP_SUFFIX = ".tmp"
 DCM_SUFFIX = ".dcm"
@@ -139,9 +142,14 @@ class Spool:
             pool.shutdown(wait=True)
 
     def prepare(self) -> None:
-        """Create the spool and its 256 fan-out folders (once, at start-up)."""
+        """Create the spool and its 256 fan-out folders (once, at start-up), all with the
+        service's folder mode (`hiprouter.fileperms`), also when they exist already."""
+        fileperms.make_dirs(self.root)
+        fileperms.tighten(self.root)
         for sub in (*(f"{i:02x}" for i in range(256)), QUARANTINE_DIR):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            folder = self.root / sub
+            fileperms.make_dirs(folder)
+            fileperms.tighten(folder)
         _fsync_dir(self.root, self.fsync)
 
     def write(self, data: bytes | memoryview, *, quarantine: bool = False) -> SpooledFile:
@@ -168,7 +176,8 @@ class Spool:
         folder = self.root / (QUARANTINE_DIR if quarantine else name[:2])
         pending = PendingFile(self, data, folder / f".{name}{TMP_SUFFIX}",
                               folder / f"{name}{DCM_SUFFIX}")
-        fd = os.open(pending.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(pending.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                     fileperms.file_mode())
         try:
             view = memoryview(data)
             while view:

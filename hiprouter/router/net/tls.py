@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import audit
 from hiprouter.config import ConfigError, TLSConfig
 from hiprouter.logs import get_logger
+from hiprouter.router.net.throttle import Throttle
 
 log = get_logger(__name__)
 
@@ -42,10 +43,11 @@ class _ServerSocket(ssl.SSLSocket):
             except OSError:
                 peer = "unknown"
             reason = exc.reason or str(exc)
-            log.warning("TLS connection refused", peer=peer, reason=reason)
             on_refused = getattr(self.context, "on_refused", None)
             if on_refused is not None:
-                on_refused(peer, reason)
+                on_refused(peer, reason)  # logs, rate-limited
+            else:
+                log.warning("TLS connection refused", peer=peer, reason=reason)
             raise
 
 
@@ -53,11 +55,20 @@ RefusalHook = Callable[[str, str], None]
 """Called with (peer "host:port", reason) when a TLS client is refused; must not raise."""
 
 
-def refusal_auditor(factory: sessionmaker[Session], ae_title: str) -> RefusalHook:
+def refusal_auditor(factory: sessionmaker[Session], ae_title: str,
+                    throttle: Throttle | None = None) -> RefusalHook:
     """A hook that records each refused TLS client as a Security Alert (Node
-    Authentication failure) in the audit trail."""
+    Authentication failure) in the audit trail; with `throttle`, once per peer address
+    and reason per window (a summary counts the rest)."""
 
     def record(peer: str, reason: str) -> None:
+        if throttle is not None:
+            held = throttle.admit(("tls", peer.rsplit(":", 1)[0], reason))
+            if held is None:
+                return
+            if held:
+                reason += f" ({held} more such refusals held back before this one)"
+        log.warning("TLS connection refused", peer=peer, reason=reason)
         try:
             audit.record_now(
                 factory, audit.SECURITY_ALERT, "E", audit.MINOR_FAILURE,

@@ -194,14 +194,44 @@ def test_missing_file_is_an_attempt_with_a_reason(tmp_path: Path) -> None:
     assert len(errors) == 1 and "cannot read" in errors[0]
 
 
-def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
-    """Sends slower than the lease: no other sender may take them over mid-batch."""
+class _Clock:
+    """A clock for the dispatcher that moves only when told to (leases without sleeps)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._real = db.utcnow()
+        self._mono = time.monotonic()
+
+    def utcnow(self):  # type: ignore[no-untyped-def]
+        return self._real + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return self._mono + self.offset
+
+
+def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sends slower than the lease: no other sender may take them over mid-batch.
+
+    Each store moves the dispatcher's clock on by 0.4 lease, so six stores span 2.4 leases;
+    after each, a second sender tries to claim (and the store is answered only then). Only
+    the renewal between stores can keep the leases; no real time has to pass.
+    """
+    import types
+
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+    from hiprouter.router.flow import dispatch
+
+    clock = _Clock()
+    lease_s = 10.0
     got: list[str] = []
+    moved, tried = threading.Event(), threading.Event()
 
     def slow_store(event: evt.Event) -> int:
-        time.sleep(0.3)
+        clock.offset += 0.4 * lease_s
+        moved.set()
+        assert tried.wait(60), "the second sender did not try"
+        tried.clear()
         got.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
@@ -212,23 +242,30 @@ def test_long_batch_renews_its_leases(tmp_path: Path) -> None:
                               evt_handlers=[(evt.EVT_C_STORE, slow_store)])
     try:
         settings = settings_for(tmp_path, port, max_concurrent=2)
-        settings.queue.lease_s = 1.0  # the batch takes about 1.8 s
+        settings.queue.lease_s = lease_s
         settings.queue.send_batch = 6
         factory = queue_files(settings, make_study(tmp_path / "in", 1, 6))
+        clock.__init__()  # type: ignore[misc]  # starts now, after the sends were queued
+        monkeypatch.setattr(dispatch, "utcnow", clock.utcnow)
+        monkeypatch.setattr(queue, "utcnow", clock.utcnow)
+        monkeypatch.setattr(dispatch, "time", types.SimpleNamespace(monotonic=clock.monotonic))
         batch = claim_sends(factory, settings, "pacs", "first")
         assert len(batch) == 6
         worker = threading.Thread(target=send_batch,
                                   args=(factory, settings, "pacs", batch, "first"))
         worker.start()
         stolen = []
-        while worker.is_alive():
-            stolen += claim_sends(factory, settings, "pacs", "second")
-            time.sleep(0.05)
+        while worker.is_alive() or moved.is_set():
+            if moved.wait(0.05):
+                moved.clear()
+                stolen += claim_sends(factory, settings, "pacs", "second")
+                tried.set()
         worker.join()
     finally:
         server.shutdown()
     assert stolen == []
     assert len(got) == 6 and len(set(got)) == 6
+    assert clock.offset == pytest.approx(2.4 * lease_s)
     with factory() as s:
         assert s.scalars(select(Send.state)).all() == ["sent"] * 6
 

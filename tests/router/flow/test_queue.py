@@ -143,8 +143,11 @@ def test_expired_lease_is_claimed_again_and_fences_old_owner(factory, tmp_path) 
     with factory() as s, s.begin():
         job_id = queue.enqueue(s, study_uid="1.2.3", pipeline="forward", rule="r",
                                send_to=[]).id
-    assert queue.claim(factory, "dead-worker", 0.2, retry) is not None
-    time.sleep(0.4)
+    assert queue.claim(factory, "dead-worker", 30, retry) is not None
+    assert queue.claim(factory, "new-worker", 30, retry) is None  # leased
+    with factory() as s, s.begin():  # the lease runs out (the owner stopped renewing)
+        s.execute(update(Job).where(Job.id == job_id)
+                  .values(lease_expires_at=db.utcnow() - timedelta(seconds=1)))
     job = queue.claim(factory, "new-worker", 30, retry)
     assert job is not None and job.id == job_id and job.attempts == 2
     with factory() as s, s.begin(), pytest.raises(queue.LeaseLost):
@@ -232,8 +235,10 @@ def _worker_config(tmp_path: Path, url: str, pacs_port: int, lease_s: float) -> 
     return path
 
 
-def _start_worker(config: Path, log: Path, delay_s: float) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HIPROUTER_TEST_PIPE_S": str(delay_s)}
+def _start_worker(config: Path, log: Path, delay_s: float,
+                  processes: int = 0) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HIPROUTER_TEST_PIPE_S": str(delay_s),
+           "HIPROUTER_TEST_PIPE_PROCESSES": str(processes)}
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
@@ -274,10 +279,13 @@ def test_two_worker_processes_share_50_jobs_none_twice(pg_url: str, tmp_path: Pa
     factory = db.session_factory(engine)
     pacs = StoreSCP(tmp_path / "pacs").start()
     config = _worker_config(tmp_path, pg_url, pacs.port, lease_s=30)
-    procs = [_start_worker(config, tmp_path / f"w{i}.log", 0.05) for i in range(2)]
+    # each process's first jobs wait until the other process has started one too, so
+    # both take part however the scheduler favours one of them
+    procs = [_start_worker(config, tmp_path / f"w{i}.log", 0.0, processes=2)
+             for i in range(2)]
     try:
         ids = _queue_marked_jobs(factory, tmp_path, 50)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             with factory() as s:
                 done = s.scalar(select(func.count()).select_from(Job)
@@ -310,13 +318,15 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
     factory = db.session_factory(engine)
     pacs = StoreSCP(tmp_path / "pacs").start()
     config = _worker_config(tmp_path, pg_url, pacs.port, lease_s=2)
-    first = _start_worker(config, tmp_path / "w0.log", 4.0)
+    # the first worker's job would take 10 minutes: it is killed long before, however
+    # slowly the second worker starts on a loaded machine
+    first = _start_worker(config, tmp_path / "w0.log", 600.0)
     second = None
     try:
         (study_uid,) = _queue_marked_jobs(factory, tmp_path, 1)
         with factory() as s:
             job_id = s.scalars(select(Job.id).where(Job.study_uid == study_uid)).one()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while not _runs(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
@@ -325,7 +335,7 @@ def test_killed_worker_lease_expires_and_another_completes(pg_url: str, tmp_path
         second = _start_worker(config, tmp_path / "w1.log", 0.0)
         os.kill(first.pid, signal.SIGKILL)  # mid-job: started, not finished
         first.wait(10)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with factory() as s:
                 job = s.get(Job, job_id)
@@ -394,3 +404,29 @@ def test_leases_of_dead_local_processes_expire_at_start(factory, tmp_path: Path)
     again = queue.claim(factory, "new", 300, retry)
     assert again is not None and again.attempts == 2
     assert queue.claim(factory, "new", 300, retry) is None  # the live and remote leases hold
+
+
+def test_retry_and_replay_give_up_on_a_locked_database_and_say_so(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from hiprouter.cli import main
+
+    db.upgrade(sqlite_url)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"database": {"url": sqlite_url}}))
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, and not letting go
+    try:
+        for args in (["retry"], ["replay", "1.2.3"]):
+            result = CliRunner().invoke(main, ["--config", str(cfg), *args, "--timeout", "0.5"])
+            assert result.exit_code == 1, result.output
+            assert "gave up after 0.5 s (--timeout) waiting for the database" in result.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    result = CliRunner().invoke(main, ["--config", str(cfg), "retry", "--timeout", "0.5"])
+    assert result.exit_code == 0 and "re-queued 0 dead jobs" in result.output

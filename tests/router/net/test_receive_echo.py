@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def test_echo_by_address_and_by_destination_name(
                                     f"OTHER@127.0.0.1:{router.port}"])
     assert wrong_ae.exit_code == 1 and "rejected" in wrong_ae.output
     closed = runner.invoke(main, ["--config", str(config), "echo", "nobody", "--timeout", "3"])
-    assert closed.exit_code == 1
+    assert closed.exit_code == 1 and "cannot connect" in closed.output
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        mute = runner.invoke(main, ["--config", str(config), "echo",
+                                    f"MUTE@127.0.0.1:{port}", "--timeout", "2"])
+    assert mute.exit_code == 1
+    assert "no answer to the association request within 2 s" in mute.output, mute.output
     bad = runner.invoke(main, ["--config", str(config), "echo", "not-a-target"])
     assert bad.exit_code == 2 and "AE@HOST:PORT" in bad.output
