@@ -284,6 +284,9 @@ class RunsOn(_Strict):
     include_indeterminate: bool = False
     """Whether a hip whose upstream finding is indeterminate still qualifies (on its top
     candidate); a hip that was not assessed never does."""
+    optional: bool = False
+    """When `pipeline` is not run with this one (not in the same rule), run on every hip
+    instead of refusing the rule (e.g. onfh without hardware)."""
 
     def model_post_init(self, __context: Any) -> None:
         if bool(self.classes) == bool(self.exclude):
@@ -292,7 +295,8 @@ class RunsOn(_Strict):
     def describe(self) -> str:
         what = (f"classes {', '.join(self.classes)}" if self.classes
                 else f"any class but {', '.join(self.exclude)}")
-        return f"{self.pipeline} finds {what}"
+        return f"{self.pipeline} finds {what}" + (
+            f" (every hip when {self.pipeline} does not run)" if self.optional else "")
 
 
 class PipelineConfig(BaseModel):
@@ -339,7 +343,7 @@ class ReportConfig(_Strict):
     default_priority: Literal["HIGH", "MEDIUM", "ROUTINE"] = "ROUTINE"
     heatmap_pipelines: list[str] | None = None
     """Whose heat maps the SC overlays show, first that has one per hip wins; None: every
-    pipeline in run order."""
+    pipeline, cascade stages before the pipelines they run on, else in run order."""
     secondary_captures: bool = True
     """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
 

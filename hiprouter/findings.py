@@ -253,6 +253,9 @@ class PipelineResult:
     """active: reported; shadow: recorded in the database only, nothing of it is sent."""
     model_id: int | None = None
     """The model registry entry that produced it (None: configured or bundled models)."""
+    upstream: str | None = None
+    """For a cascade stage, the pipeline whose findings selected its hips (set by the
+    runner); None for a first-stage pipeline."""
 
 
 @dataclass

@@ -53,14 +53,29 @@ def register(group: click.Group) -> None:
               help="Start from this model's weights (same arch; other classes: backbone only).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where preprocessed crops are cached (default OUT/cache).")
+@click.option("--task", type=click.Choice(["classification", "segmentation", "normative"]),
+              default="classification", show_default=True,
+              help="onfh only: segmentation (femoral-head U-Nets) or normative (VAE, "
+                   "normative model, stage thresholds on --segmentation).")
+@click.option("--segmentation", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="onfh --task normative: the segmentation model (same data and seed).")
+@click.option("--beta", default=1.0, show_default=True, type=float,
+              help="onfh --task normative: weight of the KL term of the ELBO (beta-VAE).")
+@click.option("--latent-dim", default=16, show_default=True, type=int,
+              help="onfh --task normative: VAE latent dimensions.")
 def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
               input_size: int, epochs_head: int, epochs: int, batch_size: int, lr_head: float,
               lr: float, seed: int, max_steps: int | None, balance: bool, label_set: str,
               label_column: str, name: str,
               model_version: str, training_data: str, synthetic_demo: bool, device: str,
               workers: int, decode_workers: int, init_from: Path | None,
-              cache_dir: Path | None) -> None:
-    """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV."""
+              cache_dir: Path | None, task: str, segmentation: Path | None, beta: float,
+              latent_dim: int) -> None:
+    """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV.
+
+    --label-set onfh trains the osteonecrosis model in two tasks (--task segmentation,
+    then --task normative --segmentation SEG_DIR).
+    """
     from hiprouter.inference.models import ModelError
     from hiprouter.training.dataset import DatasetError
     from hiprouter.training.train import TrainConfig, train
@@ -68,6 +83,18 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
     labels_csv = labels_csv or data_dir / "labels.csv"
     if not labels_csv.is_file():
         raise click.UsageError(f"no labels CSV: {labels_csv} (use --labels)")
+    if label_set == "onfh":
+        from hiprouter.training.onfh_cli import train_onfh
+
+        values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+                  "max_steps": max_steps, "name": name, "model_version": model_version,
+                  "training_data": training_data, "synthetic_demo": synthetic_demo,
+                  "device": device, "decode_workers": decode_workers, "input_size": input_size}
+        train_onfh(click.get_current_context(), data_dir, labels_csv, out_dir, task,
+                   segmentation, beta, latent_dim, values, cache_dir)
+        return
+    if task != "classification":
+        raise click.UsageError(f"--task {task} is for --label-set onfh")
     cfg = TrainConfig(arch=arch, input_size=input_size, epochs_head=epochs_head, epochs=epochs,
                       batch_size=batch_size, lr_head=lr_head, lr=lr, seed=seed,
                       max_steps=max_steps, balance=balance, label_set=label_set,
@@ -116,6 +143,12 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     labels_csv = labels_csv or data_dir / "labels.csv"
     if not labels_csv.is_file():
         raise click.UsageError(f"no labels CSV: {labels_csv} (use --labels)")
+    if _label_set(model_dir) == "onfh":
+        from hiprouter.training.onfh_cli import evaluate_onfh_cmd
+
+        evaluate_onfh_cmd(model_dir, data_dir, labels_csv, out_dir, device, n_boot, record_as,
+                          dataset_name)
+        return
     try:
         metrics, paths = evaluate_model([model_dir], data_dir, labels_csv, out_dir, device,
                                         runtime, label_column, n_boot=n_boot)
@@ -161,6 +194,15 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
         card.evaluation = {**card.evaluation, record_as: card_figures(metrics, name)}
         write_card(model_dir, card)
         out.print(f"recorded as evaluation.{record_as} in {model_dir}/card.yaml")
+
+
+def _label_set(model_dir: Path) -> str:
+    from hiprouter.inference.models import ModelError, read_card
+
+    try:
+        return read_card(model_dir).label_set
+    except ModelError:
+        return ""
 
 
 @click.group("models")

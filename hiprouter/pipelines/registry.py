@@ -98,12 +98,19 @@ def validate_options(name: str, cfg: PipelineConfig, settings: Settings) -> Pipe
         raise ConfigError("\n".join(lines)) from exc
 
 
-def runs_on(name: str, settings: Settings) -> RunsOn | None:
-    """The cascade condition of a pipeline: its config's, else its kind's default."""
+def runs_on(name: str, settings: Settings,
+            run_with: Sequence[str] | None = None) -> RunsOn | None:
+    """The cascade condition of a pipeline: its config's, else its kind's default.
+
+    With `run_with` (the pipelines of one rule), an ``optional`` condition whose upstream
+    pipeline is not among them is dropped: the pipeline then runs on every hip.
+    """
     cfg = settings.pipelines[name]
-    if cfg.runs_on is not None:
-        return cfg.runs_on
-    return kind_class(cfg.kind).default_runs_on
+    cond = cfg.runs_on if cfg.runs_on is not None else kind_class(cfg.kind).default_runs_on
+    if cond is not None and cond.optional and run_with is not None \
+            and cond.pipeline not in run_with:
+        return None
+    return cond
 
 
 def resolve_order(names: Sequence[str], settings: Settings) -> list[str]:
@@ -115,7 +122,7 @@ def resolve_order(names: Sequence[str], settings: Settings) -> list[str]:
     wanted = [n for n in dict.fromkeys(names) if n != FORWARD]
     upstream = {}
     for n in wanted:
-        cond = runs_on(n, settings)
+        cond = runs_on(n, settings, wanted)
         if cond is not None:
             if cond.pipeline not in wanted:
                 raise ConfigError(

@@ -81,6 +81,7 @@ def run_variants(stages: Sequence[Sequence[Variant]], conditions: dict[str, Runs
             else:
                 result = pipe.run(study, targets) if targets else pipe.empty_result()
                 result.skipped.extend(skipped)
+                result.upstream = condition.pipeline if condition is not None else None
             result.mode = "shadow" if upstream_shadow else variant.mode
             result.model_id = variant.model_id
             for uid, reason in study.refused.items():
@@ -102,5 +103,5 @@ def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: st
     stages = [pipeline_set.variants(n) for n in order]
     modalities = {m for variants in stages for v in variants for m in v.pipeline.modalities()}
     study = StudyInput.from_datasets(study_uid, datasets, modalities)
-    conditions = {n: runs_on(n, pipeline_set.settings) for n in order}
+    conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
     return run_variants(stages, conditions, study), study.images

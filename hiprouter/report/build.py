@@ -118,6 +118,9 @@ def _evidence(study: StudyFindings, sources: Sequence[Dataset]) -> list[Dataset]
 
 def _overlay(uid: str, display: np.ndarray, study: StudyFindings,
              heat_order: Sequence[str]) -> Overlay:
+    """Labels and outlines of every finding on the image, and per hip the heat map of the
+    first pipeline in `heat_order` that has one for that hip (so an AP pelvis can show the
+    failure map of its THA and the device map of its other hip)."""
     overlay = Overlay(uid, display, None)
     on_image = [f for f in study.findings() if uid in f.source_sop_uids]
     for f in on_image:
@@ -125,14 +128,30 @@ def _overlay(uid: str, display: np.ndarray, study: StudyFindings,
             finding_label(f, study.vocabulary(f.pipeline)))
         overlay.outlines += [r.points for r in f.regions
                              if r.sop_instance_uid == uid and r.graphic_type == "POLYLINE"]
-    for pipeline in heat_order:
-        maps = [h.heat for f in on_image if f.pipeline == pipeline and _explains(f, study)
-                for h in f.heatmaps if h.sop_instance_uid == uid]
-        if maps:
-            overlay.heatmap = np.maximum.reduce([m.astype(np.float32) for m in maps])
-            overlay.heatmap_from = pipeline
-            break
+    chosen: list[np.ndarray] = []
+    used: list[str] = []
+    for side in dict.fromkeys(f.laterality for f in on_image):
+        for pipeline in heat_order:
+            maps = [h.heat for f in on_image
+                    if f.pipeline == pipeline and f.laterality == side and _explains(f, study)
+                    for h in f.heatmaps if h.sop_instance_uid == uid]
+            if maps:
+                chosen += [m.astype(np.float32) for m in maps]
+                used.append(pipeline)
+                break
+    if chosen:
+        overlay.heatmap = np.maximum.reduce(chosen)
+        overlay.heatmap_from = ", ".join(dict.fromkeys(used))
     return overlay
+
+
+def default_heat_order(study: StudyFindings) -> list[str]:
+    """Whose heat maps the SCs prefer when ``report.heatmap_pipelines`` is not set: cascade
+    stages before the pipelines they ran on (the more specific finding), else run order."""
+    depth: dict[str, int] = {}
+    for r in study.results:
+        depth[r.pipeline] = depth.get(r.upstream, -1) + 1 if r.upstream else 0
+    return [r.pipeline for r in sorted(study.results, key=lambda r: -depth[r.pipeline])]
 
 
 def _explains(finding: Finding, study: StudyFindings) -> bool:
@@ -191,7 +210,7 @@ def build_report(study: StudyFindings, sources: Sequence[Dataset],
 
     scs = []
     if report_cfg.secondary_captures:
-        heat_order = report_cfg.heatmap_pipelines or [r.pipeline for r in study.results]
+        heat_order = report_cfg.heatmap_pipelines or default_heat_order(study)
         with_findings = [u for u in by_uid if u in display_images
                          and any(u in f.source_sop_uids for f in study.findings())]
         laterality = series_laterality([by_uid[u] for u in with_findings])

@@ -71,7 +71,12 @@ class LabelledHip:
 
 def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "hardware",
                 aliases: Mapping[str, str] | None = None) -> list[LabelledHip]:
-    """Read and check a labels CSV; every label (after `aliases`) must be one of `classes`."""
+    """Read and check a labels CSV; every label (after `aliases`) must be one of `classes`.
+
+    Rows with an empty label are skipped: the hip is outside this label set (the synthetic
+    `failure` column is empty for hips without a THA, `device` for hips without a catalogue
+    fixation).
+    """
     try:
         with Path(csv_path).open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -86,6 +91,8 @@ def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "har
     known = set(classes)
     for n, row in enumerate(rows, start=2):
         label = (row.get(label_column) or "").strip()
+        if not label:
+            continue
         label = (aliases or {}).get(label, label)
         if label not in known:
             raise DatasetError(f"{csv_path}:{n}: label {label!r} is not one of {sorted(known)}")
@@ -100,7 +107,7 @@ def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "har
             view=(row.get("view") or "").strip(),
         ))
     if not out:
-        raise DatasetError(f"{csv_path}: no rows")
+        raise DatasetError(f"{csv_path}: no rows with a {label_column!r} label")
     return out
 
 
