@@ -30,6 +30,8 @@ from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
 from tests.validation import assert_valid
 
+REPO = Path(__file__).resolve().parents[2]
+
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 DISTANCE = "ON101"
 STAGES = {"ON001": "0-1", "ON000": "0", "ON010": "1", "ON020": "2", "ON030": "3",
@@ -54,7 +56,8 @@ def served(router_process: Any, pacs: StoreSCP, model: Path) -> Any:
         "rules": [{"name": "hips", "match": {"tag": "Modality", "in": ["CR", "DX"]},
                    "pipelines": ["onfh", "hardware"], "send_to": ["pacs"]}],
     }
-    return router_process(config)
+    # the test kind lives in tests/: the server imports it from the checkout
+    return router_process(config, env={"PYTHONPATH": str(REPO)})
 
 
 def study_with(grades: dict[str, int], hardware: dict[str, str], index: int) -> Any:
