@@ -28,7 +28,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter import __version__, audit, fileperms, posture
+from hiprouter import __version__, audit, fileperms, metrics, posture
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Destination, Settings
 from hiprouter.inference import pixels
@@ -223,8 +223,7 @@ def attach_workers(node: Node) -> None:
 
 def run_monitoring(factory: sessionmaker[Session], settings: Settings) -> list[Any]:
     """Labels from newly received final reports, then the weekly agreement and drift
-    figures of every pipeline; alerts go to the log, `status` and the metrics (when the
-    metrics module is there)."""
+    figures of every pipeline; alerts go to the log, `status` and /metrics."""
     from hiprouter.lifecycle import monitor  # only when monitoring runs: lean worker start
 
     try:
@@ -244,18 +243,12 @@ def run_monitoring(factory: sessionmaker[Session], settings: Settings) -> list[A
 
 
 def _export_gauges(checks: list[Any]) -> None:
-    """Set the monitoring gauges when the metrics module exists (the integrations work)."""
-    try:
-        from hiprouter import metrics  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    setter = getattr(metrics, "set_monitor_check", None)
-    if setter is None:
-        return
+    """Set the monitoring gauges of /metrics (`hiprouter_monitor_value`, `_alert`)."""
     for check in checks:
         try:
-            setter(pipeline=check.pipeline, mode=check.mode, metric=check.metric,
-                   value=check.value, alert=check.alert)
+            metrics.set_monitor_check(pipeline=check.pipeline, mode=check.mode,
+                                      metric=check.metric, value=check.value,
+                                      alert=check.alert)
         except Exception as exc:  # never let monitoring export stop the node
             log.warning("cannot export monitoring gauge", error=str(exc))
 
