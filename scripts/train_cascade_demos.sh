@@ -46,7 +46,7 @@ done
 PF=$OUT/prosthesis_failure-demo
 # one member (float16, 9.8 MB); --members 4 trains the seed's ensemble of 4 (member-1..4)
 $H train-dual-view "$DATA/failure_train" --out "$PF" --arch resnet10t --input-size 160 \
-  --crop implant_window --init-from models/hardware-demo --epochs 8 --batch-size 16 \
+  --crop implant_window --init-from models/hardware-demo --epochs 20 --batch-size 16 \
   --lr 1e-3 --lateral-dropout 0.3 --members 1 --seed 0 --threads "$THREADS" --synthetic-demo \
   --name prosthesis_failure-demo --version 0.1.0-synthetic --cache "$DATA/cache-pfwin" \
   --training-data "synthetic studies only: 'hiprouter synth --task failure --studies 1400 --seed 7001 --size 500 700' (primary renderer); no real radiographs"
