@@ -217,14 +217,27 @@ def card_model(card: ModelCard) -> Any:
                         attention=params.get("attention"), pool=params.get("pool"))
 
 
-def save_model(module: Any, card: ModelCard, model_dir: Path) -> ModelCard:
-    """Write weights (safetensors) and the card with sha256 and Device UID filled in."""
+WEIGHT_DTYPES = ("float32", "float16")
+
+
+def save_model(module: Any, card: ModelCard, model_dir: Path,
+               dtype: str = "float32") -> ModelCard:
+    """Write weights (safetensors) and the card with sha256 and Device UID filled in.
+
+    `dtype` float16 stores the floating-point tensors at half size; `load_model` casts them
+    back to the module's float32 (load_state_dict copies into the existing parameters).
+    """
     from safetensors.torch import save_file
 
+    if dtype not in WEIGHT_DTYPES:
+        raise ModelError(f"unknown weight storage dtype {dtype!r}; choose from "
+                         f"{', '.join(WEIGHT_DTYPES)}")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / card.weights_file
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if dtype == "float16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(weights), metadata={"architecture": card.architecture,
                                              "name": card.name, "version": card.version})
     sha = sha256_file(weights)

@@ -134,6 +134,8 @@ class TrainConfig:
     """Choose per-class triage thresholds at this validation sensitivity."""
     triage_classes: list[str] | None = None
     """Classes to choose triage thresholds for (default: the kind's triage classes)."""
+    weights_dtype: str = "float32"
+    """Storage of the exported weights: float32, or float16 (half the size)."""
 
 
 def init_weights(module: Any, state: dict[str, Any], same_classes: bool) -> str:
@@ -510,7 +512,7 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
     )
     if triage_info:
         card.evaluation["triage_validation"] = triage_info
-    card = save_model(module.cpu(), card, out_dir)
+    card = save_model(module.cpu(), card, out_dir, cfg.weights_dtype)
     (out_dir / "history.json").write_text(json.dumps(
         {"epochs": state["history"], "step_losses": state["losses"]}, indent=2))
     return card

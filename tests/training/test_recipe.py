@@ -184,3 +184,25 @@ def test_triage_threshold_keeps_the_target_sensitivity() -> None:
     assert out["fracture"]["val_sensitivity"] >= 0.95
     assert out["fracture"]["threshold"] <= t
     assert triage_threshold(score, np.zeros(400, bool)) is None
+
+
+def test_float16_weights_are_half_the_size_and_load_as_float32(tmp_path) -> None:
+    import torch
+
+    from hiprouter.inference.models import ModelCard, create_model, load_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet10t", 3, in_chans=2).eval()
+    card = ModelCard(name="half", version="0", architecture="resnet10t", input_size=64,
+                     in_chans=2, parameters={"channels": ["grey", "metal"]},
+                     classes=["no_hardware", "tha", "hemiarthroplasty"], training_data="none")
+    save_model(model, card, tmp_path / "f32")
+    save_model(model, card, tmp_path / "f16", dtype="float16")
+    size32 = (tmp_path / "f32" / "model.safetensors").stat().st_size
+    size16 = (tmp_path / "f16" / "model.safetensors").stat().st_size
+    assert size16 < 0.55 * size32
+    loaded = load_model(tmp_path / "f16")
+    assert all(p.dtype == torch.float32 for p in loaded.module.parameters())
+    x = torch.rand(4, 2, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded.module(x).numpy(), model(x).numpy(), atol=0.05)
