@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 sel = m["selective"]
                 row[name] = {"accuracy": m["accuracy"], "ci": m["accuracy_ci95"],
                              "macro_f1": m["macro_f1"], "ece": m["calibration"]["ece"],
+                             "ece_uncalibrated": m["calibration"].get("ece_uncalibrated"),
                              "n": m["n"], "indeterminate": sel["indeterminate_rate"],
                              "not_assessed": sel["not_assessed_rate"],
                              "accuracy_assessed": sel["accuracy_assessed"],
@@ -97,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     (args.out / "table.json").write_text(json.dumps(results, indent=2, default=str))
     head = "| model | " + " | ".join(
-        f"{n}: accuracy [95 % CI] | {n}: macro-F1 | {n}: ECE | {n}: indet. / not ass. | "
-        f"{n}: acc. definitive" for n, _ in tests)
-    head += " | OOD images not assessed | real films: invented hardware |"
-    lines = [head, "|" + "---|" * (1 + 5 * len(tests) + 2)]
+        f"{n}: accuracy [95 % CI] | {n}: macro-F1 | {n}: ECE raw -> calibrated | "
+        f"{n}: indet. / not ass. | {n}: acc. definitive" for n, _ in tests)
+    head += " | OOD images not assessed | OOD AUROC (crops) | real films: invented hardware |"
+    lines = [head, "|" + "---|" * (1 + 5 * len(tests) + 3)]
 
     def f(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.3f}"
@@ -111,10 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             c = row[name]
             ci = c["ci"] or [None, None]
             cells += [f"{f(c['accuracy'])} [{f(ci[0])}, {f(ci[1])}]", f(c["macro_f1"]),
-                      f(c["ece"]), f"{100 * c['indeterminate']:.0f} % / "
+                      f"{f(c['ece_uncalibrated'])} -> {f(c['ece'])}",
+                      f"{100 * c['indeterminate']:.0f} % / "
                       f"{100 * c['not_assessed']:.0f} %", f(c["accuracy_assessed"])]
         ood = row.get("ood")
         cells.append(f"{100 * ood['not_assessed_rate']:.0f} %" if ood else "-")
+        cells.append(f(ood.get("auroc_crops")) if ood else "-")
         cells.append(f"{row['real_false_hardware']} of {row['real_hips']} hips"
                      if "real_hips" in row else "-")
         lines.append("| " + " | ".join(cells) + " |")

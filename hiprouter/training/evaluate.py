@@ -248,7 +248,10 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
         lines.append(f"- out-of-distribution images ({ood['images']}): not assessed "
                      f"{_pct(ood['not_assessed_rate'])}"
                      + "".join(f"; {k} {_pct(v['not_assessed_rate'])}"
-                               for k, v in ood.get("by_kind", {}).items()))
+                               for k, v in ood.get("by_kind", {}).items())
+                     + (f"; AUROC of the OOD score, crops of these hips vs "
+                        f"{ood['crops_scored']} crops of OOD images that passed the tag checks: "
+                        f"{_fmt(ood['auroc_crops'])}" if "auroc_crops" in ood else ""))
     lines += [
         f"- 95 % CIs: percentile bootstrap over hips, {metrics['bootstrap_samples']} resamples",
         "",
@@ -472,6 +475,19 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     keys = [(rows[i].study_uid, rows[i].laterality) for i in used]
     y_hip, p_hip, not_assessed = fuse_predictions(keys, labels, preds, ood_detection)
     metrics = compute_metrics(y_hip, p_hip, clf.classes, n_boot=n_boot)
+    if len(clf.members) == 1 and preds:
+        # one member: its probabilities are softmax(logits / T), so softmax(T log p) are the
+        # uncalibrated ones (what the card's temperature changed)
+        from dataclasses import replace
+
+        from hiprouter.training.calibration import ece
+        from hiprouter.training.calibration import softmax as tempered
+
+        t = clf.members[0].temperature
+        raw = tempered(t * np.log(np.maximum(probs, 1e-30)))
+        raw_preds = [replace(p, probabilities=raw[i]) for i, p in enumerate(preds)]
+        y_raw, p_raw, _ = fuse_predictions(keys, labels, raw_preds, ood_detection)
+        metrics["calibration"] = {"ece_uncalibrated": ece(p_raw, y_raw), "temperature": t}
     metrics["per_image_accuracy"] = float((probs.argmax(1) == np.asarray(labels)).mean()) \
         if len(labels) else None
     metrics["skipped_empty_labels"] = rows.skipped
@@ -487,6 +503,14 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
             kinds.update(k)
             results.extend(assess_files(clf, paths, min_conf))
         metrics["ood_images"] = ood_figures(results, kinds)
+        from hiprouter.inference.ood import detection_rates
+
+        # AUROC of the OOD score: the crops of these labelled (in-distribution) images against
+        # the crops of the OOD images that reached the model (not refused by their tags)
+        out_scores = [r["ood_score"] for r in results if "ood_score" in r]
+        metrics["ood_images"]["crops_scored"] = len(out_scores)
+        metrics["ood_images"]["auroc_crops"] = detection_rates(
+            [p.ood_score for p in preds], out_scores, np.inf)["auroc"]
     info = clf.info
     metrics["model"] = {"name": info.name, "version": info.version,
                         "architecture": info.architecture, "device_uid": info.device_uid,
