@@ -321,7 +321,11 @@ def card_figures(metrics: dict[str, Any], dataset: str) -> dict[str, Any]:
         "per_class_specificity": {c: (None if m.get("specificity") is None
                                       else round(m["specificity"], 4))
                                   for c, m in metrics["per_class"].items()},
+        **({"ece_uncalibrated": round(metrics["calibration"]["ece_uncalibrated"], 4)}
+           if (metrics.get("calibration") or {}).get("ece_uncalibrated") is not None else {}),
         **({"selective": metrics["selective"]} if metrics.get("selective") else {}),
+        **({"ood_images": {k: v for k, v in metrics["ood_images"].items() if k != "by_kind"}}
+           if metrics.get("ood_images") else {}),
     }
 
 
