@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("energy", "mahalanobis")
 STATS_FILE = "ood.npz"
 
 
