@@ -24,7 +24,7 @@ from hiprouter.inference.models import (
     load_model,
     select_device,
 )
-from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, pooled
+from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled
 from hiprouter.inference.preprocess import check_channels, letterbox, model_input
 from hiprouter.inference.runtime import Runner, make_runner
 
@@ -41,7 +41,9 @@ class CropPrediction:
     """Mean over members of their OOD score (the card's method: energy -logsumexp(logits),
     or Mahalanobis distance of pooled features); higher = less familiar."""
     ood: bool
-    """True when every member with an OOD threshold finds the crop above it."""
+    """True when every member with an OOD threshold finds the crop above it, or when the crop
+    shows no structure of a radiograph at all (`ood.no_anatomy`: blank or noise; when a
+    member's card has ``ood.structure_check: true``)."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -61,6 +63,7 @@ class _Member:
         self.temperature = float(card.calibration.get("temperature", 1.0) or 1.0)
         self.ood_threshold = card.ood.get("threshold")
         self.ood_method = card.ood.get("method", "energy")
+        self.structure_check = bool(card.ood.get("structure_check", False))
         self.mahalanobis: Mahalanobis | None = None
         if self.ood_method == "mahalanobis":
             stats = model.model_dir / card.ood.get("file", STATS_FILE)
@@ -186,6 +189,10 @@ class CropClassifier:
         probs /= len(self.members)
         scores /= len(self.members)
         ood = votes >= judges if judges else np.zeros(n, dtype=bool)
+        # whatever the models say: a crop without any structure of a radiograph is not read
+        # (when a card asks for it: `ood.structure_check`)
+        if any(m.structure_check for m in self.members):
+            ood |= np.array([no_anatomy(box[0]) for box in per_member[0][1]], dtype=bool)
         maps: list[np.ndarray | None] = [None] * n
         if heatmaps:
             predicted = probs.argmax(axis=1)

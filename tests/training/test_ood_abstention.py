@@ -165,3 +165,19 @@ def test_empty_labels_are_skipped_and_counted(tmp_path) -> None:
     skipped = len(rows[::3])
     assert f"skipped {skipped} row(s) with an empty 'hardware' label" in result.output
     assert read_card(tmp_path / "m").training["skipped_empty_labels"] == skipped
+
+
+def test_blank_and_noise_crops_show_no_anatomy_but_radiograph_crops_do() -> None:
+    from hiprouter.inference.decode import decode
+    from hiprouter.inference.laterality import hip_crops
+    from hiprouter.inference.ood import no_anatomy
+    from hiprouter.inference.preprocess import letterbox
+    from hiprouter.synth.study import make_study
+
+    rng = np.random.default_rng(3)
+    assert no_anatomy(np.full((64, 64), 0.4))
+    assert no_anatomy(rng.uniform(0.05, 1.0, (64, 64)))
+    study = make_study(11, hardware={"R": "tha", "L": "no_hardware"})
+    crops = [c for image in study.images
+             for c in hip_crops(image.dataset, decode(image.dataset).pixels)]
+    assert crops and not any(no_anatomy(letterbox(c.pixels, 160)[0]) for c in crops)
