@@ -84,3 +84,22 @@ def test_images_that_are_not_hip_radiographs_get_no_definitive_answer(
             assert all(p.ood for p in preds), kind
         else:
             assert all(p.ood or p.probabilities.max() < min_confidence for p in preds), kind
+
+
+@pytest.mark.parametrize("kind", ["noise", "blank"])
+def test_noise_or_blank_sent_as_a_pelvis_is_not_assessed_by_the_pipeline(kind: str) -> None:
+    """The SR side: each hip of a noise or blank image claimed to be an AP pelvis is "not
+    assessed" with the reason (the OOD score or the structure check), no definitive answer."""
+    from hiprouter.synth.ood import make_ood_image
+    from tests.inference.helpers import classify
+
+    ds = make_ood_image(kind, 9100)
+    ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
+    _, result = classify([ds], heatmaps=False)
+    assert result.findings
+    for finding in result.findings:
+        assert finding.classification.status == "not_assessed"
+        assert ("no structure of a radiograph" in finding.classification.reason
+                or "unlike the training data" in finding.classification.reason)
+        if kind == "blank":
+            assert "no structure of a radiograph" in finding.classification.reason
