@@ -15,10 +15,16 @@ def register(group: click.Group) -> None:
     group.add_command(models_group)
 
 
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
 @click.command("train")
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--labels", "labels_csv", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help="Labels CSV (default DATA_DIR/labels.csv).")
+@click.argument("data_dirs", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", "labels_csvs", multiple=True, type=click.Path(
+              exists=True, dir_okay=False, path_type=Path),
+              help="Labels CSV (default DATA_DIR/labels.csv); once per DATA_DIR.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model directory to write (card.yaml, model.safetensors, evaluation/).")
 @click.option("--arch", default="efficientnet_b4", show_default=True, help="timm model name.")
@@ -30,6 +36,7 @@ def register(group: click.Group) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=int)
 @click.option("--lr-head", default=2e-3, show_default=True, type=float)
 @click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps.")
 @click.option("--balance", is_flag=True,
@@ -38,6 +45,47 @@ def register(group: click.Group) -> None:
               help="Classes to learn: a classifier pipeline kind (`hiprouter models kinds`).")
 @click.option("--label-column", default="",
               help="Labels CSV column (default: the label set's, e.g. hardware, fracture).")
+@click.option("--classes", default=None,
+              help="Comma-separated class keys in output order, for a label set that is not "
+                   "an installed kind.")
+@click.option("--channels", default="grey", show_default=True,
+              help="Input channels: grey, or grey,metal (a channel isolating the densest "
+                   "structures, i.e. implants); recorded in the card, followed at run time.")
+@click.option("--attention", type=click.Choice(["none", "cbam", "se", "eca"]), default="none",
+              show_default=True, help="Attention in every residual block (ResNet family).")
+@click.option("--pool", type=click.Choice(["avg", "gem"]), default="avg", show_default=True,
+              help="Global pooling: average or generalized mean (GeM).")
+@click.option("--loss", type=click.Choice(["ce", "focal", "cb-focal", "cb-ce"]), default="ce",
+              show_default=True,
+              help="Cross-entropy, focal, or class-balanced (effective number) focal loss.")
+@click.option("--focal-gamma", default=2.0, show_default=True, type=float)
+@click.option("--cb-beta", default=0.999, show_default=True, type=float,
+              help="beta of the effective number of samples (class-balanced losses).")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float)
+@click.option("--augment", "augment_preset", type=click.Choice(["none", "basic", "strong"]),
+              default="basic", show_default=True,
+              help="basic: the seed's contrast/brightness/zoom/warp/rotation/flip; strong: "
+                   "also gamma, blur, noise, JPEG, resolution loss, wider rotation and zoom.")
+@click.option("--tta", default="", help="Test-time augmentation applied at run time (hflip).")
+@click.option("--no-calibrate", is_flag=True, help="Do not fit a temperature.")
+@click.option("--abstain-accuracy", default=0.95, show_default=True, type=float,
+              help="min_confidence: the lowest confidence whose validation hips reach this "
+                   "accuracy (0: never indeterminate).")
+@click.option("--ood-method", type=click.Choice(["energy", "mahalanobis"]), default="energy",
+              show_default=True, help="Out-of-distribution score whose threshold goes in the card.")
+@click.option("--ood-tpr", default=0.99, show_default=True, type=float,
+              help="Fraction of training crops the OOD threshold keeps (0: no OOD threshold).")
+@click.option("--ood-threshold-on", type=click.Choice(["validation", "training"]),
+              default="validation", show_default=True,
+              help="Crops the OOD threshold is a quantile of (validation: held out).")
+@click.option("--triage-sensitivity", type=float, default=None,
+              help="Choose triage thresholds at this validation sensitivity (e.g. 0.95).")
+@click.option("--triage-classes", default=None,
+              help="Comma-separated classes for triage thresholds (default: the kind's).")
+@click.option("--structure-check", is_flag=True,
+              help="Card setting ood.structure_check: blank or noise crops are not assessed.")
+@click.option("--weights-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage of the exported weights (float16: half size).")
 @click.option("--name", default="hardware", show_default=True)
 @click.option("--version", "model_version", default="0.1.0", show_default=True)
 @click.option("--training-data", default="", help="Description of the data for the card.")
@@ -45,6 +93,7 @@ def register(group: click.Group) -> None:
               help="Mark the model as trained on synthetic data (demo output only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--workers", default=1, show_default=True, type=int,
               help="DataLoader processes for augmentation (0: in the training process).")
 @click.option("--decode-workers", default=1, show_default=True, type=int,
@@ -63,15 +112,23 @@ def register(group: click.Group) -> None:
               help="onfh --task normative: weight of the KL term of the ELBO (beta-VAE).")
 @click.option("--latent-dim", default=16, show_default=True, type=int,
               help="onfh --task normative: VAE latent dimensions.")
-def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
-              input_size: int, epochs_head: int, epochs: int, batch_size: int, lr_head: float,
-              lr: float, seed: int, max_steps: int | None, balance: bool, label_set: str,
-              label_column: str, name: str,
-              model_version: str, training_data: str, synthetic_demo: bool, device: str,
-              workers: int, decode_workers: int, init_from: Path | None,
-              cache_dir: Path | None, task: str, segmentation: Path | None, beta: float,
+def train_cmd(data_dirs: tuple[Path, ...], labels_csvs: tuple[Path, ...], out_dir: Path,
+              arch: str, input_size: int, epochs_head: int, epochs: int, batch_size: int,
+              lr_head: float, lr: float, weight_decay: float, seed: int,
+              max_steps: int | None, balance: bool, label_set: str, label_column: str,
+              classes: str | None, channels: str, attention: str, pool: str, loss: str,
+              focal_gamma: float, cb_beta: float, label_smoothing: float, augment_preset: str,
+              tta: str, no_calibrate: bool, abstain_accuracy: float, ood_method: str,
+              ood_tpr: float, ood_threshold_on: str, triage_sensitivity: float | None,
+              triage_classes: str | None, structure_check: bool, weights_dtype: str,
+              name: str, model_version: str, training_data: str, synthetic_demo: bool,
+              device: str, threads: int | None, workers: int, decode_workers: int,
+              init_from: Path | None, cache_dir: Path | None,
+              task: str, segmentation: Path | None, beta: float,
               latent_dim: int) -> None:
-    """Train a classifier (--label-set) on DATA_DIR (DICOM files) and a labels CSV.
+    """Train a classifier (--label-set) on DATA_DIRS (DICOM files) and their labels CSVs.
+
+    Several DATA_DIRS (e.g. both synthetic renderers) are one data set, split by patient.
 
     --label-set onfh trains the osteonecrosis model in two tasks (--task segmentation,
     then --task normative --segmentation SEG_DIR).
@@ -80,38 +137,53 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
     from hiprouter.training.dataset import DatasetError
     from hiprouter.training.train import TrainConfig, train
 
-    labels_csv = labels_csv or data_dir / "labels.csv"
-    if not labels_csv.is_file():
-        raise click.UsageError(f"no labels CSV: {labels_csv} (use --labels)")
+    csvs = list(labels_csvs) or [d / "labels.csv" for d in data_dirs]
+    if len(csvs) != len(data_dirs):
+        raise click.UsageError("give --labels once per DATA_DIR (or none)")
+    for c in csvs:
+        if not c.is_file():
+            raise click.UsageError(f"no labels CSV: {c} (use --labels)")
     if label_set == "onfh":
+        if len(data_dirs) != 1:
+            raise click.UsageError("--label-set onfh trains on one DATA_DIR")
         from hiprouter.training.onfh_cli import train_onfh
 
         values = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                   "max_steps": max_steps, "name": name, "model_version": model_version,
                   "training_data": training_data, "synthetic_demo": synthetic_demo,
                   "device": device, "decode_workers": decode_workers, "input_size": input_size}
-        train_onfh(click.get_current_context(), data_dir, labels_csv, out_dir, task,
+        train_onfh(click.get_current_context(), data_dirs[0], csvs[0], out_dir, task,
                    segmentation, beta, latent_dim, values, cache_dir)
         return
     if task != "classification":
         raise click.UsageError(f"--task {task} is for --label-set onfh")
     cfg = TrainConfig(arch=arch, input_size=input_size, epochs_head=epochs_head, epochs=epochs,
-                      batch_size=batch_size, lr_head=lr_head, lr=lr, seed=seed,
-                      max_steps=max_steps, balance=balance, label_set=label_set,
-                      label_column=label_column, name=name,
+                      batch_size=batch_size, lr_head=lr_head, lr=lr, weight_decay=weight_decay,
+                      seed=seed, max_steps=max_steps, balance=balance, label_set=label_set,
+                      label_column=label_column, classes=_csv_list(classes),
+                      channels=_csv_list(channels) or ["grey"], attention=attention, pool=pool,
+                      loss=loss, focal_gamma=focal_gamma, cb_beta=cb_beta,
+                      label_smoothing=label_smoothing, augment_preset=augment_preset,
+                      tta=_csv_list(tta) or [], calibrate=not no_calibrate,
+                      abstain_accuracy=abstain_accuracy or None, ood_method=ood_method,
+                      ood_tpr=ood_tpr or None, ood_threshold_on=ood_threshold_on,
+                      triage_sensitivity=triage_sensitivity,
+                      triage_classes=_csv_list(triage_classes),
+                      structure_check=structure_check, weights_dtype=weights_dtype, name=name,
                       version=model_version, training_data=training_data,
-                      synthetic_demo=synthetic_demo, device=device,
+                      synthetic_demo=synthetic_demo, device=device, threads=threads,
                       workers=workers, decode_workers=decode_workers,
                       init_from=str(init_from) if init_from else None)
     try:
-        card = train(data_dir, labels_csv, out_dir, cfg, cache_dir, log=click.echo)
+        card = train(list(data_dirs), csvs, out_dir, cfg, cache_dir, log=click.echo)
     except (DatasetError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     ev = card.evaluation.get("test_split", {})
     click.echo(f"wrote {out_dir}/card.yaml and {card.weights_file} (sha256 "
                f"{card.weights_sha256[:12]}..., Device UID {card.device_uid})")
     click.echo(f"test split: accuracy {ev.get('accuracy')}, kappa {ev.get('cohen_kappa')}, "
-               f"macro AUC {ev.get('macro_auc')}; report in {out_dir}/evaluation/report.md")
+               f"macro AUC {ev.get('macro_auc')}, macro F1 {ev.get('macro_f1')}, ECE "
+               f"{ev.get('ece')}; report in {out_dir}/evaluation/report.md")
 
 
 @click.command("evaluate")
@@ -130,9 +202,17 @@ def train_cmd(data_dir: Path, labels_csv: Path | None, out_dir: Path, arch: str,
 @click.option("--record", "record_as", metavar="NAME",
               help="Also store the figures in MODEL_DIR/card.yaml under evaluation.NAME.")
 @click.option("--dataset-name", default="", help="How the card names this data set.")
+@click.option("--ood", "ood_dirs", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images the model must not assess (`hiprouter synth-ood`); "
+                   "reports how many it does not assess. Repeatable.")
+@click.option("--ensemble", "more_models", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Further model folders averaged with MODEL_DIR (an ensemble).")
 def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_dir: Path,
                  device: str, runtime: str, label_column: str, n_boot: int,
-                 record_as: str | None, dataset_name: str) -> None:
+                 record_as: str | None, dataset_name: str, ood_dirs: tuple[Path, ...],
+                 more_models: tuple[Path, ...]) -> None:
     """Evaluate MODEL_DIR on labelled DICOM files: metrics table, report.md/json, PNGs."""
     from rich.table import Table
 
@@ -150,8 +230,9 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
                           dataset_name)
         return
     try:
-        metrics, paths = evaluate_model([model_dir], data_dir, labels_csv, out_dir, device,
-                                        runtime, label_column, n_boot=n_boot)
+        metrics, paths = evaluate_model([model_dir, *more_models], data_dir, labels_csv,
+                                        out_dir, device, runtime, label_column, n_boot=n_boot,
+                                        ood_dirs=ood_dirs)
     except (DatasetError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -167,10 +248,30 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
     out.print(f"hips {metrics['n']}  "
                   f"accuracy {fmt(metrics['accuracy'], metrics['accuracy_ci95'])}"
                   f"  kappa {fmt(metrics['cohen_kappa'], metrics['cohen_kappa_ci95'])}"
-                  f"  macro AUC {fmt(metrics['macro_auc'])}")
-    table = Table("class", "n", "precision", "recall", "F1", "AUC [95% CI]")
+                  f"  macro AUC {fmt(metrics['macro_auc'], metrics.get('macro_auc_ci95'))}"
+                  f"  macro F1 {fmt(metrics['macro_f1'], metrics.get('macro_f1_ci95'))}"
+                  f"  ECE {fmt(metrics['calibration']['ece'])}")
+    sel = metrics.get("selective")
+    if sel:
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f}%"
+
+        out.print(f"min_confidence {sel['min_confidence']:.3f}: not assessed "
+                      f"{pct(sel['not_assessed_rate'])}, indeterminate "
+                      f"{pct(sel['indeterminate_rate'])}, assessed {pct(sel['assessed_rate'])} "
+                      f"(accuracy {fmt(sel['accuracy_assessed'])})")
+    if metrics.get("ood_images"):
+        o = metrics["ood_images"]
+        out.print(f"OOD images: {o['images']}, not assessed "
+                      f"{100 * o['not_assessed_rate']:.1f}% ("
+                      + ", ".join(f"{k} {100 * v['not_assessed_rate']:.0f}%"
+                                  for k, v in o.get("by_kind", {}).items()) + ")")
+    table = Table("class", "n", "precision", "sensitivity [95% CI]", "specificity [95% CI]",
+                  "F1", "AUC [95% CI]")
     for cls, m in metrics["per_class"].items():
-        table.add_row(cls, str(m["support"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}",
+        table.add_row(cls, str(m["support"]), f"{m['precision']:.3f}",
+                      fmt(m.get("sensitivity"), m.get("sensitivity_ci95")),
+                      fmt(m.get("specificity"), m.get("specificity_ci95")),
                       f"{m['f1']:.3f}", fmt(m["auc"], m["auc_ci95"]))
     out.print(table)
     cm = Table("true \\ predicted", *[str(i) for i in range(len(metrics["classes"]))])
@@ -184,7 +285,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
         out.print("[yellow]synthetic-trained demo model: figures say nothing about "
                       "clinical accuracy[/]")
     out.print(f"wrote {paths['markdown']}, {paths['json']}, {paths['roc']}, "
-                  f"{paths['confusion']}")
+              f"{paths['confusion']}, {paths['reliability']}")
     if record_as:
         from hiprouter.inference.models import read_card, write_card
         from hiprouter.training.evaluate import card_figures

@@ -24,7 +24,8 @@ from hiprouter.inference.models import (
     load_model,
     select_device,
 )
-from hiprouter.inference.preprocess import letterbox, normalise
+from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled
+from hiprouter.inference.preprocess import check_channels, letterbox, model_input
 from hiprouter.inference.runtime import Runner, make_runner
 
 
@@ -37,21 +38,18 @@ class CropPrediction:
     heatmap: np.ndarray | None
     """CAM of the predicted class in crop geometry, [0, 1]."""
     ood_score: float
-    """Mean over members of the energy score -logsumexp(logits); higher = less familiar."""
+    """Mean over members of their OOD score (the card's method: energy -logsumexp(logits),
+    or Mahalanobis distance of pooled features); higher = less familiar."""
     ood: bool
-    """True when every member with an OOD threshold finds the crop above it."""
+    """True when every member with an OOD threshold finds the crop above it, or when the crop
+    shows no structure of a radiograph at all (`ood.no_anatomy`: blank or noise; when a
+    member's card has ``ood.structure_check: true``)."""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def energy(logits: np.ndarray) -> np.ndarray:
-    """Energy score per row: -logsumexp(logits) (Liu et al. 2020); higher = more unusual."""
-    m = logits.max(axis=-1)
-    return -(m + np.log(np.exp(logits - m[..., None]).sum(axis=-1)))
 
 
 class _Member:
@@ -64,6 +62,43 @@ class _Member:
         card = model.card
         self.temperature = float(card.calibration.get("temperature", 1.0) or 1.0)
         self.ood_threshold = card.ood.get("threshold")
+        self.ood_method = card.ood.get("method", "energy")
+        self.structure_check = bool(card.ood.get("structure_check", False))
+        self.mahalanobis: Mahalanobis | None = None
+        if self.ood_method == "mahalanobis":
+            stats = model.model_dir / card.ood.get("file", STATS_FILE)
+            if not stats.is_file():
+                raise ModelError(f"{model.model_dir}: OOD statistics {stats.name} are missing")
+            self.mahalanobis = Mahalanobis.load(stats)
+        elif self.ood_method != "energy":
+            raise ModelError(f"{model.model_dir}: unknown OOD method {self.ood_method!r}")
+        self.pool = (card.parameters or {}).get("pool") or "avg"
+        self.channels = check_channels((card.parameters or {}).get("channels"))
+        if len(self.channels) != card.in_chans:
+            raise ModelError(f"{model.model_dir}: parameters.channels {list(self.channels)} "
+                             f"does not match in_chans {card.in_chans}")
+        self.tta = tuple((card.parameters or {}).get("tta") or ())
+        unknown = set(self.tta) - {"hflip"}
+        if unknown:
+            raise ModelError(f"{model.model_dir}: unknown test-time augmentation {unknown}")
+
+    def ood_scores(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """The card's OOD score per crop (higher = less familiar)."""
+        if self.mahalanobis is not None:
+            p = 3.0
+            if self.pool == "gem":
+                p = float(self.model.module.global_pool.p.detach().clamp(min=1.0).item())
+            return self.mahalanobis.score(pooled(feats, self.pool, p))
+        return energy(logits)
+
+    def forward(self, boxed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (averaged over the card's test-time augmentations) and the feature map of
+        the unaugmented input, for letterboxed display crops (B, S, S)."""
+        logits, feats = self.runner.run(model_input(boxed, self.channels))
+        if "hflip" in self.tta:
+            flipped, _ = self.runner.run(model_input(boxed[:, :, ::-1], self.channels))
+            logits = (logits + flipped) / 2.0
+        return logits, feats
 
 
 class CropClassifier:
@@ -135,25 +170,29 @@ class CropClassifier:
         for member in self.members:
             size = member.model.card.input_size
             boxes = [letterbox(c, size) for c in crops]
-            logits_all, feats_all = [], []
+            logits_all, feats_all, scores_all = [], [], []
             for start in range(0, n, self.batch_size):
                 chunk = boxes[start : start + self.batch_size]
-                batch = normalise(np.stack([b[0] for b in chunk]))[:, None]
-                logits, feats = member.runner.run(batch)
+                logits, feats = member.forward(np.stack([b[0] for b in chunk]))
                 logits_all.append(logits)
+                scores_all.append(member.ood_scores(logits, feats))
                 if heatmaps and member.head is not None:
                     feats_all.extend(list(feats))
             logits = np.concatenate(logits_all).astype(np.float64)
             probs += softmax(logits / member.temperature)
-            member_energy = energy(logits)
-            scores += member_energy
+            member_scores = np.concatenate(scores_all)
+            scores += member_scores
             if member.ood_threshold is not None:
                 judges += 1
-                votes += member_energy > float(member.ood_threshold)
+                votes += member_scores > float(member.ood_threshold)
             per_member.append((member, boxes, feats_all))
         probs /= len(self.members)
         scores /= len(self.members)
         ood = votes >= judges if judges else np.zeros(n, dtype=bool)
+        # whatever the models say: a crop without any structure of a radiograph is not read
+        # (when a card asks for it: `ood.structure_check`)
+        if any(m.structure_check for m in self.members):
+            ood |= np.array([no_anatomy(box[0]) for box in per_member[0][1]], dtype=bool)
         maps: list[np.ndarray | None] = [None] * n
         if heatmaps:
             predicted = probs.argmax(axis=1)
@@ -170,10 +209,11 @@ class CropClassifier:
         return [CropPrediction(probs[i].astype(np.float32), maps[i], float(scores[i]),
                                bool(ood[i])) for i in range(n)]
 
-    def _grad_cam(self, member: _Member, model_input: np.ndarray, class_index: int) -> np.ndarray:
+    def _grad_cam(self, member: _Member, model_input_img: np.ndarray,
+                  class_index: int) -> np.ndarray:
         import torch
 
         module = member.model.module
         device = next(module.parameters()).device
-        x = torch.from_numpy(normalise(model_input[None, None])).to(device)
+        x = torch.from_numpy(model_input(model_input_img[None], member.channels)).to(device)
         return cammod.grad_cam(module, x, class_index)

@@ -180,25 +180,64 @@ def verify_weights(model_dir: Path, card: ModelCard | None = None) -> bool:
     return weights.is_file() and sha256_file(weights) == card.weights_sha256
 
 
-def create_model(architecture: str, num_classes: int, in_chans: int = 1) -> Any:
-    """A timm backbone with a fresh head (never downloads weights)."""
+def create_model(architecture: str, num_classes: int, in_chans: int = 1,
+                 attention: str | None = None, pool: str | None = None) -> Any:
+    """A timm backbone with a fresh head (never downloads weights).
+
+    `attention` ("cbam", "se", "eca") goes into every residual block of a ResNet-family
+    model; `pool` "gem" replaces the global average pool by generalized-mean pooling.
+    """
     import timm
 
+    kwargs: dict[str, Any] = {}
+    if attention and attention != "none":
+        kwargs["block_args"] = {"attn_layer": attention}
     try:
-        return timm.create_model(architecture, pretrained=False, in_chans=in_chans,
-                                 num_classes=num_classes)
+        module = timm.create_model(architecture, pretrained=False, in_chans=in_chans,
+                                   num_classes=num_classes, **kwargs)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise ModelError(f"unknown timm architecture {architecture!r}: {exc}") from exc
+    except TypeError as exc:  # block_args on an architecture without residual blocks
+        raise ModelError(f"{architecture} does not take attention {attention!r} "
+                         f"(ResNet-family architectures do): {exc}") from exc
+    if pool and pool != "avg":
+        from hiprouter.inference.layers import set_global_pool
+
+        try:
+            set_global_pool(module, pool)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from exc
+    return module
 
 
-def save_model(module: Any, card: ModelCard, model_dir: Path) -> ModelCard:
-    """Write weights (safetensors) and the card with sha256 and Device UID filled in."""
+def card_model(card: ModelCard) -> Any:
+    """A fresh module of the card's architecture, channels, attention and pooling."""
+    params = card.parameters or {}
+    return create_model(card.architecture, len(card.classes), card.in_chans,
+                        attention=params.get("attention"), pool=params.get("pool"))
+
+
+WEIGHT_DTYPES = ("float32", "float16")
+
+
+def save_model(module: Any, card: ModelCard, model_dir: Path,
+               dtype: str = "float32") -> ModelCard:
+    """Write weights (safetensors) and the card with sha256 and Device UID filled in.
+
+    `dtype` float16 stores the floating-point tensors at half size; `load_model` casts them
+    back to the module's float32 (load_state_dict copies into the existing parameters).
+    """
     from safetensors.torch import save_file
 
+    if dtype not in WEIGHT_DTYPES:
+        raise ModelError(f"unknown weight storage dtype {dtype!r}; choose from "
+                         f"{', '.join(WEIGHT_DTYPES)}")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / card.weights_file
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if dtype == "float16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, str(weights), metadata={"architecture": card.architecture,
                                              "name": card.name, "version": card.version})
     sha = sha256_file(weights)
@@ -233,7 +272,7 @@ def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:
     if sha != card.weights_sha256:
         raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
                          f"({card.weights_sha256[:12]}...); the card must describe these weights")
-    module = create_model(card.architecture, len(card.classes), card.in_chans)
+    module = card_model(card)
     try:
         module.load_state_dict(load_file(str(weights)))
     except RuntimeError as exc:

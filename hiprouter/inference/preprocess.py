@@ -1,7 +1,17 @@
-"""Model input from a display-space crop: aspect-preserving resize with padding ("letterbox").
+"""Model input from a display-space crop: aspect-preserving resize with padding ("letterbox"),
+then the input channels the model card names (`parameters.channels`, default ``[grey]``).
 
 The `Letterbox` transform is kept so a heat map computed on the model input can be mapped
 back onto the crop, and from there (with the crop's box) onto the source radiograph.
+
+Channels (each computed from the letterboxed display-space crop, then scaled like grey):
+
+- ``grey``: the display pixels.
+- ``metal``: what is nearly as bright as the brightest structure of the crop,
+  ``clip((x - median) / (p99.7 - median), 0, 1) ** 6`` over the non-padding pixels. Implants
+  are the densest things on a radiograph, so this isolates their silhouette (cup, stem,
+  head, screws, spacer) whatever tone curve the console applied; without metal it shows the
+  densest bone.
 """
 
 from __future__ import annotations
@@ -66,3 +76,45 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 def normalise(batch: np.ndarray) -> np.ndarray:
     """Display-space [0, 1] pixels -> model input scale."""
     return ((batch - INPUT_MEAN) / INPUT_STD).astype(np.float32)
+
+
+CHANNELS = ("grey", "metal")
+"""Input channels a model card may list in `parameters.channels`."""
+METAL_PERCENTILES = (50.0, 99.7)
+METAL_POWER = 6.0
+
+
+def metal_channel(img: np.ndarray) -> np.ndarray:
+    """The metal channel of one letterboxed display-space image (S, S) in [0, 1]."""
+    x = np.asarray(img, dtype=np.float32)
+    values = x[x > 0.0]
+    if values.size < 16:
+        return np.zeros_like(x)
+    mid, high = np.percentile(values, METAL_PERCENTILES)
+    rel = np.clip((x - mid) / max(float(high - mid), 0.05), 0.0, 1.0)
+    return (rel**METAL_POWER).astype(np.float32)
+
+
+def check_channels(channels: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """The channel recipe as a tuple; ValueError names unknown channels."""
+    out = tuple(channels or ("grey",))
+    unknown = [c for c in out if c not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown input channel(s) {unknown}; known: {', '.join(CHANNELS)}")
+    return out
+
+
+def model_input(boxed: np.ndarray, channels: list[str] | tuple[str, ...] | None = None,
+                ) -> np.ndarray:
+    """Letterboxed display crops (B, S, S) in [0, 1] -> model input (B, C, S, S) float32."""
+    chans = check_channels(channels)
+    batch = np.asarray(boxed, dtype=np.float32)
+    if batch.ndim == 2:
+        batch = batch[None]
+    planes = []
+    for name in chans:
+        if name == "grey":
+            planes.append(batch)
+        else:
+            planes.append(np.stack([metal_channel(b) for b in batch]))
+    return normalise(np.stack(planes, axis=1))

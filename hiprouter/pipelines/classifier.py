@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -71,6 +71,10 @@ class ClassifierOptions(PipelineOptions):
     ood_detection: bool = True
     """Mark crops whose out-of-distribution score exceeds the card's threshold as not
     assessed (only when the card has a threshold)."""
+    min_age_years: float | None = Field(None, ge=0, le=150)
+    """Intended-use gate: images of patients younger than this are not assessed (age from
+    PatientAge, else PatientBirthDate and the study/series/acquisition date). Unknown age:
+    the image decides (the out-of-distribution score)."""
 
 
 class ClassifierKind(PipelineKind):
@@ -137,7 +141,14 @@ class ClassifierKind(PipelineKind):
                                             f"accepts ({', '.join(sorted(mods))})")
             elif views is not None and image.view not in views:
                 result.not_assessed[uid] = f"{VIEW_NAMES[image.view]} is not read by {self.name}"
-        crops = [(uid, c) for uid, c in study.crops(views, mods)]
+            elif self.options.min_age_years is not None:
+                age = patient_age_years(image.dataset)
+                if age is not None and age < self.options.min_age_years:
+                    result.not_assessed[uid] = (
+                        f"patient younger than {self.options.min_age_years:g} years "
+                        f"(age {age:.1f}); outside the model's intended use")
+        crops = [(uid, c) for uid, c in study.crops(views, mods)
+                 if uid not in result.not_assessed]
         if targets is not None:
             crops = [(uid, c) for uid, c in crops if _targeted(uid, c, targets)]
         preds = self.classifier.predict([c.pixels for _, c in crops],
@@ -170,9 +181,12 @@ class ClassifierKind(PipelineKind):
             worst = max(p.ood_score for p in preds)
             threshold = self.classifier.card_value("ood", "threshold")
             classification.status = "not_assessed"
-            classification.reason = (
-                f"image unlike the training data (out-of-distribution score {worst:.2f} "
-                f"above {float(threshold):.2f})")
+            if threshold is not None and worst > float(threshold):
+                classification.reason = (
+                    f"image unlike the training data (out-of-distribution score {worst:.2f} "
+                    f"above {float(threshold):.2f})")
+            else:
+                classification.reason = "no structure of a radiograph (blank image or noise)"
         elif classification.probability < self.min_confidence:
             classification.status = "indeterminate"
             classification.reason = (f"confidence {classification.probability:.2f} below "
@@ -195,6 +209,36 @@ class ClassifierKind(PipelineKind):
         positive = not self._vocabulary.is_negative(classification.predicted)
         finding.regions = [_point_at_hip(crops, maps if positive else {})]
         return finding
+
+
+def patient_age_years(ds: Any) -> float | None:
+    """The patient's age in years: PatientAge (nnnD/W/M/Y), else PatientBirthDate and the
+    study (series, acquisition, content) date; None when unknown or implausible."""
+    from datetime import date
+
+    text = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(text) >= 2 and text[:-1].isdigit() and text[-1] in "DWMY":
+        per_year = {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[text[-1]]
+        return int(text[:-1]) / per_year
+
+    def parse(value: object) -> date | None:
+        v = str(value or "").strip()
+        if len(v) < 8 or not v[:8].isdigit():
+            return None
+        try:
+            return date(int(v[:4]), int(v[4:6]), int(v[6:8]))
+        except ValueError:
+            return None
+
+    born = parse(ds.get("PatientBirthDate"))
+    if born is None:
+        return None
+    for key in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        when = parse(ds.get(key))
+        if when is not None:
+            years = (when - born).days / 365.25
+            return years if 0 <= years <= 150 else None
+    return None
 
 
 def _targeted(uid: str, crop: HipCrop, targets: Sequence[Target]) -> bool:

@@ -2,6 +2,9 @@
 
 The CSV has one row per (image, hip): `path` (relative to the data folder), `study_uid`,
 `patient_id`, `laterality` (R|L|U) and a label column (default `hardware`, a class key).
+Rows whose label is empty (hips the task does not apply to, e.g. `device` of a hip without
+fixation) are skipped and counted. Several folders (e.g. both synthetic renderers) can be
+read into one training set (`read_sources`).
 Each image is decoded once, cut into per-hip crops (laterality.py), letterboxed to the input
 size and cached as uint8 (one .npz per image and size), so epochs never re-decode DICOM.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,16 @@ class LabelSpec:
     column: str
     """Default labels CSV column."""
     aliases: dict[str, str]
+    triage: list[str] = field(default_factory=list)
+    """Classes with a triage meaning (e.g. fractures): triage thresholds are chosen for them."""
 
 
-def label_spec(label_set: str) -> LabelSpec:
-    """The classes and labels column of a classifier kind (`hiprouter models kinds`)."""
+def label_spec(label_set: str, classes: Sequence[str] | None = None) -> LabelSpec:
+    """The classes and labels column of a classifier kind (`hiprouter models kinds`).
+
+    For a label set that is not (yet) an installed kind, `classes` names the class keys in
+    output order and the labels column is the label set's name.
+    """
     from hiprouter.config import ConfigError
     from hiprouter.pipelines.classifier import ClassifierKind
     from hiprouter.pipelines.registry import installed_kinds, kind_class
@@ -48,13 +57,19 @@ def label_spec(label_set: str) -> LabelSpec:
     try:
         cls = kind_class(label_set)
     except ConfigError as exc:
-        raise DatasetError(str(exc)) from None
+        if classes:
+            return LabelSpec(label_set, list(classes), label_set, {})
+        raise DatasetError(f"{exc} (or name its classes with --classes)") from None
     if not issubclass(cls, ClassifierKind):
         kinds = [k for k in installed_kinds() if issubclass(kind_class(k), ClassifierKind)]
         raise DatasetError(f"kind {label_set!r} is not a classifier; label sets: "
                            f"{', '.join(kinds)}")
-    return LabelSpec(label_set, cls.default_vocabulary().keys, cls.label_column or label_set,
-                     dict(cls.label_aliases))
+    vocabulary = cls.default_vocabulary()
+    keys = vocabulary.keys
+    if classes and list(classes) != keys:
+        raise DatasetError(f"kind {label_set!r} has the classes {keys}; --classes differs")
+    return LabelSpec(label_set, keys, cls.label_column or label_set, dict(cls.label_aliases),
+                     [c.key for c in vocabulary if c.triage and not c.negative])
 
 
 @dataclass(frozen=True)
@@ -69,13 +84,20 @@ class LabelledHip:
     view: str = ""
 
 
-def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "hardware",
-                aliases: Mapping[str, str] | None = None) -> list[LabelledHip]:
-    """Read and check a labels CSV; every label (after `aliases`) must be one of `classes`.
+class LabelRows(list):
+    """The usable rows of a labels CSV; `skipped` counts rows with an empty label."""
 
-    Rows with an empty label are skipped: the hip is outside this label set (the synthetic
-    `failure` column is empty for hips without a THA, `device` for hips without a catalogue
-    fixation).
+    skipped: int = 0
+
+
+def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "hardware",
+                aliases: Mapping[str, str] | None = None) -> LabelRows:
+    """Read and check a labels CSV; every non-empty label (after `aliases`) must be one of
+    `classes`.
+
+    Rows with an empty label are skipped (counted in the result's `skipped`): the hip is
+    outside this label set (the synthetic `failure` column is empty for hips without a THA,
+    `device` for hips without a catalogue fixation).
     """
     try:
         with Path(csv_path).open(newline="", encoding="utf-8") as fh:
@@ -87,11 +109,12 @@ def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "har
             rows = list(reader)
     except OSError as exc:
         raise DatasetError(f"cannot read labels {csv_path}: {exc}") from exc
-    out = []
+    out = LabelRows()
     known = set(classes)
     for n, row in enumerate(rows, start=2):
         label = (row.get(label_column) or "").strip()
         if not label:
+            out.skipped += 1
             continue
         label = (aliases or {}).get(label, label)
         if label not in known:
@@ -107,7 +130,22 @@ def read_labels(csv_path: Path, classes: Sequence[str], label_column: str = "har
             view=(row.get("view") or "").strip(),
         ))
     if not out:
-        raise DatasetError(f"{csv_path}: no rows with a {label_column!r} label")
+        raise DatasetError(f"{csv_path}: no rows with a {label_column!r} label"
+                           + (f" ({out.skipped} empty)" if out.skipped else ""))
+    return out
+
+
+def read_sources(sources: Sequence[tuple[Path, Path]], classes: Sequence[str],
+                 label_column: str, aliases: Mapping[str, str] | None = None) -> LabelRows:
+    """Rows of several (data folder, labels CSV) pairs, paths made absolute (one data set)."""
+    from dataclasses import replace
+
+    out = LabelRows()
+    for data_dir, csv_path in sources:
+        rows = read_labels(csv_path, classes, label_column, aliases)
+        base = Path(data_dir).resolve()
+        out.extend(replace(r, path=str(base / r.path)) for r in rows)
+        out.skipped += rows.skipped
     return out
 
 

@@ -1,8 +1,12 @@
-"""Evaluation figures for a classifier: the seed's metrics, with bootstrap 95 % CIs.
+"""Evaluation figures for a classifier: the seed papers' metrics, with bootstrap 95 % CIs.
 
-Accuracy, per-class precision/recall/F1, one-vs-rest ROC AUC per class, Cohen's kappa and
-the confusion matrix (scikit-learn primitives); ROC and confusion-matrix PNGs (matplotlib
-Agg); report.md and report.json.
+Accuracy, macro-F1 and macro-AUC (seed 001), per-class precision, sensitivity (recall),
+specificity, F1 and one-vs-rest ROC AUC, Cohen's kappa and the confusion matrix
+(scikit-learn primitives), all with percentile-bootstrap CIs over hips; the expected
+calibration error with a reliability diagram; with the card's abstention and OOD settings,
+how many hips are indeterminate / not assessed and the accuracy on the rest; on folders of
+images a hip model must not assess (`hiprouter synth-ood`), how many it refuses. ROC,
+confusion-matrix and reliability PNGs (matplotlib Agg); report.md and report.json.
 """
 
 from __future__ import annotations
@@ -66,45 +70,96 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[
     aucs = [_auc((y == c).astype(int), probs[:, c]) for c in labels]
 
     rng = np.random.default_rng(seed)
-    boot_acc: list[float] = []
-    boot_kappa: list[float] = []
+    boot: dict[str, list[float]] = {"acc": [], "kappa": [], "macro_f1": [], "macro_auc": []}
     boot_auc: list[list[float]] = [[] for _ in labels]
+    boot_sens: list[list[float]] = [[] for _ in labels]
+    boot_spec: list[list[float]] = [[] for _ in labels]
     for _ in range(n_boot if len(y) > 1 else 0):
         idx = rng.integers(0, len(y), len(y))
         yb, pb = y[idx], pred[idx]
-        boot_acc.append(float(np.mean(yb == pb)))
+        boot["acc"].append(float(np.mean(yb == pb)))
         if len(set(yb.tolist()) | set(pb.tolist())) > 1:
-            boot_kappa.append(float(cohen_kappa_score(yb, pb, labels=labels)))
+            boot["kappa"].append(float(cohen_kappa_score(yb, pb, labels=labels)))
+        f1b = []
+        aucs_b = []
         for c in labels:
+            tp = int(np.sum((yb == c) & (pb == c)))
+            fp = int(np.sum((yb != c) & (pb == c)))
+            fn = int(np.sum((yb == c) & (pb != c)))
+            tn = len(yb) - tp - fp - fn
+            f1b.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+            if tp + fn:
+                boot_sens[c].append(tp / (tp + fn))
+            if tn + fp:
+                boot_spec[c].append(tn / (tn + fp))
             a = _fast_auc((yb == c).astype(int), probs[idx, c])
             if a is not None:
                 boot_auc[c].append(a)
+                if aucs[c] is not None:
+                    aucs_b.append(a)
+        boot["macro_f1"].append(float(np.mean(f1b)))
+        if aucs_b:
+            boot["macro_auc"].append(float(np.mean(aucs_b)))
 
     defined = [a for a in aucs if a is not None]
     kappa = float(cohen_kappa_score(y, pred, labels=labels)) if len(set(y) | set(pred)) > 1 \
         else 1.0
+    cm = confusion_matrix(y, pred, labels=labels)
+    per_class = {}
+    for c, cls in enumerate(classes):
+        tp = int(cm[c, c])
+        fn = int(cm[c].sum() - tp)
+        fp = int(cm[:, c].sum() - tp)
+        tn = int(len(y) - tp - fn - fp)
+        per_class[cls] = {
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
+            "sensitivity_ci95": _ci(boot_sens[c]) if tp + fn else None,
+            "specificity": float(tn / (tn + fp)) if tn + fp else None,
+            "specificity_ci95": _ci(boot_spec[c]) if tn + fp else None,
+            "f1": float(f1[c]),
+            "support": int(support[c]),
+            "auc": aucs[c],
+            "auc_ci95": _ci(boot_auc[c]) if aucs[c] is not None else None,
+        }
     return {
         "n": int(len(y)),
         "classes": list(classes),
         "accuracy": float(accuracy_score(y, pred)),
-        "accuracy_ci95": _ci(boot_acc),
+        "accuracy_ci95": _ci(boot["acc"]),
         "cohen_kappa": kappa,
-        "cohen_kappa_ci95": _ci(boot_kappa),
+        "cohen_kappa_ci95": _ci(boot["kappa"]),
         "macro_auc": float(np.mean(defined)) if defined else None,
+        "macro_auc_ci95": _ci(boot["macro_auc"]) if defined else None,
         "macro_f1": float(np.mean(f1)),
-        "per_class": {
-            cls: {
-                "precision": float(precision[c]),
-                "recall": float(recall[c]),
-                "f1": float(f1[c]),
-                "support": int(support[c]),
-                "auc": aucs[c],
-                "auc_ci95": _ci(boot_auc[c]) if aucs[c] is not None else None,
-            }
-            for c, cls in enumerate(classes)
-        },
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "macro_f1_ci95": _ci(boot["macro_f1"]),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
         "bootstrap_samples": int(n_boot),
+    }
+
+
+def selective_figures(y_true: Sequence[int], probs: np.ndarray, min_confidence: float,
+                      not_assessed: Sequence[bool] | None = None) -> dict[str, Any]:
+    """What the pipeline would say per hip: not assessed (OOD), indeterminate (confidence
+    below `min_confidence`) or assessed, and the accuracy on the assessed hips."""
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(y)
+    out_of = np.asarray(not_assessed if not_assessed is not None else np.zeros(n, bool), bool)
+    conf = probs.max(axis=1) if n else np.zeros(0)
+    indeterminate = ~out_of & (conf < min_confidence)
+    assessed = ~out_of & ~indeterminate
+    correct = probs.argmax(axis=1) == y if n else np.zeros(0, bool)
+    return {
+        "min_confidence": float(min_confidence),
+        "hips": int(n),
+        "not_assessed_rate": float(out_of.mean()) if n else None,
+        "indeterminate_rate": float(indeterminate.mean()) if n else None,
+        "assessed_rate": float(assessed.mean()) if n else None,
+        "accuracy_assessed": float(correct[assessed].mean()) if assessed.any() else None,
+        "wrong_definitive_rate": float((assessed & ~correct).mean()) if n else None,
     }
 
 
@@ -171,24 +226,56 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
     lines += [
         f"- hips evaluated: {metrics['n']}",
         f"- accuracy: {_fmt(metrics['accuracy'], metrics['accuracy_ci95'])}",
+        f"- macro F1: {_fmt(metrics['macro_f1'], metrics.get('macro_f1_ci95'))}",
+        f"- macro AUC (one-vs-rest): {_fmt(metrics['macro_auc'], metrics.get('macro_auc_ci95'))}",
         f"- Cohen's kappa: {_fmt(metrics['cohen_kappa'], metrics['cohen_kappa_ci95'])}",
-        f"- macro AUC (one-vs-rest): {_fmt(metrics['macro_auc'])}",
-        f"- macro F1: {_fmt(metrics['macro_f1'])}",
-        f"- 95 % CIs: percentile bootstrap, {metrics['bootstrap_samples']} resamples",
+    ]
+    cal = metrics.get("calibration")
+    if cal:
+        lines.append(f"- expected calibration error (15 bins): {_fmt(cal.get('ece'))}"
+                     + (f" (uncalibrated {_fmt(cal['ece_uncalibrated'])})"
+                        if cal.get("ece_uncalibrated") is not None else ""))
+    sel = metrics.get("selective")
+    if sel:
+        lines.append(
+            f"- with min_confidence {sel['min_confidence']:.3f}: not assessed (OOD) "
+            f"{_pct(sel['not_assessed_rate'])}, indeterminate {_pct(sel['indeterminate_rate'])}, "
+            f"assessed {_pct(sel['assessed_rate'])} with accuracy "
+            f"{_fmt(sel['accuracy_assessed'])}; wrong definitive answers "
+            f"{_pct(sel['wrong_definitive_rate'])} of all hips")
+    ood = metrics.get("ood_images")
+    if ood:
+        lines.append(f"- out-of-distribution images ({ood['images']}): not assessed "
+                     f"{_pct(ood['not_assessed_rate'])}"
+                     + "".join(f"; {k} {_pct(v['not_assessed_rate'])}"
+                               for k, v in ood.get("by_kind", {}).items())
+                     + (f"; AUROC of the OOD score, crops of these hips vs "
+                        f"{ood['crops_scored']} crops of OOD images that passed the tag checks: "
+                        f"{_fmt(ood['auroc_crops'])}" if "auroc_crops" in ood else ""))
+    lines += [
+        f"- 95 % CIs: percentile bootstrap over hips, {metrics['bootstrap_samples']} resamples",
         "",
-        "| class | support | precision | recall | F1 | AUC [95 % CI] |",
-        "|---|---:|---:|---:|---:|---|",
+        "| class | support | precision | sensitivity [95 % CI] | specificity [95 % CI] | F1 | "
+        "AUC [95 % CI] |",
+        "|---|---:|---:|---|---|---:|---|",
     ]
     for cls, m in metrics["per_class"].items():
-        lines.append(f"| {cls} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | "
+        lines.append(f"| {cls} | {m['support']} | {m['precision']:.3f} | "
+                     f"{_fmt(m.get('sensitivity'), m.get('sensitivity_ci95'))} | "
+                     f"{_fmt(m.get('specificity'), m.get('specificity_ci95'))} | "
                      f"{m['f1']:.3f} | {_fmt(m['auc'], m['auc_ci95'])} |")
     classes = metrics["classes"]
     lines += ["", "Confusion matrix (rows: truth, columns: prediction):", "",
               "| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
     for cls, row in zip(classes, metrics["confusion_matrix"], strict=True):
         lines.append(f"| {cls} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "![ROC](roc.png)", "", "![Confusion matrix](confusion.png)", ""]
+    lines += ["", "![ROC](roc.png)", "", "![Confusion matrix](confusion.png)", "",
+              "![Reliability diagram](reliability.png)", ""]
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
 def write_report(metrics: dict[str, Any], y_true: Sequence[int], probs: np.ndarray,
@@ -196,12 +283,17 @@ def write_report(metrics: dict[str, Any], y_true: Sequence[int], probs: np.ndarr
     """report.json, report.md, roc.png and confusion.png in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from hiprouter.training.calibration import plot_reliability, reliability
+
+    metrics.setdefault("calibration", {})["ece"] = reliability(probs, y_true)["ece"] \
+        if len(y_true) else None
     paths = {
         "json": out_dir / "report.json",
         "markdown": out_dir / "report.md",
         "roc": plot_roc(y_true, probs, metrics["classes"], out_dir / "roc.png"),
         "confusion": plot_confusion(metrics["confusion_matrix"], metrics["classes"],
                                     out_dir / "confusion.png"),
+        "reliability": plot_reliability(probs, y_true, out_dir / "reliability.png"),
     }
     paths["json"].write_text(json.dumps({"title": title, "note": note, **metrics}, indent=2),
                              encoding="utf-8")
@@ -220,9 +312,20 @@ def card_figures(metrics: dict[str, Any], dataset: str) -> dict[str, Any]:
         "cohen_kappa": round(metrics["cohen_kappa"], 4),
         "macro_auc": None if metrics["macro_auc"] is None else round(metrics["macro_auc"], 4),
         "macro_f1": round(metrics["macro_f1"], 4),
+        "macro_f1_ci95": [round(v, 4) for v in metrics.get("macro_f1_ci95") or []],
+        "ece": None if (metrics.get("calibration") or {}).get("ece") is None
+        else round(metrics["calibration"]["ece"], 4),
         "per_class_auc": {c: (None if m["auc"] is None else round(m["auc"], 4))
                           for c, m in metrics["per_class"].items()},
         "per_class_recall": {c: round(m["recall"], 4) for c, m in metrics["per_class"].items()},
+        "per_class_specificity": {c: (None if m.get("specificity") is None
+                                      else round(m["specificity"], 4))
+                                  for c, m in metrics["per_class"].items()},
+        **({"ece_uncalibrated": round(metrics["calibration"]["ece_uncalibrated"], 4)}
+           if (metrics.get("calibration") or {}).get("ece_uncalibrated") is not None else {}),
+        **({"selective": metrics["selective"]} if metrics.get("selective") else {}),
+        **({"ood_images": {k: v for k, v in metrics["ood_images"].items() if k != "by_kind"}}
+           if metrics.get("ood_images") else {}),
     }
 
 
@@ -243,11 +346,118 @@ def fuse_hips(keys: Sequence[tuple[str, str]], labels: Sequence[int],
     return np.asarray(y, dtype=int), np.asarray(p)
 
 
+def fuse_predictions(keys: Sequence[tuple[str, str]], labels: Sequence[int],
+                     preds: Sequence[Any], ood_detection: bool = True,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per hip as the pipeline fuses it: the mean probability over the crops that are not
+    out of distribution (all crops when none is familiar); not assessed when none is."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (study, lat) in enumerate(keys):
+        key = (study, lat) if lat in ("R", "L") else (study, f"U{i}")
+        groups.setdefault(key, []).append(i)
+    y, p, out = [], [], []
+    for idx in groups.values():
+        familiar = [i for i in idx if not (ood_detection and preds[i].ood)]
+        use = familiar or idx
+        y.append(labels[idx[0]])
+        p.append(np.mean([preds[i].probabilities for i in use], axis=0))
+        out.append(not familiar)
+    return np.asarray(y, dtype=int), np.asarray(p), np.asarray(out, dtype=bool)
+
+
+def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
+                 modalities: Sequence[str] = ("CR", "DX")) -> list[dict[str, Any]]:
+    """What a classifier pipeline would say about each image, per hip: refused (not a hip
+    radiograph by its tags, or not decodable), not_assessed (every crop out of
+    distribution), indeterminate (below `min_confidence`) or assessed with the class."""
+    from hiprouter.inference.decode import RefusedImage, decode, read_dataset
+    from hiprouter.inference.laterality import hip_crops, not_hip_reason
+
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            ds = read_dataset(path)
+            reason = not_hip_reason(ds)
+            if reason:
+                raise RefusedImage(reason)
+            crops = hip_crops(ds, decode(ds, modalities).pixels)
+        except RefusedImage as exc:
+            out.append({"path": str(path), "hip": "", "status": "refused", "reason": exc.reason})
+            continue
+        except Exception as exc:  # a broken file is refused, as the router does
+            out.append({"path": str(path), "hip": "", "status": "refused",
+                        "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        preds = clf.predict([c.pixels for c in crops], heatmaps=False)
+        for crop, pred in zip(crops, preds, strict=True):
+            probs = pred.probabilities
+            best = int(np.argmax(probs))
+            status = ("not_assessed" if pred.ood else
+                      "indeterminate" if probs[best] < min_confidence else "assessed")
+            out.append({"path": str(path), "hip": crop.laterality, "view": crop.view,
+                        "status": status, "predicted": clf.classes[best],
+                        "probability": float(probs[best]), "ood_score": pred.ood_score})
+    return out
+
+
+def ood_figures(results: Sequence[dict[str, Any]], kinds: dict[str, str] | None = None,
+                ) -> dict[str, Any]:
+    """Per image: not assessed when refused or when no hip crop was assessed/indeterminate."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_path.setdefault(r["path"], []).append(r)
+
+    def silent(rs: list[dict[str, Any]]) -> bool:
+        return all(r["status"] in ("refused", "not_assessed") for r in rs)
+
+    def rate(paths: list[str]) -> dict[str, Any]:
+        flags = [silent(by_path[p]) for p in paths]
+        refused = [by_path[p][0]["status"] == "refused" for p in paths]
+        definitive = [any(r["status"] == "assessed" for r in by_path[p]) for p in paths]
+        return {"images": len(paths), "not_assessed_rate": float(np.mean(flags)),
+                "refused_rate": float(np.mean(refused)),
+                "definitive_rate": float(np.mean(definitive))}
+
+    paths = list(by_path)
+    out = rate(paths) if paths else {"images": 0, "not_assessed_rate": None}
+    if kinds:
+        groups: dict[str, list[str]] = {}
+        for p in paths:
+            groups.setdefault(kinds.get(p, "?"), []).append(p)
+        out["by_kind"] = {k: rate(v) for k, v in sorted(groups.items())}
+    return out
+
+
+def ood_folder(folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """The DICOM files of a folder (labels.csv with `ood_kind` when present) and their kinds."""
+    import csv
+
+    folder = Path(folder)
+    labels = folder / "labels.csv"
+    kinds: dict[str, str] = {}
+    if labels.is_file():
+        with labels.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        paths = []
+        for r in rows:
+            p = folder / r["path"]
+            if str(p) not in kinds:
+                paths.append(p)
+                kinds[str(p)] = r.get("ood_kind") or r.get("view") or "?"
+        return paths, kinds
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".dcm", "") and
+                   p.is_file())
+    return paths, {str(p): p.parent.name for p in paths}
+
+
 def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path, out_dir: Path,
                    device: str = "auto", runtime: str = "auto", label_column: str = "",
                    cache_dir: Path | None = None, n_boot: int = N_BOOTSTRAP,
+                   ood_dirs: Sequence[Path] = (), ood_detection: bool = True,
                    ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Evaluate a model (or ensemble) on a labelled DICOM folder; per-hip fused figures.
+    """Evaluate a model (or ensemble) on a labelled DICOM folder; per-hip fused figures as the
+    pipeline fuses views (calibrated probabilities; OOD crops left out), with the card's
+    abstention and OOD rates; `ood_dirs`: folders of images it must not assess.
 
     The labels come from `label_column`, by default the column of the model card's label set.
     """
@@ -257,7 +467,7 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
 
     clf = CropClassifier.from_dirs(model_dirs, device, runtime)
     try:
-        spec = label_spec(clf.cards[0].label_set)
+        spec = label_spec(clf.cards[0].label_set, clf.classes)
     except DatasetError as exc:
         raise ValueError(str(exc)) from None
     rows = read_labels(labels_csv, clf.classes, label_column or spec.column, spec.aliases)
@@ -267,11 +477,44 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     probs = np.stack([p.probabilities for p in preds]) if preds else np.zeros((0, 0))
     labels = [clf.classes.index(rows[i].label) for i in used]
     keys = [(rows[i].study_uid, rows[i].laterality) for i in used]
-    y_hip, p_hip = fuse_hips(keys, labels, probs)
+    y_hip, p_hip, not_assessed = fuse_predictions(keys, labels, preds, ood_detection)
     metrics = compute_metrics(y_hip, p_hip, clf.classes, n_boot=n_boot)
+    if len(clf.members) == 1 and preds:
+        # one member: its probabilities are softmax(logits / T), so softmax(T log p) are the
+        # uncalibrated ones (what the card's temperature changed)
+        from dataclasses import replace
+
+        from hiprouter.training.calibration import ece
+        from hiprouter.training.calibration import softmax as tempered
+
+        t = clf.members[0].temperature
+        raw = tempered(t * np.log(np.maximum(probs, 1e-30)))
+        raw_preds = [replace(p, probabilities=raw[i]) for i, p in enumerate(preds)]
+        y_raw, p_raw, _ = fuse_predictions(keys, labels, raw_preds, ood_detection)
+        metrics["calibration"] = {"ece_uncalibrated": ece(p_raw, y_raw), "temperature": t}
     metrics["per_image_accuracy"] = float((probs.argmax(1) == np.asarray(labels)).mean()) \
         if len(labels) else None
+    metrics["skipped_empty_labels"] = rows.skipped
     metrics["refused"] = refused
+    min_conf = float(clf.card_value("abstention", "min_confidence", 0.0) or 0.0)
+    metrics["selective"] = selective_figures(y_hip, p_hip, min_conf, not_assessed)
+    metrics["ood_crop_rate"] = float(np.mean([p.ood for p in preds])) if preds else None
+    if ood_dirs:
+        results: list[dict[str, Any]] = []
+        kinds: dict[str, str] = {}
+        for folder in ood_dirs:
+            paths, k = ood_folder(folder)
+            kinds.update(k)
+            results.extend(assess_files(clf, paths, min_conf))
+        metrics["ood_images"] = ood_figures(results, kinds)
+        from hiprouter.inference.ood import detection_rates
+
+        # AUROC of the OOD score: the crops of these labelled (in-distribution) images against
+        # the crops of the OOD images that reached the model (not refused by their tags)
+        out_scores = [r["ood_score"] for r in results if "ood_score" in r]
+        metrics["ood_images"]["crops_scored"] = len(out_scores)
+        metrics["ood_images"]["auroc_crops"] = detection_rates(
+            [p.ood_score for p in preds], out_scores, np.inf)["auroc"]
     info = clf.info
     metrics["model"] = {"name": info.name, "version": info.version,
                         "architecture": info.architecture, "device_uid": info.device_uid,

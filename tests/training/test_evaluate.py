@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
@@ -13,7 +14,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from hiprouter.training.evaluate import _fast_auc, compute_metrics, fuse_hips, write_report
+from hiprouter.training.evaluate import (
+    _fast_auc,
+    compute_metrics,
+    fuse_hips,
+    selective_figures,
+    write_report,
+)
 
 CLASSES = ["a", "b", "c", "d"]
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 0, 1, 2, 0, 1])  # class d never occurs
@@ -64,3 +71,32 @@ def test_views_of_the_same_hip_are_fused_but_unknown_sides_are_not() -> None:
     y, p = fuse_hips(keys, [0, 0, 1, 0, 1], probs)
     assert y.tolist() == [0, 1, 0, 1]
     np.testing.assert_allclose(p[0], [0.7, 0.3])
+
+
+def test_sensitivity_specificity_and_macro_figures_match_scikit_learn() -> None:
+    from sklearn.metrics import f1_score, recall_score
+
+    m = compute_metrics(Y, PROBS, CLASSES, n_boot=300, seed=2)
+    pred = PROBS.argmax(1)
+    assert m["macro_f1"] == pytest.approx(f1_score(Y, pred, labels=[0, 1, 2, 3], average="macro",
+                                                   zero_division=0))
+    for i, cls in enumerate(CLASSES[:3]):
+        pc = m["per_class"][cls]
+        assert pc["sensitivity"] == pytest.approx(recall_score(Y == i, pred == i))
+        assert pc["specificity"] == pytest.approx(recall_score(Y != i, pred != i))
+        lo, hi = pc["sensitivity_ci95"]
+        assert lo <= pc["sensitivity"] <= hi
+    assert m["per_class"]["d"]["sensitivity"] is None  # no positives: undefined
+    lo, hi = m["macro_f1_ci95"]
+    assert lo <= m["macro_f1"] <= hi
+    lo, hi = m["macro_auc_ci95"]
+    assert lo <= m["macro_auc"] <= hi
+
+
+def test_selective_figures_count_what_the_pipeline_would_say() -> None:
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
+    y = np.array([0, 1, 0, 0])
+    sel = selective_figures(y, probs, 0.6, not_assessed=[False, False, False, True])
+    assert sel["not_assessed_rate"] == 0.25 and sel["indeterminate_rate"] == 0.25
+    assert sel["assessed_rate"] == 0.5 and sel["accuracy_assessed"] == 0.5
+    assert sel["wrong_definitive_rate"] == 0.25
