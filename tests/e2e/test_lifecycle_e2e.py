@@ -185,7 +185,10 @@ def _run(router: Any, pacs: Any, tmp_path: Path) -> None:
                    "--out", str(model), "--arch", "resnet10t", "--input-size", "64",
                    "--epochs-head", "1", "--epochs", "1", "--max-steps", "2",
                    "--batch-size", "4", "--workers", "0", "--device", "cpu",
-                   "--name", "site-hw", "--version", "1.0", "--synthetic-demo")
+                   "--name", "site-hw", "--version", "1.0", "--synthetic-demo",
+                   # a two-step model has no meaningful abstention or OOD threshold: off, so
+                   # every hip gets a definitive finding and all six are compared below
+                   "--abstain-accuracy", "0", "--ood-tpr", "0")
     registered = _cli(router, "models", "register", str(model), "--name", "hardware")
     assert "registered hardware 1.0" in registered
     promoted = _cli(router, "models", "promote", "hardware", "1.0", "--to", "shadow")
