@@ -76,6 +76,13 @@ def test_wheel_carries_its_data_and_runs_outside_the_checkout(installed: Path,
     assert all(line.startswith(str(installed.parent)) for line in lines), lines
     assert not any(line.startswith(str(REPO)) for line in lines), lines
 
+    # every file of every shipped model folder is in the wheel (a card may name side files,
+    # e.g. the OOD statistics ood.npz)
+    shipped = Path(lines[-1])
+    missing = [str(f.relative_to(REPO / "models")) for f in (REPO / "models").rglob("*")
+               if f.is_file() and not (shipped / f.relative_to(REPO / "models")).is_file()]
+    assert missing == [], missing
+
     kinds = _run([hiprouter, "models", "kinds", "--json"], cwd=tmp_path)
     assert kinds.returncode == 0 and '"hardware"' in kinds.stdout, kinds.stderr
     upgraded = _run([hiprouter, "db", "upgrade"], cwd=tmp_path)
