@@ -87,17 +87,23 @@ def test_pacs_outage_then_restart_every_instance_exactly_once(
     assert storescu(router.port, files).returncode == 0
     failed = select(func.count()).select_from(SendAttempt).where(SendAttempt.status.is_(None))
     assert wait_until(lambda: count(router, failed) >= 10), "sends were attempted and failed"
-    status = subprocess.run(
-        [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
-         str(router.config_path), "status", "--json"], capture_output=True, text=True,
-        cwd=router.root, timeout=60)
-    data = json.loads(status.stdout)
+
+    def status() -> dict:
+        done = subprocess.run(
+            [sys.executable, "-c", "from hiprouter.cli import main; main()", "--config",
+             str(router.config_path), "status", "--json"], capture_output=True, text=True,
+            cwd=router.root, timeout=60)
+        return json.loads(done.stdout)
+
+    data = status()
     pending = data["sends"]["by_destination"]["pacs"]
     assert pending.get("failed", 0) + pending.get("pending", 0) + pending.get("running", 0) == 5
     assert pending["oldest_pending_next_run_at"]  # waiting-to-retry sends count as pending
     assert data["jobs"]["by_pipeline"]["forward"]["done"] == 1
-    assert any("association" in (f["last_error"] or "") for f in
-               data["sends"]["recent_failures"])
+    # recent failures list sends in state failed; a retry may hold them all (running) at
+    # the moment of one reading, so read until one shows its failure
+    assert wait_until(lambda: any("association" in (f["last_error"] or "") for f in
+                                  status()["sends"]["recent_failures"])), status()
     pacs.start()
     try:
         received = pacs.wait_for(5, timeout=30)
