@@ -22,8 +22,6 @@ probabilities (the seed uses 4).
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,7 +286,6 @@ def export_onnx(model: DualViewModel, path: Path | None = None) -> Path:
     path = path or onnx_path(model)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     class Features(torch.nn.Module):
         def __init__(self, backbone: Any) -> None:
@@ -301,28 +298,16 @@ def export_onnx(model: DualViewModel, path: Path | None = None) -> Path:
     net = Features(model.net.backbone).to("cpu").eval()
     size = model.card.input_size
     dummy = torch.zeros(1, model.card.in_chans, size, size)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (dummy,), str(tmp), input_names=["input"],
-                          output_names=["features"],
-                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
-                          opset_version=runtime.ONNX_OPSET, dynamo=False)
-    os.replace(tmp, path)
-    return path
+    return runtime.write_onnx(net, dummy, path, ["features"])
 
 
 class OnnxFeatures:
     """The backbone on ONNX Runtime (CPU)."""
 
     def __init__(self, model: DualViewModel, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from hiprouter.inference import runtime
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(export_onnx(model)), opts,
-                                            providers=["CPUExecutionProvider"])
+        self.session = runtime.cpu_session(export_onnx(model), threads)
         self.name = "onnxruntime-cpu"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
