@@ -8,6 +8,11 @@ C-STORE acknowledgement of a study to its SR stored at the PACS (p50, p95; this 
 
     .venv/bin/python bench/bench_e2e.py --studies 10
     .venv/bin/python bench/bench_e2e.py --studies 10 --models demo b4
+    .venv/bin/python bench/bench_e2e.py --studies 10 --models demo --pipelines all
+
+`--pipelines all` runs every pipeline kind that ships demo weights (hardware, fracture,
+prosthesis_failure, fixation_device, onfh) in one job per study; the studies then carry a
+THA on one hip and internal fixation on the other in turn, so the cascades run.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from hiprouter.demo import SR_CLASS, LocalPACS, free_port  # noqa: E402
 from hiprouter.synth.study import make_study  # noqa: E402
 
 COMPLETE_AFTER_S = 1.0
+WARMUP_TIMEOUT_S = float(os.environ.get("BENCH_WARMUP_TIMEOUT_S", "600"))
+ALL_PIPELINES = ["hardware", "fracture", "prosthesis_failure", "fixation_device", "onfh"]
+HARDWARE_CYCLE = [{"R": "tha", "L": "no_hardware"}, {"R": "no_hardware", "L": "dynamic_hip_screw"},
+                  {"R": "no_hardware", "L": "no_hardware"}, {"R": "cannulated_screws", "L": "tha"}]
 
 
 class TimedPACS(LocalPACS):
@@ -66,7 +75,7 @@ def b4_model_dir(root: Path) -> Path:
 
 
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
-        work: Path, runtime: str, workers: int) -> dict[str, float]:
+        work: Path, runtime: str, workers: int, pipelines: list[str]) -> dict[str, float]:
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -80,11 +89,14 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
         "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
                                   "port": pacs.port}},
         "rule_mode": base["rule_mode"],
-        # The default rules with the hardware pipeline alone (one model per measurement).
-        "rules": [{**rule, "pipelines": ["hardware"]} for rule in base["rules"]],
-        "pipelines": {"hardware": {"kind": "hardware", "models": [str(p) for p in model_dirs],
-                                   "runtime": runtime}},
-        "logging": {"level": "WARNING", "json_logs": True},
+        # The default rules with the pipelines measured (hardware alone: one model per run).
+        "rules": [{**rule, "pipelines": pipelines} for rule in base["rules"]],
+        "pipelines": {name: {"kind": name,
+                             **({"models": [str(p) for p in model_dirs]}
+                                if name == "hardware" and model_dirs else {}),
+                             **({"runtime": runtime} if name != "onfh" else {})}
+                      for name in pipelines},
+        "logging": {"level": "INFO", "json_logs": True},  # job timings come from the log
     }
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -111,8 +123,9 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
         run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
                      *map(str, warmup)],
             300, "the warm-up study to be stored", env=env, check=True, capture_output=True)
-        wait_for(lambda: warmup[0].parent.name in pacs.sr_at, 600,
+        wait_for(lambda: warmup[0].parent.name in pacs.sr_at, WARMUP_TIMEOUT_S,
                  "the warm-up study's SR at the PACS (model loading)", 0.2, serve_alive)
+        # (an error on the way shows in serve.log: see `logged_errors` below)
         acked: dict[str, float] = {}
         started = time.monotonic()
         for files in tqdm(studies, desc=f"{label}: sending", unit="study"):
@@ -133,12 +146,40 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                      serve_alive)
         total = max(pacs.sr_at.values()) - started
         lat = np.array([pacs.sr_at[uid] - acked[uid] for uid in acked])
+    except Exception:
+        for line in logged_errors(work / "serve.log"):
+            print("serve.log:", line, file=sys.stderr)
+        raise
     finally:
         proc.terminate()
         proc.wait(30)
         pacs.stop()
     return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
-            "studies_per_min": len(studies) / total * 60.0}
+            "studies_per_min": len(studies) / total * 60.0,
+            "steps": job_steps(work / "serve.log", set(acked))}
+
+
+def logged_errors(log: Path, keep: int = 10) -> list[str]:
+    """The last warning/error lines of the server's log."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+             if '"level": "error"' in ln or '"level": "warning"' in ln]
+    return [ln[:1500] for ln in lines[-keep:]]
+
+
+def job_steps(log: Path, study_uids: set[str]) -> dict[str, float]:
+    """Median wall time (ms) of each step of the measured studies' jobs, from the log."""
+    import json
+
+    steps: dict[str, list[float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("study_uid") in study_uids and "timings_ms" in entry:
+            for key, ms in entry["timings_ms"].items():
+                steps.setdefault(key, []).append(float(ms))
+    return {k: float(np.median(v)) for k, v in steps.items()}
 
 
 def main() -> None:
@@ -147,6 +188,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["demo", "b4"], choices=["demo", "b4"])
     ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
     ap.add_argument("--workers", type=int, default=1, help="queue.workers (job threads)")
+    ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
+                    help="hardware alone, or every kind with shipped demo weights")
     args = ap.parse_args()
     for tool in ("storescu", "echoscu"):
         if shutil.which(tool) is None:
@@ -155,14 +198,18 @@ def main() -> None:
     try:
         studies = []
         for i in [*range(args.studies), 999]:
-            s = make_study(4242, i, views=("ap_pelvis", "cross_table_lateral"), side="R")
+            hardware = HARDWARE_CYCLE[i % len(HARDWARE_CYCLE)] if args.pipelines == "all" else None
+            s = make_study(4242, i, views=("ap_pelvis", "cross_table_lateral"), side="R",
+                           hardware=hardware)
             folder = root / "studies" / s.study_uid  # folder name = Study Instance UID
             folder.mkdir(parents=True)
             for j, img in enumerate(s.images):
                 img.dataset.save_as(folder / f"{j}.dcm", enforce_file_format=True)
             studies.append(sorted(folder.iterdir()))
         warmup = studies.pop()
+        pipelines = ALL_PIPELINES if args.pipelines == "all" else ["hardware"]
         print(f"{args.studies} studies x {len(studies[0])} images; "
+              f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
               f"workers={args.workers}; "
               f"cpu cores={os.cpu_count()}")
@@ -170,10 +217,12 @@ def main() -> None:
             dirs = [] if name == "demo" else [b4_model_dir(root)]
             work = root / f"run-{name}"
             work.mkdir()
-            r = run(dirs, name, studies, warmup, work, args.runtime, args.workers)
+            r = run(dirs, name, studies, warmup, work, args.runtime, args.workers, pipelines)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")
+            print("       median ms per job step: "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in r["steps"].items()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -41,11 +41,23 @@ PRIVATE_SCHEME_NAME = "hiprouter AI findings"
 
 @dataclass(frozen=True)
 class Code:
-    """A coded concept (code value, coding scheme designator, code meaning)."""
+    """A coded concept (code value, coding scheme designator, code meaning).
+
+    The scheme (SH) holds 16 characters and the meaning (LO) 64: a longer meaning would
+    cost the report its SR, so it is refused where the concept is defined (a vocabulary, a
+    model card). A value longer than 16 characters goes to Long Code Value (highdicom).
+    """
 
     value: str
     scheme: str
     meaning: str
+
+    def __post_init__(self) -> None:
+        if not self.value or not self.scheme or len(self.scheme) > 16:
+            raise ValueError(f"a code needs a value and a 1-16 character scheme: {self!r}")
+        if not self.meaning or len(self.meaning) > 64:
+            raise ValueError(f"code meaning must be 1-64 characters "
+                             f"({len(self.meaning)}): {self.meaning!r}")
 
 
 @dataclass(frozen=True)
@@ -256,6 +268,8 @@ class PipelineResult:
     upstream: str | None = None
     """For a cascade stage, the pipeline whose findings selected its hips (set by the
     runner); None for a first-stage pipeline."""
+    elapsed_ms: float = 0.0
+    """Wall time of the pipeline's run on the study (set by the runner)."""
 
 
 @dataclass
@@ -264,6 +278,8 @@ class StudyFindings:
 
     study_uid: str
     results: list[PipelineResult] = field(default_factory=list)
+    decode_ms: float = 0.0
+    """Wall time of decoding the study and cutting its hip crops (set by the runner)."""
 
     def findings(self) -> list[Finding]:
         return [f for r in self.results for f in r.findings]

@@ -31,9 +31,9 @@ FIXATION_DEVICES = Vocabulary((
        "Cephalomedullary nail with two integrated parallel screws"),
     _P("sliding_hip_screw", "Sliding hip screw with side plate", "FD004"),
     _P("cannulated_screws_3", "Three cannulated screws, inverted triangle", "FD005",
-       "Three parallel cannulated screws in inverted triangle configuration"),
+       "Three parallel cannulated screws in inverted triangle"),
     _P("neck_system_plate_bolt", "Femoral neck system (plate, bolt, anti-rotation screw)",
-       "FD006", "Femoral neck system with short plate, bolt and anti-rotation screw"),
+       "FD006", "Femoral neck system: short plate, bolt, anti-rotation screw"),
 ))
 """The generic catalogue: the `device` column of the synthetic labels, in output order."""
 

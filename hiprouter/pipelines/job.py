@@ -8,6 +8,7 @@ again (lease expired, replay) replaces its findings and rebuilds the same UIDs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,16 @@ def read_sources(ctx: JobContext) -> tuple[list[Dataset], dict[str, str]]:
 
 
 def run_analysis(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
-    """Run the job's pipelines on its study, build and write the report; returns the files."""
+    """Run the job's pipelines on its study, build and write the report; returns the files.
+
+    The log line of the study carries the wall time of each step (`timings_ms`).
+    """
+    clock = Timings()
     datasets, unreadable = read_sources(ctx)
+    clock.lap("read")
     names = list(ctx.job.pipelines or [ctx.job.pipeline])
     study, decoded = analyse_study(pipelines, names, ctx.job.study_uid, datasets)
+    clock.lap("analyse")
     settings = ctx.settings
     bundle: ReportBundle | None = None
     reported = study.reported()  # shadow results are recorded, never sent
@@ -74,22 +81,42 @@ def run_analysis(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
                 settings.sr_templates_dir)
     except NothingToReport:
         bundle = None
+    clock.lap("build")
     paths = write_bundle(bundle, ctx.output_dir) if bundle is not None else []
+    clock.lap("write")
     record(ctx, study, bundle, paths, unreadable)
+    clock.lap("record")
+    timings = {**clock.laps, "decode": round(study.decode_ms),
+               **{f"run:{r.pipeline}": round(r.elapsed_ms) for r in study.results}}
     shadow = [f"{r.pipeline}:{r.model.version if r.model else '-'}:{f.laterality}:"
               f"{_summary(f)}" for r in study.results if r.mode == "shadow" for f in r.findings]
     if shadow:
         ctx.log.info("shadow findings recorded", findings=shadow)
     if bundle is None:
-        ctx.log.info("nothing to report", not_assessed=len(study.not_assessed()),
+        ctx.log.info("nothing to report", timings_ms=timings,
+                     not_assessed=len(study.not_assessed()),
                      unreadable=len(unreadable), shadow_only=bool(study.results)
                      and not reported.results)
     else:
-        ctx.log.info("study reported", priority=bundle.priority, objects=len(paths),
+        ctx.log.info("study reported", timings_ms=timings, priority=bundle.priority,
+                     objects=len(paths),
                      left_out=[what for what, _ in bundle.left_out],
                      findings=[f"{f.pipeline}:{f.laterality}:{_summary(f)}"
                                for f in reported.findings()])
     return paths
+
+
+class Timings:
+    """Wall time of consecutive steps, in milliseconds."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, int] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round((now - self._last) * 1000)
+        self._last = now
 
 
 def _summary(f: Finding) -> str:

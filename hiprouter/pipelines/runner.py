@@ -8,6 +8,7 @@ finding from it (and the report says nothing about it), and the skip is recorded
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
@@ -76,12 +77,14 @@ def run_variants(stages: Sequence[Sequence[Variant]], conditions: dict[str, Runs
             upstream_shadow = upstream.mode == "shadow"
         for i, variant in enumerate(variants):
             pipe = variant.pipeline
+            started = time.perf_counter()
             if targets is None:
                 result = pipe.run(study, None)
             else:
                 result = pipe.run(study, targets) if targets else pipe.empty_result()
                 result.skipped.extend(skipped)
                 result.upstream = condition.pipeline if condition is not None else None
+            result.elapsed_ms = (time.perf_counter() - started) * 1000.0
             result.mode = "shadow" if upstream_shadow else variant.mode
             result.model_id = variant.model_id
             for uid, reason in study.refused.items():
@@ -102,6 +105,10 @@ def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: st
     order = pipeline_set.order(names)
     stages = [pipeline_set.variants(n) for n in order]
     modalities = {m for variants in stages for v in variants for m in v.pipeline.modalities()}
+    started = time.perf_counter()
     study = StudyInput.from_datasets(study_uid, datasets, modalities)
+    decode_ms = (time.perf_counter() - started) * 1000.0
     conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
-    return run_variants(stages, conditions, study), study.images
+    findings = run_variants(stages, conditions, study)
+    findings.decode_ms = decode_ms
+    return findings, study.images
