@@ -341,7 +341,46 @@ def _vae(params: dict[str, Any]) -> Any:
                    len(params.get("channels", ["intensity", "mask"])), tuple(params["widths"]))
 
 
+class OnnxNet:
+    """One of the model's networks as an ONNX Runtime session (CPU): same call as `_forward`.
+
+    The graph is exported once per weights file and part into the runtime cache.
+    """
+
+    def __init__(self, net: Any, part: str, sha: str, shape: tuple[int, ...]) -> None:
+        import torch
+
+        from hiprouter.inference.runtime import CACHE_DIR, cpu_session, write_onnx
+
+        path = CACHE_DIR / "onnx" / f"onfh-{part}-{sha[:16]}.onnx"
+        if not path.is_file():
+            write_onnx(net.to("cpu").float().eval(), torch.zeros(1, *shape), path, ["output"])
+        self.session = cpu_session(path)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": np.ascontiguousarray(batch, np.float32)})[0]
+
+
+class _VaeMean:
+    """The VAE's encoder as a module that returns the latent mean only (for export)."""
+
+    def __new__(cls, vae: Any) -> Any:
+        import torch
+
+        class Mean(torch.nn.Module):
+            def __init__(self, inner: Any) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner.encode(x)[0]
+
+        return Mean(vae)
+
+
 def _forward(net: Any, batch: np.ndarray, device: Any) -> np.ndarray:
+    if isinstance(net, OnnxNet):
+        return net.run(batch)
     import torch
 
     with torch.inference_mode():
@@ -354,7 +393,7 @@ class HeadSegmenter:
 
     def __init__(self, locator: Any, refiner: Any, params: dict[str, Any],
                  device: Any = "cpu") -> None:
-        self.locator, self.refiner = locator.eval(), refiner.eval()
+        self.locator, self.refiner = locator, refiner  # torch modules in eval mode or OnnxNet
         self.params = params
         self.device = device
         self.locator_size = int(params["locator"]["size"])
@@ -411,8 +450,11 @@ class NormativeModel:
 
     def __init__(self, vae: Any, mean: np.ndarray, covariance: np.ndarray,
                  precision: np.ndarray, reference: np.ndarray, staging: Staging | None,
-                 params: dict[str, Any], device: Any = "cpu") -> None:
+                 params: dict[str, Any], device: Any = "cpu",
+                 encoder: OnnxNet | None = None) -> None:
         self.vae = vae.eval()
+        self.encoder = encoder
+        """The latent mean as an ONNX Runtime session (None: the torch VAE)."""
         self.mean = np.asarray(mean, np.float64)
         self.covariance = np.asarray(covariance, np.float64)
         self.precision = np.asarray(precision, np.float64)
@@ -432,6 +474,8 @@ class NormativeModel:
 
     def latent(self, patches: np.ndarray) -> np.ndarray:
         """Latent means (N, latent_dim) of (N, 2, P, P) patches."""
+        if self.encoder is not None:
+            return self.encoder.run(patches)
         import torch
 
         with torch.inference_mode():
@@ -488,7 +532,10 @@ class OnfhModel:
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "auto",
-             need_normative: bool = True) -> OnfhModel:
+             need_normative: bool = True, runtime: str = "torch") -> OnfhModel:
+        """Load and check a model folder; `runtime` auto or onnx runs the networks with
+        ONNX Runtime when the device is the CPU (3-10x faster than eager PyTorch for these
+        small networks, docs/performance.md), torch keeps PyTorch."""
         from safetensors.torch import load_file
 
         model_dir = Path(model_dir)
@@ -515,6 +562,14 @@ class OnfhModel:
                                "locator", weights).to(dev)
         refiner = _load_module(_unet(params["refiner"]), _split_state(state, "refiner."),
                                "refiner", weights).to(dev)
+        onnx = runtime in ("auto", "onnx") and str(dev) == "cpu"
+        if runtime == "onnx" and not onnx:
+            raise ModelError(f"{model_dir}: runtime onnx runs on the CPU only (device {dev})")
+        if onnx:
+            locator = OnnxNet(locator, "locator", sha, (1, params["locator"]["size"],
+                                                        params["locator"]["size"]))
+            refiner = OnnxNet(refiner, "refiner", sha, (1, params["refiner"]["size"],
+                                                        params["refiner"]["size"]))
         segmenter = HeadSegmenter(locator, refiner, params, dev)
         normative = None
         if card.task == ONFH_TASK:
@@ -522,9 +577,14 @@ class OnfhModel:
                                weights).to(dev)
             norm = {k: state[f"normative.{k}"].double().numpy()
                     for k in ("mean", "covariance", "precision", "reference")}
+            p = params["vae"]
+            encoder = (OnnxNet(_VaeMean(vae), "vae-mean", sha,
+                               (len(p.get("channels", ["intensity", "mask"])),
+                                int(p["patch_size"]), int(p["patch_size"])))
+                       if onnx else None)
             normative = NormativeModel(vae, norm["mean"], norm["covariance"],
                                        norm["precision"], norm["reference"],
-                                       Staging.from_card(card), params["vae"], dev)
+                                       Staging.from_card(card), params["vae"], dev, encoder)
         return cls(card, model_dir, segmenter, normative)
 
     @property

@@ -114,11 +114,18 @@ def write_onnx(net: Any, dummy: Any, path: Path, outputs: Sequence[str]) -> Path
 
 def cpu_session(path: Path, threads: int | None = None) -> Any:
     """An ONNX Runtime session on the CPU, all graph optimisations, `threads` (default: the
-    core count) intra-op threads."""
+    core count) intra-op threads.
+
+    The threads do not spin-wait after a run (ONNX Runtime's default): a job runs several
+    models one after another and builds its report in between, and each session's idle
+    spinning threads took CPU from whatever ran next (docs/performance.md).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                  "1" if os.environ.get("HIPROUTER_ORT_SPIN") == "1" else "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -106,6 +106,8 @@ class OnfhOptions(PipelineOptions):
     models: list[ConfigPath] = []
     """One model folder (card.yaml + weights); empty: the bundled demo (models/onfh-demo)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    """On the CPU, auto runs the networks with ONNX Runtime (exported once per weights)."""
     modalities: list[str] = ["CR", "DX"]
     min_confidence: float | None = Field(None, ge=0, le=1)
     """Below this stage probability a finding is indeterminate (None: the card's
@@ -140,7 +142,8 @@ class OnfhKind(PipelineKind):
         from hiprouter.inference.onfh import OnfhModel
 
         folder = self.options.models[0] if self.options.models else demo_model_dir(self.kind)
-        self.model = OnfhModel.load(folder, self.options.device)
+        self.model = OnfhModel.load(folder, self.options.device,
+                                    runtime=self.options.runtime)
         self._vocabulary = self.model.card.vocabulary_over(ONFH)
 
     @classmethod

@@ -220,7 +220,9 @@ def build_report(study: StudyFindings, sources: Sequence[Dataset],
                                     by_uid[u], series_uid=uid("sc-series"),
                                     sop_uid=uid("sc-instance", u, inputs),
                                     instance_number=len(scs) + 1,
-                                    series_laterality=laterality))
+                                    series_laterality=laterality,
+                                    compression=report_cfg.sc_compression,
+                                    max_side=report_cfg.sc_max_side))
             except Exception as exc:
                 left_out.append((f"SC of image {u}", f"{type(exc).__name__}: {exc}"))
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import highdicom as hd
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from hiprouter.findings import Finding, ModelInfo, Vocabulary
 from hiprouter.report.header import paired_body_part
@@ -25,7 +32,10 @@ from hiprouter.report.sr import algorithm_equipment_for
 SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI HEAT MAP OVERLAY - NOT FOR DIAGNOSTIC USE"
 MAX_SIDE = 2048
-"""Longest side of an SC in pixels; larger radiographs are downscaled."""
+"""Default longest side of an SC in pixels; larger radiographs are downscaled."""
+TRANSFER_SYNTAXES = {"none": ExplicitVRLittleEndian, "jpeg-ls": JPEGLSLossless,
+                     "jpeg2000": JPEG2000Lossless, "rle": RLELossless}
+"""report.sc_compression -> the SC's transfer syntax (all lossless)."""
 OVERLAY_OPACITY = 0.55
 """Opacity of the colour map where the heat map is 1 (it fades to 0 with the heat)."""
 COLORMAP = "jet"
@@ -33,13 +43,37 @@ SOURCE_IMAGE_PURPOSE = hd.sr.CodedConcept(
     "121322", "DCM", "Source image for image processing operation")
 
 
+HEAT_LEVELS = 256
+"""The heat map is drawn in this many levels (the colour map's own resolution)."""
+
+
+@lru_cache(maxsize=4)
+def _blend_tables(colormap: str, opacity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per heat level: alpha * colour (RGB, float32) and 1 - alpha."""
+    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float32)
+    colour = colormaps[colormap](heat)[:, :3].astype(np.float32) * 255.0
+    alpha = opacity * heat
+    return (colour * alpha[:, None]).astype(np.float32), (1.0 - alpha).astype(np.float32)
+
+
 def blend(display: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    """RGB uint8: the greyscale image with the colour-mapped heat map over it."""
-    grey = np.repeat(display.astype(np.float32)[..., None], 3, axis=2)
-    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
-    colour = colormaps[COLORMAP](heat)[..., :3].astype(np.float32) * 255.0
-    alpha = (OVERLAY_OPACITY * heat)[..., None]
-    return np.clip(grey * (1 - alpha) + colour * alpha + 0.5, 0, 255).astype(np.uint8)
+    """RGB uint8: the greyscale image with the colour-mapped heat map over it.
+
+    The heat is quantised to the colour map's 256 levels and only pixels with heat are
+    blended (a heat map covers the hips, not the whole radiograph), through per-level
+    tables: about 10 times faster than colour-mapping every pixel in float.
+    """
+    out = np.repeat(display[..., None], 3, axis=2)
+    heat = np.clip(np.nan_to_num(heatmap.astype(np.float32, copy=False)), 0.0, 1.0)
+    level = (heat * (HEAT_LEVELS - 1) + 0.5).astype(np.uint8)
+    rows, cols = np.nonzero(level)
+    if rows.size:
+        coloured, keep = _blend_tables(COLORMAP, OVERLAY_OPACITY)
+        lv = level[rows, cols]
+        grey = display[rows, cols].astype(np.float32)
+        out[rows, cols] = np.clip(grey[:, None] * keep[lv][:, None] + coloured[lv] + 0.5,
+                                  0, 255).astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -59,15 +93,15 @@ class Overlay:
     """Which pipeline's heat map is drawn (named in the footer)."""
 
 
-def _fit(overlay: Overlay) -> tuple[np.ndarray, np.ndarray, float]:
-    """Display image and heat map at the same size (longest side at most MAX_SIDE), scale."""
+def _fit(overlay: Overlay, max_side: int = MAX_SIDE) -> tuple[np.ndarray, np.ndarray, float]:
+    """Display image and heat map at the same size (longest side at most max_side), scale."""
     display = overlay.display_image
     if display.ndim != 2 or display.dtype != np.uint8:
         raise ValueError(f"display image of {overlay.sop_instance_uid} must be 2-D uint8")
     heatmap = (overlay.heatmap.astype(np.float32) if overlay.heatmap is not None
                else np.zeros(display.shape, np.float32))
     rows, cols = display.shape
-    scale = min(1.0, MAX_SIDE / max(rows, cols))
+    scale = min(1.0, max_side / max(rows, cols))
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # PIL: (width, height)
     if scale < 1.0:
         display = np.asarray(Image.fromarray(display).resize(size, Image.Resampling.LANCZOS))
@@ -105,9 +139,10 @@ def _draw_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
     draw.text(xy, text, font=font, fill=(255, 255, 255), anchor=anchor)
 
 
-def render_overlay(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset) -> np.ndarray:
+def render_overlay(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset,
+                   max_side: int = MAX_SIDE) -> np.ndarray:
     """The labelled RGB overlay of one radiograph."""
-    display, heatmap, scale = _fit(overlay)
+    display, heatmap, scale = _fit(overlay, max_side)
     image = Image.fromarray(blend(display, heatmap))
     width, height = image.size
     font = ImageFont.load_default(size=max(10, min(width, height) // 32))
@@ -156,8 +191,12 @@ _SIMPLE = frozenset("APLRHF")
 def build_sc(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset, *,
              series_uid: str, sop_uid: str, instance_number: int,
              series_description: str = SC_SERIES_DESCRIPTION,
-             series_laterality: str = "") -> hd.sc.SCImage:
+             series_laterality: str = "", compression: str = "none",
+             max_side: int = MAX_SIDE) -> hd.sc.SCImage:
     """The Secondary Capture of one radiograph, in the source's study.
+
+    ``compression`` is a key of TRANSFER_SYNTAXES (lossless only: the SC shows the source's
+    pixels under the overlay); ``max_side`` caps its longest side.
 
     ``source`` should be a `header.source_header`; ``series_laterality`` (R, L or "" for
     unknown) is written unless the body part is a known unpaired one, as the General Series
@@ -165,14 +204,15 @@ def build_sc(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset, *,
     """
     if str(source.SOPInstanceUID) != overlay.sop_instance_uid:
         raise ValueError("build_sc: overlay and source radiograph differ")
-    pixels = render_overlay(overlay, models, source)
+    pixels = render_overlay(overlay, models, source, max_side)
     orientation = _orientation(source)
     equipment = [algorithm_equipment_for(m, "AI heat map overlay") for m in models]
     manufacturer = models[0].manufacturer[:64] if models else "hiprouter project"
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
-        photometric_interpretation="RGB",
+        # JPEG 2000 lossless codes RGB with the reversible colour transform
+        photometric_interpretation="YBR_RCT" if compression == "jpeg2000" else "RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
         series_instance_uid=series_uid,
@@ -184,7 +224,7 @@ def build_sc(overlay: Overlay, models: Sequence[ModelInfo], source: Dataset, *,
         # cross-table views) are valid DICOM and are written after construction.
         patient_orientation=orientation if orientation and all(
             v in _SIMPLE for v in orientation) else ("L", "F"),
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        transfer_syntax_uid=TRANSFER_SYNTAXES[compression],
         series_description=series_description[:64],
         contributing_equipment=equipment,
         specific_character_set="ISO_IR 192",

@@ -199,3 +199,26 @@ def test_model_folder_of_another_kind_is_refused(tmp_path: Path) -> None:
     folder = constant_model(tmp_path / "hw", "hardware", "tha")
     with pytest.raises(ModelError, match="onfh"):
         PipelineSet(settings(folder)).get("onfh")
+
+
+def test_onnx_runtime_and_torch_assess_alike(onfh_model: Path, grade3_left: Any) -> None:
+    """runtime auto (ONNX Runtime on the CPU) gives the torch model's masks and distances."""
+    from hiprouter.inference.onfh import OnfhModel, OnnxNet
+
+    torch_model = OnfhModel.load(onfh_model, "cpu", runtime="torch")
+    onnx_model = OnfhModel.load(onfh_model, "cpu", runtime="auto")
+    assert isinstance(onnx_model.segmenter.locator, OnnxNet)
+    assert onnx_model.normative is not None and onnx_model.normative.encoder is not None
+    assert not isinstance(torch_model.segmenter.locator, OnnxNet)
+    assessed = 0
+    for _, crop in _study(grade3_left).crops():
+        a = torch_model.assess(crop.pixels, None)
+        b = onnx_model.assess(crop.pixels, None)
+        assert type(a) is type(b)
+        if isinstance(a, str):
+            assert a == b
+            continue
+        assessed += 1
+        assert np.abs(a.segmentation.prob - b.segmentation.prob).max() < 1e-4
+        assert b.distance == pytest.approx(a.distance, rel=1e-4) and a.band == b.band
+    assert assessed >= 1

@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from hiprouter.config import ReportConfig
 from hiprouter.findings import Classification, Mask, ModelInfo, Region
 from hiprouter.report.build import NothingToReport, ReportBundle, build_report, write_bundle
+from hiprouter.report.sc import TRANSFER_SYNTAXES
 from tests.conftest import require_tool
 from tests.report.inputs import DEMO_MODEL, make_cr, make_study, numbers_by_tracking_uid
 from tests.validation import assert_valid
@@ -291,9 +292,40 @@ def test_uids_are_deterministic_per_study_pipeline_and_model(tmp_path: Path) -> 
 def test_files_have_file_meta(tmp_path: Path) -> None:
     for path in write_bundle(report(make_study()), tmp_path):
         assert path.read_bytes()[128:132] == b"DICM"
-        meta = pydicom.dcmread(path).file_meta
-        assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        ds = pydicom.dcmread(path)
+        want = ("1.2.840.10008.1.2.4.80" if ds.Modality == "OT" and "PixelData" in ds
+                else "1.2.840.10008.1.2.1")  # SCs: JPEG-LS lossless by default
+        assert ds.file_meta.TransferSyntaxUID == want, ds.SOPClassUID.name
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("compression", ["none", "jpeg-ls", "jpeg2000", "rle"])
+def test_sc_compression_is_lossless(compression: str, tmp_path: Path) -> None:
+    """Each report.sc_compression gives the same pixels; the compressed ones are smaller."""
+    study = make_study()
+    bundle = report(study, ReportConfig(sc_compression=compression))
+    files = [pydicom.dcmread(p) for p in write_bundle(bundle, tmp_path)]
+    sc = next(ds for ds in files if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7")
+    assert sc.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[compression]
+    plain = report(study, ReportConfig(sc_compression="none")).scs[0]
+    assert np.array_equal(sc.pixel_array, plain.pixel_array)
+    assert sc.LossyImageCompression == "00"
+    if compression in ("jpeg-ls", "jpeg2000"):
+        assert len(sc.PixelData) < 0.7 * len(plain.PixelData)
+    assert_valid(files_of(tmp_path))
+
+
+def files_of(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.dcm"))
+
+
+def test_sc_max_side_downscales() -> None:
+    from hiprouter.report.sc import Overlay, _fit
+
+    overlay = Overlay("1.2.3", np.zeros((600, 500), np.uint8), np.ones((600, 500), np.float32))
+    display, heat, scale = _fit(overlay, 300)
+    assert display.shape == heat.shape == (300, 250) and scale == 0.5
+    assert _fit(overlay, 2048)[0].shape == (600, 500)
 
 
 def test_secondary_captures_can_be_disabled() -> None:

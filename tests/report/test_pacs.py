@@ -29,7 +29,7 @@ def test_outputs_join_the_study_at_orthanc_and_a_replay_replaces(tmp_path: Path)
     pacs = start_orthanc(tmp_path / "orthanc")
     try:
         sent = storescu(pacs.dicom_port, [*source_paths, *first], called=pacs.ae_title,
-                       extra=["--required"])
+                       extra=["--required", "--propose-jls-lossless"])
         assert sent.returncode == 0, sent.stderr
         study_id = pacs.study_id(study.study_uid)
         assert study_id is not None
@@ -48,7 +48,7 @@ def test_outputs_join_the_study_at_orthanc_and_a_replay_replaces(tmp_path: Path)
         again = write_bundle(build_report(study, sources, displays,
                                           ReportConfig(language="de")), tmp_path / "run2")
         sent = storescu(pacs.dicom_port, again, called=pacs.ae_title,
-                       extra=["--required"])
+                       extra=["--required", "--propose-jls-lossless"])
         assert sent.returncode == 0, sent.stderr
         assert len(pacs.get(f"/studies/{study_id}/instances")) == instances
     finally:
