@@ -22,11 +22,12 @@ from hiprouter.inference.models import (
     LoadedModel,
     ModelError,
     load_model,
+    load_onnx_model,
     select_device,
 )
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled
 from hiprouter.inference.preprocess import check_channels, letterbox, model_input
-from hiprouter.inference.runtime import Runner, make_runner
+from hiprouter.inference.runtime import Runner, cpu_without_torch, make_runner
 
 
 @dataclass
@@ -58,7 +59,8 @@ class _Member:
     def __init__(self, model: LoadedModel, runner: Runner) -> None:
         self.model = model
         self.runner = runner
-        self.head = cammod.linear_head(model.module)
+        self.head = (model.head if model.module is None
+                     else cammod.linear_head(model.module))
         card = model.card
         self.temperature = float(card.calibration.get("temperature", 1.0) or 1.0)
         self.ood_threshold = card.ood.get("threshold")
@@ -86,7 +88,9 @@ class _Member:
         """The card's OOD score per crop (higher = less familiar)."""
         if self.mahalanobis is not None:
             p = 3.0
-            if self.pool == "gem":
+            if self.pool == "gem" and self.model.gem_p is not None:
+                p = self.model.gem_p
+            elif self.pool == "gem":
                 p = float(self.model.module.global_pool.p.detach().clamp(min=1.0).item())
             return self.mahalanobis.score(pooled(feats, self.pool, p))
         return energy(logits)
@@ -121,7 +125,16 @@ class CropClassifier:
     @classmethod
     def from_dirs(cls, model_dirs: Sequence[Path], device: str = "auto", runtime: str = "auto",
                   batch_size: int = 8) -> CropClassifier:
-        """Load model directories onto the chosen device."""
+        """Load model directories onto the chosen device.
+
+        On the CPU with ONNX Runtime the models come from their ONNX bundles and torch is
+        not imported (export.py); a model whose CAM needs Grad-CAM (no linear head) is
+        loaded with torch as before.
+        """
+        if runtime in ("auto", "onnx") and cpu_without_torch(device):
+            models = [load_onnx_model(d) for d in model_dirs]
+            if all(m.head is not None for m in models):
+                return cls(models, "cpu", "onnx", batch_size)
         dev = select_device(device)
         return cls([load_model(d, dev) for d in model_dirs], dev, runtime, batch_size)
 

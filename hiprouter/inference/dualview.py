@@ -165,16 +165,22 @@ class DualViewModel:
 
     card: ModelCard
     net: Any
+    """The torch network, or None when loaded from the ONNX bundle (`load_onnx`)."""
     model_dir: Path
-    weight: np.ndarray = field(init=False)
+    weight: np.ndarray = field(default=None)  # type: ignore[assignment]
     """Head weight (K, 2C): columns [0, C) act on the AP view, [C, 2C) on the lateral."""
-    bias: np.ndarray = field(init=False)
-    missing: np.ndarray = field(init=False)
+    bias: np.ndarray = field(default=None)  # type: ignore[assignment]
+    missing: np.ndarray = field(default=None)  # type: ignore[assignment]
+    onnx: Path | None = None
+    """The exported backbone (features) when loaded from the bundle."""
 
     def __post_init__(self) -> None:
-        self.weight = self.net.head.weight.detach().float().cpu().numpy()
-        self.bias = self.net.head.bias.detach().float().cpu().numpy()
-        self.missing = self.net.missing.detach().float().cpu().numpy()
+        if self.net is not None:
+            self.weight = self.net.head.weight.detach().float().cpu().numpy()
+            self.bias = self.net.head.bias.detach().float().cpu().numpy()
+            self.missing = self.net.missing.detach().float().cpu().numpy()
+        elif self.weight is None or self.bias is None or self.missing is None:
+            raise ModelError(f"{self.model_dir}: neither a network nor its head arrays")
 
     @property
     def channels(self) -> int:
@@ -227,6 +233,21 @@ def load(model_dir: Path, device: Any = "cpu") -> DualViewModel:
         raise ModelError(f"{weights}: weights do not fit {card.architecture}: {exc}") from exc
     net.eval().to(torch.device(device))
     return DualViewModel(card, net, model_dir)
+
+
+def load_onnx(model_dir: Path) -> DualViewModel:
+    """A dual-view model from its ONNX bundle (no torch in this process; export.py)."""
+    from hiprouter.inference.export import ensure_bundle, load_arrays, verified_card
+
+    model_dir = Path(model_dir)
+    card = verified_card(model_dir)
+    if card.task != TASK:
+        raise ModelError(f"{model_dir}: a {card.task!r} model; this pipeline needs a {TASK!r} "
+                         "model (hiprouter train-dual-view)")
+    folder, _ = ensure_bundle(model_dir, card)
+    arrays = load_arrays(folder)
+    return DualViewModel(card, None, model_dir, arrays["weight"], arrays["bias"],
+                         arrays["missing"], folder / "features.onnx")
 
 
 def expand_model_dirs(dirs: Sequence[Path]) -> list[Path]:
@@ -307,7 +328,8 @@ class OnnxFeatures:
     def __init__(self, model: DualViewModel, threads: int | None = None) -> None:
         from hiprouter.inference import runtime
 
-        self.session = runtime.cpu_session(export_onnx(model), threads)
+        graph = model.onnx if model.onnx is not None else export_onnx(model)
+        self.session = runtime.cpu_session(graph, threads)
         self.name = "onnxruntime-cpu"
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -318,7 +340,9 @@ class OnnxFeatures:
 
 def make_features_runner(model: DualViewModel, device: Any, runtime: str = "auto") -> Any:
     """Torch on CUDA; on CPU ONNX Runtime unless runtime='torch' (falls back to torch when
-    the export fails and runtime is 'auto')."""
+    the export fails and runtime is 'auto'); a model from its bundle gets ONNX Runtime."""
+    if model.net is None:
+        return OnnxFeatures(model)
     import torch
 
     device = torch.device(device)
@@ -385,9 +409,13 @@ class DualViewEnsemble:
     @classmethod
     def from_dirs(cls, model_dirs: Sequence[Path], device: str = "auto", runtime: str = "auto",
                   batch_size: int = 8) -> DualViewEnsemble:
+        from hiprouter.inference.runtime import cpu_without_torch
+
+        dirs = expand_model_dirs(model_dirs)
+        if runtime in ("auto", "onnx") and cpu_without_torch(device):
+            return cls([load_onnx(d) for d in dirs], "cpu", "onnx", batch_size)
         dev = select_device(device)
-        return cls([load(d, dev) for d in expand_model_dirs(model_dirs)], dev, runtime,
-                   batch_size)
+        return cls([load(d, dev) for d in dirs], dev, runtime, batch_size)
 
     @property
     def cards(self) -> list[ModelCard]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom.uid import generate_uid
@@ -252,11 +253,37 @@ def save_model(module: Any, card: ModelCard, model_dir: Path,
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference: card, torch module (eval mode), its directory."""
+    """A model ready for inference: card, torch module (eval mode), its directory.
+
+    Loaded from its ONNX bundle (`load_onnx_model`, no torch in the process) the module is
+    None and `onnx`, `head` and `gem_p` carry what inference needs.
+    """
 
     card: ModelCard
     module: Any
     model_dir: Path
+    onnx: Path | None = None
+    """The exported graph (logits, features) when loaded from a bundle."""
+    head: tuple[np.ndarray, np.ndarray] | None = None
+    """(weight, bias) of a global-average-pool + linear head (CAM), from the bundle."""
+    gem_p: float | None = None
+    """The GeM pooling exponent, when the model pools with GeM (from the bundle)."""
+
+
+def load_onnx_model(model_dir: Path) -> LoadedModel:
+    """A classifier from its ONNX bundle (exported by a child process when missing)."""
+    from hiprouter.inference.export import ensure_bundle, load_arrays, verified_card
+
+    model_dir = Path(model_dir)
+    card = verified_card(model_dir)
+    folder, manifest = ensure_bundle(model_dir, card)
+    if manifest.get("kind") != "classifier":
+        raise ModelError(f"{model_dir}: not a classifier ({manifest.get('kind')})")
+    arrays = load_arrays(folder)
+    head = ((arrays["head_weight"], arrays["head_bias"]) if "head_weight" in arrays
+            else None)
+    gem_p = float(arrays["gem_p"]) if "gem_p" in arrays else None
+    return LoadedModel(card, None, model_dir, folder / "model.onnx", head, gem_p)
 
 
 def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:

@@ -342,19 +342,11 @@ def _vae(params: dict[str, Any]) -> Any:
 
 
 class OnnxNet:
-    """One of the model's networks as an ONNX Runtime session (CPU): same call as `_forward`.
+    """One of the model's networks as an ONNX Runtime session (CPU): same call as `_forward`."""
 
-    The graph is exported once per weights file and part into the runtime cache.
-    """
+    def __init__(self, path: Path) -> None:
+        from hiprouter.inference.runtime import cpu_session
 
-    def __init__(self, net: Any, part: str, sha: str, shape: tuple[int, ...]) -> None:
-        import torch
-
-        from hiprouter.inference.runtime import CACHE_DIR, cpu_session, write_onnx
-
-        path = CACHE_DIR / "onnx" / f"onfh-{part}-{sha[:16]}.onnx"
-        if not path.is_file():
-            write_onnx(net.to("cpu").float().eval(), torch.zeros(1, *shape), path, ["output"])
         self.session = cpu_session(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -452,7 +444,7 @@ class NormativeModel:
                  precision: np.ndarray, reference: np.ndarray, staging: Staging | None,
                  params: dict[str, Any], device: Any = "cpu",
                  encoder: OnnxNet | None = None) -> None:
-        self.vae = vae.eval()
+        self.vae = vae.eval() if vae is not None else None
         self.encoder = encoder
         """The latent mean as an ONNX Runtime session (None: the torch VAE)."""
         self.mean = np.asarray(mean, np.float64)
@@ -536,8 +528,6 @@ class OnfhModel:
         """Load and check a model folder; `runtime` auto or onnx runs the networks with
         ONNX Runtime when the device is the CPU (3-10x faster than eager PyTorch for these
         small networks, docs/performance.md), torch keeps PyTorch."""
-        from safetensors.torch import load_file
-
         model_dir = Path(model_dir)
         card = read_card(model_dir)
         if card.label_set != LABEL_SET or card.task not in (ONFH_TASK, SEGMENTATION_TASK):
@@ -548,6 +538,14 @@ class OnfhModel:
             raise ModelError(f"{model_dir}: {card.name} is a segmentation model only; train "
                              f"the normative model on it (hiprouter train --label-set onfh "
                              f"--task normative --segmentation {model_dir})")
+        from hiprouter.inference.runtime import cpu_without_torch
+
+        if runtime in ("auto", "onnx") and cpu_without_torch(device):
+            return cls._load_onnx(model_dir, card)
+        if runtime == "onnx":
+            raise ModelError(f"{model_dir}: runtime onnx runs on the CPU only (device {device})")
+        from safetensors.torch import load_file
+
         weights = model_dir / card.weights_file
         if not weights.is_file():
             raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
@@ -562,14 +560,6 @@ class OnfhModel:
                                "locator", weights).to(dev)
         refiner = _load_module(_unet(params["refiner"]), _split_state(state, "refiner."),
                                "refiner", weights).to(dev)
-        onnx = runtime in ("auto", "onnx") and str(dev) == "cpu"
-        if runtime == "onnx" and not onnx:
-            raise ModelError(f"{model_dir}: runtime onnx runs on the CPU only (device {dev})")
-        if onnx:
-            locator = OnnxNet(locator, "locator", sha, (1, params["locator"]["size"],
-                                                        params["locator"]["size"]))
-            refiner = OnnxNet(refiner, "refiner", sha, (1, params["refiner"]["size"],
-                                                        params["refiner"]["size"]))
         segmenter = HeadSegmenter(locator, refiner, params, dev)
         normative = None
         if card.task == ONFH_TASK:
@@ -577,14 +567,32 @@ class OnfhModel:
                                weights).to(dev)
             norm = {k: state[f"normative.{k}"].double().numpy()
                     for k in ("mean", "covariance", "precision", "reference")}
-            p = params["vae"]
-            encoder = (OnnxNet(_VaeMean(vae), "vae-mean", sha,
-                               (len(p.get("channels", ["intensity", "mask"])),
-                                int(p["patch_size"]), int(p["patch_size"])))
-                       if onnx else None)
             normative = NormativeModel(vae, norm["mean"], norm["covariance"],
                                        norm["precision"], norm["reference"],
-                                       Staging.from_card(card), params["vae"], dev, encoder)
+                                       Staging.from_card(card), params["vae"], dev)
+        return cls(card, model_dir, segmenter, normative)
+
+    @classmethod
+    def _load_onnx(cls, model_dir: Path, card: ModelCard) -> OnfhModel:
+        """The networks from the folder's ONNX bundle (no torch in this process)."""
+        from safetensors.numpy import load_file
+
+        from hiprouter.inference.export import ensure_bundle, verified_card
+
+        card = verified_card(model_dir)
+        folder, _ = ensure_bundle(model_dir, card)
+        params = {**DEFAULT_PARAMETERS, **card.parameters}
+        segmenter = HeadSegmenter(OnnxNet(folder / "locator.onnx"),
+                                  OnnxNet(folder / "refiner.onnx"), params)
+        normative = None
+        if card.task == ONFH_TASK:
+            state = load_file(str(model_dir / card.weights_file))
+            norm = {k: state[f"normative.{k}"].astype(np.float64)
+                    for k in ("mean", "covariance", "precision", "reference")}
+            normative = NormativeModel(None, norm["mean"], norm["covariance"],
+                                       norm["precision"], norm["reference"],
+                                       Staging.from_card(card), params["vae"],
+                                       encoder=OnnxNet(folder / "vae-mean.onnx"))
         return cls(card, model_dir, segmenter, normative)
 
     @property
@@ -634,6 +642,29 @@ class OnfhModel:
         return HeadAssessment(seg, d, self.normative.percentile(d), staging.band(d),
                               staging.probabilities(d),
                               flips[best] if lateral_right is not None else None)
+
+
+def export_networks(model: OnfhModel, out: Path) -> list[str]:
+    """Write the model's networks as ONNX graphs into `out` (export.py's onfh bundle)."""
+    import torch
+
+    from hiprouter.inference.runtime import write_onnx
+
+    seg = model.segmenter
+    written = []
+    for name, net, size in (("locator", seg.locator, seg.locator_size),
+                            ("refiner", seg.refiner, seg.refiner_size)):
+        write_onnx(net.float().eval(), torch.zeros(1, 1, size, size), out / f"{name}.onnx",
+                   ["output"])
+        written.append(f"{name}.onnx")
+    if model.normative is not None and model.normative.vae is not None:
+        p = model.normative.params
+        shape = (1, len(p.get("channels", ["intensity", "mask"])), int(p["patch_size"]),
+                 int(p["patch_size"]))
+        write_onnx(_VaeMean(model.normative.vae).float().eval(), torch.zeros(*shape),
+                   out / "vae-mean.onnx", ["output"])
+        written.append("vae-mean.onnx")
+    return written
 
 
 def round_weights(module: Any, dtype: str = "float16") -> Any:

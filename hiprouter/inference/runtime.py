@@ -22,6 +22,19 @@ CACHE_DIR = Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hip
 ONNX_OPSET = 17
 
 
+def nvidia_present() -> bool:
+    """Whether this host has an NVIDIA driver loaded (without importing torch)."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()
+
+
+def cpu_without_torch(device: Any) -> bool:
+    """Whether models for `device` (auto, cpu, cuda) run on the CPU from ONNX bundles, so
+    the process need not import torch (about 700 MB resident with timm): device cpu, or
+    auto on a host without an NVIDIA driver."""
+    pref = str(device)
+    return pref == "cpu" or (pref == "auto" and not nvidia_present())
+
+
 class Runner(Protocol):
     """A forward pass: (B, 1, S, S) float32 -> (logits (B, K), features (B, C, h, w))."""
 
@@ -134,7 +147,8 @@ class OnnxRunner:
     """ONNX Runtime on CPU (the fast CPU path: ~5x eager PyTorch for EfficientNet-B4 here)."""
 
     def __init__(self, model: LoadedModel, threads: int | None = None) -> None:
-        self.session = cpu_session(export_onnx(model), threads)
+        graph = model.onnx if model.onnx is not None else export_onnx(model)
+        self.session = cpu_session(graph, threads)
         self.name = "onnxruntime-cpu"
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +161,11 @@ def make_runner(model: LoadedModel, device: Any, runtime: str = "auto") -> Runne
     """Choose the back-end: torch on CUDA; on CPU ONNX Runtime unless runtime='torch'.
 
     bench/bench_inference.py measures the CPU choice (ONNX Runtime was faster than eager and
-    channels_last PyTorch for every architecture measured). If export fails, falls back to torch.
+    channels_last PyTorch for every architecture measured). If export fails, falls back to
+    torch. A model loaded from its ONNX bundle (no torch module) gets ONNX Runtime.
     """
+    if model.module is None:
+        return OnnxRunner(model)
     import torch
 
     device = torch.device(device)
