@@ -35,6 +35,7 @@ from hiprouter.db import utcnow
 from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow.studies import note_instance
+from hiprouter.router.net.fast_store import FastStore
 from hiprouter.router.net.gate import Gate, GateLimits
 from hiprouter.router.net.pdu_guard import (
     GuardedServer,
@@ -323,10 +324,14 @@ class StorageSCP:
     def start(self) -> None:
         """Listen on node.host:node.port in background threads."""
         node = self.settings.node
+        handlers = self.handlers()
+        # the lean C-STORE path calls the same (possibly instrumented) handler
+        self.limits.fast_store = FastStore(dict(handlers)[evt.EVT_C_STORE]) \
+            if node.fast_store else None
         handler = guarded_request_handler(self.limits, node.network_timeout_s, self.gate)
         server = self.ae.make_server(
             (node.host, node.port),
-            evt_handlers=self.handlers(),
+            evt_handlers=handlers,
             server_class=GuardedServer,
             request_handler=handler,
             ssl_context=server_ssl_context(
