@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID,
     PYNETDICOM_IMPLEMENTATION_VERSION,
@@ -156,6 +157,86 @@ def store_response_pdu(command: StoreCommand, status: int) -> bytes:
     command_set = _ELEMENT.pack(0x0000, _GROUP_LENGTH, 4) + _UL.pack(len(elements)) + elements
     pdv = struct.pack(">LBB", len(command_set) + 2, command.context_id, 0x03) + command_set
     return struct.pack(">BBL", 0x04, 0, len(pdv)) + pdv
+
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+_EXPLICIT_LE_DATA_SETS = frozenset({EXPLICIT_LE, *(
+    str(uid) for uid in AllTransferSyntaxes
+    if uid.is_encapsulated and uid.is_little_endian and not uid.is_implicit_VR)})
+"""Transfer syntaxes whose data set (outside the pixel data) is Explicit VR Little Endian."""
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                       b"UR", b"UT", b"UV"})
+_ID_TAGS = {0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID",
+            0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID"}
+_LAST_ID_TAG = 0x0020000E
+_META_HEADER = b"\x02\x00\x00\x00UL\x04\x00"
+_PLAIN_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def quick_identifiers(encoded: bytes | memoryview) -> dict[str, str] | None:
+    """The four UIDs `receive.read_identifiers` indexes, read without pydicom from a
+    file (preamble, file meta, data set) whose data set is Implicit or Explicit VR Little
+    Endian (deflated excluded) and whose elements up to (0020,000E) all have defined
+    lengths. None for anything else, and whenever a value is not a plain valid UID, so
+    that pydicom decides (and words the refusal) exactly as before."""
+    view = memoryview(encoded)
+    if len(view) < 144 or view[128:132] != b"DICM" or view[132:140] != _META_HEADER:
+        return None
+    start = 144 + _UL.unpack_from(view, 140)[0]
+    if start > len(view):
+        return None
+    syntax = _element_values(view, 144, start, False, {0x00020010: "syntax"}, 0x00020010)
+    if syntax is None or "syntax" not in syntax:
+        return None
+    ts = syntax["syntax"]
+    if ts != IMPLICIT_LE and ts not in _EXPLICIT_LE_DATA_SETS:
+        return None
+    found = _element_values(view, start, len(view), ts == IMPLICIT_LE, _ID_TAGS, _LAST_ID_TAG)
+    if found is None or len(found) != len(_ID_TAGS):
+        return None
+    for value in found.values():
+        if len(value) > 64 or not _PLAIN_UID.match(value):
+            return None
+    return found
+
+
+def _element_values(view: memoryview, offset: int, end: int, implicit: bool,
+                    wanted: dict[int, str], last: int) -> dict[str, str] | None:
+    """Values (as pydicom reads a UI value) of the `wanted` top-level elements between
+    `offset` and `end`, up to tag `last`; None where this walk is not sure."""
+    found: dict[str, str] = {}
+    previous = -1
+    while offset + 8 <= end:
+        group, element = struct.unpack_from("<HH", view, offset)
+        tag = group << 16 | element
+        if tag <= previous:
+            return None
+        if tag > last:
+            break
+        previous = tag
+        if implicit:
+            length, header = _UL.unpack_from(view, offset + 4)[0], 8
+        elif bytes(view[offset + 4:offset + 6]) in _LONG_VRS:
+            if offset + 12 > end:
+                return None
+            length, header = _UL.unpack_from(view, offset + 8)[0], 12
+        else:
+            length, header = _US.unpack_from(view, offset + 6)[0], 8
+        if length == 0xFFFFFFFF or offset + header + length > end:
+            return None
+        name = wanted.get(tag)
+        if name is not None:
+            raw = bytes(view[offset + header:offset + header + length])
+            try:
+                text = raw.decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            if "\\" in text:
+                return None
+            found[name] = text.rstrip("\0 ").strip("\x00 ")
+        offset += header + length
+    return found
 
 
 class StoreBuffer:

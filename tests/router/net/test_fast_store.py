@@ -481,3 +481,52 @@ def test_a_command_fragment_inside_a_data_set_aborts(node: Any, tmp_path: Path) 
     # the node goes on serving
     other = make_cr_files(tmp_path / "again", 1, size=64)
     assert _pynetdicom_send(scp.port, other) == [SUCCESS]
+
+
+# -- the identifiers read without pydicom: the same values, or pydicom decides ----------------
+
+def _pydicom_identifiers(data: bytes) -> dict[str, str] | None:
+    from pydicom.tag import Tag
+
+    keywords = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+    try:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True,
+                     specific_tags=[Tag(k) for k in keywords])
+        return {k: str(ds.get(k, "") or "").strip("\x00 ") for k in keywords}
+    except Exception:
+        return None
+
+
+def test_quick_identifiers_agree_with_pydicom_on_made_files(tmp_path: Path) -> None:
+    files = make_cr_files(tmp_path / "in", 2, size=16)
+    implicit = tmp_path / "implicit.dcm"
+    subprocess.run(["dcmconv", "+ti", str(files[0]), str(implicit)], check=True)
+    for path in [*files, implicit]:
+        data = path.read_bytes()
+        quick = fast_store.quick_identifiers(data)
+        assert quick is not None and quick == _pydicom_identifiers(data), path.name
+    # a multi-valued, a missing and a padded-with-junk UID are left to pydicom
+    for change in ("multi", "missing", "junk"):
+        ds = dcmread(files[1])
+        if change == "multi":
+            ds.SeriesInstanceUID = "1.2.3\\4.5.6"
+        elif change == "missing":
+            del ds.StudyInstanceUID
+        else:
+            ds.SOPClassUID = "1.2.840.abc"
+        path = tmp_path / f"{change}.dcm"
+        ds.save_as(path)
+        assert fast_store.quick_identifiers(path.read_bytes()) is None, change
+
+
+def test_quick_identifiers_agree_with_pydicom_on_the_corpus(shared_data: Path) -> None:
+    quick_count = 0
+    for path in sorted((shared_data / "dicom-corpus").rglob("*")):
+        if not path.is_file() or path.stat().st_size > 64 * 1024 * 1024:
+            continue
+        data = path.read_bytes()
+        quick = fast_store.quick_identifiers(data)
+        if quick is not None:
+            quick_count += 1
+            assert quick == _pydicom_identifiers(data), path.name
+    assert quick_count >= 20
