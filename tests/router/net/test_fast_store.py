@@ -530,3 +530,24 @@ def test_quick_identifiers_agree_with_pydicom_on_the_corpus(shared_data: Path) -
             quick_count += 1
             assert quick == _pydicom_identifiers(data), path.name
     assert quick_count >= 20
+
+
+def test_tls_store_is_served_by_the_fast_path(node: Any, tmp_path: Path) -> None:
+    from tests.router.certs import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    secure = node(tls={"enabled": True, "cert_file": str(certs.server_cert),
+                       "key_file": str(certs.server_key), "ca_file": str(certs.ca),
+                       "require_client_cert": True})
+    plain = node(fast=False)
+    files = make_cr_files(tmp_path / "in", 3, size=256)  # 128 KiB each: several records
+    before = served("fast")
+    done = storescu(secure.port, files, extra=[
+        "+tls", str(certs.client_key), str(certs.client_cert), "+cf", str(certs.ca)])
+    assert statuses(done) == ["Success"] * 3, done.stderr
+    assert served("fast") - before == 3
+    assert statuses(storescu(plain.port, files)) == ["Success"] * 3
+    tls_rows, plain_rows = secure.rows(), plain.rows()
+    for uid, row in tls_rows.items():
+        assert Path(row.spool_path).read_bytes() == \
+            Path(plain_rows[uid].spool_path).read_bytes()
