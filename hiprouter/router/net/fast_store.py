@@ -52,6 +52,9 @@ _GROUP_LENGTH, _SOP_CLASS, _COMMAND, _MESSAGE_ID, _PRIORITY, _DATA_SET_TYPE = (
 _SOP_INSTANCE, _MOVE_AE, _MOVE_ID = 0x1000, 0x1030, 0x1031
 _US_FIELDS = frozenset({_COMMAND, _MESSAGE_ID, _PRIORITY, _DATA_SET_TYPE, _MOVE_ID})
 
+KEEP_BUFFER = 16 * 1024 * 1024
+"""Largest receive buffer an association keeps between instances (a 2500 x 2000 16-bit
+radiograph fits; larger ones get a new buffer each time)."""
 META_RESERVE = 1024
 """Bytes kept in front of the data set in a `StoreBuffer` for preamble and file meta (the
 longest file meta group with 64-character UIDs is about 340 bytes)."""
@@ -286,8 +289,9 @@ class StoreBuffer:
         return memoryview(self._buf)[META_RESERVE:self.end]
 
     def release(self) -> None:
-        """Done with this instance; a buffer grown very large is not kept."""
-        if len(self._buf) > 64 * 1024 * 1024:
+        """Done with this instance; a buffer grown beyond `KEEP_BUFFER` is not kept (an
+        idle association then holds 64 KiB, at most `KEEP_BUFFER`)."""
+        if len(self._buf) > KEEP_BUFFER:
             self._buf = bytearray(META_RESERVE + 64 * 1024)
         self.end = META_RESERVE
 

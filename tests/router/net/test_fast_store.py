@@ -551,3 +551,23 @@ def test_tls_store_is_served_by_the_fast_path(node: Any, tmp_path: Path) -> None
     for uid, row in tls_rows.items():
         assert Path(row.spool_path).read_bytes() == \
             Path(plain_rows[uid].spool_path).read_bytes()
+
+
+def test_store_buffer_grows_keeps_bytes_and_shrinks_after_a_large_instance() -> None:
+    buffer = fast_store.StoreBuffer()
+    meta = fast_store.file_meta(CR_IMAGE_STORAGE, "1.2.3", "1.2.840.10008.1.2.1")
+    buffer.begin(meta)
+    chunks = [bytes([i]) * (300_000 + i) for i in range(70)]  # ~21 MB, many growths
+    held = buffer.encoded()  # an exported view must not stop the buffer from growing
+    for chunk in chunks:
+        view = buffer.reserve(len(chunk))
+        view[:] = chunk
+        buffer.commit(len(chunk))
+    assert bytes(buffer.encoded()) == meta + b"".join(chunks)
+    assert bytes(buffer.dataset()) == b"".join(chunks)
+    assert bytes(held[:len(meta)]) == meta
+    buffer.release()
+    buffer.begin(meta)
+    buffer.append(b"abc")
+    assert bytes(buffer.encoded()) == meta + b"abc"
+    assert len(buffer._buf) <= fast_store.KEEP_BUFFER
