@@ -477,7 +477,9 @@ def test_a_command_fragment_inside_a_data_set_aborts(node: Any, tmp_path: Path) 
         assert kind == 0x07  # A-ABORT
     finally:
         sock.close()
-    assert scp.rows() == {}
+    assert scp.rows() == {} and scp.spool_files() == []
+    alerts = [e for e in scp.audit() if e.event_id_code == "110113"]
+    assert any("unexpected fragment" in (e.outcome_description or "") for e in alerts)
     # the node goes on serving
     other = make_cr_files(tmp_path / "again", 1, size=64)
     assert _pynetdicom_send(scp.port, other) == [SUCCESS]
