@@ -5,6 +5,10 @@ receivers in the same run and prints images/s for each and the ratio.
 
     .venv/bin/python bench/bench_receive.py --n 300 --repeat 3
 
+`--variants` picks the hiprouter configurations measured in each run (default both:
+`fast` = node.fast_store on, the lean C-STORE path; `pynetdicom` = node.fast_store off);
+each gets its own ratio against the storescp figure of the same run.
+
 Also prints the disk's durability floor: how many files of the same size per second one
 thread can write the way the spool must (write, fsync, rename, folder fsync), which bounds
 a single association's durable rate whatever the receiver's CPU cost.
@@ -75,13 +79,17 @@ def start_storescp(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
-def start_hiprouter(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
+VARIANTS = {"fast": {"fast_store": True}, "pynetdicom": {"fast_store": False}}
+
+
+def start_hiprouter(work: Path, args: argparse.Namespace, variant: str
+                    ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    root = work / "hiprouter"
+    root = work / f"hiprouter-{variant}"
     root.mkdir()
     config = {
         "node": {"ae_title": "HIPROUTER", "host": "127.0.0.1", "port": port,
-                 "max_pdu_size": args.max_pdu},
+                 "max_pdu_size": args.max_pdu, **VARIANTS[variant]},
         "database": {"url": args.database or f"sqlite:///{root / 'hiprouter.db'}"},
         "storage": {"spool_dir": str(root / "spool"), "min_free_mb": 100,
                     "fsync": not args.no_fsync},
@@ -138,7 +146,12 @@ def main() -> None:
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--senders", type=int, default=1,
                         help="parallel storescu processes (associations), files split evenly")
+    parser.add_argument("--variants", default="fast,pynetdicom",
+                        help=f"comma-separated hiprouter configurations: {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if not variants or any(v not in VARIANTS for v in variants):
+        sys.exit(f"--variants: choose from {', '.join(VARIANTS)}")
     if not shutil.which("storescu") or not shutil.which("storescp"):
         sys.exit("needs DCMTK (apt-get install dcmtk)")
     work = Path(tempfile.mkdtemp(prefix="hiprouter-bench-"))
@@ -147,39 +160,42 @@ def main() -> None:
         files = make_cr_files(work / "files", args.n)
         size_mb = sum(f.stat().st_size for f in files) / 2**20
         print(f"{args.n} files, {size_mb:.0f} MiB, 512x512 16-bit CR, {args.senders} storescu "
-              "in parallel, TCP_NODELAY=1")
+              f"in parallel, TCP_NODELAY=1, load average {os.getloadavg()}")
         scp, scp_port = start_storescp(work)
-        hip, hip_port = start_hiprouter(work, args)
-        procs += [scp, hip]
-        rates: dict[str, list[float]] = {"storescp": [], "hiprouter": []}
-        ratios: list[float] = []
-        cpu_ms: dict[str, list[float]] = {}
+        receivers = [("storescp", scp, scp_port, "STORESCP")]
+        procs.append(scp)
+        for variant in variants:
+            hip, hip_port = start_hiprouter(work, args, variant)
+            procs.append(hip)
+            receivers.append((variant, hip, hip_port, "HIPROUTER"))
+        rates: dict[str, list[float]] = {name: [] for name, *_ in receivers}
+        ratios: dict[str, list[float]] = {v: [] for v in variants}
+        cpu_ms: dict[str, list[float]] = {name: [] for name, *_ in receivers}
         for run in range(args.repeat):
             # Each hiprouter run sends new SOP Instance UIDs: a resend would be duplicates.
             batch = files if run == 0 else make_cr_files(work / f"files{run}", args.n,
                                                          seed=run)
-            for name, proc, port, called in (("storescp", scp, scp_port, "STORESCP"),
-                                             ("hiprouter", hip, hip_port, "HIPROUTER")):
+            for name, proc, port, called in receivers:
                 before = cpu_seconds(proc.pid)
                 rates[name].append(args.n / send(port, called, batch, args.senders))
-                cpu_ms.setdefault(name, []).append(
-                    (cpu_seconds(proc.pid) - before) * 1000 / args.n)
+                cpu_ms[name].append((cpu_seconds(proc.pid) - before) * 1000 / args.n)
             floor = durability_floor(work / f"floor{run}", files[0].stat().st_size)
             rates.setdefault("floor", []).append(floor)
-            ratios.append(rates["hiprouter"][-1] / rates["storescp"][-1])
-            print(f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s   "
-                  f"hiprouter {rates['hiprouter'][-1]:7.1f}/s   ratio {ratios[-1]:.2f}   "
-                  f"disk floor {floor:6.1f} files/s   CPU ms/image storescp "
-                  f"{cpu_ms['storescp'][-1]:.2f} hiprouter {cpu_ms['hiprouter'][-1]:.2f}   "
-                  f"load {os.getloadavg()[0]:.1f}")
-        dcmtk = statistics.median(rates["storescp"])
-        ours = statistics.median(rates["hiprouter"])
+            line = (f"run {run + 1}: storescp {rates['storescp'][-1]:7.1f}/s "
+                    f"({cpu_ms['storescp'][-1]:.2f} ms CPU/image)")
+            for variant in variants:
+                ratios[variant].append(rates[variant][-1] / rates["storescp"][-1])
+                line += (f"   {variant} {rates[variant][-1]:7.1f}/s ratio "
+                         f"{ratios[variant][-1]:.2f} ({cpu_ms[variant][-1]:.2f} ms CPU/image)")
+            print(f"{line}   disk floor {floor:6.1f} files/s   load {os.getloadavg()[0]:.1f}")
         durable = "no fsync" if args.no_fsync else "fsync file+dir+db"
-        print(f"images/s DCMTK storescp: {spread(rates['storescp'])}")
-        print(f"images/s hiprouter ({durable}): {spread(rates['hiprouter'])}")
-        print(f"ratio per run: {spread(ratios, 2)}; disk floor files/s: {spread(rates['floor'])}")
-        print(f"median images/s: DCMTK storescp {dcmtk:.1f}, hiprouter {ours:.1f} ({durable}); "
-              f"ratio hiprouter/storescp {ours / dcmtk:.2f}")
+        print(f"images/s DCMTK storescp: {spread(rates['storescp'])}; CPU ms/image "
+              f"{spread(cpu_ms['storescp'], 2)}")
+        for variant in variants:
+            print(f"hiprouter {variant} ({durable}): images/s {spread(rates[variant])}; "
+                  f"ratio per run {spread(ratios[variant], 2)}; CPU ms/image "
+                  f"{spread(cpu_ms[variant], 2)}")
+        print(f"disk floor files/s: {spread(rates['floor'])}; load average {os.getloadavg()}")
     finally:
         for proc in procs:
             proc.terminate()

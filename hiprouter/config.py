@@ -92,6 +92,9 @@ class NodeConfig(_Strict):
     """When every place is taken, an association idle this long may be aborted for a new
     request (see docs/security.md)."""
     max_dataset_mb: int = Field(512, ge=1)
+    fast_store: bool = True
+    """Serve plain C-STORE requests on hiprouter's lean receive path instead of
+    pynetdicom's DIMSE machinery (router/net/fast_store.py); false: pynetdicom for all."""
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0

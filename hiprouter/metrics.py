@@ -125,6 +125,9 @@ INSTANCES_REFUSED = counter(
     "C-STOREs answered with a failure status, by reason", ["reason"])
 RECEIVED_BYTES = counter(
     "hiprouter_received_bytes_total", "Bytes of data sets received by C-STORE")
+STORE_REQUESTS = counter(
+    "hiprouter_store_requests_total",
+    "C-STORE requests served, by receive path (fast: node.fast_store; pynetdicom)", ["path"])
 STORE_SECONDS = histogram(
     "hiprouter_store_seconds", "Time to handle one C-STORE (spool, fsync, record)")
 ASSOCIATIONS = counter(

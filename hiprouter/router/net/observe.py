@@ -26,6 +26,8 @@ def _store(handler: Callable[[Any], int]) -> Callable[[Any], int]:
         too_large = bool(getattr(event.assoc.dul, "dataset_too_large", False))
         status = handler(event)
         metrics.STORE_SECONDS.observe(time.perf_counter() - started)
+        metrics.STORE_REQUESTS.labels(
+            "fast" if getattr(event, "fast_path", False) else "pynetdicom").inc()
         try:
             size = len(event.request.DataSet.getbuffer())
         except (AttributeError, TypeError, ValueError):

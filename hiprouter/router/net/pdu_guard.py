@@ -13,6 +13,11 @@ which connections and associations stay when peers flood the port.
 
 It also reads each PDU with `recv_into` a buffer of the declared size instead of
 pynetdicom's 4 KiB `recv` loop, which matters for multi-megabyte P-DATA PDUs.
+
+With `Limits.fast_store` set (node.fast_store) it serves a plain C-STORE-RQ itself: the
+command set is parsed here, the data set's fragments are read straight into a
+`fast_store.StoreBuffer`, the SCP's C-STORE handler is called in this thread and the
+response is sent from here (see `fast_store.py`); the same limits apply.
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from typing import Any
 
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from hiprouter.logs import get_logger
 from hiprouter.router.net import pynetdicom_compat as compat
+from hiprouter.router.net.fast_store import (
+    HANDLER_FAILED,
+    FastStore,
+    FastStoreEvent,
+    StoreBuffer,
+    StoreCommand,
+    file_meta,
+    parse_command,
+    store_response_pdu,
+)
 from hiprouter.router.net.gate import Conn, Gate
 from hiprouter.router.net.pynetdicom_compat import EVT_INVALID_PDU, EVT_TRANSPORT_CLOSED
 from hiprouter.router.net.reactor import WakeableDUL, run_association_reactor
@@ -42,6 +58,11 @@ MAX_COMMAND_SET = 64 * 1024
 P_DATA_TF = 0x04
 _HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LBB")
+MIN_PEER_PDU = 1024
+"""The lean C-STORE path answers in one PDU: only for peers that accept one this long."""
+SKIP_CHUNK = 64 * 1024
+
+log = get_logger(__name__)
 
 # Called with (association, reason) when a PDU is refused; must not raise.
 ViolationHook = Callable[[Any, str], None]
@@ -63,6 +84,8 @@ class Limits:
     on_silent: SilentHook | None = None
     """Called with (peer host, reason) when a connection is closed for sending no
     A-ASSOCIATE-RQ in time; must not raise."""
+    fast_store: FastStore | None = None
+    """Serve plain C-STORE-RQs without pynetdicom's DIMSE machinery (node.fast_store)."""
 
 
 class GuardedDUL(WakeableDUL):
@@ -81,6 +104,14 @@ class GuardedDUL(WakeableDUL):
         self._request_read = False
         accepted = conn.accepted_at if conn is not None else time.monotonic()
         self._request_deadline = accepted + limits.request_timeout_s
+        # the lean C-STORE path: the request whose data set is being read, its buffer,
+        # the storage contexts {id: (abstract syntax, transfer syntax)} once established
+        self._storing: StoreCommand | None = None
+        self._store_syntax = ""
+        self._store_buffer: StoreBuffer | None = None
+        self._store_contexts: dict[int, tuple[str, str]] | None = None
+        self._serving = False
+        self._pdv_header = bytearray(6)
 
     # -- the pre-association timer and preemption ----------------------------------------
 
@@ -104,6 +135,8 @@ class GuardedDUL(WakeableDUL):
         then aborts it as it would after the network timeout."""
         if self.conn is not None and self.conn.preempted:
             return True
+        if self._serving:  # a C-STORE served in this thread is not idleness
+            return False
         return bool(super().idle_timer_expired())
 
     def send_pdu(self, primitive: Any) -> None:
@@ -149,6 +182,11 @@ class GuardedDUL(WakeableDUL):
         if length > limit:
             self._refuse(f"PDU type 0x{pdu_type:02X} declares {length} bytes (limit {limit})")
             return
+        if pdu_type == P_DATA_TF and self._storing is not None:
+            if self.conn is not None:
+                self.conn.in_message = True
+            self._read_store_pdu(sock, length)
+            return
         pdu_bytes = bytearray(6 + length)
         pdu_bytes[:6] = header
         if not self._request_read:
@@ -168,6 +206,9 @@ class GuardedDUL(WakeableDUL):
         if pdu_type == P_DATA_TF:
             if self.conn is not None:
                 self.conn.in_message = True  # until the SCP has served the request
+            if self.limits.fast_store is not None and \
+                    self._start_store(memoryview(pdu_bytes)[6:]):
+                return
             bounded = self._bound_pdata(memoryview(pdu_bytes)[6:])
             if bounded is None:
                 return
@@ -219,6 +260,160 @@ class GuardedDUL(WakeableDUL):
             out += data
         return bytes(out)
 
+    # -- the lean C-STORE path -----------------------------------------------------------
+
+    def _storage_contexts(self) -> dict[int, tuple[str, str]]:
+        """Accepted contexts we serve C-STOREs on as SCP, by ID; none when the peer's
+        maximum PDU length cannot take our response in one PDU."""
+        if self._store_contexts is None:
+            fast = self.limits.fast_store
+            assoc = self.assoc
+            peer_max = int(assoc.requestor.maximum_length or 0)
+            self._store_contexts = {} if fast is None or 0 < peer_max < MIN_PEER_PDU else {
+                int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in assoc.accepted_contexts
+                if cx.as_scp and str(cx.abstract_syntax) in fast.storage_classes}
+        return self._store_contexts
+
+    def _start_store(self, view: memoryview) -> bool:
+        """Take a P-DATA-TF PDU that holds a whole C-STORE-RQ command set (and maybe
+        data-set fragments) on the lean path; False leaves it to pynetdicom."""
+        if self._command_bytes or len(view) < 6:
+            return False
+        item_len, context_id, control = _PDV_HEADER.unpack_from(view, 0)
+        if control != 0x03 or item_len < 2 or 4 + item_len > len(view):
+            return False
+        if not self.store_ready():
+            return False
+        context = self._storage_contexts().get(context_id)
+        if context is None:
+            return False
+        command = parse_command(view[6:4 + item_len], context_id)
+        if command is None or command.sop_class_uid != context[0]:
+            return False
+        rest = view[4 + item_len:]
+        offset = 0  # any further fragments must be this request's data set
+        while offset < len(rest):
+            if offset + 6 > len(rest):
+                return False
+            length, cx, flags = _PDV_HEADER.unpack_from(rest, offset)
+            if cx != context_id or flags & 0x01 or length < 2 or \
+                    offset + 4 + length > len(rest):
+                return False
+            offset += 4 + length
+        if self._store_buffer is None:
+            self._store_buffer = StoreBuffer()
+        self._store_buffer.begin(file_meta(command.sop_class_uid, command.sop_instance_uid,
+                                           context[1]))
+        self._storing, self._store_syntax = command, context[1]
+        self.dataset_too_large = False
+        offset, last = 0, False
+        while offset < len(rest):
+            length, _, flags = _PDV_HEADER.unpack_from(rest, offset)
+            if last:
+                self._store_violation("data after the last fragment of a C-STORE data set")
+                return True
+            self._add_data(rest[offset + 6:offset + 4 + length])
+            offset += 4 + length
+            last = bool(flags & 0x02)
+        if last:
+            self._finish_store()
+        return True
+
+    def _add_data(self, data: memoryview) -> None:
+        buffer = self._store_buffer
+        assert buffer is not None
+        if self.dataset_too_large or buffer.data_size + len(data) > self.limits.max_dataset:
+            self.dataset_too_large = True
+            return
+        buffer.append(data)
+
+    def _read_store_pdu(self, sock: Any, length: int) -> None:
+        """Read a P-DATA-TF PDU of the data set being received on the lean path: each
+        fragment with `recv_into` straight into the store buffer."""
+        command, buffer = self._storing, self._store_buffer
+        assert command is not None and buffer is not None
+        header = memoryview(self._pdv_header)
+        timeout_s = self.limits.read_timeout_s
+        remaining, last = length, False
+        try:
+            while remaining:
+                if remaining < 6 or last:
+                    self._store_violation("malformed P-DATA-TF PDU during a C-STORE")
+                    return
+                if not _recv_into(sock, header, timeout_s):
+                    self._store_lost()
+                    return
+                item_len, context_id, control = _PDV_HEADER.unpack(header)
+                if item_len < 2 or 4 + item_len > remaining:
+                    self._store_violation("malformed P-DATA-TF PDU during a C-STORE")
+                    return
+                if context_id != command.context_id or control & 0x01:
+                    self._store_violation("unexpected fragment during a C-STORE data set")
+                    return
+                size = item_len - 2
+                remaining -= 4 + item_len
+                if self.dataset_too_large or \
+                        buffer.data_size + size > self.limits.max_dataset:
+                    self.dataset_too_large = True
+                    complete = _skip(sock, size, timeout_s)
+                else:
+                    complete = _recv_into(sock, buffer.reserve(size), timeout_s)
+                    buffer.commit(size)
+                if not complete:
+                    self._store_lost()
+                    return
+                last = bool(control & 0x02)
+        except OSError:  # TimeoutError included: a peer trickling bytes
+            self._store_lost()
+            return
+        if self.conn is not None:
+            self.conn.touch()
+        if last:
+            self._finish_store()
+
+    def _finish_store(self) -> None:
+        """The whole data set is here: call the C-STORE handler, send its status."""
+        command, buffer, fast = self._storing, self._store_buffer, self.limits.fast_store
+        assert command is not None and buffer is not None and fast is not None
+        self._storing = None
+        self._serving = True
+        try:
+            status = int(fast.handler(FastStoreEvent(self.assoc, command, self._store_syntax,
+                                                     buffer)))
+        except Exception as exc:
+            log.error("C-STORE handler failed", sop_instance_uid=command.sop_instance_uid,
+                      error=str(exc))
+            status = HANDLER_FAILED
+        finally:
+            self._serving = False
+            buffer.release()
+        sock = self.raw_socket()
+        try:
+            if sock is None:
+                raise OSError("no socket")
+            sock.sendall(store_response_pdu(command, status))
+        except OSError:
+            self.queue_event(EVT_TRANSPORT_CLOSED)
+            return
+        if self.conn is not None:
+            self.conn.touch()
+
+    def _store_lost(self) -> None:
+        """The connection failed while a data set was read: nothing is stored."""
+        self._storing = None
+        if self._store_buffer is not None:
+            self._store_buffer.release()
+        if self.conn is not None:
+            self.conn.in_message = False
+        self._connection_lost()
+
+    def _store_violation(self, reason: str) -> None:
+        self._storing = None
+        if self._store_buffer is not None:
+            self._store_buffer.release()
+        self._refuse(reason)
+
     def _read_timed_out(self) -> None:
         """A read did not complete in time: before the request that is the
         pre-association timer, after it a peer trickling bytes."""
@@ -261,6 +456,17 @@ def _recv_into(sock: socket.socket, view: memoryview, timeout_s: float) -> bool:
         if n == 0:
             return False
         got += n
+    return True
+
+
+def _skip(sock: socket.socket, length: int, timeout_s: float) -> bool:
+    """Read and drop `length` bytes (a data set beyond the size limit)."""
+    scratch = memoryview(bytearray(min(length, SKIP_CHUNK)))
+    while length:
+        size = min(length, len(scratch))
+        if not _recv_into(sock, scratch[:size], timeout_s):
+            return False
+        length -= size
     return True
 
 

@@ -49,6 +49,17 @@ Relied on (attributes and behaviour used from outside):
   `ACSE._negotiate_as_acceptor`: rejects when more acceptor threads than
     `AE.maximum_associations` run (connections that never sent a request included), so
     the SCP sets that high and `gate.py` admits associations instead.
+Bypassed for the lean C-STORE path (`fast_store.py`, `pdu_guard.GuardedDUL`), which
+serves a C-STORE-RQ in the DUL thread instead of handing its P-DATA-TF PDUs on:
+  `fsm.DT_2`: in Sta6 a P-DATA-TF PDU only goes to `DIMSEServiceProvider.receive_primitive`
+    (no state change), so a PDU not delivered changes nothing else (`store_ready`).
+  `ACSE._negotiate_as_acceptor`: `is_established` is set after the EVT_ACCEPTED
+    handlers ran (the SCP's association row exists then).
+  `DIMSEServiceProvider.__init__`, `.receive_primitive`: `message` is None between
+    messages and complete messages wait on `msg_queue`; the lean path starts only then.
+  `Association._serve_request`, `StorageServiceClass.SCP`: what the lean path does instead
+    (the handler's status in a C-STORE-RSP with the request's message ID and UIDs; 0xC211
+    when the handler raises).
 """
 
 from __future__ import annotations
@@ -109,6 +120,16 @@ UPSTREAM_SHA256: dict[str, str] = {
         "0150c19fda68f6e95f435aa00dd69a286a3a1dd870ee1acd9948c6738a449357",
     "pynetdicom.acse.ACSE._negotiate_as_acceptor":
         "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
+    "pynetdicom.fsm.DT_2":
+        "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73",
+    "pynetdicom.dimse.DIMSEServiceProvider.__init__":
+        "bbecd186810e77006d189aff29c42e76d226cd6b34cbb12066c56300a8280ef4",
+    "pynetdicom.dimse.DIMSEServiceProvider.receive_primitive":
+        "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
+    "pynetdicom.association.Association._serve_request":
+        "2f24c1759cdf6c8c433094f2a8dd8144f76f5547f03daed7b94e0f78bc12f877",
+    "pynetdicom.service_class.StorageServiceClass.SCP":
+        "63afca7fc6c6e7ee6e6eb303dd6aa72c1e69dbfcb94dd91c9e90ea6d900a4c40",
 }
 """sha256 of `inspect.getsource()` of each upstream function above, as of
 `PYNETDICOM_VERSION`."""
@@ -233,6 +254,28 @@ class HookedDUL(DULServiceProvider):
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
+
+    def store_ready(self, wait_s: float = 2.0) -> bool:
+        """True when a P-DATA-TF PDU may be served without pynetdicom: the state machine
+        is in Sta6 (data transfer) on an established association, and the DIMSE provider
+        holds no partly received message and no unserved one.
+
+        In Sta6 the A-ASSOCIATE-AC is out, but the association thread may still be
+        running the EVT_ACCEPTED handlers (the peer's first request can arrive
+        meanwhile); `is_established` is set after them, so this waits for it up to
+        `wait_s`.
+        """
+        if self.state_machine.current_state != "Sta6":
+            return False
+        assoc = self.assoc
+        deadline = time.monotonic() + wait_s
+        while not assoc.is_established:
+            if assoc.is_aborted or assoc.is_released or self._kill_thread or \
+                    time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
+        dimse = assoc.dimse
+        return dimse.message is None and dimse.msg_queue.qsize() == 0
 
     def abandon(self, provider_reason: int) -> None:
         """Tell the association (via an A-P-ABORT) that it is over, and stop this DUL."""

@@ -35,6 +35,7 @@ from hiprouter.db import utcnow
 from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow.studies import note_instance
+from hiprouter.router.net.fast_store import FastStore, quick_identifiers
 from hiprouter.router.net.gate import Gate, GateLimits
 from hiprouter.router.net.pdu_guard import (
     GuardedServer,
@@ -126,14 +127,19 @@ def read_identifiers(encoded: bytes, sop_instance_uid: str | None,
     `sop_instance_uid` is the one from the C-STORE request (None: do not compare);
     `max_inflated` bounds what a deflated data set may inflate to.
     """
-    if max_inflated is not None:
-        check_deflated(encoded, max_inflated)
-    try:
-        ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
-        values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
-                  ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
-    except Exception as exc:
-        raise Refused(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
+    # The common case (plain Little Endian data set, valid UIDs) without pydicom, which
+    # cost about 0.25 ms per instance; anything else is pydicom's, as before.
+    values = quick_identifiers(encoded)
+    if values is None:
+        if max_inflated is not None:
+            check_deflated(encoded, max_inflated)
+        try:
+            ds = dcmread(BytesIO(encoded), stop_before_pixels=True, specific_tags=_ID_TAGS)
+            values = {kw: str(ds.get(kw, "") or "").strip("\x00 ") for kw in
+                      ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                       "SeriesInstanceUID")}
+        except Exception as exc:
+            raise Refused(CANNOT_UNDERSTAND, f"cannot parse data set: {exc}") from exc
     for keyword, value in values.items():
         if not value:
             raise Refused(CANNOT_UNDERSTAND, f"data set has no {keyword}")
@@ -323,10 +329,14 @@ class StorageSCP:
     def start(self) -> None:
         """Listen on node.host:node.port in background threads."""
         node = self.settings.node
+        handlers = self.handlers()
+        # the lean C-STORE path calls the same (possibly instrumented) handler
+        self.limits.fast_store = FastStore(dict(handlers)[evt.EVT_C_STORE]) \
+            if node.fast_store else None
         handler = guarded_request_handler(self.limits, node.network_timeout_s, self.gate)
         server = self.ae.make_server(
             (node.host, node.port),
-            evt_handlers=self.handlers(),
+            evt_handlers=handlers,
             server_class=GuardedServer,
             request_handler=handler,
             ssl_context=server_ssl_context(
