@@ -363,6 +363,15 @@ class DecodeConfig(_Strict):
     """Longest decode of one image; the decoding process is then killed."""
 
 
+class InferenceConfig(_Strict):
+    """Process-wide settings of the CPU inference back-ends."""
+
+    threads: int | None = Field(None, ge=1, le=256)
+    """Intra-op threads of each ONNX Runtime session and of PyTorch on the CPU in this
+    process; None: one per core. With several worker processes on one host, give each its
+    share of the cores (e.g. 2 processes on 8 cores: 4), else they oversubscribe."""
+
+
 class WebAuth(_Strict):
     """HTTP basic auth for the web server: a username and the password in a file (or a
     werkzeug password hash, `hiprouter web hash-password`)."""
@@ -500,6 +509,7 @@ class Settings(_Strict):
     pipelines: dict[str, PipelineConfig] = {}
     report: ReportConfig = ReportConfig()
     decode: DecodeConfig = DecodeConfig()
+    inference: InferenceConfig = InferenceConfig()
     sr_templates_dir: Path | None = None
     plugins: list[str] = []
     """Python modules imported at start-up; they may call

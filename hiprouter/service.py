@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hiprouter import __version__, audit, fileperms, metrics, posture
 from hiprouter import db as dbmod
 from hiprouter.config import ConfigError, Destination, Settings
-from hiprouter.inference import pixels
+from hiprouter.inference import pixels, runtime
 from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
@@ -157,6 +157,11 @@ def _check_report_templates(settings: Settings) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def configure_inference(settings: Settings) -> None:
+    """Intra-op threads of this process's CPU inference (`inference.threads`)."""
+    runtime.set_cpu_threads(settings.inference.threads)
+
+
 class Workers:
     """Job worker threads plus the dispatcher, started and stopped together."""
 
@@ -165,6 +170,7 @@ class Workers:
         validate_pipelines(settings)
         _check_report_templates(settings)
         configure_decoding(settings)
+        configure_inference(settings)
         self.factory = factory
         self.stop_event = threading.Event()
         pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))

@@ -21,6 +21,25 @@ CACHE_DIR = Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hip
 """Where exported ONNX graphs are kept."""
 ONNX_OPSET = 17
 
+_cpu_threads: int | None = None
+"""Intra-op threads of CPU inference in this process (`set_cpu_threads`); None: cores."""
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Size CPU inference in this process (`inference.threads`): every ONNX Runtime
+    session created from now on, and PyTorch's intra-op pool. None: one per core."""
+    global _cpu_threads
+    _cpu_threads = threads
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads a new CPU session gets in this process."""
+    return _cpu_threads or (os.cpu_count() or 1)
+
 
 class Runner(Protocol):
     """A forward pass: (B, 1, S, S) float32 -> (logits (B, K), features (B, C, h, w))."""
@@ -113,12 +132,12 @@ def write_onnx(net: Any, dummy: Any, path: Path, outputs: Sequence[str]) -> Path
 
 
 def cpu_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on the CPU, all graph optimisations, `threads` (default: the
-    core count) intra-op threads."""
+    """An ONNX Runtime session on the CPU, all graph optimisations, `threads` (default:
+    `cpu_threads()`, i.e. `inference.threads` or the core count) intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or cpu_threads()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
