@@ -125,6 +125,50 @@ class StorageConfig(_Strict):
     """The model registry's files: one folder per registered model version
     (`hiprouter models register` copies the model there)."""
 
+    def ref(self, path: str | os.PathLike[str]) -> str:
+        """How the database refers to a file: `spool:<relative>` under `spool_dir`,
+        `output:<relative>` under `output_dir`, else the absolute path. References are
+        the same on every host that mounts the spool and outputs, wherever it mounts
+        them (docs/scaling.md)."""
+        return path_ref(path, self.spool_dir, self.output_dir)
+
+    def resolve(self, ref: str) -> Path:
+        """The local path of a file the database refers to (`ref`; an absolute path, as
+        rows written before path references hold, is returned as it is)."""
+        return resolve_ref(ref, self.spool_dir, self.output_dir)
+
+
+SPOOL_REF = "spool:"
+OUTPUT_REF = "output:"
+"""Prefixes of file references in the database (`StorageConfig.ref`)."""
+
+
+def path_ref(path: str | os.PathLike[str], spool_dir: Path,
+             output_dir: Path | None = None) -> str:
+    """`spool:<relative>` / `output:<relative>` for a file under either folder, else the
+    absolute path (see `StorageConfig.ref`)."""
+    target = Path(os.path.abspath(path))
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir)):
+        if root is None:
+            continue
+        base = Path(os.path.abspath(root))
+        if target.is_relative_to(base) and target != base:
+            return prefix + target.relative_to(base).as_posix()
+    return str(target)
+
+
+def resolve_ref(ref: str, spool_dir: Path, output_dir: Path | None = None) -> Path:
+    """The local path of a database file reference (see `StorageConfig.resolve`)."""
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir)):
+        if ref.startswith(prefix):
+            if root is None:
+                raise ValueError(f"no folder configured for {ref!r}")
+            rel = Path(ref[len(prefix):])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ValueError(f"not a relative file reference: {ref!r}")
+            return Path(root) / rel
+    return Path(ref)
+
 
 class StudiesConfig(_Strict):
     complete_after_s: float = Field(30.0, gt=0)

@@ -68,11 +68,11 @@ def _run(factory: sessionmaker[Session], settings: Settings, pipelines: Pipeline
     assert run_job(factory, settings, pipelines, job, "w") == "done"
 
 
-def _sr_models(factory: sessionmaker[Session]) -> set[str]:
+def _sr_models(factory: sessionmaker[Session], settings: Settings) -> set[str]:
     """The constant test models named anywhere in the SRs (algorithm identification)."""
     with factory() as s:
         paths = s.scalars(select(Output.path).where(Output.kind == "SR")).all()
-    data = b"".join(Path(p).read_bytes() for p in paths)
+    data = b"".join(settings.storage.resolve(p).read_bytes() for p in paths)
     return {m for m in ("constant-tha", "constant-no_hardware") if m.encode() in data}
 
 
@@ -126,7 +126,8 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
         events = [e.outcome_description for e in s.scalars(select(AuditEvent))
                   if e.event_id_code == "HIP001"]
         assert any("shadow: recorded, not sent" in (d or "") for d in events)
-    assert _sr_models(factory) == {"constant-tha"}  # the shadow model is not in the report
+    # the shadow model is not in the report
+    assert _sr_models(factory, settings) == {"constant-tha"}
 
     # promotion is a command: the next job runs 2.0 as the reported model
     registry.promote(factory, settings, "hardware", "2.0", "active")
@@ -136,7 +137,7 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
         latest = s.scalars(select(FindingRow).order_by(FindingRow.id.desc()).limit(2)).all()
         assert {(r.mode, r.predicted_class, r.model_id) for r in latest} == {
             ("active", "no_hardware", row.id)}
-    assert "constant-no_hardware" in _sr_models(factory)
+    assert "constant-no_hardware" in _sr_models(factory, settings)
 
 
 def test_a_pipeline_in_shadow_mode_sends_nothing(tmp_path: Path,
