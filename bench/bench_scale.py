@@ -9,7 +9,9 @@ loaded the model and finished a job) it sends a burst of N synthetic 2-view stud
 DCMTK storescu (TCP_NODELAY=1, one association per study, back to back) and waits for
 every SR. Prints per configuration: studies/min (N / (last SR - first send)), p50/p95 of
 last C-STORE ack -> SR at the PACS (includes `studies.complete_after_s`), the load average
-before and after, then the ratio of the throughputs.
+before and after, CPU seconds per study of the receiver and of the workers, and how many
+cores the whole machine kept busy meanwhile (other processes included); then the ratio of
+the throughputs.
 
     nice .venv/bin/python bench/bench_scale.py --studies 24
     nice .venv/bin/python bench/bench_scale.py --studies 24 --threads 1  # 1 core each
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,6 +71,12 @@ def hiprouter(args: list[str], cfg: Path, log: Path, work: Path) -> subprocess.P
             stdout=out, stderr=subprocess.STDOUT, cwd=work,
             env={**os.environ, "PYTHONPATH": path, "HIPROUTER_CACHE": str(work.parent / "cache")},
         )
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system + t.children_user + t.children_system)
 
 
 def jobs_done_by(log: Path) -> int:
@@ -140,6 +149,8 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
             wait_for(lambda b=batch: all(f[0].parent.name in pacs.sr_at for f in b), 900,
                      "the warm-up studies' SRs at the PACS", 0.2, alive)
         load_before = os.getloadavg()
+        cpu_before = [cpu_s(p.pid) for p in procs]
+        machine_before = psutil.cpu_times()
         acked: dict[str, float] = {}
         started = time.monotonic()
         for files in burst:
@@ -149,6 +160,10 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
         wait_for(lambda: all(uid in pacs.sr_at for uid in acked), 3600,
                  f"the SRs of {len(burst)} studies at the PACS", 0.2, alive)
         load_after = os.getloadavg()
+        cpu_used = [cpu_s(p.pid) - b for p, b in zip(procs, cpu_before, strict=True)]
+        machine, elapsed = psutil.cpu_times(), time.monotonic() - started
+        busy = sum(getattr(machine, f) - getattr(machine_before, f)
+                   for f in ("user", "nice", "system", "irq", "softirq"))
         total = max(pacs.sr_at[uid] for uid in acked) - started
         lat = np.array([pacs.sr_at[uid] - acked[uid] for uid in acked])
         per_worker = [jobs_done_by(log) for log in logs]
@@ -167,6 +182,9 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
             "p50_s": round(float(np.percentile(lat, 50)), 2),
             "p95_s": round(float(np.percentile(lat, 95)), 2),
             "jobs_per_worker_incl_warmup": per_worker,
+            "cpu_s_per_study_serve": round(cpu_used[0] / len(burst), 3),
+            "cpu_s_per_study_workers": round(sum(cpu_used[1:]) / len(burst), 3),
+            "machine_cores_busy": round(busy / elapsed, 2),
             "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in load_after]}
 
@@ -211,7 +229,10 @@ def main() -> None:
                       f"{r['studies_per_min']:.1f} studies/min ({r['studies']} in "
                       f"{r['total_s']:.1f} s, burst sent in {r['send_s']:.1f} s); last ack -> "
                       f"SR p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s; load average "
-                      f"{r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}", flush=True)
+                      f"{r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}; CPU s per "
+                      f"study: serve {r['cpu_s_per_study_serve']:.2f}, workers "
+                      f"{r['cpu_s_per_study_workers']:.2f}; cores busy (whole machine) "
+                      f"{r['machine_cores_busy']:.2f} of {os.cpu_count()}", flush=True)
         base = results[0]["studies_per_min"]
         for r in results[1:]:
             print(f"ratio {r['workers']} vs {results[0]['workers']} worker(s): "

@@ -121,6 +121,11 @@ class StorageConfig(_Strict):
     group: str | None = None
     """None: the files the server creates are 0600 and its folders 0700 (owner only);
     a group name: 0640 and 0750 (set-group-ID), owned by that group."""
+    shared_spool: bool = False
+    """True when other receivers (`serve` on other hosts) write to the same `spool_dir`
+    (shared storage): start-up then leaves temporary and unrecorded files younger than
+    `SHARED_SPOOL_GRACE_S` alone, since another live receiver may be writing them
+    (docs/scaling.md)."""
     models_dir: Path = Path("var/models")
     """The model registry's files: one folder per registered model version
     (`hiprouter models register` copies the model there)."""
@@ -137,6 +142,11 @@ class StorageConfig(_Strict):
         rows written before path references hold, is returned as it is)."""
         return resolve_ref(ref, self.spool_dir, self.output_dir)
 
+
+SHARED_SPOOL_GRACE_S = 600.0
+"""With `storage.shared_spool`, how old a temporary or unrecorded spool file must be
+before a starting receiver removes or records it (another receiver writes and records
+its files within seconds)."""
 
 SPOOL_REF = "spool:"
 OUTPUT_REF = "output:"
