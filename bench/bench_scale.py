@@ -15,6 +15,7 @@ the throughputs.
 
     nice .venv/bin/python bench/bench_scale.py --studies 24
     nice .venv/bin/python bench/bench_scale.py --studies 24 --threads 1  # 1 core each
+    nice .venv/bin/python bench/bench_scale.py --studies 24 --drain      # workers alone
     nice .venv/bin/python bench/bench_scale.py --studies 24 --model demo --workers 1 2 4
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,16 +89,38 @@ def jobs_done_by(log: Path) -> int:
                if '"job done"' in line)
 
 
+def pending_jobs(url: str) -> int:
+    """Jobs waiting in the queue."""
+    from sqlalchemy import func, select
+
+    from hiprouter import db
+    from hiprouter.schema import Job
+
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(Job)
+                                   .where(Job.state == "pending")) or 0)
+    finally:
+        engine.dispose()
+
+
 def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Path]],
-        warmup: list[list[Path]], work: Path, server: str) -> dict[str, Any]:
-    """One configuration: receiver + `workers` worker processes; returns the figures."""
+        warmup: list[list[Path]], work: Path, server: str, drain: bool = False
+        ) -> dict[str, Any]:
+    """One configuration: receiver + `workers` worker processes; returns the figures.
+
+    `drain`: the workers are stopped (SIGSTOP) while the burst is received and routed,
+    then resumed; the clock and the latencies start at the resume (worker throughput
+    without the receiver competing for the cores)."""
     work.mkdir(parents=True)
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
+    url = create_database(server, "bench_")
     config = {
         "node": {"ae_title": "HIPROUTER", "host": "127.0.0.1", "port": port},
-        "database": {"url": create_database(server, "bench_")},
+        "database": {"url": url},
         "storage": {"spool_dir": str(work / "spool"), "output_dir": str(work / "out"),
                     "min_free_mb": 100},
         "studies": {"complete_after_s": COMPLETE_AFTER_S, "sweep_interval_s": 0.2},
@@ -148,15 +172,29 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
                 send(files)
             wait_for(lambda b=batch: all(f[0].parent.name in pacs.sr_at for f in b), 900,
                      "the warm-up studies' SRs at the PACS", 0.2, alive)
+        acked: dict[str, float] = {}
+        if drain:
+            for p in procs[1:]:
+                p.send_signal(signal.SIGSTOP)
+            clock = time.monotonic()
+            for files in burst:
+                send(files)
+            sent_s = time.monotonic() - clock
+            wait_for(lambda: pending_jobs(url) == len(burst), 600,
+                     "the burst to be routed", 0.2, alive)
         load_before = os.getloadavg()
         cpu_before = [cpu_s(p.pid) for p in procs]
         machine_before = psutil.cpu_times()
-        acked: dict[str, float] = {}
         started = time.monotonic()
-        for files in burst:
-            send(files)
-            acked[files[0].parent.name] = time.monotonic()
-        sent_s = time.monotonic() - started
+        if drain:
+            for p in procs[1:]:
+                p.send_signal(signal.SIGCONT)
+            acked = {files[0].parent.name: started for files in burst}
+        else:
+            for files in burst:
+                send(files)
+                acked[files[0].parent.name] = time.monotonic()
+            sent_s = time.monotonic() - started
         wait_for(lambda: all(uid in pacs.sr_at for uid in acked), 3600,
                  f"the SRs of {len(burst)} studies at the PACS", 0.2, alive)
         load_after = os.getloadavg()
@@ -169,6 +207,8 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
         per_worker = [jobs_done_by(log) for log in logs]
     finally:
         for p in reversed(procs):
+            if drain and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
             p.terminate()
         for p in reversed(procs):
             try:
@@ -177,6 +217,7 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
                 p.kill()
         pacs.stop()
     return {"workers": workers, "threads_per_worker": threads, "studies": len(burst),
+            "mode": "drain" if drain else "burst",
             "send_s": round(sent_s, 2), "total_s": round(total, 2),
             "studies_per_min": round(len(burst) / total * 60.0, 2),
             "p50_s": round(float(np.percentile(lat, 50)), 2),
@@ -202,6 +243,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="inference threads of every worker, whatever the count "
                          "(default: cores // workers)")
+    ap.add_argument("--drain", action="store_true",
+                    help="receive and route the burst with the workers stopped, then time "
+                         "the workers alone (latencies from their resume)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = ap.parse_args()
     for tool in ("storescu", "echoscu"):
@@ -215,7 +259,8 @@ def main() -> None:
     try:
         model_dirs = [b4_model_dir(root)] if args.model == "b4" else []
         burst = write_studies(root / "burst", args.studies, 4343)
-        print(f"burst of {args.studies} studies x 2 images; model={args.model}; "
+        print(f"{'drain' if args.drain else 'burst'} of {args.studies} studies x 2 images; "
+              f"model={args.model}; "
               f"complete_after_s={COMPLETE_AFTER_S}; cores={args.cores}; "
               f"started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
@@ -223,7 +268,8 @@ def main() -> None:
             for n, workers in enumerate(args.workers):
                 warmup = write_studies(root / f"warmup-{n}", 4 * workers, 5000 + n)
                 threads = args.threads or max(args.cores // workers, 1)
-                r = run(workers, threads, model_dirs, burst, warmup, root / f"run-{n}", server)
+                r = run(workers, threads, model_dirs, burst, warmup, root / f"run-{n}", server,
+                        args.drain)
                 results.append(r)
                 print(f"{workers} worker(s) x {threads} thread(s): "
                       f"{r['studies_per_min']:.1f} studies/min ({r['studies']} in "

@@ -132,15 +132,15 @@ class StorageConfig(_Strict):
 
     def ref(self, path: str | os.PathLike[str]) -> str:
         """How the database refers to a file: `spool:<relative>` under `spool_dir`,
-        `output:<relative>` under `output_dir`, else the absolute path. References are
-        the same on every host that mounts the spool and outputs, wherever it mounts
-        them (docs/scaling.md)."""
-        return path_ref(path, self.spool_dir, self.output_dir)
+        `output:<relative>` under `output_dir`, `models:<relative>` under `models_dir`,
+        else the absolute path. References are the same on every host that mounts these
+        folders, wherever it mounts them (docs/scaling.md)."""
+        return path_ref(path, self.spool_dir, self.output_dir, self.models_dir)
 
     def resolve(self, ref: str) -> Path:
         """The local path of a file the database refers to (`ref`; an absolute path, as
         rows written before path references hold, is returned as it is)."""
-        return resolve_ref(ref, self.spool_dir, self.output_dir)
+        return resolve_ref(ref, self.spool_dir, self.output_dir, self.models_dir)
 
 
 SHARED_SPOOL_GRACE_S = 600.0
@@ -150,15 +150,17 @@ its files within seconds)."""
 
 SPOOL_REF = "spool:"
 OUTPUT_REF = "output:"
+MODELS_REF = "models:"
 """Prefixes of file references in the database (`StorageConfig.ref`)."""
 
 
-def path_ref(path: str | os.PathLike[str], spool_dir: Path,
-             output_dir: Path | None = None) -> str:
-    """`spool:<relative>` / `output:<relative>` for a file under either folder, else the
-    absolute path (see `StorageConfig.ref`)."""
+def path_ref(path: str | os.PathLike[str], spool_dir: Path, output_dir: Path | None = None,
+             models_dir: Path | None = None) -> str:
+    """`spool:<relative>` / `output:<relative>` / `models:<relative>` for a file under one
+    of the folders, else the absolute path (see `StorageConfig.ref`)."""
     target = Path(os.path.abspath(path))
-    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir)):
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir),
+                         (MODELS_REF, models_dir)):
         if root is None:
             continue
         base = Path(os.path.abspath(root))
@@ -167,9 +169,11 @@ def path_ref(path: str | os.PathLike[str], spool_dir: Path,
     return str(target)
 
 
-def resolve_ref(ref: str, spool_dir: Path, output_dir: Path | None = None) -> Path:
+def resolve_ref(ref: str, spool_dir: Path, output_dir: Path | None = None,
+                models_dir: Path | None = None) -> Path:
     """The local path of a database file reference (see `StorageConfig.resolve`)."""
-    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir)):
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir),
+                         (MODELS_REF, models_dir)):
         if ref.startswith(prefix):
             if root is None:
                 raise ValueError(f"no folder configured for {ref!r}")

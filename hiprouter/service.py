@@ -175,7 +175,7 @@ class Workers:
         configure_inference(settings)
         self.factory = factory
         self.stop_event = threading.Event()
-        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
+        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory, settings.storage))
         self.threads: list[threading.Thread] = [
             JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
         ]

@@ -80,8 +80,9 @@ def test_register_promote_rollback_and_history(tmp_path: Path, models: dict[str,
     settings = _settings(tmp_path, models)
     factory = _factory(settings)
     first = registry.register(factory, settings, models["tha"], name="hw", version="1")
-    assert first.stage == "registered" and Path(first.path).is_relative_to(tmp_path / "registry")
-    assert (Path(first.path) / "card.yaml").is_file()
+    assert first.stage == "registered" and first.path == "models:hw/1"  # any mount path
+    folder = settings.storage.resolve(first.path)
+    assert folder.is_relative_to(tmp_path / "registry") and (folder / "card.yaml").is_file()
     with pytest.raises(RegistryError, match="already registered"):
         registry.register(factory, settings, models["tha"], name="hw", version="1")
     with pytest.raises(RegistryError, match="letters"):
@@ -113,7 +114,7 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
     row = registry.register(factory, settings, models["no_hardware"], name="hardware",
                             version="2.0")
     registry.promote(factory, settings, "hardware", "2.0", "shadow")
-    pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
+    pipelines = PipelineSet(settings, resolver=RegistryResolver(factory, settings.storage))
     _run(factory, settings, pipelines)
     with factory() as s:
         rows = s.scalars(select(FindingRow).order_by(FindingRow.id)).all()
@@ -145,7 +146,8 @@ def test_a_pipeline_in_shadow_mode_sends_nothing(tmp_path: Path,
     settings = _settings(tmp_path, models, mode="shadow")
     factory = _factory(settings)
     _study(tmp_path, factory, settings)
-    _run(factory, settings, PipelineSet(settings, resolver=RegistryResolver(factory)))
+    resolver = RegistryResolver(factory, settings.storage)
+    _run(factory, settings, PipelineSet(settings, resolver=resolver))
     with factory() as s:
         assert {r.mode for r in s.scalars(select(FindingRow))} == {"shadow"}
         assert s.scalars(select(Output)).all() == []
