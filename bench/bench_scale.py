@@ -273,8 +273,9 @@ def main() -> None:
                 results.append(r)
                 print(f"{workers} worker(s) x {threads} thread(s): "
                       f"{r['studies_per_min']:.1f} studies/min ({r['studies']} in "
-                      f"{r['total_s']:.1f} s, burst sent in {r['send_s']:.1f} s); last ack -> "
-                      f"SR p50 {r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s; load average "
+                      f"{r['total_s']:.1f} s, burst sent in {r['send_s']:.1f} s); "
+                      f"{'workers resumed' if args.drain else 'last ack'} -> SR p50 "
+                      f"{r['p50_s']:.2f} s, p95 {r['p95_s']:.2f} s; load average "
                       f"{r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}; CPU s per "
                       f"study: serve {r['cpu_s_per_study_serve']:.2f}, workers "
                       f"{r['cpu_s_per_study_workers']:.2f}; cores busy (whole machine) "

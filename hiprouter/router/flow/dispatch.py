@@ -103,8 +103,9 @@ class _Item:
 def _inspect(sends: list[Send], storage: StorageConfig) -> list[_Item]:
     items = []
     for s in sends:
-        path = storage.resolve(s.path)
+        path = Path(s.path)
         try:
+            path = storage.resolve(s.path)
             ts = read_file_meta_info(path).TransferSyntaxUID
             items.append(_Item(s, path, UID(str(ts))))
         except Exception as exc:
