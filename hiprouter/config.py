@@ -124,9 +124,67 @@ class StorageConfig(_Strict):
     group: str | None = None
     """None: the files the server creates are 0600 and its folders 0700 (owner only);
     a group name: 0640 and 0750 (set-group-ID), owned by that group."""
+    shared_spool: bool = False
+    """True when other receivers (`serve` on other hosts) write to the same `spool_dir`
+    (shared storage): start-up then leaves temporary and unrecorded files younger than
+    `SHARED_SPOOL_GRACE_S` alone, since another live receiver may be writing them
+    (docs/scaling.md)."""
     models_dir: Path = Path("var/models")
     """The model registry's files: one folder per registered model version
     (`hiprouter models register` copies the model there)."""
+
+    def ref(self, path: str | os.PathLike[str]) -> str:
+        """How the database refers to a file: `spool:<relative>` under `spool_dir`,
+        `output:<relative>` under `output_dir`, `models:<relative>` under `models_dir`,
+        else the absolute path. References are the same on every host that mounts these
+        folders, wherever it mounts them (docs/scaling.md)."""
+        return path_ref(path, self.spool_dir, self.output_dir, self.models_dir)
+
+    def resolve(self, ref: str) -> Path:
+        """The local path of a file the database refers to (`ref`; an absolute path, as
+        rows written before path references hold, is returned as it is)."""
+        return resolve_ref(ref, self.spool_dir, self.output_dir, self.models_dir)
+
+
+SHARED_SPOOL_GRACE_S = 600.0
+"""With `storage.shared_spool`, how old a temporary or unrecorded spool file must be
+before a starting receiver removes or records it (another receiver writes and records
+its files within seconds)."""
+
+SPOOL_REF = "spool:"
+OUTPUT_REF = "output:"
+MODELS_REF = "models:"
+"""Prefixes of file references in the database (`StorageConfig.ref`)."""
+
+
+def path_ref(path: str | os.PathLike[str], spool_dir: Path, output_dir: Path | None = None,
+             models_dir: Path | None = None) -> str:
+    """`spool:<relative>` / `output:<relative>` / `models:<relative>` for a file under one
+    of the folders, else the absolute path (see `StorageConfig.ref`)."""
+    target = Path(os.path.abspath(path))
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir),
+                         (MODELS_REF, models_dir)):
+        if root is None:
+            continue
+        base = Path(os.path.abspath(root))
+        if target.is_relative_to(base) and target != base:
+            return prefix + target.relative_to(base).as_posix()
+    return str(target)
+
+
+def resolve_ref(ref: str, spool_dir: Path, output_dir: Path | None = None,
+                models_dir: Path | None = None) -> Path:
+    """The local path of a database file reference (see `StorageConfig.resolve`)."""
+    for prefix, root in ((SPOOL_REF, spool_dir), (OUTPUT_REF, output_dir),
+                         (MODELS_REF, models_dir)):
+        if ref.startswith(prefix):
+            if root is None:
+                raise ValueError(f"no folder configured for {ref!r}")
+            rel = Path(ref[len(prefix):])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise ValueError(f"not a relative file reference: {ref!r}")
+            return Path(root) / rel
+    return Path(ref)
 
 
 class StudiesConfig(_Strict):
@@ -372,6 +430,15 @@ class DecodeConfig(_Strict):
     """Longest decode of one image; the decoding process is then killed."""
 
 
+class InferenceConfig(_Strict):
+    """Process-wide settings of the CPU inference back-ends."""
+
+    threads: int | None = Field(None, ge=1, le=256)
+    """Intra-op threads of each ONNX Runtime session and of PyTorch on the CPU in this
+    process; None: one per core. With several worker processes on one host, give each its
+    share of the cores (e.g. 2 processes on 8 cores: 4), else they oversubscribe."""
+
+
 class WebAuth(_Strict):
     """HTTP basic auth for the web server: a username and the password in a file (or a
     werkzeug password hash, `hiprouter web hash-password`)."""
@@ -509,6 +576,7 @@ class Settings(_Strict):
     pipelines: dict[str, PipelineConfig] = {}
     report: ReportConfig = ReportConfig()
     decode: DecodeConfig = DecodeConfig()
+    inference: InferenceConfig = InferenceConfig()
     sr_templates_dir: Path | None = None
     plugins: list[str] = []
     """Python modules imported at start-up; they may call

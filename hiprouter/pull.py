@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
 from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Settings
+from hiprouter.config import ConfigError, Settings, StorageConfig
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.inference.laterality import classify_view, single_hip_laterality
 from hiprouter.lifecycle.deid import Pseudonyms, deidentify, identifiers_of, load_key
@@ -466,7 +466,7 @@ def _export_retrieved(settings: Settings, spec: PullSpec, factory: sessionmaker[
         exported = 0
         for row in rows:
             try:
-                ds = dcmread(row.spool_path)
+                ds = dcmread(settings.storage.resolve(row.spool_path))
             except Exception as exc:
                 excluded.append(f"unreadable: {type(exc).__name__}")
                 continue
@@ -485,7 +485,7 @@ def _export_retrieved(settings: Settings, spec: PullSpec, factory: sessionmaker[
         _set_state(factory, item.id, state, "; ".join(sorted(set(excluded)))[:500] or None)
         summary.series[state] += 1
         if not settings.dataset.keep_spool:
-            _drop_from_spool(factory, rows)
+            _drop_from_spool(factory, rows, settings.storage)
     for item, ds in pending_reports:
         text = text_of_sr(ds)
         if text.strip():
@@ -496,7 +496,8 @@ def _export_retrieved(settings: Settings, spec: PullSpec, factory: sessionmaker[
         summary.reports += _csv_reports(spec, store, pseudo, accession_to_study, identifiers)
 
 
-def _drop_from_spool(factory: sessionmaker[Session], rows: list[Instance]) -> None:
+def _drop_from_spool(factory: sessionmaker[Session], rows: list[Instance],
+                     storage: StorageConfig) -> None:
     """Remove exported data-set originals (rows, then files); clinical ones stay."""
     mine = [r for r in rows if r.purpose == "dataset"]
     if not mine:
@@ -504,7 +505,7 @@ def _drop_from_spool(factory: sessionmaker[Session], rows: list[Instance]) -> No
     with write_transaction(factory) as session:
         session.execute(delete(Instance).where(Instance.id.in_([r.id for r in mine])))
     for r in mine:
-        Path(r.spool_path).unlink(missing_ok=True)
+        storage.resolve(r.spool_path).unlink(missing_ok=True)
 
 
 def _csv_reports(spec: PullSpec, store: Store, pseudo: Pseudonyms,

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import __version__, audit, fileperms, metrics, posture
 from hiprouter import db as dbmod
-from hiprouter.config import ConfigError, Destination, Settings
-from hiprouter.inference import pixels
+from hiprouter.config import SHARED_SPOOL_GRACE_S, ConfigError, Destination, Settings
+from hiprouter.inference import pixels, runtime
 from hiprouter.lifecycle.registry import RegistryResolver
 from hiprouter.logs import get_logger
 from hiprouter.pipelines.registry import PipelineSet, validate_pipelines
@@ -97,10 +97,12 @@ class Node:
         self.spool.prepare()
         fileperms.make_dirs(self.settings.storage.output_dir)
         fileperms.tighten(self.settings.storage.output_dir)
-        removed = self.spool.remove_stale_temporaries(older_than_s=0)  # no writer runs yet
+        # no writer of this process runs yet; on a shared spool other receivers' may
+        grace = SHARED_SPOOL_GRACE_S if self.settings.storage.shared_spool else 0.0
+        removed = self.spool.remove_stale_temporaries(older_than_s=grace)
         if removed:
             log.warning("removed temporary files left by a crash", count=removed)
-        record_unrecorded_files(self.engine, self.spool)
+        record_unrecorded_files(self.engine, self.spool, min_age_s=grace)
         self.scheduler.start()
         self.scp.start()
         self._hooks_started = True
@@ -157,6 +159,11 @@ def _check_report_templates(settings: Settings) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def configure_inference(settings: Settings) -> None:
+    """Intra-op threads of this process's CPU inference (`inference.threads`)."""
+    runtime.set_cpu_threads(settings.inference.threads)
+
+
 class Workers:
     """Job worker threads plus the dispatcher, started and stopped together."""
 
@@ -165,9 +172,10 @@ class Workers:
         validate_pipelines(settings)
         _check_report_templates(settings)
         configure_decoding(settings)
+        configure_inference(settings)
         self.factory = factory
         self.stop_event = threading.Event()
-        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
+        pipelines = PipelineSet(settings, resolver=RegistryResolver(factory, settings.storage))
         self.threads: list[threading.Thread] = [
             JobWorker(factory, settings, pipelines, self.stop_event, i) for i in range(count)
         ]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,59 +40,25 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _pg_bin() -> Path | None:
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / "initdb").exists():
-            return root
-    return None
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A throw-away PostgreSQL server on 127.0.0.1; yields a URL prefix without database."""
-    bindir = _pg_bin()
+    from tests.pgserver import pg_bin
+    from tests.pgserver import postgres_server as server
+
+    bindir = pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not installed (Debian package postgresql)")
-    tmp = Path(tempfile.mkdtemp(prefix="hiprouter-pg-"))
-    data, sock = tmp / "data", tmp / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(tmp, "postgres")
-        shutil.chown(sock, "postgres")
-    port = free_port()
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
-    )
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-         str(tmp / "log"), "-w", "start"],
-        check=True, capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
+    with server(bindir) as url:
+        yield url
 
 
 @pytest.fixture()
 def pg_url(postgres_server: str) -> str:
     """A fresh, empty PostgreSQL database for one test."""
-    import psycopg
+    from tests.pgserver import create_database
 
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(postgres_server.replace("+psycopg", "") + "/postgres",
-                         autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{postgres_server}/{name}"
+    return create_database(postgres_server)
 
 
 @pytest.fixture()

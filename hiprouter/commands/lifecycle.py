@@ -176,7 +176,8 @@ def register_cmd(ctx: Context, model_dir: Path, name: str | None, version: str |
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     ev = (row.card.get("evaluation") or {})
-    click.echo(f"registered {row.name} {row.version} ({row.kind}) in {row.path}; "
+    click.echo(f"registered {row.name} {row.version} ({row.kind}) in "
+               f"{ctx.settings.storage.resolve(row.path)}; "
                f"Device UID {row.device_uid}")
     for key, figures in ev.items():
         if isinstance(figures, dict):
@@ -261,7 +262,8 @@ def versions_cmd(ctx: Context, name: str | None, as_json: bool) -> None:
         rows = [{"name": r.name, "version": r.version, "kind": r.kind, "stage": r.stage,
                  "device_uid": r.device_uid, "registered_at": r.registered_at.isoformat(),
                  "test_accuracy": ((r.card.get("evaluation") or {}).get("test_split") or {})
-                 .get("accuracy"), "path": r.path} for r in versions(session, name)]
+                 .get("accuracy"), "path": str(ctx.settings.storage.resolve(r.path))}
+                for r in versions(session, name)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -17,13 +17,19 @@ from hiprouter.commands import Context, pass_ctx
               help="Also send queued objects to their destinations.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve this process's Prometheus metrics on web.host:PORT/metrics.")
+@click.option("--inference-threads", type=click.IntRange(1, 256), default=None,
+              help="CPU inference threads of this process (default: inference.threads, "
+                   "else one per core).")
 @pass_ctx
-def worker(ctx: Context, count: int | None, dispatch: bool, metrics_port: int | None) -> None:
+def worker(ctx: Context, count: int | None, dispatch: bool, metrics_port: int | None,
+           inference_threads: int | None) -> None:
     """Run job workers (and the dispatcher) only, next to `serve`, until SIGTERM."""
     from hiprouter.config import ConfigError
     from hiprouter.service import run_workers
 
     settings = ctx.settings
+    if inference_threads is not None:
+        settings.inference.threads = inference_threads
     try:
         run_workers(settings, count or max(settings.queue.workers, 1), dispatch,
                     metrics_port)

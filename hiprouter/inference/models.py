@@ -312,6 +312,10 @@ def select_device(preference: str = "auto") -> Any:
     """CUDA when present (or asked for), else CPU."""
     import torch
 
+    from hiprouter.inference.runtime import apply_torch_threads
+
+    apply_torch_threads()
+
     if preference == "cuda" and not torch.cuda.is_available():
         raise ModelError("device cuda requested but no CUDA device is available")
     if preference in ("auto", "cuda") and torch.cuda.is_available():

@@ -8,6 +8,7 @@ exported once per weights file and cached (keyed by the weights' sha256).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,31 @@ from hiprouter.inference.models import LoadedModel
 CACHE_DIR = Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hiprouter"))
 """Where exported ONNX graphs are kept."""
 ONNX_OPSET = 17
+
+_cpu_threads: int | None = None
+"""Intra-op threads of CPU inference in this process (`set_cpu_threads`); None: cores."""
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Size CPU inference in this process (`inference.threads`): every ONNX Runtime
+    session created from now on, and PyTorch's intra-op pool. None: one per core."""
+    global _cpu_threads
+    _cpu_threads = threads
+    apply_torch_threads()
+
+
+def apply_torch_threads() -> None:
+    """Give PyTorch's intra-op pool `inference.threads`, if set and torch is imported (a
+    process serving from ONNX bundles never imports it; `select_device` calls this)."""
+    if _cpu_threads is not None and "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(_cpu_threads)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads a new CPU session gets in this process."""
+    return _cpu_threads or (os.cpu_count() or 1)
 
 
 def nvidia_present() -> bool:
@@ -126,8 +152,8 @@ def write_onnx(net: Any, dummy: Any, path: Path, outputs: Sequence[str]) -> Path
 
 
 def cpu_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on the CPU, all graph optimisations, `threads` (default: the
-    core count) intra-op threads.
+    """An ONNX Runtime session on the CPU, all graph optimisations, `threads` (default:
+    `cpu_threads()`, i.e. `inference.threads` or the core count) intra-op threads.
 
     The threads do not spin-wait after a run (ONNX Runtime's default): a job runs several
     models one after another and builds its report in between, and each session's idle
@@ -136,7 +162,7 @@ def cpu_session(path: Path, threads: int | None = None) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads or cpu_threads()
     opts.add_session_config_entry("session.intra_op.allow_spinning",
                                   "1" if os.environ.get("HIPROUTER_ORT_SPIN") == "1" else "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

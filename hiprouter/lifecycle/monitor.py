@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
-from hiprouter.config import Settings
+from hiprouter.config import Settings, StorageConfig
 from hiprouter.db import as_utc, dialect_insert, utcnow, write_transaction
 from hiprouter.lifecycle.agreement import agreement, distribution, psi, wilson
 from hiprouter.lifecycle.reportlabels import (
@@ -125,7 +125,7 @@ def extract_received_reports(factory: sessionmaker[Session], settings: Settings,
     n = 0
     for row in rows:
         try:
-            ds = dcmread(row.spool_path)
+            ds = dcmread(settings.storage.resolve(row.spool_path))
         except Exception as exc:
             log.warning("cannot read a received report", sop_instance_uid=row.sop_instance_uid,
                         error=type(exc).__name__)
@@ -144,10 +144,10 @@ def extract_received_reports(factory: sessionmaker[Session], settings: Settings,
     return n
 
 
-def accession_map(factory: sessionmaker[Session], since: datetime | None = None
-                  ) -> dict[str, str]:
+def accession_map(factory: sessionmaker[Session], since: datetime | None = None,
+                  storage: StorageConfig | None = None) -> dict[str, str]:
     """Accession number -> study UID, read from one stored clinical instance per study
-    (kept in memory only)."""
+    (kept in memory only); `storage` resolves the rows' file references."""
     out: dict[str, str] = {}
     with factory() as session:
         query = select(Instance.study_uid, Instance.spool_path).where(
@@ -160,7 +160,8 @@ def accession_map(factory: sessionmaker[Session], since: datetime | None = None
                 continue
             seen.add(study_uid)
             try:
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=["AccessionNumber"])
+                local = storage.resolve(path) if storage is not None else path
+                ds = dcmread(local, stop_before_pixels=True, specific_tags=["AccessionNumber"])
             except Exception:
                 continue
             acc = str(ds.get("AccessionNumber", "") or "").strip()
@@ -176,7 +177,7 @@ def import_reports_csv(factory: sessionmaker[Session], settings: Settings, path:
     """Final reports exported from the RIS: labels for the studies hiprouter has."""
     rules = load_rules(settings.dataset.label_rules)
     kinds = set(pipeline_kinds(settings, rules).values())
-    mapping = accession_map(factory)
+    mapping = accession_map(factory, storage=settings.storage)
     counts = {"rows": 0, "matched": 0, "labelled_hips": 0}
     with Path(path).open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)

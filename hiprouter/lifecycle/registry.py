@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit
-from hiprouter.config import Settings
+from hiprouter.config import Settings, StorageConfig
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.inference.models import CARD_FILE, ModelError, read_card, verify_weights
 from hiprouter.schema import ModelStageEvent, ModelVersion
@@ -137,7 +137,8 @@ def register(factory: sessionmaker[Session], settings: Settings, model_dir: Path
     card_data["training"] = {k: v for k, v in card_data.get("training", {}).items()
                              if k != "history"}
     with write_transaction(factory) as session:
-        row = ModelVersion(name=name, version=version, kind=card.label_set, path=str(target),
+        row = ModelVersion(name=name, version=version, kind=card.label_set,
+                           path=settings.storage.ref(target),
                            weights_sha256=card.weights_sha256, device_uid=card.device_uid,
                            card=card_data,
                            baseline=baseline or evaluation_baseline(model_dir), stage=REGISTERED,
@@ -245,22 +246,27 @@ def history(session: Session, name: str | None = None) -> list[ModelStageEvent]:
     return list(session.scalars(query))
 
 
-def deployments(session: Session) -> dict[str, dict[str, Deployed]]:
-    """Registry name -> stage (shadow, active) -> the version in that stage."""
+def deployments(session: Session, storage: StorageConfig | None = None
+                ) -> dict[str, dict[str, Deployed]]:
+    """Registry name -> stage (shadow, active) -> the version in that stage; `storage`
+    turns the rows' folder references into this host's paths."""
     out: dict[str, dict[str, Deployed]] = {}
     for row in session.scalars(select(ModelVersion).where(
             ModelVersion.stage.in_((SHADOW, ACTIVE)))):
+        path = str(storage.resolve(row.path)) if storage is not None else row.path
         out.setdefault(row.name, {})[row.stage] = Deployed(
-            row.id, row.name, row.version, row.stage, row.path, row.kind)
+            row.id, row.name, row.version, row.stage, path, row.kind)
     return out
 
 
 class RegistryResolver:
     """What `PipelineSet` calls before each job: the deployments, read from the database."""
 
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(self, factory: sessionmaker[Session],
+                 storage: StorageConfig | None = None) -> None:
         self.factory = factory
+        self.storage = storage
 
     def __call__(self) -> dict[str, dict[str, Deployed]]:
         with self.factory() as session:
-            return deployments(session)
+            return deployments(session, self.storage)

@@ -51,7 +51,7 @@ def read_sources(ctx: JobContext) -> tuple[list[Dataset], dict[str, str]]:
     datasets, refused = [], {}
     for inst in ctx.instances:
         try:
-            datasets.append(dcmread(inst.spool_path))
+            datasets.append(dcmread(ctx.settings.storage.resolve(inst.spool_path)))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             refused[inst.sop_instance_uid] = f"cannot read the stored file: {exc}"
     return datasets, refused
@@ -215,7 +215,7 @@ def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
             kind = KINDS.get(sop_class, "OT")
             values = {"job_id": job.id, "study_uid": job.study_uid,
                       "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": sop_class,
-                      "kind": kind, "path": str(path),
+                      "kind": kind, "path": ctx.settings.storage.ref(path),
                       "priority": bundle.priority if kind == "KOS" else None, "created_at": now}
             session.execute(insert(Output).values(**values).on_conflict_do_update(
                 index_elements=["sop_instance_uid"],

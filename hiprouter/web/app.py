@@ -47,7 +47,7 @@ def create_app(settings: Settings, factory: sessionmaker[Session]) -> Flask:
     web = settings.web
     app = Flask(__name__, template_folder=str(Path(__file__).parent / "templates"))
     app.config["JSON_SORT_KEYS"] = True
-    headers = collect.HeaderCache()
+    headers = collect.HeaderCache(storage=settings.storage)
     check = _password_check(web.basic_auth) if web.basic_auth is not None else None
     username = web.basic_auth.username if web.basic_auth is not None else ""
 

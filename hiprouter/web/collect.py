@@ -18,6 +18,7 @@ from sqlalchemy import String, cast, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import __version__
+from hiprouter.config import StorageConfig
 from hiprouter.db import as_utc, utcnow
 from hiprouter.logs import get_logger
 from hiprouter.schema import AuditEvent, FindingRow, Instance, Job, Output, Send, Study
@@ -128,8 +129,10 @@ class HeaderCache:
 
     TAGS = ["AccessionNumber", "StudyDate", "StudyDescription"]
 
-    def __init__(self, size: int = 2000) -> None:
+    def __init__(self, size: int = 2000, storage: StorageConfig | None = None) -> None:
         self.size = size
+        self.storage = storage
+        """Resolves the rows' file references; None: they must be absolute paths."""
         self._data: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -141,7 +144,8 @@ class HeaderCache:
         found = {"AccessionNumber": "", "StudyDate": "", "StudyDescription": ""}
         if path:
             try:
-                ds = dcmread(path, stop_before_pixels=True, specific_tags=self.TAGS)
+                local = self.storage.resolve(path) if self.storage is not None else path
+                ds = dcmread(local, stop_before_pixels=True, specific_tags=self.TAGS)
                 found = {k: str(ds.get(k, "") or "") for k in self.TAGS}
             except Exception:
                 pass  # a removed or unreadable file: shown without them

@@ -157,3 +157,22 @@ def test_modalities_opt_in(tiny_model_dir) -> None:
                         heatmaps=False)
     assert not opted.not_assessed and [f.laterality for f in opted.findings] == ["R"]
     assert opted.findings[0].heatmaps == []
+
+
+def test_inference_threads_size_new_cpu_sessions(tiny_model_dir) -> None:
+    """`inference.threads` sizes every ONNX Runtime session and torch's pool."""
+    from hiprouter.config import Settings
+    from hiprouter.inference import runtime
+    from hiprouter.service import configure_inference
+
+    before = torch.get_num_threads()
+    try:
+        configure_inference(Settings.model_validate({"inference": {"threads": 1}}))
+        session = OnnxRunner(load_model(tiny_model_dir)).session
+        assert session.get_session_options().intra_op_num_threads == 1
+        assert torch.get_num_threads() == 1
+        runtime.set_cpu_threads(None)
+        assert runtime.cpu_threads() >= 1
+    finally:
+        runtime.set_cpu_threads(None)
+        torch.set_num_threads(before)

@@ -68,11 +68,11 @@ def _run(factory: sessionmaker[Session], settings: Settings, pipelines: Pipeline
     assert run_job(factory, settings, pipelines, job, "w") == "done"
 
 
-def _sr_models(factory: sessionmaker[Session]) -> set[str]:
+def _sr_models(factory: sessionmaker[Session], settings: Settings) -> set[str]:
     """The constant test models named anywhere in the SRs (algorithm identification)."""
     with factory() as s:
         paths = s.scalars(select(Output.path).where(Output.kind == "SR")).all()
-    data = b"".join(Path(p).read_bytes() for p in paths)
+    data = b"".join(settings.storage.resolve(p).read_bytes() for p in paths)
     return {m for m in ("constant-tha", "constant-no_hardware") if m.encode() in data}
 
 
@@ -80,8 +80,9 @@ def test_register_promote_rollback_and_history(tmp_path: Path, models: dict[str,
     settings = _settings(tmp_path, models)
     factory = _factory(settings)
     first = registry.register(factory, settings, models["tha"], name="hw", version="1")
-    assert first.stage == "registered" and Path(first.path).is_relative_to(tmp_path / "registry")
-    assert (Path(first.path) / "card.yaml").is_file()
+    assert first.stage == "registered" and first.path == "models:hw/1"  # any mount path
+    folder = settings.storage.resolve(first.path)
+    assert folder.is_relative_to(tmp_path / "registry") and (folder / "card.yaml").is_file()
     with pytest.raises(RegistryError, match="already registered"):
         registry.register(factory, settings, models["tha"], name="hw", version="1")
     with pytest.raises(RegistryError, match="letters"):
@@ -113,7 +114,7 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
     row = registry.register(factory, settings, models["no_hardware"], name="hardware",
                             version="2.0")
     registry.promote(factory, settings, "hardware", "2.0", "shadow")
-    pipelines = PipelineSet(settings, resolver=RegistryResolver(factory))
+    pipelines = PipelineSet(settings, resolver=RegistryResolver(factory, settings.storage))
     _run(factory, settings, pipelines)
     with factory() as s:
         rows = s.scalars(select(FindingRow).order_by(FindingRow.id)).all()
@@ -126,7 +127,8 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
         events = [e.outcome_description for e in s.scalars(select(AuditEvent))
                   if e.event_id_code == "HIP001"]
         assert any("shadow: recorded, not sent" in (d or "") for d in events)
-    assert _sr_models(factory) == {"constant-tha"}  # the shadow model is not in the report
+    # the shadow model is not in the report
+    assert _sr_models(factory, settings) == {"constant-tha"}
 
     # promotion is a command: the next job runs 2.0 as the reported model
     registry.promote(factory, settings, "hardware", "2.0", "active")
@@ -136,7 +138,7 @@ def test_shadow_model_is_recorded_never_sent_and_promotion_takes_effect(
         latest = s.scalars(select(FindingRow).order_by(FindingRow.id.desc()).limit(2)).all()
         assert {(r.mode, r.predicted_class, r.model_id) for r in latest} == {
             ("active", "no_hardware", row.id)}
-    assert "constant-no_hardware" in _sr_models(factory)
+    assert "constant-no_hardware" in _sr_models(factory, settings)
 
 
 def test_a_pipeline_in_shadow_mode_sends_nothing(tmp_path: Path,
@@ -144,7 +146,8 @@ def test_a_pipeline_in_shadow_mode_sends_nothing(tmp_path: Path,
     settings = _settings(tmp_path, models, mode="shadow")
     factory = _factory(settings)
     _study(tmp_path, factory, settings)
-    _run(factory, settings, PipelineSet(settings, resolver=RegistryResolver(factory)))
+    resolver = RegistryResolver(factory, settings.storage)
+    _run(factory, settings, PipelineSet(settings, resolver=resolver))
     with factory() as s:
         assert {r.mode for r in s.scalars(select(FindingRow))} == {"shadow"}
         assert s.scalars(select(Output)).all() == []

@@ -33,7 +33,13 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hiprouter import audit, metrics
-from hiprouter.config import AnyDestination, Destination, DicomwebDestination, Settings
+from hiprouter.config import (
+    AnyDestination,
+    Destination,
+    DicomwebDestination,
+    Settings,
+    StorageConfig,
+)
 from hiprouter.db import utcnow, write_transaction
 from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
@@ -88,18 +94,22 @@ def claim_sends(factory: sessionmaker[Session], settings: Settings, destination:
 @dataclass
 class _Item:
     send: Send
+    path: Path
+    """The send's file on this host (`storage.resolve` of `send.path`)."""
     transfer_syntax: UID | None = None
     error: str | None = None
 
 
-def _inspect(sends: list[Send]) -> list[_Item]:
+def _inspect(sends: list[Send], storage: StorageConfig) -> list[_Item]:
     items = []
     for s in sends:
+        path = Path(s.path)
         try:
-            ts = read_file_meta_info(s.path).TransferSyntaxUID
-            items.append(_Item(s, UID(str(ts))))
+            path = storage.resolve(s.path)
+            ts = read_file_meta_info(path).TransferSyntaxUID
+            items.append(_Item(s, path, UID(str(ts))))
         except Exception as exc:
-            items.append(_Item(s, error=f"cannot read {Path(s.path).name}: {exc}"))
+            items.append(_Item(s, path, error=f"cannot read {path.name}: {exc}"))
     return items
 
 
@@ -135,7 +145,7 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
     dest = settings.destinations[destination]
     if not isinstance(dest, Destination):
         return _send_other(factory, settings, destination, dest, sends, owner)
-    items = _inspect(sends)
+    items = _inspect(sends, settings.storage)
     contexts, later = _contexts(items)
     if later:
         _release(factory, [i.send for i in later], owner)
@@ -249,7 +259,7 @@ def _send_other(factory: sessionmaker[Session], settings: Settings, destination:
     clock = time.perf_counter()
     kind = dest.type
     sent: list[str] = []
-    items = [_Item(s) for s in sends]
+    items = [_Item(s, settings.storage.resolve(s.path)) for s in sends]
     if isinstance(dest, DicomwebDestination):
         try:
             client = stow.make_client(dest)
@@ -258,7 +268,8 @@ def _send_other(factory: sessionmaker[Session], settings: Settings, destination:
         for start in range(0, len(sends), dest.batch_size):
             chunk = sends[start:start + dest.batch_size]
             uids = [s.sop_instance_uid for s in chunk]
-            results = stow.store(client, [s.path for s in chunk], uids) if client else \
+            paths = [str(settings.storage.resolve(s.path)) for s in chunk]
+            results = stow.store(client, paths, uids) if client else \
                 {u: stow.StowResult(None, problem) for u in uids}
             for s in chunk:
                 result = results[s.sop_instance_uid]
@@ -299,7 +310,7 @@ def _c_store(assoc: object, item: _Item) -> tuple[int | None, str | None]:
     as stored (no decode); otherwise it is decoded and sent uncompressed."""
     from pynetdicom import _config
 
-    path = item.send.path
+    path = str(item.path)
     accepted = {
         (cx.abstract_syntax, cx.transfer_syntax[0])
         for cx in assoc.accepted_contexts  # type: ignore[attr-defined]
@@ -377,11 +388,12 @@ def _record(factory: sessionmaker[Session], settings: Settings, send: Send, owne
             if row.destination in settings.destinations else "unknown"
         metrics.SENDS.labels(row.destination, kind, row.state).inc()
         if row.state in (queue.SENT, queue.COMMITTING):
-            metrics.SENT_BYTES.labels(row.destination).inc(_size(row.path))
+            size = _size(settings.storage.resolve(row.path))
+            metrics.SENT_BYTES.labels(row.destination).inc(size)
         return row.state
 
 
-def _size(path: str) -> int:
+def _size(path: Path) -> int:
     try:
         return os.path.getsize(path)
     except OSError:

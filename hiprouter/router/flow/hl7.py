@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hiprouter.config import Hl7Destination, Settings
+from hiprouter.config import Hl7Destination, Settings, StorageConfig
 from hiprouter.db import utcnow
 from hiprouter.schema import FindingRow, Instance, Job, Output, Send, SendAttempt
 
@@ -210,8 +210,11 @@ def sr_text(sr: Dataset) -> tuple[str, dict[str, list[str]]]:
     return impression, per_hip
 
 
-def gather(factory: sessionmaker[Session], send: Send) -> ReportFacts:
-    """Everything the message for one send needs."""
+def gather(factory: sessionmaker[Session], send: Send,
+           storage: StorageConfig | None = None) -> ReportFacts:
+    """Everything the message for one send needs (`storage` resolves the files the rows
+    refer to; without it a row must hold an absolute path)."""
+    resolve = storage.resolve if storage is not None else Path
     facts = ReportFacts(study_uid=send.study_uid)
     with factory() as session:
         outputs = list(session.scalars(select(Output).where(Output.job_id == send.job_id)))
@@ -228,11 +231,11 @@ def gather(factory: sessionmaker[Session], send: Send) -> ReportFacts:
             facts.kos_uid = out.sop_instance_uid
             facts.priority = out.priority if out.priority in LEVELS else facts.priority
             try:
-                kos = dcmread(out.path, stop_before_pixels=True)
+                kos = dcmread(resolve(out.path), stop_before_pixels=True)
                 facts.reason = _kos_reason(kos)
             except Exception:  # the message goes out without the reason text
                 pass
-    path = Path(send.path)
+    path = resolve(send.path)
     if send.sop_class_uid in SR_CLASSES:
         sr = dcmread(path)
         facts.sr_uid, facts.sr_series_uid = str(sr.SOPInstanceUID), str(sr.SeriesInstanceUID)
@@ -248,7 +251,7 @@ def gather(factory: sessionmaker[Session], send: Send) -> ReportFacts:
     if source is None:
         raise Hl7Error(f"study {send.study_uid} has no stored source instance for the "
                        "patient and accession number")
-    facts.header = dcmread(source, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    facts.header = dcmread(resolve(source), stop_before_pixels=True, specific_tags=HEADER_TAGS)
     return facts
 
 
@@ -429,7 +432,7 @@ def deliver(factory: sessionmaker[Session], settings: Settings, name: str,
 
     Raises Hl7Error (or OSError, ssl.SSLError) when the attempt failed.
     """
-    facts = gather(factory, send)
+    facts = gather(factory, send, settings.storage)
     ctrl = control_id(send.sop_instance_uid, name, deliveries(factory, send))
     message = build_message(facts, dest, ctrl, settings.node.ae_title)
     if dest.validate_structure:

@@ -69,13 +69,15 @@ def _remove_rows(factory: sessionmaker[Session], settings: Settings, study_uid: 
             Study.state.not_in(ACTIVE_STUDY_STATES))).first()
         if study is None or queue.unfinished_work(session, study_uid):
             return None
-        files = [Path(p) for p in session.scalars(
+        storage = settings.storage
+        files = [storage.resolve(p) for p in session.scalars(
             select(Instance.spool_path).where(Instance.study_uid == study_uid))]
-        out_root = settings.storage.output_dir.resolve()
-        for path in [*session.scalars(select(Send.path).where(Send.study_uid == study_uid)),
-                     *session.scalars(select(Output.path).where(Output.study_uid == study_uid))]:
-            if _inside(Path(path), out_root):
-                files.append(Path(path))
+        out_root = storage.output_dir.resolve()
+        for ref in [*session.scalars(select(Send.path).where(Send.study_uid == study_uid)),
+                    *session.scalars(select(Output.path).where(Output.study_uid == study_uid))]:
+            path = storage.resolve(ref)
+            if _inside(path, out_root):
+                files.append(path)
         job_ids = list(session.scalars(select(Job.id).where(Job.study_uid == study_uid)))
         for job_id in job_ids:
             files.extend(out_root.glob(f"{job_id}-*"))

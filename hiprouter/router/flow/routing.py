@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hiprouter import audit
-from hiprouter.config import Settings
+from hiprouter.config import Settings, StorageConfig
 from hiprouter.logs import get_logger
 from hiprouter.router.flow import queue, studies
 from hiprouter.router.flow.rules import Header, Route, plan_routes
@@ -38,7 +38,8 @@ def read_header(path: str | Path, calling_ae: str | None = None) -> Header | Non
         return None
 
 
-def series_headers(session: Session, study_uid: str) -> dict[str, Header]:
+def series_headers(session: Session, study_uid: str,
+                   storage: StorageConfig) -> dict[str, Header]:
     """One representative header per series (its first stored, readable instance)."""
     rows = session.scalars(
         select(Instance)
@@ -50,7 +51,7 @@ def series_headers(session: Session, study_uid: str) -> dict[str, Header]:
     for row in rows:
         if row.series_uid in headers:
             continue
-        header = read_header(row.spool_path, row.calling_ae)
+        header = read_header(storage.resolve(row.spool_path), row.calling_ae)
         if header is not None:
             headers[row.series_uid] = header
     return headers
@@ -70,7 +71,7 @@ def route_study(session: Session, settings: Settings, study: Study) -> list[Job]
     if existing:
         return list(existing)
     routes = plan_routes(settings.rules, settings.rule_mode,
-                         series_headers(session, study.study_uid))
+                         series_headers(session, study.study_uid, settings.storage))
     jobs = [job for route in routes for job in _enqueue_route(session, study, route)]
     studies.mark_routed(study, jobs)
     _audit(session, study, routes, jobs)

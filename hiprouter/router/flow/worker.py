@@ -59,7 +59,8 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
     re-uses it (already sent stays sent), a replay sends it again, a pending or failed
     row just points at the new file. Pass `objects` (from `object_uids`) to keep file
     reads out of the caller's transaction, and `settings` to apply each destination's
-    choice of objects (`dispatch.objects_for`: one HL7 message per report).
+    choice of objects (`dispatch.objects_for`: one HL7 message per report). With
+    `settings` the rows refer to the files as `storage.ref` does (host-independent).
     """
     insert = dialect_insert(session.get_bind().dialect.name)
     now = utcnow()
@@ -69,6 +70,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
                                                            objects)}
                 if settings is not None else None for dest in job.send_to}
     for path, sop_uid, sop_class in objects:
+        ref = settings.storage.ref(path) if settings is not None else str(path)
         for dest in job.send_to:
             wanted = per_dest[dest]
             if wanted is not None and sop_uid not in wanted:
@@ -76,7 +78,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
             session.execute(
                 insert(Send).values(
                     job_id=job.id, study_uid=job.study_uid, sop_instance_uid=sop_uid,
-                    sop_class_uid=sop_class, destination=dest, path=str(path),
+                    sop_class_uid=sop_class, destination=dest, path=ref,
                     state=queue.PENDING, attempts=0, next_run_at=now, created_at=now,
                 ).on_conflict_do_nothing(index_elements=["sop_instance_uid", "destination"])
             )
@@ -89,7 +91,7 @@ def enqueue_sends(session: Session, job: Job, paths: Sequence[Path],
                 continue
             if row.state in (queue.SENT, queue.DEAD):
                 row.state, row.attempts, row.next_run_at = queue.PENDING, 0, now
-            row.path, row.job_id = str(path), job.id
+            row.path, row.job_id = ref, job.id
             queued += 1
     return queued
 
@@ -119,7 +121,7 @@ def make_context(settings: Settings, factory: sessionmaker[Session], job: Job,
 def execute(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     """The files a job produces: its report, or the originals for a forward job."""
     if ctx.job.pipeline == FORWARD and not ctx.job.pipelines:
-        return [Path(i.spool_path) for i in ctx.instances]
+        return [ctx.settings.storage.resolve(i.spool_path) for i in ctx.instances]
     pipelines.refresh()  # a promotion in the model registry takes effect with this job
     return run_analysis(ctx, pipelines)
 

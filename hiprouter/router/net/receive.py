@@ -13,6 +13,7 @@ import hashlib
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -174,7 +175,7 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
                 "sop_instance_uid": ids.sop_instance_uid, "sop_class_uid": ids.sop_class_uid,
                 "study_uid": ids.study_uid, "series_uid": ids.series_uid,
                 "transfer_syntax": transfer_syntax, "size": spooled.size,
-                "sha256": spooled.sha256, "spool_path": str(spooled.path),
+                "sha256": spooled.sha256, "spool_path": spooled.ref,
                 "received_at": received_at, "association_id": association_id,
                 "calling_ae": calling_ae, "duplicates": 0, "state": "stored",
                 "purpose": purpose,
@@ -187,19 +188,28 @@ def record_instance(engine: Engine, ids: Identifiers, transfer_syntax: str,
 _INSERT_INSTANCE = insert(Instance)
 
 
-def record_unrecorded_files(engine: Engine, spool: Spool) -> int:
+def record_unrecorded_files(engine: Engine, spool: Spool, min_age_s: float = 0.0) -> int:
     """Record spooled files that have no instance row; returns how many were recorded.
 
     A file is renamed into the spool (and fsynced) before its row is committed. With
     SQLite's synchronous=NORMAL a power cut can lose the last commits but never those
     files, so start-up puts them back. A file whose SOP Instance UID is recorded with
     another file (a send that was never acknowledged and then repeated) is removed.
+    Rows refer to spool files as `spool:<relative path>` (older rows: the absolute path).
+    Files younger than `min_age_s` are left alone (a shared spool: another receiver may
+    be between its rename and its commit).
     """
+    cutoff = time.time() - min_age_s
     with engine.connect() as conn:
         known = set(conn.execute(select(Instance.spool_path)).scalars())
     recorded = 0
     for path in spool.files():
-        if str(path) in known:
+        if spool.ref(path) in known or str(path) in known:
+            continue
+        try:
+            if min_age_s and path.stat().st_mtime > cutoff:
+                continue
+        except FileNotFoundError:
             continue
         data = path.read_bytes()
         try:
@@ -211,7 +221,8 @@ def record_unrecorded_files(engine: Engine, spool: Spool) -> int:
                       error=str(exc))
             continue
         stat = path.stat()
-        spooled = SpooledFile(path, len(data), hashlib.sha256(data).hexdigest())
+        spooled = SpooledFile(path, len(data), hashlib.sha256(data).hexdigest(),
+                              spool.ref(path))
         received = datetime.fromtimestamp(stat.st_mtime, UTC)
         try:
             record_instance(engine, ids, syntax, spooled, received_at=received)

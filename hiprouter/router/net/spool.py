@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hiprouter import fileperms
+from hiprouter.config import path_ref
 
 TMP_SUFFIX = ".tmp"
 DCM_SUFFIX = ".dcm"
@@ -33,11 +34,13 @@ FSYNC_THREADS = 8
 
 @dataclass(frozen=True)
 class SpooledFile:
-    """A file that is durably on disk: where, how big, and its sha256."""
+    """A file that is durably on disk: where, how big, its sha256, and how the database
+    refers to it (`spool:<relative path>`, the same on every host that mounts the spool)."""
 
     path: Path
     size: int
     sha256: str
+    ref: str
 
 
 class PendingFile:
@@ -111,7 +114,7 @@ class PendingFile:
             _fsync_dir(self.final.parent, self.spool.fsync)
             self._durable = True
         self._data = b""
-        return SpooledFile(self.final, self.size, self.sha256)
+        return SpooledFile(self.final, self.size, self.sha256, self.spool.ref(self.final))
 
     def discard(self) -> None:
         """Remove the file, wherever it got to (never raises for a missing file)."""
@@ -199,6 +202,10 @@ class Spool:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="spool-fsync")
             return self._pool.submit(func)
+
+    def ref(self, path: Path) -> str:
+        """The database's reference to a file of this spool (`spool:<relative path>`)."""
+        return path_ref(path, self.root)
 
     def remove(self, path: Path) -> None:
         """Remove a spooled file (used when the database step fails after the write)."""

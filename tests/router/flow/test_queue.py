@@ -170,7 +170,8 @@ def test_rerun_reuses_sends_and_replay_sends_again(factory, tmp_path: Path) -> N
     # the same job again (e.g. after a lost lease): rows re-used, nothing sent twice
     with factory() as s, s.begin():
         row = s.get(Job, job.id)
-        assert enqueue_sends(s, row, [Path(p) for p in s.scalars(select(Send.path))]) == 0
+        assert enqueue_sends(s, row, [settings.storage.resolve(p)
+                                      for p in s.scalars(select(Send.path))]) == 0
     with factory() as s:
         assert s.scalar(select(func.count()).select_from(Send)) == 3
     replayed = ops.replay_study(factory, settings, uid)

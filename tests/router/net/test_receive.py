@@ -16,6 +16,7 @@ import psutil
 import pytest
 from sqlalchemy import select
 
+from hiprouter.config import resolve_ref
 from hiprouter.schema import Association, AuditEvent, Instance, Study
 from tests.conftest import require_tool
 from tests.router.conftest import (
@@ -70,7 +71,8 @@ def assert_stored_identically(router: RouterProcess, files: list[Path]) -> None:
         uid = sop_instance_uid(path)
         assert uid in rows, f"{path.name} not in the database"
         row = rows[uid]
-        spooled = Path(row.spool_path)
+        assert row.spool_path.startswith("spool:"), "relative to storage.spool_dir"
+        spooled = resolve_ref(row.spool_path, router.spool_dir)
         assert spooled.parent.parent == router.spool_dir
         assert uid not in spooled.name  # names are generated, never received values
         data = spooled.read_bytes()
@@ -465,9 +467,10 @@ def test_restart_records_spooled_files_whose_rows_were_lost(
     # what a power cut after the fsync of the files but before the commit leaves behind
     with router.session_factory()() as session, session.begin():
         session.execute(delete(Instance).where(Instance.sop_instance_uid.in_(lost)))
-    copy = Path(kept.spool_path).with_name("0" * 32 + ".dcm")  # an unacknowledged resend
-    copy.write_bytes(Path(kept.spool_path).read_bytes())
-    stale_tmp = Path(kept.spool_path).with_name(".1234.tmp")
+    kept_path = resolve_ref(kept.spool_path, router.spool_dir)
+    copy = kept_path.with_name("0" * 32 + ".dcm")  # an unacknowledged resend
+    copy.write_bytes(kept_path.read_bytes())
+    stale_tmp = kept_path.with_name(".1234.tmp")
     stale_tmp.write_bytes(b"half")
     router.start()
     assert_stored_identically(router, files)

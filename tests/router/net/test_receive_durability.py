@@ -23,7 +23,7 @@ from pynetdicom import AE
 from sqlalchemy import event, select
 
 from hiprouter import db as dbmod
-from hiprouter.config import Settings
+from hiprouter.config import Settings, resolve_ref
 from hiprouter.router.net.receive import OUT_OF_RESOURCES, SUCCESS, StorageSCP
 from hiprouter.router.net.spool import TMP_SUFFIX, Spool
 from hiprouter.schema import Instance
@@ -174,7 +174,7 @@ def test_success_is_sent_after_fsync_rename_folder_fsync_and_commit(
     previous_ack = -1
     for path in files:
         uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        final = Path(rows[uid])
+        final = resolve_ref(rows[uid], tmp_path / "spool")
         renamed = next(i for i, (kind, what) in enumerate(disk_log.entries)
                        if kind == "rename" and what.endswith(f"->{final}"))
         tmp = disk_log.entries[renamed][1].split("->")[0]

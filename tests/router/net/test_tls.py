@@ -97,7 +97,7 @@ def _queue_study(settings: Settings, tmp_path: Path, n: int):  # type: ignore[no
                     state="routed")
     with factory() as s, s.begin():
         job = queue.enqueue(s, study_uid=uid, pipeline="forward", rule="t", send_to=["pacs"])
-        paths = [Path(p) for p in s.scalars(select(Instance.spool_path))]
+        paths = [settings.storage.resolve(p) for p in s.scalars(select(Instance.spool_path))]
         enqueue_sends(s, job, paths)
     return factory
 
