@@ -77,8 +77,15 @@ class Node:
         return self.scp.port
 
     def rows(self) -> dict[str, Instance]:
+        """The instance rows, `spool_path` resolved to this node's spool (rows hold
+        `spool:` references)."""
         with dbmod.session_factory(self.engine)() as session:
-            return {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
+            rows = {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
+            for r in rows.values():
+                assert r.spool_path.startswith("spool:"), r.spool_path
+                r.spool_path = str(self.settings.storage.resolve(r.spool_path))
+            session.expunge_all()
+            return rows
 
     def audit(self) -> list[AuditEvent]:
         with dbmod.session_factory(self.engine)() as session:
