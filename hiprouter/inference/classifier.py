@@ -28,6 +28,9 @@ from hiprouter.inference.models import (
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled
 from hiprouter.inference.preprocess import check_channels, letterbox, model_input
 from hiprouter.inference.runtime import Runner, cpu_without_torch, make_runner
+from hiprouter.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -132,9 +135,15 @@ class CropClassifier:
         loaded with torch as before.
         """
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
-            models = [load_onnx_model(d) for d in model_dirs]
-            if all(m.head is not None for m in models):
-                return cls(models, "cpu", "onnx", batch_size)
+            try:
+                models = [load_onnx_model(d) for d in model_dirs]
+            except ModelError as exc:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx" or "sha256" in str(exc):
+                    raise
+                log.warning("ONNX bundle unavailable, loading with torch", error=str(exc))
+            else:
+                if all(m.head is not None for m in models):
+                    return cls(models, "cpu", "onnx", batch_size)
         dev = select_device(device)
         return cls([load_model(d, dev) for d in model_dirs], dev, runtime, batch_size)
 

@@ -413,7 +413,11 @@ class DualViewEnsemble:
 
         dirs = expand_model_dirs(model_dirs)
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
-            return cls([load_onnx(d) for d in dirs], "cpu", "onnx", batch_size)
+            try:
+                return cls([load_onnx(d) for d in dirs], "cpu", "onnx", batch_size)
+            except ModelError as exc:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx" or "sha256" in str(exc) or TASK in str(exc):
+                    raise
         dev = select_device(device)
         return cls([load(d, dev) for d in dirs], dev, runtime, batch_size)
 

@@ -541,7 +541,11 @@ class OnfhModel:
         from hiprouter.inference.runtime import cpu_without_torch
 
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
-            return cls._load_onnx(model_dir, card)
+            try:
+                return cls._load_onnx(model_dir, card)
+            except ModelError as exc:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx" or "sha256" in str(exc) or "missing" in str(exc):
+                    raise
         if runtime == "onnx":
             raise ModelError(f"{model_dir}: runtime onnx runs on the CPU only (device {device})")
         from safetensors.torch import load_file
