@@ -18,11 +18,11 @@ from pydicom.uid import generate_uid
 
 from hiprouter.findings import ModelInfo
 from hiprouter.inference import cam as cammod
+from hiprouter.inference.bundle import load_onnx_model
 from hiprouter.inference.models import (
     LoadedModel,
     ModelError,
     load_model,
-    load_onnx_model,
     select_device,
 )
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled

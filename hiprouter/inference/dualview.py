@@ -33,6 +33,7 @@ from pydicom.uid import generate_uid
 from hiprouter.findings import ModelInfo
 from hiprouter.inference import cam as cammod
 from hiprouter.inference.models import (
+    DUAL_VIEW_TASK,
     ModelCard,
     ModelError,
     read_card,
@@ -41,7 +42,7 @@ from hiprouter.inference.models import (
 )
 from hiprouter.inference.preprocess import Letterbox, letterbox, normalise
 
-TASK = "dual_view_classification"
+TASK = DUAL_VIEW_TASK
 """`ModelCard.task` of these models."""
 AP_VIEWS = ("ap_pelvis", "ap_hip")
 LATERAL_VIEWS = ("frog_leg", "cross_table_lateral")
@@ -237,7 +238,7 @@ def load(model_dir: Path, device: Any = "cpu") -> DualViewModel:
 
 def load_onnx(model_dir: Path) -> DualViewModel:
     """A dual-view model from its ONNX bundle (no torch in this process; export.py)."""
-    from hiprouter.inference.export import ensure_bundle, load_arrays, verified_card
+    from hiprouter.inference.bundle import ensure_bundle, load_arrays, verified_card
 
     model_dir = Path(model_dir)
     card = verified_card(model_dir)

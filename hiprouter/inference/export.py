@@ -1,19 +1,9 @@
-"""ONNX bundles: a model folder's networks exported once, so serving on the CPU needs no torch.
+"""The child process that writes a model folder's ONNX bundle (see bundle.py).
 
-PyTorch and timm take about 700 MB of resident memory in a process that imports them
-(docs/performance.md, bench/bench_memory.py), while ONNX Runtime takes about 35 MB. A
-`hiprouter serve` or `worker` on the CPU therefore never imports them: the networks of each
-model folder are exported by a child process (``python -m hiprouter.inference.export
-MODEL_DIR BUNDLE_DIR``) into a bundle folder in the runtime cache, keyed by the weights'
-sha256, and the serving process loads only the bundle:
+    python -m hiprouter.inference.export MODEL_DIR BUNDLE_DIR
 
-- classifier: ``model.onnx`` (logits, last feature map) and ``arrays.npz`` with the
-  linear head (CAM) and the GeM exponent, when the model has them;
-- dual-view: ``features.onnx`` (backbone feature map) and ``arrays.npz`` (head, missing
-  lateral vector);
-- onfh: ``locator.onnx``, ``refiner.onnx`` and, for a normative model, ``vae-mean.onnx``.
-
-``bundle.json`` is written last; a bundle without it is incomplete and exported again.
+Imports torch (and timm) to rebuild the networks from the weights; the serving process
+that runs it does not.
 """
 
 from __future__ import annotations
@@ -21,81 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hiprouter.inference.models import ModelCard, ModelError, read_card, sha256_file
-
-MANIFEST = "bundle.json"
-EXPORT_TIMEOUT_S = 900
-
-
-def cache_root() -> Path:
-    from hiprouter.inference.runtime import CACHE_DIR
-
-    return CACHE_DIR / "onnx"
-
-
-def bundle_kind(card: ModelCard) -> str:
-    """classifier, dualview or onfh: which networks the folder holds."""
-    from hiprouter.inference.dualview import TASK as DUAL_TASK
-    from hiprouter.inference.onfh import LABEL_SET as ONFH_LABEL_SET
-
-    if card.task == DUAL_TASK:
-        return "dualview"
-    if card.label_set == ONFH_LABEL_SET:
-        return "onfh"
-    return "classifier"
-
-
-def bundle_dir(card: ModelCard) -> Path:
-    return cache_root() / f"{bundle_kind(card)}-{card.weights_sha256[:24]}"
-
-
-def verified_card(model_dir: Path) -> ModelCard:
-    """The folder's card, after checking its weights' sha256 against it."""
-    card = read_card(model_dir)
-    weights = model_dir / card.weights_file
-    if not weights.is_file():
-        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
-    sha = sha256_file(weights)
-    if sha != card.weights_sha256:
-        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
-                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
-    return card
-
-
-def ensure_bundle(model_dir: Path, card: ModelCard | None = None) -> tuple[Path, dict[str, Any]]:
-    """The bundle folder of a model folder and its manifest; exported by a child process
-    when missing (the caller's process does not import torch)."""
-    model_dir = Path(model_dir)
-    card = card or verified_card(model_dir)
-    folder = bundle_dir(card)
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-        try:
-            res = subprocess.run([sys.executable, "-m", "hiprouter.inference.export",
-                                  str(model_dir), str(folder)], capture_output=True, text=True,
-                                 timeout=EXPORT_TIMEOUT_S, env=env, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ModelError(f"{model_dir}: ONNX export took over {EXPORT_TIMEOUT_S} s") from exc
-        if res.returncode != 0 or not manifest.is_file():
-            raise ModelError(f"{model_dir}: ONNX export failed: {res.stderr.strip()[-1500:]}")
-    return folder, json.loads(manifest.read_text())
-
-
-def load_arrays(folder: Path) -> dict[str, np.ndarray]:
-    path = folder / "arrays.npz"
-    if not path.is_file():
-        return {}
-    with np.load(path) as data:
-        return {k: np.asarray(data[k]) for k in data.files}
+from hiprouter.inference.bundle import MANIFEST, bundle_kind, verified_card
 
 
 def export(model_dir: Path, folder: Path) -> dict[str, Any]:

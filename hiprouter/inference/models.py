@@ -8,6 +8,8 @@ UID written into SR/SC output changes whenever the weights change.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,12 @@ SYNTHETIC_DISCLAIMER = (
     "Trained and evaluated on synthetic radiographs only. Figures on synthetic data say "
     "nothing about accuracy on real patients. Demo output, not for diagnostic use."
 )
+
+
+DUAL_VIEW_TASK = "dual_view_classification"
+"""`ModelCard.task` of dual-view (AP + lateral) models (inference/dualview.py)."""
+ONFH_LABEL_SET = "onfh"
+"""`ModelCard.label_set` of osteonecrosis models (inference/onfh.py)."""
 
 
 class ModelError(Exception):
@@ -270,22 +278,6 @@ class LoadedModel:
     """The GeM pooling exponent, when the model pools with GeM (from the bundle)."""
 
 
-def load_onnx_model(model_dir: Path) -> LoadedModel:
-    """A classifier from its ONNX bundle (exported by a child process when missing)."""
-    from hiprouter.inference.export import ensure_bundle, load_arrays, verified_card
-
-    model_dir = Path(model_dir)
-    card = verified_card(model_dir)
-    folder, manifest = ensure_bundle(model_dir, card)
-    if manifest.get("kind") != "classifier":
-        raise ModelError(f"{model_dir}: not a classifier ({manifest.get('kind')})")
-    arrays = load_arrays(folder)
-    head = ((arrays["head_weight"], arrays["head_bias"]) if "head_weight" in arrays
-            else None)
-    gem_p = float(arrays["gem_p"]) if "gem_p" in arrays else None
-    return LoadedModel(card, None, model_dir, folder / "model.onnx", head, gem_p)
-
-
 def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:
     """Load a model directory; refuses weights whose sha256 differs from the card's."""
     from safetensors.torch import load_file
@@ -308,11 +300,35 @@ def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:
     return LoadedModel(card, module, model_dir)
 
 
+_cpu_threads: int | None = None
+"""Intra-op threads of CPU inference in this process (`set_cpu_threads`); None: cores."""
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Size CPU inference in this process (`inference.threads`): every ONNX Runtime
+    session created from now on, and PyTorch's intra-op pool. None: one per core."""
+    global _cpu_threads
+    _cpu_threads = threads
+    apply_torch_threads()
+
+
+def apply_torch_threads() -> None:
+    """Give PyTorch's intra-op pool `inference.threads`, if set and torch is imported (a
+    process serving from ONNX bundles never imports it; `select_device` calls this)."""
+    if _cpu_threads is not None and "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(_cpu_threads)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads a new CPU session gets in this process."""
+    return _cpu_threads or (os.cpu_count() or 1)
+
+
 def select_device(preference: str = "auto") -> Any:
     """CUDA when present (or asked for), else CPU."""
     import torch
-
-    from hiprouter.inference.runtime import apply_torch_threads
 
     apply_torch_threads()
 

@@ -38,6 +38,7 @@ from PIL import Image
 
 from hiprouter.findings import ModelInfo
 from hiprouter.inference.models import (
+    ONFH_LABEL_SET,
     ModelCard,
     ModelError,
     read_card,
@@ -50,7 +51,7 @@ ONFH_TASK = "onfh_normative"
 """card.task of a complete ONFH model (segmentation + normative model + stage thresholds)."""
 SEGMENTATION_TASK = "head_segmentation"
 """card.task of a femoral-head segmentation model (the two U-Nets only)."""
-LABEL_SET = "onfh"
+LABEL_SET = ONFH_LABEL_SET
 
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "locator": {"size": 96, "widths": [8, 16, 32, 64]},
@@ -581,7 +582,7 @@ class OnfhModel:
         """The networks from the folder's ONNX bundle (no torch in this process)."""
         from safetensors.numpy import load_file
 
-        from hiprouter.inference.export import ensure_bundle, verified_card
+        from hiprouter.inference.bundle import ensure_bundle, verified_card
 
         card = verified_card(model_dir)
         folder, _ = ensure_bundle(model_dir, card)

@@ -8,7 +8,6 @@ exported once per weights file and cached (keyed by the weights' sha256).
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,37 +15,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hiprouter.inference.models import LoadedModel
+from hiprouter.inference.models import (  # noqa: F401  (threads: re-exported)
+    LoadedModel,
+    apply_torch_threads,
+    cpu_threads,
+    set_cpu_threads,
+)
 
 CACHE_DIR = Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hiprouter"))
 """Where exported ONNX graphs are kept."""
 ONNX_OPSET = 17
-
-_cpu_threads: int | None = None
-"""Intra-op threads of CPU inference in this process (`set_cpu_threads`); None: cores."""
-
-
-def set_cpu_threads(threads: int | None) -> None:
-    """Size CPU inference in this process (`inference.threads`): every ONNX Runtime
-    session created from now on, and PyTorch's intra-op pool. None: one per core."""
-    global _cpu_threads
-    _cpu_threads = threads
-    apply_torch_threads()
-
-
-def apply_torch_threads() -> None:
-    """Give PyTorch's intra-op pool `inference.threads`, if set and torch is imported (a
-    process serving from ONNX bundles never imports it; `select_device` calls this)."""
-    if _cpu_threads is not None and "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(_cpu_threads)
-
-
-def cpu_threads() -> int:
-    """Intra-op threads a new CPU session gets in this process."""
-    return _cpu_threads or (os.cpu_count() or 1)
-
 
 def nvidia_present() -> bool:
     """Whether this host has an NVIDIA driver loaded (without importing torch)."""

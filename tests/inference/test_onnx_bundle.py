@@ -81,7 +81,7 @@ def test_without_a_writable_cache_the_models_load_with_torch(tmp_path: Path) -> 
 
 def test_a_bundle_is_keyed_by_the_weights() -> None:
     """Changed weights (a new sha256 in the card) get a new bundle, never an old graph."""
-    from hiprouter.inference.export import bundle_dir
+    from hiprouter.inference.bundle import bundle_dir
     from hiprouter.inference.models import read_card
 
     card = read_card(REPO / "models" / "hardware-demo")
