@@ -49,31 +49,28 @@ HEAT_LEVELS = 256
 
 @lru_cache(maxsize=4)
 def _blend_tables(colormap: str, opacity: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per heat level: alpha * colour (RGB, float32) and 1 - alpha."""
-    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float32)
-    colour = colormaps[colormap](heat)[:, :3].astype(np.float32) * 255.0
+    """Per heat level, in 1/256 units: 1 - alpha (uint32) and alpha * colour (RGB, uint32)."""
+    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float64)
+    colour = colormaps[colormap](heat)[:, :3] * 255.0
     alpha = opacity * heat
-    return (colour * alpha[:, None]).astype(np.float32), (1.0 - alpha).astype(np.float32)
+    keep = np.round((1.0 - alpha) * 256).astype(np.uint32)
+    coloured = np.round(colour * alpha[:, None] * 256).astype(np.uint32)
+    return keep, coloured
 
 
 def blend(display: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
     """RGB uint8: the greyscale image with the colour-mapped heat map over it.
 
-    The heat is quantised to the colour map's 256 levels and only pixels with heat are
-    blended (a heat map covers the hips, not the whole radiograph), through per-level
-    tables: about 10 times faster than colour-mapping every pixel in float.
+    The heat is quantised to the colour map's 256 levels and blended through per-level
+    tables in integer arithmetic (1/256 steps): 10-20 times faster than colour-mapping
+    every pixel in float, within one grey level of it.
     """
-    out = np.repeat(display[..., None], 3, axis=2)
     heat = np.clip(np.nan_to_num(heatmap.astype(np.float32, copy=False)), 0.0, 1.0)
     level = (heat * (HEAT_LEVELS - 1) + 0.5).astype(np.uint8)
-    rows, cols = np.nonzero(level)
-    if rows.size:
-        coloured, keep = _blend_tables(COLORMAP, OVERLAY_OPACITY)
-        lv = level[rows, cols]
-        grey = display[rows, cols].astype(np.float32)
-        out[rows, cols] = np.clip(grey[:, None] * keep[lv][:, None] + coloured[lv] + 0.5,
-                                  0, 255).astype(np.uint8)
-    return out
+    keep, coloured = _blend_tables(COLORMAP, OVERLAY_OPACITY)
+    grey = display.astype(np.uint32) * keep[level]
+    out = (grey[..., None] + coloured[level] + 128) >> 8
+    return np.minimum(out, 255).astype(np.uint8)
 
 
 @dataclass
