@@ -76,7 +76,7 @@ def b4_model_dir(root: Path) -> Path:
 
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
         work: Path, runtime: str, workers: int, pipelines: list[str],
-        sc_compression: str = "jpeg-ls") -> dict[str, Any]:
+        sc_compression: str = "jpeg-ls", sc_max_side: int = 2048) -> dict[str, Any]:
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -98,7 +98,7 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                              **({"runtime": runtime} if name != "onfh" else {})}
                       for name in pipelines},
         "logging": {"level": "INFO", "json_logs": True},  # job timings come from the log
-        "report": {"sc_compression": sc_compression},
+        "report": {"sc_compression": sc_compression, "sc_max_side": sc_max_side},
     }
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="queue.workers (job threads)")
     ap.add_argument("--sc-compression", default="jpeg-ls",
                     choices=["jpeg-ls", "jpeg2000", "rle", "none"], help="report.sc_compression")
+    ap.add_argument("--sc-max-side", type=int, default=2048, help="report.sc_max_side")
     ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
                     help="hardware alone, or every kind with shipped demo weights")
     args = ap.parse_args()
@@ -216,13 +217,14 @@ def main() -> None:
               f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
               f"workers={args.workers}; sc_compression={args.sc_compression}; "
+              f"sc_max_side={args.sc_max_side}; "
               f"cpu cores={os.cpu_count()}")
         for name in args.models:
             dirs = [] if name == "demo" else [b4_model_dir(root)]
             work = root / f"run-{name}"
             work.mkdir()
             r = run(dirs, name, studies, warmup, work, args.runtime, args.workers, pipelines,
-                    args.sc_compression)
+                    args.sc_compression, args.sc_max_side)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")

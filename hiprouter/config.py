@@ -407,12 +407,15 @@ class ReportConfig(_Strict):
     pipeline, cascade stages before the pipelines they run on, else in run order."""
     secondary_captures: bool = True
     """One heat-map SC per radiograph (False: SR, KOS and SEG only)."""
-    sc_compression: Literal["jpeg-ls", "jpeg2000", "rle", "none"] = "jpeg-ls"
-    """Lossless compression of the SCs: jpeg-ls (about 2.3x smaller, ~0.1 s per SC),
-    jpeg2000 (about 6x, ~0.25 s), rle (no gain on radiographs), none. A destination that
-    does not accept the syntax gets the SC uncompressed (docs/performance.md)."""
-    sc_max_side: int = Field(2048, ge=256, le=8192)
-    """Longest side of an SC in pixels; larger radiographs are downscaled for it."""
+    sc_compression: Literal["jpeg-ls", "jpeg2000", "rle", "none"] = "none"
+    """Lossless compression of the SCs: jpeg-ls (about 2.3x smaller, 0.1-0.17 s of CPU per
+    2048 px SC), jpeg2000 (about 6x, 0.25 s), rle (no gain on radiographs), none (the
+    fastest: docs/performance.md). A destination that does not accept the syntax gets the
+    SC uncompressed."""
+    sc_max_side: int = Field(1024, ge=256, le=8192)
+    """Longest side of an SC in pixels (larger radiographs are downscaled for it): 1024 px
+    keeps an SC about 2.5 MB uncompressed; the findings' coordinates in the SR refer to the
+    full-size source image whatever this is."""
 
 
 class DecodeConfig(_Strict):

@@ -31,8 +31,9 @@ from hiprouter.report.sr import algorithm_equipment_for
 
 SC_SERIES_NUMBER = 9902
 SC_SERIES_DESCRIPTION = "AI HEAT MAP OVERLAY - NOT FOR DIAGNOSTIC USE"
-MAX_SIDE = 2048
-"""Default longest side of an SC in pixels; larger radiographs are downscaled."""
+MAX_SIDE = 1024
+"""Default longest side of an SC in pixels (report.sc_max_side); larger radiographs are
+downscaled."""
 TRANSFER_SYNTAXES = {"none": ExplicitVRLittleEndian, "jpeg-ls": JPEGLSLossless,
                      "jpeg2000": JPEG2000Lossless, "rle": RLELossless}
 """report.sc_compression -> the SC's transfer syntax (all lossless)."""
