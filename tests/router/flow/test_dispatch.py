@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEGLSLossless, RLELossless
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -148,13 +148,14 @@ def test_dispatcher_threads_respect_max_concurrent(tmp_path: Path) -> None:
     assert len(received) == 12 and set(received.values()) == {1}
 
 
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless])  # JPEG-LS: report SCs
 def test_compressed_file_is_decompressed_when_peer_accepts_only_uncompressed(
-    tmp_path: Path
+    tmp_path: Path, syntax: str
 ) -> None:
     ds = make_dataset(BodyPartExamined="HIP")
-    ds.compress(RLELossless, generate_instance_uid=False)
-    path = write_dataset(ds, tmp_path / "in" / "rle.dcm")
-    assert dcmread(path).file_meta.TransferSyntaxUID == RLELossless
+    ds.compress(syntax, generate_instance_uid=False)
+    path = write_dataset(ds, tmp_path / "in" / "compressed.dcm")
+    assert dcmread(path).file_meta.TransferSyntaxUID == syntax
     for name, extra in (("plain", []), ("accept-all", ["+xa"])):
         pacs = StoreSCP(tmp_path / name, extra=extra).start()
         try:
@@ -167,7 +168,7 @@ def test_compressed_file_is_decompressed_when_peer_accepts_only_uncompressed(
         finally:
             pacs.stop()
         assert got.SOPInstanceUID == ds.SOPInstanceUID
-        expected = RLELossless if name == "accept-all" else None
+        expected = syntax if name == "accept-all" else None
         if expected:
             assert got.file_meta.TransferSyntaxUID == expected
         else:
