@@ -76,7 +76,8 @@ def b4_model_dir(root: Path) -> Path:
 
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
         work: Path, runtime: str, workers: int, pipelines: list[str],
-        sc_compression: str = "jpeg-ls", sc_max_side: int = 2048) -> dict[str, Any]:
+        sc_compression: str | None = None, sc_max_side: int | None = None
+        ) -> dict[str, Any]:
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -98,7 +99,10 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                              **({"runtime": runtime} if name != "onfh" else {})}
                       for name in pipelines},
         "logging": {"level": "INFO", "json_logs": True},  # job timings come from the log
-        "report": {"sc_compression": sc_compression, "sc_max_side": sc_max_side},
+        # the report settings of config.yaml unless the command line names others
+        "report": {**base.get("report", {}),
+                   **({"sc_compression": sc_compression} if sc_compression else {}),
+                   **({"sc_max_side": sc_max_side} if sc_max_side else {})},
     }
     cfg = work / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -190,9 +194,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["demo", "b4"], choices=["demo", "b4"])
     ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
     ap.add_argument("--workers", type=int, default=1, help="queue.workers (job threads)")
-    ap.add_argument("--sc-compression", default="jpeg-ls",
-                    choices=["jpeg-ls", "jpeg2000", "rle", "none"], help="report.sc_compression")
-    ap.add_argument("--sc-max-side", type=int, default=2048, help="report.sc_max_side")
+    ap.add_argument("--sc-compression", default=None,
+                    choices=["jpeg-ls", "jpeg2000", "rle", "none"],
+                    help="report.sc_compression (default: config.yaml's)")
+    ap.add_argument("--sc-max-side", type=int, default=None,
+                    help="report.sc_max_side (default: config.yaml's)")
     ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
                     help="hardware alone, or every kind with shipped demo weights")
     args = ap.parse_args()
@@ -216,8 +222,9 @@ def main() -> None:
         print(f"{args.studies} studies x {len(studies[0])} images; "
               f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
-              f"workers={args.workers}; sc_compression={args.sc_compression}; "
-              f"sc_max_side={args.sc_max_side}; "
+              f"workers={args.workers}; "
+              f"sc_compression={args.sc_compression or 'config.yaml'}; "
+              f"sc_max_side={args.sc_max_side or 'config.yaml'}; "
               f"cpu cores={os.cpu_count()}")
         for name in args.models:
             dirs = [] if name == "demo" else [b4_model_dir(root)]
