@@ -349,19 +349,8 @@ def test_durability_order_holds_on_the_fast_path(node: Any, tmp_path: Path,
     assert _pynetdicom_send(scp.port, files, disk_log=disk_log) == [SUCCESS] * 4
     assert served("fast") - before == 4
     rows = scp.rows()
-    previous_ack = -1
-    for path in files:
-        uid = sop_instance_uid(path)
-        final = Path(rows[uid].spool_path)
-        renamed = next(i for i, (kind, what) in enumerate(disk_log.entries)
-                       if kind == "rename" and what.endswith(f"->{final}"))
-        tmp = disk_log.entries[renamed][1].split("->")[0]
-        file_synced = disk_log.index("fsync", tmp, after=previous_ack)
-        folder_synced = disk_log.index("fsync", str(final.parent), after=renamed)
-        committed = disk_log.first("commit", after=folder_synced)
-        acked = disk_log.index("ack", uid)
-        assert previous_ack < file_synced < renamed < folder_synced < committed < acked
-        previous_ack = acked
+    disk_log.assert_durable_before_ack(
+        [(uid, Path(rows[uid].spool_path)) for uid in map(sop_instance_uid, files)])
 
 
 def test_failing_fsync_is_a700_with_no_file_or_row_on_the_fast_path(

@@ -112,6 +112,21 @@ class DiskLog:
                 return i
         raise AssertionError(f"no {kind} after entry {after}: {self.entries}")
 
+    def assert_durable_before_ack(self, finals: list[tuple[str, Path]]) -> None:
+        """For each (SOP Instance UID, spool file) in sending order: the file's fsync, its
+        rename, the folder's fsync and a commit all precede its acknowledgement."""
+        previous_ack = -1
+        for uid, final in finals:
+            renamed = next(i for i, (kind, what) in enumerate(self.entries)
+                           if kind == "rename" and what.endswith(f"->{final}"))
+            tmp = self.entries[renamed][1].split("->")[0]
+            file_synced = self.index("fsync", tmp, after=previous_ack)
+            folder_synced = self.index("fsync", str(final.parent), after=renamed)
+            committed = self.first("commit", after=folder_synced)
+            acked = self.index("ack", uid)
+            assert previous_ack < file_synced < renamed < folder_synced < committed < acked
+            previous_ack = acked
+
 
 @pytest.fixture
 def scp_factory(sqlite_url: str, tmp_path: Path) -> Iterator[Any]:
@@ -171,19 +186,9 @@ def test_success_is_sent_after_fsync_rename_folder_fsync_and_commit(
     with engine.connect() as conn:
         rows = {r.sop_instance_uid: r.spool_path for r in conn.execute(select(Instance))}
     engine.dispose()
-    previous_ack = -1
-    for path in files:
-        uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-        final = resolve_ref(rows[uid], tmp_path / "spool")
-        renamed = next(i for i, (kind, what) in enumerate(disk_log.entries)
-                       if kind == "rename" and what.endswith(f"->{final}"))
-        tmp = disk_log.entries[renamed][1].split("->")[0]
-        file_synced = disk_log.index("fsync", tmp, after=previous_ack)
-        folder_synced = disk_log.index("fsync", str(final.parent), after=renamed)
-        committed = disk_log.first("commit", after=folder_synced)
-        acked = disk_log.index("ack", uid)
-        assert previous_ack < file_synced < renamed < folder_synced < committed < acked
-        previous_ack = acked
+    uids = [str(dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files]
+    disk_log.assert_durable_before_ack(
+        [(uid, resolve_ref(rows[uid], tmp_path / "spool")) for uid in uids])
 
 
 def test_failing_fsync_answers_a700_and_leaves_no_file_or_row(
