@@ -33,8 +33,7 @@ from hiprouter.inference.models import (
     LoadedModel,
     ModelCard,
     ModelError,
-    read_card,
-    sha256_file,
+    verified_card,
 )
 
 MANIFEST = "bundle.json"
@@ -60,17 +59,10 @@ def bundle_dir(card: ModelCard) -> Path:
     return cache_root() / f"{bundle_kind(card)}-{card.weights_sha256[:24]}"
 
 
-def verified_card(model_dir: Path) -> ModelCard:
-    """The folder's card, after checking its weights' sha256 against it."""
-    card = read_card(model_dir)
-    weights = model_dir / card.weights_file
-    if not weights.is_file():
-        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
-    sha = sha256_file(weights)
-    if sha != card.weights_sha256:
-        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
-                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
-    return card
+class BundleUnavailable(ModelError):
+    """No ONNX bundle could be exported or read (e.g. the cache cannot be written): the
+    caller may load the model with torch instead; other ModelErrors (missing or changed
+    weights, a model of another kind) may not be worked around that way."""
 
 
 def ensure_bundle(model_dir: Path, card: ModelCard | None = None) -> tuple[Path, dict[str, Any]]:
@@ -82,16 +74,21 @@ def ensure_bundle(model_dir: Path, card: ModelCard | None = None) -> tuple[Path,
     manifest = folder / MANIFEST
     if not manifest.is_file():
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+            p for p in (str(Path(__file__).resolve().parents[2]),
+                        os.environ.get("PYTHONPATH")) if p)}
         try:
             res = subprocess.run([sys.executable, "-m", "hiprouter.inference.export",
                                   str(model_dir), str(folder)], capture_output=True, text=True,
                                  timeout=EXPORT_TIMEOUT_S, env=env, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise ModelError(f"{model_dir}: ONNX export took over {EXPORT_TIMEOUT_S} s") from exc
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            raise BundleUnavailable(f"{model_dir}: ONNX export did not finish: {exc}") from exc
         if res.returncode != 0 or not manifest.is_file():
-            raise ModelError(f"{model_dir}: ONNX export failed: {res.stderr.strip()[-1500:]}")
-    return folder, json.loads(manifest.read_text())
+            raise BundleUnavailable(
+                f"{model_dir}: ONNX export failed: {res.stderr.strip()[-1500:]}")
+    try:
+        return folder, json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleUnavailable(f"{folder}: unreadable bundle manifest: {exc}") from exc
 
 
 def load_arrays(folder: Path) -> dict[str, np.ndarray]:

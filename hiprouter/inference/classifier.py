@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from hiprouter.findings import ModelInfo
 from hiprouter.inference import cam as cammod
-from hiprouter.inference.bundle import load_onnx_model
+from hiprouter.inference.bundle import BundleUnavailable, load_onnx_model
 from hiprouter.inference.models import (
     LoadedModel,
     ModelError,
@@ -137,8 +137,8 @@ class CropClassifier:
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
             try:
                 models = [load_onnx_model(d) for d in model_dirs]
-            except ModelError as exc:  # e.g. no writable cache: torch, as before
-                if runtime == "onnx" or "sha256" in str(exc):
+            except BundleUnavailable as exc:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx":
                     raise
                 log.warning("ONNX bundle unavailable, loading with torch", error=str(exc))
             else:

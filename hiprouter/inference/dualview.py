@@ -38,7 +38,7 @@ from hiprouter.inference.models import (
     ModelError,
     read_card,
     select_device,
-    sha256_file,
+    verified_card,
 )
 from hiprouter.inference.preprocess import Letterbox, letterbox, normalise
 
@@ -214,17 +214,8 @@ def load(model_dir: Path, device: Any = "cpu") -> DualViewModel:
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    card = read_card(model_dir)
-    if card.task != TASK:
-        raise ModelError(f"{model_dir}: a {card.task!r} model; this pipeline needs a {TASK!r} "
-                         "model (hiprouter train-dual-view)")
+    card = _dual_view_card(model_dir)
     weights = model_dir / card.weights_file
-    if not weights.is_file():
-        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
-    sha = sha256_file(weights)
-    if sha != card.weights_sha256:
-        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
-                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
     net = build_net(card.architecture, len(card.classes), card.in_chans)
     state = {k: v.float() if v.is_floating_point() else v
              for k, v in load_file(str(weights)).items()}
@@ -238,17 +229,24 @@ def load(model_dir: Path, device: Any = "cpu") -> DualViewModel:
 
 def load_onnx(model_dir: Path) -> DualViewModel:
     """A dual-view model from its ONNX bundle (no torch in this process; export.py)."""
-    from hiprouter.inference.bundle import ensure_bundle, load_arrays, verified_card
+    from hiprouter.inference.bundle import ensure_bundle, load_arrays
 
     model_dir = Path(model_dir)
-    card = verified_card(model_dir)
-    if card.task != TASK:
-        raise ModelError(f"{model_dir}: a {card.task!r} model; this pipeline needs a {TASK!r} "
-                         "model (hiprouter train-dual-view)")
+    card = _dual_view_card(model_dir)
     folder, _ = ensure_bundle(model_dir, card)
     arrays = load_arrays(folder)
     return DualViewModel(card, None, model_dir, arrays["weight"], arrays["bias"],
                          arrays["missing"], folder / "features.onnx")
+
+
+def _dual_view_card(model_dir: Path) -> ModelCard:
+    """The folder's card, refused unless it is a dual-view model with the weights it
+    describes."""
+    card = read_card(model_dir)
+    if card.task != TASK:
+        raise ModelError(f"{model_dir}: a {card.task!r} model; this pipeline needs a {TASK!r} "
+                         "model (hiprouter train-dual-view)")
+    return verified_card(model_dir, card)
 
 
 def expand_model_dirs(dirs: Sequence[Path]) -> list[Path]:
@@ -414,10 +412,12 @@ class DualViewEnsemble:
 
         dirs = expand_model_dirs(model_dirs)
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
+            from hiprouter.inference.bundle import BundleUnavailable
+
             try:
                 return cls([load_onnx(d) for d in dirs], "cpu", "onnx", batch_size)
-            except ModelError as exc:  # e.g. no writable cache: torch, as before
-                if runtime == "onnx" or "sha256" in str(exc) or TASK in str(exc):
+            except BundleUnavailable:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx":
                     raise
         dev = select_device(device)
         return cls([load(d, dev) for d in dirs], dev, runtime, batch_size)

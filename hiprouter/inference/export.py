@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from hiprouter.inference.bundle import MANIFEST, bundle_kind, verified_card
+from hiprouter.inference.bundle import MANIFEST, bundle_kind
+from hiprouter.inference.models import verified_card
 
 
 def export(model_dir: Path, folder: Path) -> dict[str, Any]:

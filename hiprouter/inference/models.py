@@ -189,6 +189,21 @@ def verify_weights(model_dir: Path, card: ModelCard | None = None) -> bool:
     return weights.is_file() and sha256_file(weights) == card.weights_sha256
 
 
+def verified_card(model_dir: Path, card: ModelCard | None = None) -> ModelCard:
+    """The folder's card (or `card`, already read), after checking that its weights file
+    exists and has the card's sha256; raises ModelError with the reason otherwise."""
+    model_dir = Path(model_dir)
+    card = card or read_card(model_dir)
+    weights = model_dir / card.weights_file
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
+    sha = sha256_file(weights)
+    if sha != card.weights_sha256:
+        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
+                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
+    return card
+
+
 def create_model(architecture: str, num_classes: int, in_chans: int = 1,
                  attention: str | None = None, pool: str | None = None) -> Any:
     """A timm backbone with a fresh head (never downloads weights).
@@ -283,14 +298,8 @@ def load_model(model_dir: Path, device: Any = "cpu") -> LoadedModel:
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    card = read_card(model_dir)
+    card = verified_card(model_dir)
     weights = model_dir / card.weights_file
-    if not weights.is_file():
-        raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
-    sha = sha256_file(weights)
-    if sha != card.weights_sha256:
-        raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
-                         f"({card.weights_sha256[:12]}...); the card must describe these weights")
     module = card_model(card)
     try:
         module.load_state_dict(load_file(str(weights)))

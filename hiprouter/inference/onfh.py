@@ -44,6 +44,7 @@ from hiprouter.inference.models import (
     read_card,
     select_device,
     sha256_file,
+    verified_card,
 )
 from hiprouter.inference.preprocess import letterbox, normalise
 
@@ -354,23 +355,6 @@ class OnnxNet:
         return self.session.run(None, {"input": np.ascontiguousarray(batch, np.float32)})[0]
 
 
-class _VaeMean:
-    """The VAE's encoder as a module that returns the latent mean only (for export)."""
-
-    def __new__(cls, vae: Any) -> Any:
-        import torch
-
-        class Mean(torch.nn.Module):
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.inner.encode(x)[0]
-
-        return Mean(vae)
-
-
 def _forward(net: Any, batch: np.ndarray, device: Any) -> np.ndarray:
     if isinstance(net, OnnxNet):
         return net.run(batch)
@@ -539,25 +523,21 @@ class OnfhModel:
             raise ModelError(f"{model_dir}: {card.name} is a segmentation model only; train "
                              f"the normative model on it (hiprouter train --label-set onfh "
                              f"--task normative --segmentation {model_dir})")
+        card = verified_card(model_dir, card)
+        from hiprouter.inference.bundle import BundleUnavailable
         from hiprouter.inference.runtime import cpu_without_torch
 
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
             try:
                 return cls._load_onnx(model_dir, card)
-            except ModelError as exc:  # e.g. no writable cache: torch, as before
-                if runtime == "onnx" or "sha256" in str(exc) or "missing" in str(exc):
+            except BundleUnavailable:  # e.g. no writable cache: torch, as before
+                if runtime == "onnx":
                     raise
         if runtime == "onnx":
             raise ModelError(f"{model_dir}: runtime onnx runs on the CPU only (device {device})")
         from safetensors.torch import load_file
 
         weights = model_dir / card.weights_file
-        if not weights.is_file():
-            raise ModelError(f"{model_dir}: weights file {card.weights_file} is missing")
-        sha = sha256_file(weights)
-        if sha != card.weights_sha256:
-            raise ModelError(f"{weights}: sha256 {sha[:12]}... does not match the model card "
-                             f"({card.weights_sha256[:12]}...)")
         dev = select_device(device)
         state = load_file(str(weights))
         params = {**DEFAULT_PARAMETERS, **card.parameters}
@@ -579,12 +559,12 @@ class OnfhModel:
 
     @classmethod
     def _load_onnx(cls, model_dir: Path, card: ModelCard) -> OnfhModel:
-        """The networks from the folder's ONNX bundle (no torch in this process)."""
+        """The networks from the folder's ONNX bundle (no torch in this process); `card`
+        has been checked against the weights."""
         from safetensors.numpy import load_file
 
-        from hiprouter.inference.bundle import ensure_bundle, verified_card
+        from hiprouter.inference.bundle import ensure_bundle
 
-        card = verified_card(model_dir)
         folder, _ = ensure_bundle(model_dir, card)
         params = {**DEFAULT_PARAMETERS, **card.parameters}
         segmenter = HeadSegmenter(OnnxNet(folder / "locator.onnx"),
@@ -653,6 +633,7 @@ def export_networks(model: OnfhModel, out: Path) -> list[str]:
     """Write the model's networks as ONNX graphs into `out` (export.py's onfh bundle)."""
     import torch
 
+    from hiprouter.inference.onfh_nets import VaeMean
     from hiprouter.inference.runtime import write_onnx
 
     seg = model.segmenter
@@ -666,7 +647,7 @@ def export_networks(model: OnfhModel, out: Path) -> list[str]:
         p = model.normative.params
         shape = (1, len(p.get("channels", ["intensity", "mask"])), int(p["patch_size"]),
                  int(p["patch_size"]))
-        write_onnx(_VaeMean(model.normative.vae).float().eval(), torch.zeros(*shape),
+        write_onnx(VaeMean(model.normative.vae).float().eval(), torch.zeros(*shape),
                    out / "vae-mean.onnx", ["output"])
         written.append("vae-mean.onnx")
     return written

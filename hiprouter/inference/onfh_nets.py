@@ -127,3 +127,15 @@ class VAEEncoder(nn.Module):
 
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class VaeMean(nn.Module):
+    """A ConvVAE's encoder returning the latent mean only (the graph exported for
+    inference: the normative model needs nothing else)."""
+
+    def __init__(self, vae: ConvVAE) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(x)[0]

@@ -141,8 +141,7 @@ def cpu_session(path: Path, threads: int | None = None) -> Any:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or cpu_threads()
-    opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                  "1" if os.environ.get("HIPROUTER_ORT_SPIN") == "1" else "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

@@ -88,3 +88,39 @@ def test_a_bundle_is_keyed_by_the_weights() -> None:
     other = card.model_copy(update={"weights_sha256": "0" * 64})
     assert bundle_dir(card) != bundle_dir(other)
     assert bundle_dir(card).name.endswith(card.weights_sha256[:24])
+
+
+def test_changed_weights_are_refused_not_worked_around(tmp_path: Path) -> None:
+    """Only a missing bundle falls back to torch: weights that differ from the card are an
+    error on every path (classifier, dual-view, onfh)."""
+    import shutil
+
+    import pytest
+
+    from hiprouter.inference.classifier import CropClassifier
+    from hiprouter.inference.dualview import DualViewEnsemble
+    from hiprouter.inference.models import ModelError
+    from hiprouter.inference.onfh import OnfhModel
+
+    loaders = {"hardware-demo": lambda d: CropClassifier.from_dirs([d], "cpu"),
+               "prosthesis_failure-demo": lambda d: DualViewEnsemble.from_dirs([d], "cpu"),
+               "onfh-demo": lambda d: OnfhModel.load(d, "cpu", runtime="auto")}
+    for name, load in loaders.items():
+        folder = tmp_path / name
+        shutil.copytree(REPO / "models" / name, folder)
+        weights = next(folder.glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes() + b"\0")
+        with pytest.raises(ModelError, match="does not match the model card"):
+            load(folder)
+
+
+def test_onnx_runtime_threads_do_not_spin(tmp_path: Path) -> None:
+    """Sessions give the CPU back after a run (several run one after another in a job)."""
+    import torch
+
+    from hiprouter.inference.runtime import cpu_session, write_onnx
+
+    path = write_onnx(torch.nn.Conv2d(1, 2, 3), torch.zeros(1, 1, 8, 8), tmp_path / "c.onnx",
+                      ["output"])
+    options = cpu_session(path).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
