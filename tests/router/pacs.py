@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from tests.conftest import free_port, require_tool
 
@@ -57,18 +58,27 @@ class StoreSCP:
                 self.proc.wait()
         self.proc = None
 
-    def received(self) -> Counter[str]:
-        """How many times each SOP Instance UID arrived."""
+    def received(self, skip_unfinished: bool = False) -> Counter[str]:
+        """How many times each SOP Instance UID arrived.
+
+        storescp writes each object straight to its final name, so a poll can meet a file
+        still being written; ``skip_unfinished`` leaves such a file for the next poll instead
+        of failing on it.
+        """
         uids: Counter[str] = Counter()
         for f in self.folder.iterdir():
             if f.is_file() and not f.name.startswith("."):
-                uids[str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)] += 1
+                try:
+                    uids[str(dcmread(f, stop_before_pixels=True).SOPInstanceUID)] += 1
+                except (InvalidDicomError, EOFError, AttributeError, OSError):
+                    if not skip_unfinished:
+                        raise
         return uids
 
     def wait_for(self, count: int, timeout: float = 60.0) -> Counter[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = self.received()
+            got = self.received(skip_unfinished=True)
             if sum(got.values()) >= count:
                 return got
             time.sleep(0.1)
