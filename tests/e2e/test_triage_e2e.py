@@ -122,3 +122,59 @@ def test_fracture_pipeline_flags_and_reports_end_to_end(router_process: Any,
     finally:
         router.stop()
         pacs.stop()
+
+
+def test_screening_pipeline_flags_a_fracture_and_leaves_a_normal_study_routine(
+        router_process: Any, tmp_path: Path) -> None:
+    """Seed 001 as a `kind: screening` pipeline: a fracture answer makes the study's one KOS
+    HIGH and the SR names the fracture and the hip; a normal answer leaves it ROUTINE.
+    Constant models (plumbing only; the demo weights are scored by their evaluation)."""
+    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
+    answers = {"9201": "femoral_neck_fracture", "9202": "normal"}
+    routing = repo_routing()
+    routing["pipelines"] = {
+        f"screen_{seed}": {"kind": "screening", "device": "cpu", "runtime": "torch",
+                           "models": [str(constant_model(tmp_path / f"m-{seed}", "screening",
+                                                         answer))]}
+        for seed, answer in answers.items()}
+    # one rule per study: its StudyDescription says which constant model screens it
+    routing["rules"] = [{"name": f"screen-{seed}", "level": "series",
+                         "match": {"all": [{"tag": "StudyDescription", "regex": f"^{seed} "}]},
+                         "pipelines": [f"screen_{seed}"], "send_to": ["pacs"]}
+                        for seed in answers]
+    router = router_process({**overrides(pacs.port), **routing})
+    try:
+        studies = {}
+        for seed in answers:
+            study = make_study(int(seed), 0, task="screening", hardware=NO_HARDWARE,
+                               fracture={"R": "femoral_neck_fracture", "L": "none"},
+                               views=("ap_pelvis",), size=(450, 650))
+            datasets = [i.dataset for i in study.images]
+            for ds in datasets:
+                ds.StudyDescription = f"{seed} PELVIS AP"
+            studies[seed] = study
+            files = write_study(tmp_path / f"study-{seed}", datasets)
+            sent = storescu(router.port, files)
+            assert sent.returncode == 0, sent.stderr
+        factory = router.session_factory()
+        wait_until(lambda: len({o.sop_instance_uid for o, _ in kos_outputs(factory)}
+                               & set(pacs.received(skip_unfinished=True))) == 2,
+                   180, "both studies' KOS at the PACS")
+        objects = pacs_objects(pacs)
+        validate([Path(d.filename) for kind in (SR, SC, KOS) for d in objects.get(kind, [])])
+        by_study = {seed: {kind: [d for d in objects.get(kind, [])
+                                  if str(d.StudyInstanceUID) == study.study_uid]
+                           for kind in (SR, KOS)} for seed, study in studies.items()}
+        flagged, normal = by_study["9201"], by_study["9202"]
+        assert len(flagged[KOS]) == len(flagged[SR]) == len(normal[KOS]) == 1
+        assert flagged[KOS][0].SeriesDescription == "AI TRIAGE: HIGH"
+        assert kos_description(flagged[KOS][0]).startswith(
+            "AI TRIAGE PRIORITY=HIGH: Femoral neck fracture, right hip")
+        sr = flagged[SR][0].to_json()
+        assert "5913000" in sr and "Right hip: femoral neck fracture" in sr
+        assert "Left hip: femoral neck fracture" in sr
+        assert normal[KOS][0].SeriesDescription == "AI TRIAGE: ROUTINE"
+        assert "5913000" not in normal[SR][0].to_json()
+    finally:
+        router.stop()
+        pacs.stop()
