@@ -2,7 +2,10 @@
 
 For a global-average-pool + linear head, Grad-CAM on the last feature map equals CAM:
 the map for class k is sum_c w[k, c] * F[c] and needs only the forward pass (the runner
-returns F). Heads that are not of that form use Grad-CAM with autograd (PyTorch only).
+returns F). For a generalized-mean (GeM) pool + linear head Grad-CAM has a closed form too
+(`gem_grad_cam`), so it needs the forward pass and the head, not autograd: such models serve
+from ONNX Runtime with their maps. Heads of any other form use Grad-CAM with autograd
+(PyTorch only).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from hiprouter.inference.preprocess import Letterbox
 
 
 def linear_head(module: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(weight (K, C), bias (K,)) when the head is exactly global-average-pool + linear.
+    """(weight (K, C), bias (K,)) when the head is exactly a global pool + linear: average
+    pooling, or generalized-mean pooling (a ``global_pool`` with exponent ``p``).
 
     Checked numerically on random features, so an architecture whose head does more
-    (e.g. MobileNetV3's conv head after pooling) falls back to Grad-CAM.
+    (e.g. MobileNetV3's conv head after pooling) falls back to Grad-CAM with autograd.
     """
     import torch
 
@@ -28,20 +32,38 @@ def linear_head(module: Any) -> tuple[np.ndarray, np.ndarray] | None:
     weight = classifier.weight.detach().float().cpu()
     bias = (classifier.bias.detach().float().cpu() if classifier.bias is not None
             else torch.zeros(weight.shape[0]))
+    p = gem_exponent(module)
     try:
         was_training = module.training
         module.eval()
         param = next(module.parameters())
-        feats = torch.randn(2, weight.shape[1], 5, 4, device=param.device, dtype=param.dtype)
+        feats = torch.rand(2, weight.shape[1], 5, 4, device=param.device, dtype=param.dtype)
         with torch.inference_mode():
             got = module.forward_head(feats).float().cpu()
         module.train(was_training)
     except Exception:
         return None
-    expected = feats.float().cpu().mean(dim=(2, 3)) @ weight.T + bias
+    f = feats.float().cpu()
+    pooled = f.mean(dim=(2, 3)) if p is None else f.clamp(min=GEM_EPS).pow(p).mean(
+        dim=(2, 3)).pow(1.0 / p)
+    expected = pooled @ weight.T + bias
     if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
         return None
     return weight.numpy(), bias.numpy()
+
+
+GEM_EPS = 1e-6
+"""The clamp of generalized-mean pooling (layers.GeMPool)."""
+
+
+def gem_exponent(module: Any) -> float | None:
+    """The exponent p of a module's GeM global pool (clamped to >= 1 as in its forward pass),
+    None when the pool is not GeM."""
+    pool = getattr(module, "global_pool", None)
+    param = getattr(pool, "p", None)
+    if param is None or getattr(pool, "pool_type", None) != "gem":
+        return None
+    return float(param.detach().clamp(min=1.0).item())
 
 
 def normalise_map(raw: np.ndarray) -> np.ndarray:
@@ -72,6 +94,26 @@ def grad_cam(module: Any, batch: Any, class_index: int) -> np.ndarray:
         weights = grads.mean(dim=(1, 2))
         raw = torch.einsum("c,chw->hw", weights, features[0].detach())
     return normalise_map(raw.float().cpu().numpy())
+
+
+def gem_grad_cam(features: np.ndarray, weight: np.ndarray, p: float,
+                 class_index: int) -> np.ndarray:
+    """Grad-CAM of one image for a GeM pool + linear head, in closed form (no autograd).
+
+    With g_c = (mean_xy max(F_c, eps)^p)^(1/p) and logit_k = sum_c w[k, c] g_c + b_k, the
+    gradient is d logit_k / d F_c(x, y) = w[k, c] g_c^(1-p) F_c(x, y)^(p-1) / N where F_c is
+    above the clamp (0 elsewhere); Grad-CAM weighs each channel by its mean gradient:
+    map = ReLU(sum_c alpha_c F_c), alpha_c = mean_xy of that gradient. Equal to `grad_cam` on
+    the same model (tests/inference/test_cam_runtime.py).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    n = f.shape[1] * f.shape[2]
+    clamped = np.maximum(f, GEM_EPS)
+    g = np.power(np.power(clamped, p).mean(axis=(1, 2)), 1.0 / p)
+    grad = np.where(f >= GEM_EPS, np.power(clamped, p - 1.0), 0.0)
+    alpha = (np.asarray(weight[class_index], dtype=np.float64) * np.power(g, 1.0 - p)
+             * grad.mean(axis=(1, 2)) / n)
+    return normalise_map(np.tensordot(alpha, f, axes=([0], [0])))
 
 
 def to_source(model_map: np.ndarray, letterbox: Letterbox, box: tuple[int, int, int, int],

@@ -78,6 +78,10 @@ class _Member:
         elif self.ood_method != "energy":
             raise ModelError(f"{model.model_dir}: unknown OOD method {self.ood_method!r}")
         self.pool = (card.parameters or {}).get("pool") or "avg"
+        self.gem_p: float | None = None
+        if self.pool == "gem":
+            self.gem_p = (model.gem_p if model.module is None
+                          else cammod.gem_exponent(model.module))
         self.channels = check_channels((card.parameters or {}).get("channels"))
         if len(self.channels) != card.in_chans:
             raise ModelError(f"{model.model_dir}: parameters.channels {list(self.channels)} "
@@ -90,11 +94,7 @@ class _Member:
     def ood_scores(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """The card's OOD score per crop (higher = less familiar)."""
         if self.mahalanobis is not None:
-            p = 3.0
-            if self.pool == "gem" and self.model.gem_p is not None:
-                p = self.model.gem_p
-            elif self.pool == "gem":
-                p = float(self.model.module.global_pool.p.detach().clamp(min=1.0).item())
+            p = self.gem_p if self.gem_p is not None else 3.0
             return self.mahalanobis.score(pooled(feats, self.pool, p))
         return energy(logits)
 
@@ -131,8 +131,8 @@ class CropClassifier:
         """Load model directories onto the chosen device.
 
         On the CPU with ONNX Runtime the models come from their ONNX bundles and torch is
-        not imported (export.py); a model whose CAM needs Grad-CAM (no linear head) is
-        loaded with torch as before.
+        not imported (export.py); a model whose maps need Grad-CAM with autograd (a head
+        other than average or GeM pool + linear) is loaded with torch as before.
         """
         if runtime in ("auto", "onnx") and cpu_without_torch(device):
             try:
@@ -221,7 +221,10 @@ class CropClassifier:
             for i in range(n):
                 acc = None
                 for member, boxes, feats in per_member:
-                    if member.head is not None:
+                    if member.head is not None and member.gem_p is not None:
+                        model_map = cammod.gem_grad_cam(feats[i], member.head[0], member.gem_p,
+                                                        int(predicted[i]))
+                    elif member.head is not None:
                         model_map = cammod.cam(feats[i], member.head[0], int(predicted[i]))
                     else:
                         model_map = self._grad_cam(member, boxes[i][0], int(predicted[i]))

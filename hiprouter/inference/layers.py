@@ -2,8 +2,8 @@
 
 - `GeMPool`: generalized-mean pooling (Radenovic et al. 2018), ``(mean(x^p))^(1/p)`` with a
   learnable p; p = 1 is average pooling, p -> inf max pooling. It replaces the backbone's
-  global average pool, so the head is no longer "average pool + linear" and class maps come
-  from Grad-CAM (cam.py checks this numerically).
+  global average pool; class maps of a GeM + linear head are Grad-CAM in closed form
+  (cam.gem_grad_cam; cam.linear_head checks the head's form numerically).
 - the convolutional block attention module (CBAM, Woo et al. 2018) is timm's `CbamModule`,
   placed in every residual block of a ResNet through ``block_args={"attn_layer": "cbam"}``.
 

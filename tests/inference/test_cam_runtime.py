@@ -37,6 +37,29 @@ def test_cam_from_forward_pass_equals_grad_cam_for_linear_head(tiny_model_dir) -
                                cammod.grad_cam(model.module, x, k), atol=1e-4)
 
 
+@pytest.mark.parametrize("p", [1.0, 3.0, 5.5])
+def test_closed_form_grad_cam_of_a_gem_head_equals_autograd(p: float) -> None:
+    """GeM pool + linear (seed 001's head, with CBAM in the blocks): the map computed from
+    the forward pass and the head equals Grad-CAM by autograd, so no torch is needed."""
+    torch.manual_seed(0)
+    net = create_model("resnet10t", 8, attention="cbam", pool="gem").eval()
+    with torch.no_grad():
+        net.global_pool.p.fill_(p)
+    head = cammod.linear_head(net)
+    assert head is not None and cammod.gem_exponent(net) == pytest.approx(p)
+    x = torch.randn(1, 1, 96, 96)
+    with torch.no_grad():
+        feats = net.forward_features(x)
+        logits = net.forward_head(feats)
+    for k in (int(logits.argmax()), int(logits.argmin())):
+        np.testing.assert_allclose(cammod.gem_grad_cam(feats[0].numpy(), head[0], p, k),
+                                   cammod.grad_cam(net, x, k), atol=2e-4)
+
+
+def test_an_average_pool_model_has_no_gem_exponent(tiny_model_dir) -> None:
+    assert cammod.gem_exponent(load_model(tiny_model_dir).module) is None
+
+
 def test_heads_that_are_not_linear_use_grad_cam() -> None:
     net = create_model("mobilenetv3_small_050", 9).eval()
     assert cammod.linear_head(net) is None

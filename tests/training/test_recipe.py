@@ -78,8 +78,8 @@ def test_cbam_gem_resnet50_with_cb_focal_loss_trains() -> None:
 
 
 def test_grad_cam_of_a_cbam_gem_model_peaks_on_the_finding(tmp_path) -> None:
-    """Trained to find a bright blob, the CBAM + GeM model's map (Grad-CAM: the head is not
-    average pool + linear) peaks on the blob, through CropClassifier on both runtimes."""
+    """Trained to find a bright blob, the CBAM + GeM model's map (Grad-CAM, in closed form
+    for the GeM + linear head) peaks on the blob, through CropClassifier on both runtimes."""
     import torch
 
     from hiprouter.inference import cam
@@ -103,7 +103,7 @@ def test_grad_cam_of_a_cbam_gem_model_peaks_on_the_finding(tmp_path) -> None:
 
     torch.manual_seed(0)
     model = create_model("resnet10t", 2, attention="cbam", pool="gem")
-    assert cam.linear_head(model) is None  # GeM: CAM falls back to Grad-CAM
+    assert cam.linear_head(model) is not None  # GeM + linear: Grad-CAM in closed form
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(60):
