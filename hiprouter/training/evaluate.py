@@ -163,6 +163,41 @@ def selective_figures(y_true: Sequence[int], probs: np.ndarray, min_confidence: 
     }
 
 
+def triage_figures(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str],
+                   thresholds: dict[str, float],
+                   not_assessed: Sequence[bool] | None = None) -> dict[str, Any]:
+    """The card's triage operating point as the pipeline applies it (report/triage.py): a
+    hip is flagged when a triage class's probability reaches its threshold (indeterminate
+    hips included, not-assessed hips never flagged). Per class: sensitivity on its hips and
+    the share of other hips flagged for it; overall: sensitivity on hips of any triage class
+    and specificity on all other hips."""
+    y = np.asarray(y_true, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(y)
+    out_of = np.asarray(not_assessed if not_assessed is not None else np.zeros(n, bool), bool)
+    keys = [k for k in thresholds if k in classes]
+    flagged_any = np.zeros(n, bool)
+    positive = np.zeros(n, bool)
+    per_class: dict[str, Any] = {}
+    for key in keys:
+        k = list(classes).index(key)
+        flagged = ~out_of & (probs[:, k] >= float(thresholds[key])) if n else np.zeros(0, bool)
+        mine = y == k
+        flagged_any |= flagged
+        positive |= mine
+        per_class[key] = {
+            "threshold": float(thresholds[key]), "hips": int(mine.sum()),
+            "sensitivity": float(flagged[mine].mean()) if mine.any() else None,
+            "other_hips_flagged": float(flagged[~mine].mean()) if (~mine).any() else None,
+        }
+    return {
+        "classes": per_class,
+        "sensitivity": float(flagged_any[positive].mean()) if positive.any() else None,
+        "specificity": float(1 - flagged_any[~positive].mean()) if (~positive).any() else None,
+        "hips_flagged": float(flagged_any.mean()) if n else None,
+    }
+
+
 def _fmt(value: float | None, ci: list[float] | None = None) -> str:
     if value is None:
         return "n/a"
@@ -243,6 +278,15 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
             f"assessed {_pct(sel['assessed_rate'])} with accuracy "
             f"{_fmt(sel['accuracy_assessed'])}; wrong definitive answers "
             f"{_pct(sel['wrong_definitive_rate'])} of all hips")
+    tri = metrics.get("triage")
+    if tri and tri["classes"]:
+        lines.append(
+            "- triage at the card's thresholds (a hip is flagged when a class reaches its "
+            f"threshold): sensitivity {_fmt(tri['sensitivity'])}, specificity "
+            f"{_fmt(tri['specificity'])}, hips flagged {_pct(tri['hips_flagged'])}"
+            + "".join(f"; {k} (p >= {v['threshold']:.3f}): sensitivity {_fmt(v['sensitivity'])}"
+                      f", other hips flagged {_pct(v['other_hips_flagged'])}"
+                      for k, v in tri["classes"].items()))
     ood = metrics.get("ood_images")
     if ood:
         lines.append(f"- out-of-distribution images ({ood['images']}): not assessed "
@@ -324,6 +368,8 @@ def card_figures(metrics: dict[str, Any], dataset: str) -> dict[str, Any]:
         **({"ece_uncalibrated": round(metrics["calibration"]["ece_uncalibrated"], 4)}
            if (metrics.get("calibration") or {}).get("ece_uncalibrated") is not None else {}),
         **({"selective": metrics["selective"]} if metrics.get("selective") else {}),
+        **({"triage": metrics["triage"]} if (metrics.get("triage") or {}).get("classes")
+           else {}),
         **({"ood_images": {k: v for k, v in metrics["ood_images"].items() if k != "by_kind"}}
            if metrics.get("ood_images") else {}),
     }
@@ -498,6 +544,9 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     metrics["refused"] = refused
     min_conf = float(clf.card_value("abstention", "min_confidence", 0.0) or 0.0)
     metrics["selective"] = selective_figures(y_hip, p_hip, min_conf, not_assessed)
+    thresholds = dict(clf.cards[0].triage_thresholds or {})
+    if thresholds:
+        metrics["triage"] = triage_figures(y_hip, p_hip, clf.classes, thresholds, not_assessed)
     metrics["ood_crop_rate"] = float(np.mean([p.ood for p in preds])) if preds else None
     if ood_dirs:
         results: list[dict[str, Any]] = []

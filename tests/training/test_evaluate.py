@@ -19,6 +19,7 @@ from hiprouter.training.evaluate import (
     compute_metrics,
     fuse_hips,
     selective_figures,
+    triage_figures,
     write_report,
 )
 
@@ -91,6 +92,24 @@ def test_sensitivity_specificity_and_macro_figures_match_scikit_learn() -> None:
     assert lo <= m["macro_f1"] <= hi
     lo, hi = m["macro_auc_ci95"]
     assert lo <= m["macro_auc"] <= hi
+
+
+def test_triage_figures_flag_hips_as_the_pipeline_does() -> None:
+    """Classes normal / neck / trochanteric; thresholds 0.2 and 0.5. Hips: a neck fracture at
+    0.3 (flagged), a neck fracture at 0.1 (missed), a trochanteric one at 0.6 (flagged), a
+    normal hip at neck 0.25 (falsely flagged), a normal hip (not flagged), and a neck
+    fracture at 0.9 that is not assessed (never flagged)."""
+    classes = ["normal", "neck", "troch"]
+    probs = np.array([[0.6, 0.3, 0.1], [0.8, 0.1, 0.1], [0.3, 0.1, 0.6], [0.7, 0.25, 0.05],
+                      [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    y = np.array([1, 1, 2, 0, 0, 1])
+    tri = triage_figures(y, probs, classes, {"neck": 0.2, "troch": 0.5},
+                         not_assessed=[False] * 5 + [True])
+    assert tri["classes"]["neck"]["sensitivity"] == pytest.approx(1 / 3)
+    assert tri["classes"]["neck"]["other_hips_flagged"] == pytest.approx(1 / 3)
+    assert tri["classes"]["troch"]["sensitivity"] == 1.0
+    assert tri["sensitivity"] == pytest.approx(2 / 4) and tri["specificity"] == 0.5
+    assert tri["hips_flagged"] == pytest.approx(3 / 6)
 
 
 def test_selective_figures_count_what_the_pipeline_would_say() -> None:
