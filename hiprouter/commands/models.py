@@ -1,4 +1,4 @@
-"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list`."""
+"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list|kinds|retriage`."""
 
 from __future__ import annotations
 
@@ -375,3 +375,31 @@ def models_kinds(as_json: bool) -> None:
         table.add_row(r["kind"], r.get("description") or r.get("error", ""), r.get("runs_on", ""),
                       ", ".join(r.get("options", [])), r["source"])
     console().print(table)
+
+
+@models_group.command("retriage")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The training run's split.csv (its validation hips).")
+@click.option("--sensitivity", type=float, required=True,
+              help="Target validation sensitivity of each triage class, e.g. 0.8.")
+@click.option("--classes", default=None,
+              help="Comma-separated triage classes (default: the card's, else the kind's).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Crop cache of the training run.")
+def models_retriage(model_dir: Path, split_csv: Path, sensitivity: float, classes: str | None,
+                    cache_dir: Path | None) -> None:
+    """Choose MODEL_DIR's triage thresholds again at another validation sensitivity (same
+    validation hips as in training; the card is rewritten, the weights are not touched)."""
+    from hiprouter.training.retriage import retriage
+
+    try:
+        info = retriage(model_dir, split_csv, sensitivity, _csv_list(classes), cache_dir)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, v in info.items():
+        spec = v["val_specificity"]
+        click.echo(f"{key}: threshold {v['threshold']} (validation sensitivity "
+                   f"{v['val_sensitivity']:.3f}, specificity "
+                   f"{'n/a' if spec is None else f'{spec:.3f}'}, {v['val_positives']} positives)")
+    click.echo(f"wrote {model_dir / 'card.yaml'}")

@@ -217,3 +217,39 @@ def test_fracture_model_starts_from_a_hardware_models_backbone(fracture_model,
     assert after["fc.weight"].shape[0] == 3
     # A layer that head-only epochs do not train is exactly the hardware model's.
     assert (after["conv1.0.weight"] == before["conv1.0.weight"]).all()
+
+
+def test_retriage_chooses_thresholds_again_on_the_validation_hips(fracture_model,
+                                                                   tmp_path: Path) -> None:
+    """`models retriage`: every validation hip of a triage class is flagged at target
+    sensitivity 1.0 (the threshold is at most the lowest such probability); the card is
+    rewritten, the weights are not; an impossible target is refused."""
+    import shutil
+
+    from hiprouter.inference.models import verify_weights
+
+    root, out = fracture_model
+    model = tmp_path / "model"
+    shutil.copytree(out, model)
+    split = tmp_path / "split.csv"  # every toy hip as a validation hip, labels as class keys
+    with (root / "data" / "labels.csv").open(newline="") as src, split.open("w", newline="") as dst:
+        w = csv.writer(dst)
+        w.writerow(["split", "path", "study_uid", "patient_id", "laterality", "label"])
+        for r in csv.DictReader(src):
+            label = "no_fracture" if r["hardware"] == "none" else r["hardware"]
+            w.writerow(["val", str(root / "data" / r["path"]), r["study_uid"], r["patient_id"],
+                        r["laterality"], label])
+    result = CliRunner().invoke(main, ["models", "retriage", str(model), "--split", str(split),
+                                       "--sensitivity", "1.0"])
+    assert result.exit_code == 0, result.output
+    card = read_card(model)
+    assert set(card.triage_thresholds) == set(FRACTURE_KEYS[1:])
+    chosen = card.evaluation["triage_validation"]
+    assert chosen["target_sensitivity"] == 1.0 and "retriage" in chosen["chosen_by"]
+    for key in FRACTURE_KEYS[1:]:
+        assert chosen[key]["val_sensitivity"] == 1.0 and chosen[key]["val_positives"] > 0
+        assert 0 <= card.triage_thresholds[key] <= 1
+    assert verify_weights(model, card)
+    bad = CliRunner().invoke(main, ["models", "retriage", str(model), "--split", str(split),
+                                    "--sensitivity", "1.5"])
+    assert bad.exit_code != 0 and "sensitivity must be in (0, 1]" in bad.output
