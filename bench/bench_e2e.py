@@ -10,8 +10,8 @@ C-STORE acknowledgement of a study to its SR stored at the PACS (p50, p95; this 
     .venv/bin/python bench/bench_e2e.py --studies 10 --models demo b4
     .venv/bin/python bench/bench_e2e.py --studies 10 --models demo --pipelines all
 
-`--pipelines all` runs every pipeline kind that ships demo weights (hardware, fracture,
-prosthesis_failure, fixation_device, onfh) in one job per study; the studies then carry a
+`--pipelines all` runs every pipeline kind that ships demo weights (hardware, screening,
+fracture, prosthesis_failure, fixation_device, onfh) in one job per study; the studies then carry a
 THA on one hip and internal fixation on the other in turn, so the cascades run.
 """
 
@@ -41,7 +41,8 @@ from hiprouter.synth.study import make_study  # noqa: E402
 
 COMPLETE_AFTER_S = 1.0
 WARMUP_TIMEOUT_S = float(os.environ.get("BENCH_WARMUP_TIMEOUT_S", "600"))
-ALL_PIPELINES = ["hardware", "fracture", "prosthesis_failure", "fixation_device", "onfh"]
+ALL_PIPELINES = ["hardware", "screening", "fracture", "prosthesis_failure",
+                 "fixation_device", "onfh"]
 HARDWARE_CYCLE = [{"R": "tha", "L": "no_hardware"}, {"R": "no_hardware", "L": "dynamic_hip_screw"},
                   {"R": "no_hardware", "L": "no_hardware"}, {"R": "cannulated_screws", "L": "tha"}]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-ALL = ["hardware", "fracture", "prosthesis_failure", "fixation_device", "onfh"]
+ALL = ["hardware", "screening", "fracture", "prosthesis_failure", "fixation_device", "onfh"]
 HARDWARE_CYCLE = [{"R": "tha", "L": "no_hardware"}, {"R": "no_hardware", "L": "dynamic_hip_screw"},
                   {"R": "no_hardware", "L": "no_hardware"}, {"R": "cannulated_screws", "L": "tha"}]
 

@@ -65,7 +65,7 @@ def test_default_rule_routes_hip_and_pelvis_radiographs(
     hits = first_matching(default_settings.rules, Header(ds), default_settings.rule_mode)
     assert bool(hits) is expected
     if expected:
-        assert hits[0][0].pipelines == ["hardware", "fracture"]
+        assert hits[0][0].pipelines == ["hardware", "screening"]
         assert hits[0][0].send_to == ["pacs"]
 
 
