@@ -74,7 +74,7 @@ class LocalPACS:
             self._server.shutdown()
 
 
-DEFAULT_PIPELINES = {"hardware": {"kind": "hardware"}, "fracture": {"kind": "fracture"}}
+DEFAULT_PIPELINES = {"hardware": {"kind": "hardware"}, "screening": {"kind": "screening"}}
 """What the demo runs when the configuration has no pipelines (embedded defaults)."""
 
 
@@ -82,7 +82,7 @@ def demo_settings(base: Settings, workdir: Path, pacs: LocalPACS, port: int) -> 
     """The user's settings (rules, pipelines) with a private database, spool and PACS.
 
     Without rules (embedded defaults, no config.yaml) the demo routes every CR/DX series to
-    the configured pipelines, or to the bundled hardware and fracture demos.
+    the configured pipelines, or to the bundled hardware and screening demos.
     """
     s = base.model_copy(deep=True)
     if not s.rules:
