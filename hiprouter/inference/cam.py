@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hiprouter.inference.ood import GEM_EPS, pooled
 from hiprouter.inference.preprocess import Letterbox
 
 
@@ -43,17 +44,13 @@ def linear_head(module: Any) -> tuple[np.ndarray, np.ndarray] | None:
         module.train(was_training)
     except Exception:
         return None
-    f = feats.float().cpu()
-    pooled = f.mean(dim=(2, 3)) if p is None else f.clamp(min=GEM_EPS).pow(p).mean(
-        dim=(2, 3)).pow(1.0 / p)
-    expected = pooled @ weight.T + bias
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-3, rtol=1e-3):
+    features = feats.float().cpu().numpy()
+    pooled_features = (pooled(features) if p is None else pooled(features, "gem", p))
+    expected = pooled_features @ weight.numpy().T.astype(np.float64) + bias.numpy()
+    if got.shape != expected.shape or not np.allclose(got.numpy(), expected, atol=1e-3,
+                                                      rtol=1e-3):
         return None
     return weight.numpy(), bias.numpy()
-
-
-GEM_EPS = 1e-6
-"""The clamp of generalized-mean pooling (layers.GeMPool)."""
 
 
 def gem_exponent(module: Any) -> float | None:
@@ -108,9 +105,8 @@ def gem_grad_cam(features: np.ndarray, weight: np.ndarray, p: float,
     """
     f = np.asarray(features, dtype=np.float64)
     n = f.shape[1] * f.shape[2]
-    clamped = np.maximum(f, GEM_EPS)
-    g = np.power(np.power(clamped, p).mean(axis=(1, 2)), 1.0 / p)
-    grad = np.where(f >= GEM_EPS, np.power(clamped, p - 1.0), 0.0)
+    g = pooled(f[None], "gem", p)[0]
+    grad = np.where(f >= GEM_EPS, np.power(np.maximum(f, GEM_EPS), p - 1.0), 0.0)
     alpha = (np.asarray(weight[class_index], dtype=np.float64) * np.power(g, 1.0 - p)
              * grad.mean(axis=(1, 2)) / n)
     return normalise_map(np.tensordot(alpha, f, axes=([0], [0])))

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hiprouter.inference.ood import GEM_EPS
+
 POOLS = ("avg", "gem")
 ATTENTIONS = ("none", "cbam", "se", "eca")
 
@@ -24,7 +26,7 @@ ATTENTIONS = ("none", "cbam", "se", "eca")
 class GeMPool(nn.Module):
     """Global generalized-mean pooling to (B, C), the flattening pool of a timm head."""
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+    def __init__(self, p: float = 3.0, eps: float = GEM_EPS) -> None:
         super().__init__()
         self.p = nn.Parameter(torch.full((1,), float(p)))
         self.eps = eps
@@ -53,11 +55,3 @@ def set_global_pool(module: Any, pool: str) -> Any:
         raise ValueError(f"{type(module).__name__} has no global_pool to replace with GeM")
     module.global_pool = GeMPool()
     return module
-
-
-def gem_pool_numpy(features: Any, p: float, eps: float = 1e-6) -> Any:
-    """GeM of a (C, h, w) or (B, C, h, w) feature map in numpy (for pooled OOD features)."""
-    import numpy as np
-
-    f = np.maximum(np.asarray(features, dtype=np.float64), eps)
-    return np.power(np.power(f, p).mean(axis=(-2, -1)), 1.0 / p)

@@ -28,11 +28,15 @@ def energy(logits: np.ndarray) -> np.ndarray:
     return -(m + np.log(np.exp(logits - m[..., None]).sum(axis=-1)))
 
 
+GEM_EPS = 1e-6
+"""The clamp of generalized-mean pooling (layers.GeMPool uses the same)."""
+
+
 def pooled(features: np.ndarray, pool: str = "avg", p: float = 3.0) -> np.ndarray:
     """Global pooling of feature maps (B, C, h, w) -> (B, C), as the model's head pools."""
     f = np.asarray(features, dtype=np.float64)
     if pool == "gem":
-        f = np.maximum(f, 1e-6)
+        f = np.maximum(f, GEM_EPS)
         return np.power(np.power(f, p).mean(axis=(-2, -1)), 1.0 / p)
     return f.mean(axis=(-2, -1))
 
