@@ -63,11 +63,17 @@ def gem_exponent(module: Any) -> float | None:
     return float(param.detach().clamp(min=1.0).item())
 
 
-def normalise_map(raw: np.ndarray) -> np.ndarray:
-    """ReLU, then scale to [0, 1] (all zeros when nothing is positive)."""
-    pos = np.maximum(raw.astype(np.float32), 0.0)
+def normalise_map(raw: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """ReLU, then scale to [0, 1] (all zeros when nothing is positive). With `inplace`, a
+    float32 `raw` is overwritten instead of copied (full-size maps of the caller's own)."""
+    if inplace and raw.dtype == np.float32:
+        pos = np.maximum(raw, 0.0, out=raw)
+    else:
+        pos = np.maximum(raw.astype(np.float32), 0.0)
     peak = float(pos.max()) if pos.size else 0.0
-    return pos / peak if peak > 0 else pos
+    if peak > 0:
+        np.divide(pos, np.float32(peak), out=pos)
+    return pos
 
 
 def cam(features: np.ndarray, weight: np.ndarray, class_index: int) -> np.ndarray:

@@ -230,7 +230,7 @@ class CropClassifier:
                         model_map = self._grad_cam(member, boxes[i][0], int(predicted[i]))
                     crop_map = boxes[i][1].to_source(model_map)
                     acc = crop_map if acc is None else acc + crop_map
-                maps[i] = cammod.normalise_map(acc) if acc is not None else None
+                maps[i] = cammod.normalise_map(acc, inplace=True) if acc is not None else None
         return [CropPrediction(probs[i].astype(np.float32), maps[i], float(scores[i]),
                                bool(ood[i])) for i in range(n)]
 

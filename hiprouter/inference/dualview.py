@@ -503,7 +503,7 @@ class DualViewEnsemble:
                     crop_map = map_to_crop(model.view_cam(feats[j], predicted, view), lb,
                                            window, all_crops[j].shape)
                     acc = crop_map if acc is None else acc + crop_map
-                normalised = cammod.normalise_map(acc) if acc is not None else None
+                normalised = cammod.normalise_map(acc, inplace=True) if acc is not None else None
                 if j < n_ap:
                     ap_maps[j] = normalised
                 else:

@@ -170,6 +170,25 @@ def test_letterbox_round_trip(shape: tuple[int, int]) -> None:
     assert normalise(boxed).dtype == np.float32
 
 
+@pytest.mark.parametrize(("shape", "size", "side"), [
+    ((2140, 1760), 160, 5), ((900, 1400), 380, 12), ((37, 50), 48, 2), ((160, 160), 160, 5),
+    ((500, 80), 224, 7), ((81, 300), 64, 64)])
+def test_map_back_to_the_crop_equals_the_two_resizes(shape: tuple[int, int], size: int,
+                                                     side: int) -> None:
+    """`Letterbox.to_source` (one product of separable weight matrices) gives what resizing
+    the map to the model input, cutting out the crop and resizing that to the crop gives."""
+    from hiprouter.inference.preprocess import _resize
+
+    rng = np.random.default_rng(side)
+    _, lb = letterbox(rng.random(shape, dtype=np.float32), size)
+    model_map = rng.random((side, side), dtype=np.float32) - 0.2
+    full = _resize(model_map, (size, size))
+    reference = _resize(full[lb.top : lb.top + lb.height, lb.left : lb.left + lb.width], shape)
+    mapped = lb.to_source(model_map)
+    assert mapped.shape == shape and mapped.dtype == np.float32
+    np.testing.assert_allclose(mapped, reference, atol=2e-6)
+
+
 def test_modalities_opt_in(tiny_model_dir) -> None:
     ot = make_radiograph(blob_image((64, 64), (32, 32), 6), modality="OT",
                          SeriesDescription="HIP RIGHT")
