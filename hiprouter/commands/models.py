@@ -82,6 +82,13 @@ def _csv_list(value: str | None) -> list[str] | None:
               help="Choose triage thresholds at this validation sensitivity (e.g. 0.95).")
 @click.option("--triage-classes", default=None,
               help="Comma-separated classes for triage thresholds (default: the kind's).")
+@click.option("--outliers", "outlier_dirs", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images the model must not assess (e.g. from `hiprouter "
+                   "synth-ood`; repeatable): their hip crops are trained towards a uniform "
+                   "output (outlier exposure).")
+@click.option("--outlier-weight", default=0.5, show_default=True, type=float,
+              help="Weight of the outlier-exposure term.")
 @click.option("--structure-check", is_flag=True,
               help="Card setting ood.structure_check: blank or noise crops are not assessed.")
 @click.option("--weights-dtype", type=click.Choice(["float32", "float16"]), default="float32",
@@ -120,7 +127,8 @@ def train_cmd(data_dirs: tuple[Path, ...], labels_csvs: tuple[Path, ...], out_di
               focal_gamma: float, cb_beta: float, label_smoothing: float, augment_preset: str,
               tta: str, no_calibrate: bool, abstain_accuracy: float, ood_method: str,
               ood_tpr: float, ood_threshold_on: str, triage_sensitivity: float | None,
-              triage_classes: str | None, structure_check: bool, weights_dtype: str,
+              triage_classes: str | None, outlier_dirs: tuple[Path, ...],
+              outlier_weight: float, structure_check: bool, weights_dtype: str,
               name: str, model_version: str, training_data: str, synthetic_demo: bool,
               device: str, threads: int | None, workers: int, decode_workers: int,
               init_from: Path | None, cache_dir: Path | None,
@@ -169,6 +177,7 @@ def train_cmd(data_dirs: tuple[Path, ...], labels_csvs: tuple[Path, ...], out_di
                       ood_tpr=ood_tpr or None, ood_threshold_on=ood_threshold_on,
                       triage_sensitivity=triage_sensitivity,
                       triage_classes=_csv_list(triage_classes),
+                      outliers=[str(d) for d in outlier_dirs], outlier_weight=outlier_weight,
                       structure_check=structure_check, weights_dtype=weights_dtype, name=name,
                       version=model_version, training_data=training_data,
                       synthetic_demo=synthetic_demo, device=device, threads=threads,

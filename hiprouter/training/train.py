@@ -18,13 +18,15 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode, read_dataset
+from hiprouter.inference.laterality import hip_crops
 from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
     ModelCard,
@@ -35,7 +37,7 @@ from hiprouter.inference.models import (
     sha256_file,
 )
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, pooled, threshold_at
-from hiprouter.inference.preprocess import check_channels, metal_channel, model_input
+from hiprouter.inference.preprocess import check_channels, letterbox, metal_channel, model_input
 from hiprouter.training.augment import Augment, preset
 from hiprouter.training.calibration import (
     choose_min_confidence,
@@ -55,6 +57,7 @@ from hiprouter.training.evaluate import (
     card_figures,
     compute_metrics,
     fuse_hips,
+    ood_folder,
     selective_figures,
     write_report,
 )
@@ -133,6 +136,12 @@ class TrainConfig:
     triage_sensitivity: float | None = None
     """Choose per-class triage thresholds at this validation sensitivity."""
     triage_classes: list[str] | None = None
+    outliers: list[str] = field(default_factory=list)
+    """Folders of images the model must not assess (e.g. `hiprouter synth-ood`): their hip
+    crops are trained towards the uniform distribution (outlier exposure, Hendrycks et al.
+    2019), so a chest film claimed as a pelvis gets a low confidence instead of a class."""
+    outlier_weight: float = 0.5
+    """Weight of the outlier-exposure term (cross-entropy of the outlier crops to uniform)."""
     """Classes to choose triage thresholds for (default: the kind's triage classes)."""
     structure_check: bool = False
     """Card setting ``ood.structure_check``: crops without any structure of a radiograph
@@ -258,9 +267,35 @@ def _write_split(path: Path, rows: Sequence[LabelledHip], split: dict[str, list[
                 w.writerow([name, r.path, r.study_uid, r.patient_id, r.laterality, r.label])
 
 
+def _forever(loader: Any) -> Iterator[Any]:
+    """The batches of `loader`, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+def outlier_crops(folders: Sequence[str | Path], size: int) -> np.ndarray:
+    """Letterboxed uint8 hip crops of the images in `folders`, each read as if its header
+    claimed an AP pelvis (the case where such an image reaches a hip model); images that
+    cannot be decoded as a radiograph (colour photos, ...) are skipped."""
+    crops: list[np.ndarray] = []
+    for folder in folders:
+        paths, _ = ood_folder(Path(folder))
+        for path in paths:
+            try:
+                ds = read_dataset(path)
+                ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
+                pixels = decode(ds, RADIOGRAPH_MODALITIES).pixels
+            except (RefusedImage, OSError, ValueError):
+                continue
+            for crop in hip_crops(ds, pixels):
+                boxed, _ = letterbox(crop.pixels, size)
+                crops.append(np.rint(boxed * 255).astype(np.uint8))
+    return np.stack(crops) if crops else np.zeros((0, size, size), dtype=np.uint8)
+
+
 def _run_stage(module: Any, loader: Any, epochs: int, max_lr: float, cfg: TrainConfig,
                device: Any, stage: str, state: dict[str, Any], on_epoch: Any,
-               loss_fn: Any) -> None:
+               loss_fn: Any, outliers: Iterator[Any] | None = None) -> None:
     import torch
     from tqdm import tqdm
 
@@ -278,7 +313,13 @@ def _run_stage(module: Any, loader: Any, epochs: int, max_lr: float, cfg: TrainC
         running = 0.0
         for n, (x, y) in enumerate(bar, start=1):
             x, y = x.to(device), y.to(device)
-            loss = loss_fn(module(x), y)
+            if outliers is None:
+                loss = loss_fn(module(x), y)
+            else:  # one forward pass over both (batch-norm statistics see the mix)
+                xo = next(outliers)[0].to(device)
+                logits = module(torch.cat([x, xo]))
+                uniform_ce = -torch.log_softmax(logits[len(x):].float(), dim=1).mean()
+                loss = loss_fn(logits[: len(x)], y) + cfg.outlier_weight * uniform_ce
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -368,6 +409,17 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
                                          persistent_workers=cfg.workers > 0)
     loss_fn = make_loss(cfg.loss, counts.tolist(), cfg.focal_gamma, cfg.cb_beta,
                         cfg.label_smoothing)
+    outliers = None
+    if cfg.outliers:
+        ood_x = outlier_crops(cfg.outliers, cfg.input_size)
+        if not len(ood_x):
+            raise ValueError(f"no hip crops in the outlier folders {cfg.outliers}")
+        log(f"outlier exposure: {len(ood_x)} crops of {', '.join(cfg.outliers)} "
+            f"(weight {cfg.outlier_weight})")
+        outliers = _forever(torch.utils.data.DataLoader(
+            _Crops(ood_x, np.full(len(ood_x), -1), augmentation(cfg), channels),
+            batch_size=max(1, cfg.batch_size // 2), shuffle=True, drop_last=len(ood_x) > 1,
+            num_workers=0, generator=torch.Generator().manual_seed(cfg.seed)))
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(exist_ok=True)
     val_x, val_y = images[split["val"]], labels[split["val"]]
@@ -395,13 +447,13 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
     for p in module.get_classifier().parameters():
         p.requires_grad = True
     _run_stage(module, loader, cfg.epochs_head, cfg.lr_head, cfg, device, "head", state,
-               on_epoch, loss_fn)
+               on_epoch, loss_fn, outliers)
     # Stage 2: everything.
     for p in module.parameters():
         p.requires_grad = True
     if cfg.max_steps is None or state["steps"] < cfg.max_steps:
         _run_stage(module, loader, cfg.epochs, cfg.lr, cfg, device, "full", state, on_epoch,
-                   loss_fn)
+                   loss_fn, outliers)
     if (ckpt_dir / "best.pt").is_file():
         module.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=device))
     train_seconds = round(time.time() - started, 1)

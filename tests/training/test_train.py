@@ -108,3 +108,43 @@ def test_fine_tuning_starts_from_an_existing_model(trained, tmp_path) -> None:
     assert "starting from the weights of" in result.output
     wrong = CliRunner().invoke(main, [*args[:5], "efficientnet_b0", *args[6:]])
     assert wrong.exit_code != 0 and "differ" in wrong.output
+
+
+def test_outlier_exposure_flattens_the_output_on_images_that_are_not_hips(trained,
+                                                                           tmp_path) -> None:
+    """`--outliers`: crops of non-hip images (chest, knee, noise, ...) are trained towards a
+    uniform output. Same start, data, seed and steps; only the term's weight differs."""
+    import numpy as np
+
+    from hiprouter.inference.models import load_model
+    from hiprouter.synth.ood import generate_ood_dataset
+    from hiprouter.training.calibration import softmax
+    from hiprouter.training.train import forward_arrays, outlier_crops
+
+    root, out, _ = trained
+    ood = generate_ood_dataset(tmp_path / "ood", 2, seed=77).parent
+    crops = outlier_crops([ood], 48)
+    assert len(crops) >= 8  # several kinds give hip crops (photos of screens are refused)
+
+    def distance_from_uniform(weight: str) -> tuple[float, float]:
+        """(mean KL(uniform || p), mean top probability) over the outlier crops."""
+        model_dir = tmp_path / f"oe{weight}"
+        result = CliRunner().invoke(main, [
+            "train", str(root / "data"), "--out", str(model_dir), "--arch", "resnet10t",
+            "--input-size", "48", "--epochs-head", "0", "--epochs", "3", "--max-steps", "24",
+            "--batch-size", "8", "--lr", "3e-3", "--init-from", str(out), "--workers", "0",
+            "--outliers", str(ood), "--outlier-weight", weight, "--cache", str(tmp_path / "c")])
+        assert result.exit_code == 0, result.output
+        assert "outlier exposure:" in result.output
+        model = load_model(model_dir, "cpu")
+        assert model.card.training["outliers"] == [str(ood)]
+        logits, _ = forward_arrays(model.module, crops, "cpu")
+        p = softmax(logits)
+        kl = -np.log(p).mean(axis=1) - np.log(p.shape[1])
+        return float(kl.mean()), float(p.max(axis=1).mean())
+
+    (plain_kl, plain_top), (exposed_kl, exposed_top) = (distance_from_uniform("0"),
+                                                        distance_from_uniform("3"))
+    print(plain_kl, plain_top, exposed_kl, exposed_top)
+    assert exposed_kl < 0.5 * plain_kl, (plain_kl, exposed_kl)
+    assert exposed_top < plain_top, (plain_top, exposed_top)
