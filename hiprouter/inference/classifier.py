@@ -26,6 +26,7 @@ from hiprouter.inference.models import (
     select_device,
 )
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, no_anatomy, pooled
+from hiprouter.inference.parallel import map_each
 from hiprouter.inference.preprocess import check_channels, letterbox, model_input
 from hiprouter.inference.runtime import Runner, cpu_without_torch, make_runner
 from hiprouter.logs import get_logger
@@ -191,7 +192,7 @@ class CropClassifier:
         per_member = []
         for member in self.members:
             size = member.model.card.input_size
-            boxes = [letterbox(c, size) for c in crops]
+            boxes = map_each(lambda c, size=size: letterbox(c, size), crops)
             logits_all, feats_all, scores_all = [], [], []
             for start in range(0, n, self.batch_size):
                 chunk = boxes[start : start + self.batch_size]
@@ -214,11 +215,13 @@ class CropClassifier:
         # whatever the models say: a crop without any structure of a radiograph is not read
         # (when a card asks for it: `ood.structure_check`)
         if any(m.structure_check for m in self.members):
-            ood |= np.array([no_anatomy(box[0]) for box in per_member[0][1]], dtype=bool)
+            ood |= np.array(map_each(lambda box: no_anatomy(box[0]), per_member[0][1]),
+                            dtype=bool)
         maps: list[np.ndarray | None] = [None] * n
         if heatmaps:
             predicted = probs.argmax(axis=1)
-            for i in range(n):
+
+            def heat(i: int) -> np.ndarray | None:
                 acc = None
                 for member, boxes, feats in per_member:
                     if member.head is not None and member.gem_p is not None:
@@ -230,7 +233,12 @@ class CropClassifier:
                         model_map = self._grad_cam(member, boxes[i][0], int(predicted[i]))
                     crop_map = boxes[i][1].to_source(model_map)
                     acc = crop_map if acc is None else acc + crop_map
-                maps[i] = cammod.normalise_map(acc, inplace=True) if acc is not None else None
+                return cammod.normalise_map(acc, inplace=True) if acc is not None else None
+
+            # autograd Grad-CAM (a torch module) stays on this thread
+            autograd = any(m.head is None for m, _, _ in per_member)
+            maps = ([heat(i) for i in range(n)] if autograd
+                    else map_each(heat, list(range(n))))
         return [CropPrediction(probs[i].astype(np.float32), maps[i], float(scores[i]),
                                bool(ood[i])) for i in range(n)]
 

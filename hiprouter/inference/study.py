@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 
 from hiprouter.inference.decode import DecodedImage, RefusedImage, decode
 from hiprouter.inference.laterality import HipCrop, View, classify_view, hip_crops, not_hip_reason
+from hiprouter.inference.parallel import map_each
 
 
 @dataclass
@@ -51,19 +52,24 @@ class StudyInput:
         """Decode every dataset once; refuse (with the reason) what no pipeline can use."""
         study = cls(study_uid, list(datasets))
         allowed = tuple(sorted({m.upper() for m in modalities}))
-        for n, ds in enumerate(datasets):
-            uid = str(ds.get("SOPInstanceUID", "")) or f"unidentified-{n}"
+
+        def prepare(ds: Dataset) -> StudyImage | str:
             reason = not_hip_reason(ds)
             if reason:
-                study.refused[uid] = reason
-                continue
+                return reason
             try:
                 image = decode(ds, allowed)
             except RefusedImage as exc:
-                study.refused[uid] = exc.reason
-                continue
-            study.images[uid] = StudyImage(ds, image, classify_view(ds),
-                                           hip_crops(ds, image.pixels))
+                return exc.reason
+            return StudyImage(ds, image, classify_view(ds), hip_crops(ds, image.pixels))
+
+        for n, (ds, prepared) in enumerate(zip(datasets, map_each(prepare, datasets),
+                                               strict=True)):
+            uid = str(ds.get("SOPInstanceUID", "")) or f"unidentified-{n}"
+            if isinstance(prepared, str):
+                study.refused[uid] = prepared
+            else:
+                study.images[uid] = prepared
         return study
 
     def crops(self, views: Iterable[str] | None = None,
