@@ -159,7 +159,13 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
         raise
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:  # report it, keep the figures of this run
+            print("hiprouter serve did not stop within 30 s of SIGTERM; killed",
+                  file=sys.stderr)
+            proc.kill()
+            proc.wait()
         pacs.stop()
     return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
             "studies_per_min": len(studies) / total * 60.0,
