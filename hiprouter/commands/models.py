@@ -1,4 +1,4 @@
-"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list|kinds|retriage`."""
+"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list|kinds|retriage|reabstain`."""
 
 from __future__ import annotations
 
@@ -411,4 +411,29 @@ def models_retriage(model_dir: Path, split_csv: Path, sensitivity: float, classe
         click.echo(f"{key}: threshold {v['threshold']} (validation sensitivity "
                    f"{v['val_sensitivity']:.3f}, specificity "
                    f"{'n/a' if spec is None else f'{spec:.3f}'}, {v['val_positives']} positives)")
+    click.echo(f"wrote {model_dir / 'card.yaml'}")
+
+
+@models_group.command("reabstain")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The training run's split.csv (its validation hips).")
+@click.option("--accuracy", type=float, required=True,
+              help="Target accuracy of the validation hips answered definitively, e.g. 0.97.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Crop cache of the training run.")
+def models_reabstain(model_dir: Path, split_csv: Path, accuracy: float,
+                     cache_dir: Path | None) -> None:
+    """Choose MODEL_DIR's abstention threshold (min_confidence) again at another target
+    accuracy on the same validation hips as in training (the card is rewritten, the weights
+    are not touched)."""
+    from hiprouter.training.retriage import reabstain
+
+    try:
+        choice = reabstain(model_dir, split_csv, accuracy, cache_dir)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"min_confidence {choice['min_confidence']} (validation coverage "
+               f"{choice.get('val_coverage', 0):.3f}, accuracy of the hips answered "
+               f"{choice.get('val_accuracy_assessed') or 0:.3f})")
     click.echo(f"wrote {model_dir / 'card.yaml'}")

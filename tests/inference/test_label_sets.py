@@ -219,19 +219,15 @@ def test_fracture_model_starts_from_a_hardware_models_backbone(fracture_model,
     assert (after["conv1.0.weight"] == before["conv1.0.weight"]).all()
 
 
-def test_retriage_chooses_thresholds_again_on_the_validation_hips(fracture_model,
-                                                                   tmp_path: Path) -> None:
-    """`models retriage`: every validation hip of a triage class is flagged at target
-    sensitivity 1.0 (the threshold is at most the lowest such probability); the card is
-    rewritten, the weights are not; an impossible target is refused."""
+def _copy_with_validation_split(fracture_model, tmp_path: Path) -> tuple[Path, Path]:  # noqa: ANN001
+    """A copy of the toy fracture model and a split.csv with every toy hip as a validation
+    hip (labels as class keys)."""
     import shutil
-
-    from hiprouter.inference.models import verify_weights
 
     root, out = fracture_model
     model = tmp_path / "model"
     shutil.copytree(out, model)
-    split = tmp_path / "split.csv"  # every toy hip as a validation hip, labels as class keys
+    split = tmp_path / "split.csv"
     with (root / "data" / "labels.csv").open(newline="") as src, split.open("w", newline="") as dst:
         w = csv.writer(dst)
         w.writerow(["split", "path", "study_uid", "patient_id", "laterality", "label"])
@@ -239,6 +235,17 @@ def test_retriage_chooses_thresholds_again_on_the_validation_hips(fracture_model
             label = "no_fracture" if r["hardware"] == "none" else r["hardware"]
             w.writerow(["val", str(root / "data" / r["path"]), r["study_uid"], r["patient_id"],
                         r["laterality"], label])
+    return model, split
+
+
+def test_retriage_chooses_thresholds_again_on_the_validation_hips(fracture_model,
+                                                                   tmp_path: Path) -> None:
+    """`models retriage`: every validation hip of a triage class is flagged at target
+    sensitivity 1.0 (the threshold is at most the lowest such probability); the card is
+    rewritten, the weights are not; an impossible target is refused."""
+    from hiprouter.inference.models import verify_weights
+
+    model, split = _copy_with_validation_split(fracture_model, tmp_path)
     result = CliRunner().invoke(main, ["models", "retriage", str(model), "--split", str(split),
                                        "--sensitivity", "1.0"])
     assert result.exit_code == 0, result.output
@@ -253,3 +260,34 @@ def test_retriage_chooses_thresholds_again_on_the_validation_hips(fracture_model
     bad = CliRunner().invoke(main, ["models", "retriage", str(model), "--split", str(split),
                                     "--sensitivity", "1.5"])
     assert bad.exit_code != 0 and "sensitivity must be in (0, 1]" in bad.output
+
+
+def test_reabstain_chooses_min_confidence_again_on_the_validation_hips(fracture_model,
+                                                                     tmp_path: Path) -> None:
+    """`models reabstain`: at target accuracy 1.0 every validation hip at or above the new
+    min_confidence is right (recomputed here from the model's own predictions); the previous
+    choice is kept, the weights are untouched, an impossible target is refused."""
+    import numpy as np
+
+    from hiprouter.inference.models import verify_weights
+    from hiprouter.training.retriage import _validation_hips
+
+    model, split = _copy_with_validation_split(fracture_model, tmp_path)
+    before = read_card(model).abstention
+    result = CliRunner().invoke(main, ["models", "reabstain", str(model), "--split", str(split),
+                                       "--accuracy", "1.0"])
+    assert result.exit_code == 0, result.output
+    card = read_card(model)
+    chosen = card.abstention
+    assert chosen["target_accuracy"] == 1.0 and chosen["chosen_by"] == "hiprouter models reabstain"
+    assert chosen["previous"]["min_confidence"] == before["min_confidence"]
+    _, _, y_hip, p_hip = _validation_hips(model, split, None, "cpu")
+    # (the card's threshold is the chosen confidence rounded up to 4 decimals)
+    answered = p_hip.max(axis=1) >= chosen["min_confidence"] - 1e-4
+    if chosen["reached"]:
+        assert (p_hip.argmax(axis=1)[answered] == np.asarray(y_hip)[answered]).all()
+    assert chosen["val_coverage"] == pytest.approx(answered.mean())
+    assert verify_weights(model, card)
+    bad = CliRunner().invoke(main, ["models", "reabstain", str(model), "--split", str(split),
+                                    "--accuracy", "1.5"])
+    assert bad.exit_code != 0 and "accuracy must be in (0, 1]" in bad.output
