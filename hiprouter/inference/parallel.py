@@ -33,10 +33,18 @@ def _executor(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+MIN_THREADS = 4
+"""Fewer inference threads than this: the work stays on the calling thread. On the 2-core
+development VM the pool made decoding a study slower (108-132 against 152-155 images/s,
+bench/bench_gpu.py --device cpu): the inference sessions already use both cores and the
+GIL-holding parts of decoding then wait for each other."""
+
+
 def map_each(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """`[fn(x) for x in items]`, on the image pool when there are several items and cores;
-    results in order, the first exception raised as in the loop."""
-    size = min(cpu_threads(), len(items))
-    if size < 2:
+    """`[fn(x) for x in items]`, on the image pool when there are several items and at least
+    MIN_THREADS inference threads; results in order, the first exception raised as in the
+    loop."""
+    threads = cpu_threads()
+    if threads < MIN_THREADS or len(items) < 2:
         return [fn(x) for x in items]
-    return list(_executor(cpu_threads()).map(fn, items))
+    return list(_executor(threads).map(fn, items))

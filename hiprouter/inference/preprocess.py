@@ -57,7 +57,20 @@ class Letterbox:
                 @ _resize_weights(h, self.size)[self.top : self.top + self.height])
         cols = (_resize_weights(self.width, self.src_width)
                 @ _resize_weights(w, self.size)[self.left : self.left + self.width])
-        return (rows @ model_map.astype(np.float32) @ cols.T).astype(np.float32, copy=False)
+        left = rows @ model_map.astype(np.float32)  # (src_height, w): small
+        out = np.empty((self.src_height, self.src_width), dtype=np.float32)
+        # The full-size product in row blocks small enough for OpenBLAS to run each on the
+        # calling thread: one large product wakes its worker threads, which then spin for a
+        # while and take the cores from the ONNX Runtime sessions that run next.
+        step = max(1, _SINGLE_THREAD_PRODUCT // max(1, self.src_width * w))
+        for start in range(0, self.src_height, step):
+            np.matmul(left[start : start + step], cols.T, out=out[start : start + step])
+        return out
+
+
+_SINGLE_THREAD_PRODUCT = 200_000
+"""m * n * k of a matrix product OpenBLAS computes on the calling thread (its threshold for
+using its threads is 4 * 65536)."""
 
 
 @lru_cache(maxsize=512)
