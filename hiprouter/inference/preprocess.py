@@ -50,27 +50,39 @@ class Letterbox:
         resizing that to the crop (PIL bilinear, both steps), done as one product of
         separable weight matrices: `rows @ map @ cols.T`. The maps are tiny (the network's
         last feature map, e.g. 5 x 5) and the crops large, so this costs a fraction of two
-        full-size resizes (tests/inference/test_preprocess.py compares the two).
+        full-size resizes (tests/inference/test_cam_runtime.py compares the two).
         """
         h, w = model_map.shape
-        rows = (_resize_weights(self.height, self.src_height)
-                @ _resize_weights(h, self.size)[self.top : self.top + self.height])
-        cols = (_resize_weights(self.width, self.src_width)
-                @ _resize_weights(w, self.size)[self.left : self.left + self.width])
-        left = rows @ model_map.astype(np.float32)  # (src_height, w): small
-        out = np.empty((self.src_height, self.src_width), dtype=np.float32)
-        # The full-size product in row blocks small enough for OpenBLAS to run each on the
-        # calling thread: one large product wakes its worker threads, which then spin for a
-        # while and take the cores from the ONNX Runtime sessions that run next.
-        step = max(1, _SINGLE_THREAD_PRODUCT // max(1, self.src_width * w))
-        for start in range(0, self.src_height, step):
-            np.matmul(left[start : start + step], cols.T, out=out[start : start + step])
-        return out
+        rows = _axis_weights(h, self.size, self.top, self.height, self.src_height)
+        cols = _axis_weights(w, self.size, self.left, self.width, self.src_width)
+        return _matmul_here(rows @ model_map.astype(np.float32), cols.T)
 
 
 _SINGLE_THREAD_PRODUCT = 200_000
 """m * n * k of a matrix product OpenBLAS computes on the calling thread (its threshold for
 using its threads is 4 * 65536)."""
+
+
+def _matmul_here(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`a @ b` (float32) in row blocks small enough for OpenBLAS to compute each on the
+    calling thread: one large product wakes its worker threads, which then spin for a while
+    and take the cores from the ONNX Runtime sessions that run next."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
+    step = max(1, _SINGLE_THREAD_PRODUCT // max(1, b.shape[0] * b.shape[1]))
+    for start in range(0, a.shape[0], step):
+        np.matmul(a[start : start + step], b, out=out[start : start + step])
+    return out
+
+
+@lru_cache(maxsize=256)
+def _axis_weights(n_model: int, size: int, offset: int, length: int, n_src: int) -> np.ndarray:
+    """(n_src, n_model) weights along one axis of `Letterbox.to_source`: the model map's
+    n_model samples resized to the input's `size`, the crop's `length` samples from `offset`
+    kept, and those resized to the crop's n_src."""
+    inner = np.ascontiguousarray(_resize_weights(n_model, size)[offset : offset + length])
+    weights = _matmul_here(_resize_weights(length, n_src), inner)
+    weights.setflags(write=False)
+    return weights
 
 
 @lru_cache(maxsize=512)
