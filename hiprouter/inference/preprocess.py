@@ -78,24 +78,23 @@ def _matmul_here(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _axis_weights(n_model: int, size: int, offset: int, length: int, n_src: int) -> np.ndarray:
     """(n_src, n_model) weights along one axis of `Letterbox.to_source`: the model map's
     n_model samples resized to the input's `size`, the crop's `length` samples from `offset`
-    kept, and those resized to the crop's n_src."""
+    kept, and those resized to the crop's n_src. Cached per crop geometry (n_model is the
+    feature map's side, so an entry is at most tens of kilobytes)."""
     inner = np.ascontiguousarray(_resize_weights(n_model, size)[offset : offset + length])
     weights = _matmul_here(_resize_weights(length, n_src), inner)
     weights.setflags(write=False)
     return weights
 
 
-@lru_cache(maxsize=512)
 def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of `_resize` along one axis: `_resize` of an (n_in, w) array to
     (n_out, w) equals `weights @ array` (PIL resamples each axis separately). Read off by
-    resizing an identity matrix along that axis."""
+    resizing an identity matrix along that axis. Not cached: n_in x n_out can be megabytes;
+    `_axis_weights` caches the small composite."""
     if n_in == n_out:
         return np.eye(n_in, dtype=np.float32)
     eye = Image.fromarray(np.eye(n_in, dtype=np.float32), mode="F")
-    weights = np.asarray(eye.resize((n_in, n_out), Image.Resampling.BILINEAR), dtype=np.float32)
-    weights.setflags(write=False)
-    return weights
+    return np.asarray(eye.resize((n_in, n_out), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
