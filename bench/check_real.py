@@ -68,9 +68,9 @@ def claim_pelvis(ds: object) -> object:
     """The same image with headers claiming an AP pelvis of unknown age."""
     import copy
 
-    ds = copy.deepcopy(ds)
-    ds.BodyPartExamined = "PELVIS"
-    ds.SeriesDescription = "AP PELVIS"
+    from hiprouter.synth.ood import claim_ap_pelvis
+
+    ds = claim_ap_pelvis(copy.deepcopy(ds))
     ds.Modality = "CR" if ds.get("Modality") not in ("CR", "DX") else ds.Modality
     for key in ("PatientAge", "PatientBirthDate", "ImageLaterality", "Laterality",
                 "PatientOrientation", "ViewPosition", "StudyDescription", "ProtocolName"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -386,16 +387,25 @@ def models_kinds(as_json: bool) -> None:
     console().print(table)
 
 
+def _on_validation_hips(command: Any) -> Any:
+    """MODEL_DIR, --split and --cache: what the commands that choose an operating point
+    again on a training run's validation hips (retriage, reabstain) take."""
+    command = click.option("--cache", "cache_dir", default=None,
+                           type=click.Path(file_okay=False, path_type=Path),
+                           help="Crop cache of the training run.")(command)
+    command = click.option("--split", "split_csv", required=True,
+                           type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                           help="The training run's split.csv (its validation hips).")(command)
+    return click.argument("model_dir", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path))(command)
+
+
 @models_group.command("retriage")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="The training run's split.csv (its validation hips).")
+@_on_validation_hips
 @click.option("--sensitivity", type=float, required=True,
               help="Target validation sensitivity of each triage class, e.g. 0.8.")
 @click.option("--classes", default=None,
               help="Comma-separated triage classes (default: the card's, else the kind's).")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Crop cache of the training run.")
 def models_retriage(model_dir: Path, split_csv: Path, sensitivity: float, classes: str | None,
                     cache_dir: Path | None) -> None:
     """Choose MODEL_DIR's triage thresholds again at another validation sensitivity (same
@@ -415,13 +425,9 @@ def models_retriage(model_dir: Path, split_csv: Path, sensitivity: float, classe
 
 
 @models_group.command("reabstain")
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", "split_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="The training run's split.csv (its validation hips).")
+@_on_validation_hips
 @click.option("--accuracy", type=float, required=True,
               help="Target accuracy of the validation hips answered definitively, e.g. 0.97.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Crop cache of the training run.")
 def models_reabstain(model_dir: Path, split_csv: Path, accuracy: float,
                      cache_dir: Path | None) -> None:
     """Choose MODEL_DIR's abstention threshold (min_confidence) again at another target

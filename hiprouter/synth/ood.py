@@ -182,6 +182,13 @@ def _secondary_capture(seed: int, rng: np.random.Generator) -> Dataset:
     return ds
 
 
+def claim_ap_pelvis(ds: Dataset) -> Dataset:
+    """`ds` with headers claiming an AP pelvis (Body Part Examined, Series Description), in
+    place: an image sent by mistake, which only the pixels can then refuse."""
+    ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
+    return ds
+
+
 def make_ood_image(kind: str, seed: int) -> Dataset:
     """One out-of-distribution image of `kind` (see OOD_KINDS); deterministic in seed."""
     if kind not in OOD_KINDS:

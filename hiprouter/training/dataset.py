@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
 from hiprouter.inference.laterality import hip_crops
@@ -155,6 +156,17 @@ def _cache_file(cache_dir: Path, image: Path, size: int) -> Path:
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}-{size}.npz"
 
 
+def letterboxed_crops(ds: Dataset, pixels: np.ndarray, size: int
+                      ) -> list[tuple[str, np.ndarray]]:
+    """(laterality, letterboxed uint8 crop) of every hip crop of a decoded image, in the
+    cropper's order: the form crops are cached and trained on."""
+    out = []
+    for crop in hip_crops(ds, pixels):
+        boxed, _ = letterbox(crop.pixels, size)
+        out.append((crop.laterality, np.rint(boxed * 255).astype(np.uint8)))
+    return out
+
+
 def image_crops(image: Path, size: int, cache_dir: Path | None,
                 modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> dict[str, np.ndarray]:
     """Letterboxed uint8 crops of one image keyed by laterality (R, L, U); cached."""
@@ -164,9 +176,8 @@ def image_crops(image: Path, size: int, cache_dir: Path | None,
             return {k: npz[k] for k in npz.files}
     ds, decoded = decode_file(image, modalities)
     crops: dict[str, np.ndarray] = {}
-    for crop in hip_crops(ds, decoded.pixels):
-        boxed, _ = letterbox(crop.pixels, size)
-        crops.setdefault(crop.laterality, np.rint(boxed * 255).astype(np.uint8))
+    for laterality, crop in letterboxed_crops(ds, decoded.pixels, size):
+        crops.setdefault(laterality, crop)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode, read_dataset
-from hiprouter.inference.laterality import hip_crops
 from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
     ModelCard,
@@ -37,7 +36,8 @@ from hiprouter.inference.models import (
     sha256_file,
 )
 from hiprouter.inference.ood import STATS_FILE, Mahalanobis, energy, pooled, threshold_at
-from hiprouter.inference.preprocess import check_channels, letterbox, metal_channel, model_input
+from hiprouter.inference.preprocess import check_channels, metal_channel, model_input
+from hiprouter.synth.ood import claim_ap_pelvis
 from hiprouter.training.augment import Augment, preset
 from hiprouter.training.calibration import (
     choose_min_confidence,
@@ -49,6 +49,7 @@ from hiprouter.training.calibration import (
 from hiprouter.training.dataset import (
     LabelledHip,
     label_spec,
+    letterboxed_crops,
     load_crops,
     read_sources,
     split_patients,
@@ -136,13 +137,13 @@ class TrainConfig:
     triage_sensitivity: float | None = None
     """Choose per-class triage thresholds at this validation sensitivity."""
     triage_classes: list[str] | None = None
+    """Classes to choose triage thresholds for (default: the kind's triage classes)."""
     outliers: list[str] = field(default_factory=list)
     """Folders of images the model must not assess (e.g. `hiprouter synth-ood`): their hip
     crops are trained towards the uniform distribution (outlier exposure, Hendrycks et al.
     2019), so a chest film claimed as a pelvis gets a low confidence instead of a class."""
     outlier_weight: float = 0.5
     """Weight of the outlier-exposure term (cross-entropy of the outlier crops to uniform)."""
-    """Classes to choose triage thresholds for (default: the kind's triage classes)."""
     structure_check: bool = False
     """Card setting ``ood.structure_check``: crops without any structure of a radiograph
     (blank, noise; `ood.no_anatomy`) are not assessed whatever the model says."""
@@ -282,14 +283,11 @@ def outlier_crops(folders: Sequence[str | Path], size: int) -> np.ndarray:
         paths, _ = ood_folder(Path(folder))
         for path in paths:
             try:
-                ds = read_dataset(path)
-                ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
+                ds = claim_ap_pelvis(read_dataset(path))
                 pixels = decode(ds, RADIOGRAPH_MODALITIES).pixels
             except (RefusedImage, OSError, ValueError):
                 continue
-            for crop in hip_crops(ds, pixels):
-                boxed, _ = letterbox(crop.pixels, size)
-                crops.append(np.rint(boxed * 255).astype(np.uint8))
+            crops.extend(crop for _, crop in letterboxed_crops(ds, pixels, size))
     return np.stack(crops) if crops else np.zeros((0, size, size), dtype=np.uint8)
 
 

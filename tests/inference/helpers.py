@@ -114,3 +114,18 @@ def constant_model(folder: Path, label_set: str, favoured: str, input_size: int 
                      training_data="none (constant output for tests)", synthetic_demo=True)
     save_model(module, card, folder)
     return folder
+
+
+def claimed_pelvis_predictions(classifier: object, kind: str, images: int = 3) -> list[list]:
+    """Per generated image of an OOD `kind` (seeds 9000 on) whose headers claim an AP pelvis,
+    the classifier's predictions for its hip crops."""
+    from hiprouter.inference.decode import decode
+    from hiprouter.inference.laterality import hip_crops
+    from hiprouter.synth.ood import claim_ap_pelvis, make_ood_image
+
+    out = []
+    for n in range(images):
+        ds = claim_ap_pelvis(make_ood_image(kind, 9000 + n))
+        crops = hip_crops(ds, decode(ds, ("CR", "DX")).pixels)
+        out.append(classifier.predict([c.pixels for c in crops], heatmaps=False))  # type: ignore[attr-defined]
+    return out

@@ -69,17 +69,11 @@ def test_images_that_are_not_hip_radiographs_get_no_definitive_answer(
     claiming an AP pelvis so that only the image can refuse them: noise and blank images are
     not assessed, chest, knee and hand films are at most indeterminate (0.2.0 answered knee
     films definitively; 0.3.0 was trained with outlier exposure)."""
-    from hiprouter.inference.decode import decode
-    from hiprouter.inference.laterality import hip_crops
     from hiprouter.inference.models import read_card
-    from hiprouter.synth.ood import make_ood_image
+    from tests.inference.helpers import claimed_pelvis_predictions
 
     min_confidence = read_card(DEMO).abstention["min_confidence"]
-    for n in range(3):
-        ds = make_ood_image(kind, 9000 + n)
-        ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
-        crops = hip_crops(ds, decode(ds, ("CR", "DX")).pixels)
-        preds = classifier.predict([c.pixels for c in crops], heatmaps=False)
+    for preds in claimed_pelvis_predictions(classifier, kind):
         assert preds
         if kind in ("noise", "blank"):
             assert all(p.ood for p in preds), kind
@@ -91,11 +85,10 @@ def test_images_that_are_not_hip_radiographs_get_no_definitive_answer(
 def test_noise_or_blank_sent_as_a_pelvis_is_not_assessed_by_the_pipeline(kind: str) -> None:
     """The SR side: each hip of a noise or blank image claimed to be an AP pelvis is "not
     assessed" with the reason (the OOD score or the structure check), no definitive answer."""
-    from hiprouter.synth.ood import make_ood_image
+    from hiprouter.synth.ood import claim_ap_pelvis, make_ood_image
     from tests.inference.helpers import classify
 
-    ds = make_ood_image(kind, 9100)
-    ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
+    ds = claim_ap_pelvis(make_ood_image(kind, 9100))
     _, result = classify([ds], heatmaps=False)
     assert result.findings
     for finding in result.findings:

@@ -66,17 +66,11 @@ def test_films_that_are_not_hips_claimed_as_a_pelvis_get_no_definitive_answer(ki
     refuse it): no hip gets a definitive screening answer (0.1.0 called chest films
     "internal fixation" or "normal" definitively; 0.2.0 was trained with outlier exposure)."""
     from hiprouter.inference.classifier import CropClassifier
-    from hiprouter.inference.decode import decode
-    from hiprouter.inference.laterality import hip_crops
     from hiprouter.inference.models import read_card
-    from hiprouter.synth.ood import make_ood_image
+    from tests.inference.helpers import claimed_pelvis_predictions
 
     classifier = CropClassifier.from_dirs([DEMO], "cpu")
     min_confidence = read_card(DEMO).abstention["min_confidence"]
-    for n in range(3):
-        ds = make_ood_image(kind, 9000 + n)
-        ds.BodyPartExamined, ds.SeriesDescription = "PELVIS", "AP PELVIS"
-        crops = hip_crops(ds, decode(ds, ("CR", "DX")).pixels)
-        preds = classifier.predict([c.pixels for c in crops], heatmaps=False)
+    for preds in claimed_pelvis_predictions(classifier, kind):
         assert preds
         assert all(p.ood or p.probabilities.max() < min_confidence for p in preds), kind
