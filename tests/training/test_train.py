@@ -148,3 +148,19 @@ def test_outlier_exposure_flattens_the_output_on_images_that_are_not_hips(traine
     print(plain_kl, plain_top, exposed_kl, exposed_top)
     assert exposed_kl < 0.5 * plain_kl, (plain_kl, exposed_kl)
     assert exposed_top < plain_top, (plain_top, exposed_top)
+
+
+def test_outlier_folders_without_any_usable_image_are_refused(trained, tmp_path) -> None:
+    """An --outliers folder whose files are no radiographs (a text file, a broken DICOM)
+    gets a clear error naming the folder, not a training run without outlier exposure."""
+    root, _, _ = trained
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.dcm").write_text("not DICOM")
+    (junk / "cut.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    result = CliRunner().invoke(main, [
+        "train", str(root / "data"), "--out", str(tmp_path / "m"), "--arch", "resnet10t",
+        "--input-size", "48", "--epochs-head", "0", "--epochs", "1", "--max-steps", "1",
+        "--workers", "0", "--outliers", str(junk)])
+    assert result.exit_code != 0
+    assert "no hip crops in the outlier folders" in result.output and str(junk) in result.output
