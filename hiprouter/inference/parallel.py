@@ -28,6 +28,8 @@ def _executor(size: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size != size:
+            if _pool is not None:  # resized (inference.threads changed): let the old go
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="hiprouter-image")
             _pool_size = size
         return _pool

@@ -26,6 +26,13 @@ def test_map_each_keeps_order_and_uses_the_pool(four_threads: None) -> None:
     names = parallel.map_each(lambda i: (i * i, threading.current_thread().name), range(12))
     assert [v for v, _ in names] == [i * i for i in range(12)]
     assert all(n.startswith("hiprouter-image") for _, n in names)
+    # inference.threads changed: a pool of the new size replaces the old one, which stops
+    old = parallel._executor(parallel.MIN_THREADS)
+    set_cpu_threads(parallel.MIN_THREADS + 1)
+    assert parallel.map_each(lambda i: i + 1, [1, 2, 3]) == [2, 3, 4]
+    assert parallel._executor(parallel.MIN_THREADS + 1) is not old
+    with pytest.raises(RuntimeError):
+        old.submit(print)
 
 
 def test_map_each_raises_the_first_error_as_the_loop_would(four_threads: None) -> None:
