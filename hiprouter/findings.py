@@ -206,15 +206,75 @@ class Mask:
     """Segmented property category (anatomical structure, physical object, ...)."""
 
 
-@dataclass
-class HeatMap:
-    """A heat map on one source image."""
+Box = tuple[int, int, int, int]
+"""(top, left, bottom, right) in source pixels."""
 
-    sop_instance_uid: str
-    heat: np.ndarray
-    """float32 in [0, 1], (Rows, Columns) of the source image."""
-    label: str = ""
-    """What the map shows, e.g. the class key it explains."""
+
+class HeatMap:
+    """A heat map on one source image: float32 in [0, 1] over its (Rows, Columns).
+
+    Given whole (`heat`), or as pieces: a map in a crop's geometry and the crop's box, as
+    pipelines that read hip crops make them. Pieces are put together only when asked for,
+    at full size (`heat`) or straight at a display size (`resized`, what an SC needs), so
+    a pipeline's maps that no SC shows cost no full-size image.
+    """
+
+    def __init__(self, sop_instance_uid: str, heat: np.ndarray | None = None,
+                 label: str = "", *, shape: tuple[int, int] | None = None,
+                 pieces: Sequence[tuple[np.ndarray, Box]] = ()) -> None:
+        if heat is None and shape is None:
+            raise ValueError("a heat map needs its pixels or the shape of its source image")
+        self.sop_instance_uid = sop_instance_uid
+        self.label = label
+        """What the map shows, e.g. the class key it explains."""
+        for crop_map, (top, left, bottom, right) in pieces:
+            if crop_map.shape != (bottom - top, right - left):
+                raise ValueError(f"crop map {crop_map.shape} does not fit box "
+                                 f"{(top, left, bottom, right)}")
+        self.pieces = list(pieces)
+        self._heat = heat
+        self.shape: tuple[int, int] = (tuple(heat.shape) if heat is not None  # type: ignore[assignment]
+                                       else (int(shape[0]), int(shape[1])))  # type: ignore[index]
+
+    @property
+    def heat(self) -> np.ndarray:
+        """The full-size map (pieces placed at their boxes, the maximum where they meet)."""
+        if self._heat is None:
+            out = np.zeros(self.shape, dtype=np.float32)
+            for crop_map, (top, left, bottom, right) in self.pieces:
+                region = out[top:bottom, left:right]
+                np.maximum(region, np.clip(crop_map, 0.0, 1.0), out=region)
+            self._heat = out
+        return self._heat
+
+    @heat.setter
+    def heat(self, value: np.ndarray) -> None:
+        self._heat = value
+        self.shape = tuple(value.shape)  # type: ignore[assignment]
+        self.pieces = []
+
+    def resized(self, rows: int, cols: int) -> np.ndarray:
+        """The map at (rows, cols), bilinear: each piece is resized into its scaled box
+        (the full-size map is never made), or the whole map when given whole."""
+        from PIL import Image
+
+        if (rows, cols) == self.shape:
+            return self.heat.astype(np.float32, copy=False)
+        if self._heat is not None or not self.pieces:
+            whole = Image.fromarray(self.heat.astype(np.float32, copy=False))
+            return np.asarray(whole.resize((cols, rows), Image.Resampling.BILINEAR))
+        out = np.zeros((rows, cols), dtype=np.float32)
+        sy, sx = rows / self.shape[0], cols / self.shape[1]
+        for crop_map, (top, left, bottom, right) in self.pieces:
+            r0, r1 = round(top * sy), round(bottom * sy)
+            c0, c1 = round(left * sx), round(right * sx)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            piece = Image.fromarray(crop_map.astype(np.float32, copy=False))
+            small = np.asarray(piece.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR))
+            region = out[r0:r1, c0:c1]
+            np.maximum(region, np.clip(small, 0.0, 1.0), out=region)
+        return out
 
 
 @dataclass

@@ -319,8 +319,13 @@ class HeadSegmentation:
         full = np.zeros(shape, dtype=bool)
         probs, (r0, c0) = paste(self.prob, self.window, shape)
         if probs.size:
-            full[r0:r0 + probs.shape[0], c0:c0 + probs.shape[1]] = probs > 0.5
-        return largest_component(full) if full.any() else full
+            # every head pixel lies in the window's box: its components (and their holes)
+            # are the same there as in the whole crop, at a fraction of the pixels
+            window = probs > 0.5
+            if window.any():
+                full[r0:r0 + probs.shape[0], c0:c0 + probs.shape[1]] = \
+                    largest_component(window)
+        return full
 
     def crop_outline(self) -> np.ndarray:
         return outline(self.prob, self.window)

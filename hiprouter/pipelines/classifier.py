@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from hiprouter.findings import (
+    Box,
     Classification,
     Finding,
     HeatMap,
@@ -35,7 +36,6 @@ from hiprouter.findings import (
     Region,
     Vocabulary,
 )
-from hiprouter.inference import cam as cammod
 from hiprouter.inference.classifier import CropClassifier, CropPrediction
 from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.models import ModelError, demo_model_dir
@@ -198,16 +198,16 @@ class ClassifierKind(PipelineKind):
         used_views = [crop.view for _, crop in crops]
         finding.qualifiers["views"] = ", ".join(
             dict.fromkeys(VIEW_NAMES[v] for v in used_views))
-        maps: dict[str, np.ndarray] = {}
+        pieces: dict[str, list[tuple[np.ndarray, Box]]] = {}
         for (uid, crop), pred in zip(crops, preds, strict=True):
-            if pred.heatmap is None:
-                continue
-            shape = study.images[uid].decoded.pixels.shape
-            maps[uid] = cammod.place(pred.heatmap, crop.box, shape, into=maps.get(uid))
-        finding.heatmaps = [HeatMap(uid, m, label=classification.predicted)
-                            for uid, m in maps.items()]
+            if pred.heatmap is not None:
+                pieces.setdefault(uid, []).append((pred.heatmap, crop.box))
+        finding.heatmaps = [HeatMap(uid, label=classification.predicted,
+                                    shape=study.images[uid].decoded.pixels.shape, pieces=p)
+                            for uid, p in pieces.items()]
         positive = not self._vocabulary.is_negative(classification.predicted)
-        finding.regions = [_point_at_hip(crops, maps if positive else {})]
+        crop_maps = [pred.heatmap for pred in preds] if positive else [None] * len(preds)
+        finding.regions = [_point_at_hip(crops, crop_maps)]
         return finding
 
 
@@ -250,15 +250,15 @@ def _targeted(uid: str, crop: HipCrop, targets: Sequence[Target]) -> bool:
     return False
 
 
-def _point_at_hip(crops: list[tuple[str, HipCrop]], maps: dict[str, np.ndarray]) -> Region:
+def _point_at_hip(crops: list[tuple[str, HipCrop]],
+                  crop_maps: Sequence[np.ndarray | None]) -> Region:
     """A POINT on the hip's first AP image (else first image): the CAM peak in its crop
-    when a map is given (positive findings), else the crop's centre."""
+    when its map is given (positive findings), else the crop's centre."""
     order = sorted(range(len(crops)), key=lambda i: crops[i][1].view not in AP_VIEWS)
     uid, crop = crops[order[0]]
     top, left, bottom, right = crop.box
-    heat = maps.get(uid)
-    if heat is not None and float(heat[top:bottom, left:right].max()) > 0:
-        region = heat[top:bottom, left:right]
+    region = crop_maps[order[0]]
+    if region is not None and float(region.max()) > 0:
         row, col = np.unravel_index(int(region.argmax()), region.shape)
         point = (left + col + 0.5, top + row + 0.5)
     else:

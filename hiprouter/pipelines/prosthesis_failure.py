@@ -30,6 +30,7 @@ from pydantic import Field
 
 from hiprouter.config import RunsOn
 from hiprouter.findings import (
+    Box,
     Classification,
     Finding,
     FindingClass,
@@ -40,7 +41,6 @@ from hiprouter.findings import (
     Region,
     Vocabulary,
 )
-from hiprouter.inference import cam as cammod
 from hiprouter.inference.dualview import AP_VIEWS, LATERAL_VIEWS, DualViewEnsemble
 from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.models import ModelError, demo_model_dir
@@ -206,15 +206,14 @@ class ProsthesisFailureKind(PipelineKind):
         if pred.single_view:
             finding.qualifiers["single_view"] = SINGLE_VIEW
             finding.qualifiers["label"] = SINGLE_VIEW
-        maps: dict[str, np.ndarray] = {}
+        pieces: dict[str, list[tuple[np.ndarray, Box]]] = {}
         for (uid, crop), crop_map in [*zip(ap, pred.ap_maps, strict=True),
                                       *zip(lateral, pred.lateral_maps, strict=True)]:
-            if crop_map is None:
-                continue
-            shape = study.images[uid].decoded.pixels.shape
-            maps[uid] = cammod.place(crop_map, crop.box, shape, into=maps.get(uid))
-        finding.heatmaps = [HeatMap(uid, m, label=classification.predicted)
-                            for uid, m in maps.items()]
+            if crop_map is not None:
+                pieces.setdefault(uid, []).append((crop_map, crop.box))
+        finding.heatmaps = [HeatMap(uid, label=classification.predicted,
+                                    shape=study.images[uid].decoded.pixels.shape, pieces=p)
+                            for uid, p in pieces.items()]
         positive = not self._vocabulary.is_negative(classification.predicted)
         ap_uid, ap_crop = ap[0]
         ap_map = pred.ap_maps[0]

@@ -35,6 +35,8 @@ FORWARD = "forward"
 """Not a kind: the rule action that sends the original images on unchanged."""
 
 _registered: dict[str, type[PipelineKind]] = {}
+_loaded: dict[str, type[PipelineKind]] = {}
+"""Kinds loaded from entry points (by kind name), kept once loaded."""
 _lock = threading.Lock()
 
 
@@ -67,9 +69,11 @@ def installed_kinds() -> dict[str, str]:
 def kind_class(kind: str) -> type[PipelineKind]:
     """The class of a kind; `ConfigError` naming the known kinds when there is none."""
     with _lock:
-        cls = _registered.get(kind)
+        cls = _registered.get(kind) or _loaded.get(kind)
     if cls is not None:
         return cls
+    # scanning the installed distributions' entry points costs ~1 ms each time: a kind
+    # loaded once is kept (a job asks for each pipeline's kind several times)
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == kind]
     if not matches:
         known = ", ".join(installed_kinds()) or "none"
@@ -81,6 +85,8 @@ def kind_class(kind: str) -> type[PipelineKind]:
                           f"({matches[0].value}): {type(exc).__name__}: {exc}") from exc
     if not (isinstance(loaded, type) and issubclass(loaded, PipelineKind)):
         raise ConfigError(f"entry point {kind!r} ({matches[0].value}) is not a PipelineKind")
+    with _lock:
+        _loaded[kind] = loaded
     return loaded
 
 

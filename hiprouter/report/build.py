@@ -27,7 +27,7 @@ from hiprouter.config import ReportConfig, TriageRule
 from hiprouter.findings import Finding, ModelInfo, StudyFindings
 from hiprouter.report.header import source_header
 from hiprouter.report.kos import build_kos
-from hiprouter.report.sc import Overlay, build_sc, finding_label
+from hiprouter.report.sc import Overlay, build_sc, display_size, finding_label
 from hiprouter.report.seg import build_seg
 from hiprouter.report.sr import build_sr
 from hiprouter.report.text import ReportText, render_report_text
@@ -117,11 +117,12 @@ def _evidence(study: StudyFindings, sources: Sequence[Dataset]) -> list[Dataset]
 
 
 def _overlay(uid: str, display: np.ndarray, study: StudyFindings,
-             heat_order: Sequence[str]) -> Overlay:
+             heat_order: Sequence[str], max_side: int) -> Overlay:
     """Labels and outlines of every finding on the image, and per hip the heat map of the
     first pipeline in `heat_order` that has one for that hip (so an AP pelvis can show the
-    failure map of its THA and the device map of its other hip)."""
+    failure map of its THA and the device map of its other hip), at the SC's size."""
     overlay = Overlay(uid, display, None)
+    size = display_size(display.shape, max_side)
     on_image = [f for f in study.findings() if uid in f.source_sop_uids]
     for f in on_image:
         overlay.labels.setdefault(f.laterality, []).append(
@@ -132,11 +133,11 @@ def _overlay(uid: str, display: np.ndarray, study: StudyFindings,
     used: list[str] = []
     for side in dict.fromkeys(f.laterality for f in on_image):
         for pipeline in heat_order:
-            maps = [h.heat for f in on_image
+            maps = [h for f in on_image
                     if f.pipeline == pipeline and f.laterality == side and _explains(f, study)
                     for h in f.heatmaps if h.sop_instance_uid == uid]
             if maps:
-                chosen += [m.astype(np.float32) for m in maps]
+                chosen += [h.resized(*size) for h in maps]
                 used.append(pipeline)
                 break
     if chosen:
@@ -216,7 +217,8 @@ def build_report(study: StudyFindings, sources: Sequence[Dataset],
         laterality = series_laterality([by_uid[u] for u in with_findings])
         for u in with_findings:
             try:
-                scs.append(build_sc(_overlay(u, display_images[u], study, heat_order), models,
+                scs.append(build_sc(_overlay(u, display_images[u], study, heat_order,
+                                             report_cfg.sc_max_side), models,
                                     by_uid[u], series_uid=uid("sc-series"),
                                     sop_uid=uid("sc-instance", u, inputs),
                                     instance_number=len(scs) + 1,

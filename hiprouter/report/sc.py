@@ -82,7 +82,8 @@ class Overlay:
     display_image: np.ndarray
     """uint8 greyscale rendering of the source (VOI/window applied, MONOCHROME2)."""
     heatmap: np.ndarray | None
-    """float32 [0, 1] in source geometry, or None (no heat map drawn)."""
+    """float32 [0, 1] in source geometry or already at the SC's size (`display_size`), or
+    None (no heat map drawn)."""
     labels: dict[str, list[str]] = field(default_factory=dict)
     """Laterality (R, L, U) -> label lines, e.g. ``["Total hip arthroplasty 0.93"]``."""
     outlines: list[np.ndarray] = field(default_factory=list)
@@ -91,21 +92,30 @@ class Overlay:
     """Which pipeline's heat map is drawn (named in the footer)."""
 
 
+def display_size(shape: tuple[int, int], max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(rows, columns) of the SC of a source image of `shape` (longest side <= max_side)."""
+    rows, cols = shape
+    scale = min(1.0, max_side / max(rows, cols))
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
 def _fit(overlay: Overlay, max_side: int = MAX_SIDE) -> tuple[np.ndarray, np.ndarray, float]:
     """Display image and heat map at the same size (longest side at most max_side), scale."""
     display = overlay.display_image
     if display.ndim != 2 or display.dtype != np.uint8:
         raise ValueError(f"display image of {overlay.sop_instance_uid} must be 2-D uint8")
-    heatmap = (overlay.heatmap.astype(np.float32) if overlay.heatmap is not None
-               else np.zeros(display.shape, np.float32))
     rows, cols = display.shape
     scale = min(1.0, max_side / max(rows, cols))
-    size = (max(1, round(cols * scale)), max(1, round(rows * scale)))  # PIL: (width, height)
+    out_rows, out_cols = display_size((rows, cols), max_side)
     if scale < 1.0:
-        display = np.asarray(Image.fromarray(display).resize(size, Image.Resampling.LANCZOS))
+        display = np.asarray(Image.fromarray(display).resize((out_cols, out_rows),
+                                                             Image.Resampling.LANCZOS))
+    if overlay.heatmap is None:
+        return display, np.zeros(display.shape, np.float32), scale
+    heatmap = overlay.heatmap.astype(np.float32, copy=False)
     if heatmap.shape != display.shape:
         heatmap = np.asarray(Image.fromarray(heatmap).resize(
-            size, Image.Resampling.BILINEAR))
+            (out_cols, out_rows), Image.Resampling.BILINEAR))
     return display, heatmap, scale
 
 

@@ -8,6 +8,7 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 
 from hiprouter.inference.models import ModelCard, ModelError
 from hiprouter.inference.onfh import (
+    HeadSegmentation,
     Square,
     Staging,
     centroid,
@@ -157,3 +158,26 @@ def test_lateral_side_follows_laterality_and_display() -> None:
     assert lateral_on_image_right("R", True) is False
     assert lateral_on_image_right("R", False) is True   # flipped display
     assert lateral_on_image_right("U", True) is None
+
+
+def test_crop_mask_labels_only_the_window_and_equals_the_whole_crop_computation() -> None:
+    """The head mask is found in the window's box; the result is the one the whole crop
+    gives (largest component kept, holes filled), also for a window over the crop's edge."""
+    rng = np.random.default_rng(7)
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    prob = np.exp(-((yy - 30) ** 2 + (xx - 34) ** 2) / 300.0).astype(np.float32)
+    prob[28:32, 30:36] = 0.0  # a hole
+    prob[5:9, 5:9] = 0.9  # a smaller second component
+    prob += rng.normal(0, 0.02, prob.shape).astype(np.float32)
+    shape = (300, 200)
+    for window in (Square(90.0, 140.0, 96.0), Square(20.0, 30.0, 80.0),
+                   Square(190.0, 280.0, 70.0)):
+        seg = HeadSegmentation(window, np.zeros((size, size), np.float32), prob, 40.0, 40.0)
+        whole = np.zeros(shape, dtype=bool)
+        probs, (r0, c0) = paste(prob, window, shape)
+        whole[r0:r0 + probs.shape[0], c0:c0 + probs.shape[1]] = probs > 0.5
+        expected = largest_component(whole)
+        got = seg.crop_mask(shape)
+        assert got.any()
+        np.testing.assert_array_equal(got, expected)
