@@ -57,7 +57,10 @@ class DecodedImage:
 
     def display_uint8(self) -> np.ndarray:
         """uint8 greyscale rendering of the same pixels (for overlays)."""
-        return np.clip(np.rint(self.pixels * 255.0), 0, 255).astype(np.uint8)
+        scaled = np.multiply(self.pixels, np.float32(255.0), dtype=np.float32)
+        np.rint(scaled, out=scaled)
+        np.clip(scaled, 0, 255, out=scaled)
+        return scaled.astype(np.uint8)
 
 
 def read_dataset(path: str | Path) -> Dataset:

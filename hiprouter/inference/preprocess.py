@@ -16,6 +16,9 @@ Channels (each computed from the letterboxed display-space crop, then scaled lik
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -106,8 +109,45 @@ def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+_RECENT = 32
+"""How many letterboxed crops `letterbox` remembers (a study's crops x input sizes)."""
+_recent: OrderedDict[tuple[int, int], tuple[weakref.ref[np.ndarray], np.ndarray, Letterbox]] = (
+    OrderedDict())
+_recent_lock = threading.Lock()
+
+
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize a float [0, 1] crop to fit `size` x `size`, keeping its aspect, pad the rest."""
+    """Resize a float [0, 1] crop to fit `size` x `size`, keeping its aspect, pad the rest.
+
+    The result is read-only. For a read-only array (a study's crops, study.py) it is
+    remembered while that array object lives: the pipelines of a job share the crops and
+    several use the same input size, so each crop is resized once per size (a few
+    milliseconds for a full-size hip crop).
+    """
+    if img.flags.writeable:
+        out, box = _letterbox(img, size)
+        out.setflags(write=False)
+        return out, box
+    key = (id(img), size)
+    with _recent_lock:
+        hit = _recent.get(key)
+        if hit is not None and hit[0]() is img:
+            _recent.move_to_end(key)
+            return hit[1], hit[2]
+    out, box = _letterbox(img, size)
+    out.setflags(write=False)
+    try:
+        ref = weakref.ref(img)
+    except TypeError:  # not an ndarray (e.g. a subclass without weak references)
+        return out, box
+    with _recent_lock:
+        _recent[key] = (ref, out, box)
+        while len(_recent) > _RECENT:
+            _recent.popitem(last=False)
+    return out, box
+
+
+def _letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     if img.ndim != 2 or min(img.shape) < 1:
         raise ValueError(f"expected a non-empty 2-D image, got shape {img.shape}")
     src_h, src_w = img.shape

@@ -61,6 +61,7 @@ class StudyInput:
                 image = decode(ds, allowed)
             except RefusedImage as exc:
                 return exc.reason
+            image.pixels.setflags(write=False)  # shared by every pipeline (and letterbox's memo)
             return StudyImage(ds, image, classify_view(ds), hip_crops(ds, image.pixels))
 
         for n, (ds, prepared) in enumerate(zip(datasets, map_each(prepare, datasets),

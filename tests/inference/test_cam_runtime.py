@@ -218,3 +218,24 @@ def test_inference_threads_size_new_cpu_sessions(tiny_model_dir) -> None:
     finally:
         runtime.set_cpu_threads(None)
         torch.set_num_threads(before)
+
+
+def test_letterbox_resizes_a_shared_read_only_crop_once_per_size() -> None:
+    """The pipelines of a job share the study's read-only crops: the second pipeline with
+    the same input size gets the first one's letterboxed crop; a writeable array (whose
+    pixels may change) is letterboxed afresh every time."""
+    image = np.random.default_rng(3).random((300, 500), dtype=np.float32)
+    image.setflags(write=False)
+    crop = image[:, :250]  # a view, as hip_crops cuts them
+    first, box = letterbox(crop, 64)
+    again, box2 = letterbox(crop, 64)
+    assert again is first and box2 == box
+    assert not first.flags.writeable
+    other, _ = letterbox(crop, 96)
+    assert other.shape == (96, 96)
+    np.testing.assert_array_equal(letterbox(image[:, :250].copy(), 64)[0], first)
+
+    writeable = image.copy()
+    boxed, _ = letterbox(writeable, 64)
+    writeable[:] = 0.0
+    assert letterbox(writeable, 64)[0].max() == 0.0 < boxed.max()
