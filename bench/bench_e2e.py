@@ -77,8 +77,8 @@ def b4_model_dir(root: Path) -> Path:
 
 def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
         work: Path, runtime: str, workers: int, pipelines: list[str],
-        sc_compression: str | None = None, sc_max_side: int | None = None
-        ) -> dict[str, Any]:
+        sc_compression: str | None = None, sc_max_side: int | None = None,
+        inference_threads: int | None = None) -> dict[str, Any]:
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -89,6 +89,7 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                     "min_free_mb": 100},
         "studies": {"complete_after_s": COMPLETE_AFTER_S, "sweep_interval_s": 0.2},
         "queue": {"workers": workers, "poll_interval_s": 0.1},
+        "inference": {"threads": inference_threads},
         "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
                                   "port": pacs.port}},
         "rule_mode": base["rule_mode"],
@@ -206,6 +207,8 @@ def main() -> None:
                     help="report.sc_compression (default: config.yaml's)")
     ap.add_argument("--sc-max-side", type=int, default=None,
                     help="report.sc_max_side (default: config.yaml's)")
+    ap.add_argument("--inference-threads", type=int, default=None,
+                    help="inference.threads (default: one per core)")
     ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
                     help="hardware alone, or every kind with shipped demo weights")
     args = ap.parse_args()
@@ -230,6 +233,7 @@ def main() -> None:
               f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
               f"workers={args.workers}; "
+              f"inference threads={args.inference_threads or 'one per core'}; "
               f"sc_compression={args.sc_compression or 'config.yaml'}; "
               f"sc_max_side={args.sc_max_side or 'config.yaml'}; "
               f"cpu cores={os.cpu_count()}")
@@ -238,7 +242,7 @@ def main() -> None:
             work = root / f"run-{name}"
             work.mkdir()
             r = run(dirs, name, studies, warmup, work, args.runtime, args.workers, pipelines,
-                    args.sc_compression, args.sc_max_side)
+                    args.sc_compression, args.sc_max_side, args.inference_threads)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")
