@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -210,18 +210,34 @@ Box = tuple[int, int, int, int]
 """(top, left, bottom, right) in source pixels."""
 
 
+class CropMap(Protocol):
+    """A heat map over one crop that is computed at the size asked for (e.g.
+    `inference.cam.CropHeat`), so it need not exist at full size."""
+
+    shape: tuple[int, int]
+
+    def at(self, rows: int, cols: int) -> np.ndarray:
+        """The map over the crop at (rows, cols), float32 in [0, 1]."""
+        ...
+
+    def full(self) -> np.ndarray:
+        """The map at the crop's own size."""
+        ...
+
+
 class HeatMap:
     """A heat map on one source image: float32 in [0, 1] over its (Rows, Columns).
 
-    Given whole (`heat`), or as pieces: a map in a crop's geometry and the crop's box, as
-    pipelines that read hip crops make them. Pieces are put together only when asked for,
-    at full size (`heat`) or straight at a display size (`resized`, what an SC needs), so
-    a pipeline's maps that no SC shows cost no full-size image.
+    Given whole (`heat`), or as pieces: a map over a crop (an array in the crop's geometry,
+    or a `CropMap` computed at the size asked for) and the crop's box, as pipelines that
+    read hip crops make them. Pieces are put together only when asked for, at full size
+    (`heat`) or straight at a display size (`resized`, what an SC needs), so a pipeline's
+    maps that no SC shows cost no full-size image.
     """
 
     def __init__(self, sop_instance_uid: str, heat: np.ndarray | None = None,
                  label: str = "", *, shape: tuple[int, int] | None = None,
-                 pieces: Sequence[tuple[np.ndarray, Box]] = ()) -> None:
+                 pieces: Sequence[tuple[np.ndarray | CropMap, Box]] = ()) -> None:
         if heat is None and shape is None:
             raise ValueError("a heat map needs its pixels or the shape of its source image")
         self.sop_instance_uid = sop_instance_uid
@@ -243,7 +259,8 @@ class HeatMap:
             out = np.zeros(self.shape, dtype=np.float32)
             for crop_map, (top, left, bottom, right) in self.pieces:
                 region = out[top:bottom, left:right]
-                np.maximum(region, np.clip(crop_map, 0.0, 1.0), out=region)
+                full = crop_map if isinstance(crop_map, np.ndarray) else crop_map.full()
+                np.maximum(region, np.clip(full, 0.0, 1.0), out=region)
             self._heat = out
         return self._heat
 
@@ -270,8 +287,12 @@ class HeatMap:
             c0, c1 = round(left * sx), round(right * sx)
             if r1 <= r0 or c1 <= c0:
                 continue
-            piece = Image.fromarray(crop_map.astype(np.float32, copy=False))
-            small = np.asarray(piece.resize((c1 - c0, r1 - r0), Image.Resampling.BILINEAR))
+            if isinstance(crop_map, np.ndarray):
+                piece = Image.fromarray(crop_map.astype(np.float32, copy=False))
+                small = np.asarray(piece.resize((c1 - c0, r1 - r0),
+                                                Image.Resampling.BILINEAR))
+            else:
+                small = crop_map.at(r1 - r0, c1 - c0)
             region = out[r0:r1, c0:c1]
             np.maximum(region, np.clip(small, 0.0, 1.0), out=region)
         return out

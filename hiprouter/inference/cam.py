@@ -10,6 +10,7 @@ from ONNX Runtime with their maps. Heads of any other form use Grad-CAM with aut
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,58 @@ def gem_exponent(module: Any) -> float | None:
     if param is None or getattr(pool, "pool_type", None) != "gem":
         return None
     return float(param.detach().clamp(min=1.0).item())
+
+
+PEAK_STEP = 4
+"""`CropHeat.peak` looks for the maximum on a grid this many crop pixels apart."""
+
+
+class CropHeat:
+    """A crop's heat map kept as each ensemble member's model-space map and letterbox, and
+    mapped onto the crop only at the size asked for: the full crop (`full`), an SC's
+    scale (`at`), or coarsely to find its peak. Mapping a 5 x 5 map onto a full-size hip
+    crop costs several milliseconds, and most maps of a job are never shown."""
+
+    def __init__(self, parts: Sequence[tuple[np.ndarray, Letterbox]]) -> None:
+        if not parts:
+            raise ValueError("a crop heat map needs at least one model map")
+        self.parts = list(parts)
+        first = self.parts[0][1]
+        self.shape: tuple[int, int] = (first.src_height, first.src_width)
+        self._full: np.ndarray | None = None
+
+    def at(self, rows: int, cols: int) -> np.ndarray:
+        """The map over the crop resampled to (rows, cols): members summed, then
+        `normalise_map` (as the full-size map, at that resolution)."""
+        if (rows, cols) == self.shape:
+            return self.full()
+        acc = None
+        for model_map, box in self.parts:
+            crop_map = box.to_source(model_map, (rows, cols))
+            acc = crop_map if acc is None else acc + crop_map
+        return normalise_map(acc, inplace=True)  # type: ignore[arg-type]
+
+    def full(self) -> np.ndarray:
+        """The map in the crop's own geometry (computed once)."""
+        if self._full is None:
+            acc = None
+            for model_map, box in self.parts:
+                crop_map = box.to_source(model_map)
+                acc = crop_map if acc is None else acc + crop_map
+            self._full = normalise_map(acc, inplace=True)  # type: ignore[arg-type]
+        return self._full
+
+    def peak(self, step: int = PEAK_STEP) -> tuple[float, float] | None:
+        """(column, row) of the map's maximum in continuous crop pixels, found on a grid
+        `step` times coarser than the crop (a CAM is smooth at that scale), or None when
+        nothing is positive."""
+        rows, cols = self.shape
+        small = (max(1, -(-rows // step)), max(1, -(-cols // step)))
+        coarse = self._full if self._full is not None else self.at(*small)
+        if float(coarse.max()) <= 0:
+            return None
+        r, c = np.unravel_index(int(coarse.argmax()), coarse.shape)
+        return ((c + 0.5) * cols / coarse.shape[1], (r + 0.5) * rows / coarse.shape[0])
 
 
 def normalise_map(raw: np.ndarray, inplace: bool = False) -> np.ndarray:

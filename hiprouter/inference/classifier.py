@@ -40,8 +40,9 @@ class CropPrediction:
 
     probabilities: np.ndarray
     """Calibrated class probabilities, averaged over the members."""
-    heatmap: np.ndarray | None
-    """CAM of the predicted class in crop geometry, [0, 1]."""
+    heat: cammod.CropHeat | None
+    """CAM of the predicted class, mapped onto the crop when asked for (`heatmap`, or at
+    another size with `heat.at`)."""
     ood_score: float
     """Mean over members of their OOD score (the card's method: energy -logsumexp(logits),
     or Mahalanobis distance of pooled features); higher = less familiar."""
@@ -49,6 +50,11 @@ class CropPrediction:
     """True when every member with an OOD threshold finds the crop above it, or when the crop
     shows no structure of a radiograph at all (`ood.no_anatomy`: blank or noise; when a
     member's card has ``ood.structure_check: true``)."""
+
+    @property
+    def heatmap(self) -> np.ndarray | None:
+        """CAM of the predicted class in crop geometry, [0, 1]."""
+        return self.heat.full() if self.heat is not None else None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -217,12 +223,12 @@ class CropClassifier:
         if any(m.structure_check for m in self.members):
             ood |= np.array(map_each(lambda box: no_anatomy(box[0]), per_member[0][1]),
                             dtype=bool)
-        maps: list[np.ndarray | None] = [None] * n
+        maps: list[cammod.CropHeat | None] = [None] * n
         if heatmaps:
             predicted = probs.argmax(axis=1)
 
-            def heat(i: int) -> np.ndarray | None:
-                acc = None
+            def heat(i: int) -> cammod.CropHeat:
+                parts = []
                 for member, boxes, feats in per_member:
                     if member.head is not None and member.gem_p is not None:
                         model_map = cammod.gem_grad_cam(feats[i], member.head[0], member.gem_p,
@@ -231,14 +237,10 @@ class CropClassifier:
                         model_map = cammod.cam(feats[i], member.head[0], int(predicted[i]))
                     else:
                         model_map = self._grad_cam(member, boxes[i][0], int(predicted[i]))
-                    crop_map = boxes[i][1].to_source(model_map)
-                    acc = crop_map if acc is None else acc + crop_map
-                return cammod.normalise_map(acc, inplace=True) if acc is not None else None
+                    parts.append((model_map, boxes[i][1]))
+                return cammod.CropHeat(parts)  # mapped onto the crop only when asked for
 
-            # autograd Grad-CAM (a torch module) stays on this thread
-            autograd = any(m.head is None for m, _, _ in per_member)
-            maps = ([heat(i) for i in range(n)] if autograd
-                    else map_each(heat, list(range(n))))
+            maps = [heat(i) for i in range(n)]
         return [CropPrediction(probs[i].astype(np.float32), maps[i], float(scores[i]),
                                bool(ood[i])) for i in range(n)]
 

@@ -46,8 +46,10 @@ class Letterbox:
     """Height of the resized crop inside the input (without padding)."""
     width: int
 
-    def to_source(self, model_map: np.ndarray) -> np.ndarray:
-        """Map an array in model-input space (any resolution) back to the crop's geometry.
+    def to_source(self, model_map: np.ndarray,
+                  shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Map an array in model-input space (any resolution) back to the crop's geometry,
+        or straight to the crop at another size (`shape`: rows, columns; e.g. an SC's).
 
         The same as resizing the map to the model input, cutting out the crop's part and
         resizing that to the crop (PIL bilinear, both steps), done as one product of
@@ -56,8 +58,9 @@ class Letterbox:
         full-size resizes (tests/inference/test_cam_runtime.py compares the two).
         """
         h, w = model_map.shape
-        rows = _axis_weights(h, self.size, self.top, self.height, self.src_height)
-        cols = _axis_weights(w, self.size, self.left, self.width, self.src_width)
+        out_rows, out_cols = shape if shape is not None else (self.src_height, self.src_width)
+        rows = _axis_weights(h, self.size, self.top, self.height, out_rows)
+        cols = _axis_weights(w, self.size, self.left, self.width, out_cols)
         return _matmul_here(rows @ model_map.astype(np.float32), cols.T)
 
 

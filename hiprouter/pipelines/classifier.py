@@ -28,6 +28,7 @@ from pydantic import Field
 from hiprouter.findings import (
     Box,
     Classification,
+    CropMap,
     Finding,
     HeatMap,
     Laterality,
@@ -36,6 +37,7 @@ from hiprouter.findings import (
     Region,
     Vocabulary,
 )
+from hiprouter.inference.cam import CropHeat
 from hiprouter.inference.classifier import CropClassifier, CropPrediction
 from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.models import ModelError, demo_model_dir
@@ -198,15 +200,15 @@ class ClassifierKind(PipelineKind):
         used_views = [crop.view for _, crop in crops]
         finding.qualifiers["views"] = ", ".join(
             dict.fromkeys(VIEW_NAMES[v] for v in used_views))
-        pieces: dict[str, list[tuple[np.ndarray, Box]]] = {}
+        pieces: dict[str, list[tuple[np.ndarray | CropMap, Box]]] = {}
         for (uid, crop), pred in zip(crops, preds, strict=True):
-            if pred.heatmap is not None:
-                pieces.setdefault(uid, []).append((pred.heatmap, crop.box))
+            if pred.heat is not None:
+                pieces.setdefault(uid, []).append((pred.heat, crop.box))
         finding.heatmaps = [HeatMap(uid, label=classification.predicted,
                                     shape=study.images[uid].decoded.pixels.shape, pieces=p)
                             for uid, p in pieces.items()]
         positive = not self._vocabulary.is_negative(classification.predicted)
-        crop_maps = [pred.heatmap for pred in preds] if positive else [None] * len(preds)
+        crop_maps = [pred.heat for pred in preds] if positive else [None] * len(preds)
         finding.regions = [_point_at_hip(crops, crop_maps)]
         return finding
 
@@ -251,16 +253,17 @@ def _targeted(uid: str, crop: HipCrop, targets: Sequence[Target]) -> bool:
 
 
 def _point_at_hip(crops: list[tuple[str, HipCrop]],
-                  crop_maps: Sequence[np.ndarray | None]) -> Region:
+                  crop_maps: Sequence[CropHeat | None]) -> Region:
     """A POINT on the hip's first AP image (else first image): the CAM peak in its crop
-    when its map is given (positive findings), else the crop's centre."""
+    (within `cam.PEAK_STEP` pixels) when its map is given (positive findings), else the
+    crop's centre."""
     order = sorted(range(len(crops)), key=lambda i: crops[i][1].view not in AP_VIEWS)
     uid, crop = crops[order[0]]
     top, left, bottom, right = crop.box
-    region = crop_maps[order[0]]
-    if region is not None and float(region.max()) > 0:
-        row, col = np.unravel_index(int(region.argmax()), region.shape)
-        point = (left + col + 0.5, top + row + 0.5)
+    heat = crop_maps[order[0]]
+    peak = heat.peak() if heat is not None else None
+    if peak is not None:
+        point = (left + peak[0], top + peak[1])
     else:
         point = ((left + right) / 2, (top + bottom) / 2)
     return Region(uid, "POINT", np.array([point]), label="hip")

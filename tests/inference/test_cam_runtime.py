@@ -239,3 +239,32 @@ def test_letterbox_resizes_a_shared_read_only_crop_once_per_size() -> None:
     boxed, _ = letterbox(writeable, 64)
     writeable[:] = 0.0
     assert letterbox(writeable, 64)[0].max() == 0.0 < boxed.max()
+
+
+def test_crop_heat_maps_onto_the_crop_only_at_the_size_asked_for() -> None:
+    """A crop's CAM kept as model maps: at the crop's size it is the members' maps mapped
+    back and normalised; at an SC's size it matches resizing that; its peak is found within
+    cam.PEAK_STEP pixels of the full map's maximum."""
+    crop = np.random.default_rng(5).random((430, 250)).astype(np.float32)
+    _, box = letterbox(crop, 64)
+    yy, xx = np.mgrid[:4, :4]
+    maps = [np.exp(-((yy - 2.2) ** 2 + (xx - 0.8) ** 2)).astype(np.float32),
+            np.exp(-((yy - 1.9) ** 2 + (xx - 1.2) ** 2) / 2).astype(np.float32) - 0.1]
+    heat = cammod.CropHeat([(m, box) for m in maps])
+    expected = cammod.normalise_map(box.to_source(maps[0]) + box.to_source(maps[1]))
+    assert heat.shape == (430, 250)
+    np.testing.assert_allclose(heat.full(), expected, atol=1e-6)
+    assert heat.at(430, 250) is heat.full()
+
+    fresh = cammod.CropHeat([(m, box) for m in maps])
+    small = fresh.at(215, 125)
+    from PIL import Image
+    resized = np.asarray(Image.fromarray(expected).resize((125, 215),
+                                                          Image.Resampling.BILINEAR))
+    assert np.abs(small - resized).max() < 0.03
+
+    row, col = np.unravel_index(int(expected.argmax()), expected.shape)
+    px, py = cammod.CropHeat([(m, box) for m in maps]).peak()
+    assert abs(px - (col + 0.5)) <= cammod.PEAK_STEP and abs(py - (row + 0.5)) <= cammod.PEAK_STEP
+    assert heat.peak() == (col + 0.5, row + 0.5)  # the full map, once made, is used as is
+    assert cammod.CropHeat([(np.full((4, 4), -1.0, np.float32), box)]).peak() is None
