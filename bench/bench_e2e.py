@@ -75,10 +75,11 @@ def b4_model_dir(root: Path) -> Path:
     return out
 
 
-def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: list[Path],
-        work: Path, runtime: str, workers: int, pipelines: list[str],
-        sc_compression: str | None = None, sc_max_side: int | None = None,
-        inference_threads: int | None = None) -> dict[str, Any]:
+def run(model_dirs: list[Path], label: str, studies: list[list[Path]],
+        warmups: list[list[Path]], work: Path, runtime: str, workers: int,
+        pipelines: list[str], sc_compression: str | None = None,
+        sc_max_side: int | None = None, inference_threads: int | None = None,
+        worker_processes: int = 0) -> dict[str, Any]:
     pacs = TimedPACS(work / "pacs").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -115,24 +116,44 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                             stdout=log, stderr=subprocess.STDOUT, cwd=work,
                             env={**os.environ, "PYTHONPATH": path})  # this checkout's code
     env = {**os.environ, "TCP_NODELAY": "1"}
+    logs = [work / "serve.log"] if workers > 0 else []
+    extra: list[subprocess.Popen[bytes]] = []
     try:
         def serve_alive() -> str | None:
-            if proc.poll() is None:
-                return None
-            return (f"hiprouter serve exited ({proc.returncode}): "
-                    + (work / "serve.log").read_text()[-3000:])
+            for p, name in [(proc, "serve"), *((w, "worker") for w in extra)]:
+                if p.poll() is not None:
+                    return (f"hiprouter {name} exited ({p.returncode}): "
+                            + (work / "serve.log").read_text()[-3000:])
+            return None
 
         def echo_ok() -> bool:
             return run_limited(["echoscu", "-aec", "HIPROUTER", "127.0.0.1", str(port)], 30,
                        "a C-ECHO answer", env=env, capture_output=True).returncode == 0
 
         wait_for(echo_ok, 60, "hiprouter serve to answer C-ECHO", 0.3, serve_alive)
-        # Warm-up: the first job loads the model; that study is not counted.
-        run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
-                     *map(str, warmup)],
-            300, "the warm-up study to be stored", env=env, check=True, capture_output=True)
-        wait_for(lambda: warmup[0].parent.name in pacs.sr_at, WARMUP_TIMEOUT_S,
-                 "the warm-up study's SR at the PACS (model loading)", 0.2, serve_alive)
+        # serve has migrated the database: job processes may start now
+        for i in range(worker_processes):
+            logs.append(work / f"worker-{i}.log")
+            threads = ["--inference-threads", str(inference_threads)] if inference_threads else []
+            extra.append(subprocess.Popen(
+                [sys.executable, "-c", "from hiprouter.cli import main; main()",
+                 "--config", str(cfg), "worker", "--count", "1", "--no-dispatch", *threads],
+                stdout=open(logs[-1], "wb"), stderr=subprocess.STDOUT, cwd=work,  # noqa: SIM115
+                env={**os.environ, "PYTHONPATH": path}))
+        # Warm-up: a process's first job loads the models; those studies are not counted.
+        # One study at a time until every job thread or process has run one.
+        for n, warmup in enumerate(warmups):
+            run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                         *map(str, warmup)],
+                300, "a warm-up study to be stored", env=env, check=True,
+                capture_output=True)
+            wait_for(lambda w=warmup: w[0].parent.name in pacs.sr_at, WARMUP_TIMEOUT_S,
+                     "the warm-up study's SR at the PACS (model loading)", 0.2, serve_alive)
+            if all('"job done"' in log.read_text(errors="replace") for log in logs):
+                break
+            if n == len(warmups) - 1:
+                raise RuntimeError("the warm-up studies ran out before every job process "
+                                   "had run a job")
         # (an error on the way shows in serve.log: see `logged_errors` below)
         acked: dict[str, float] = {}
         started = time.monotonic()
@@ -154,11 +175,20 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
                      serve_alive)
         total = max(pacs.sr_at.values()) - started
         lat = np.array([pacs.sr_at[uid] - acked[uid] for uid in acked])
+        rss = {name: rss_mib(p.pid) for p, name in
+               [(proc, "serve"), *((w, f"worker {i}") for i, w in enumerate(extra))]}
     except Exception:
         for line in logged_errors(work / "serve.log"):
             print("serve.log:", line, file=sys.stderr)
         raise
     finally:
+        for w in extra:
+            w.terminate()
+        for w in extra:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
         proc.terminate()
         try:
             proc.wait(30)
@@ -170,7 +200,18 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]], warmup: l
         pacs.stop()
     return {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
             "studies_per_min": len(studies) / total * 60.0,
-            "steps": job_steps(work / "serve.log", set(acked))}
+            "steps": job_steps(logs, set(acked)), "rss_mib": rss}
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of a process (MiB), from /proc; None where there is no /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def logged_errors(log: Path, keep: int = 10) -> list[str]:
@@ -180,12 +221,13 @@ def logged_errors(log: Path, keep: int = 10) -> list[str]:
     return [ln[:1500] for ln in lines[-keep:]]
 
 
-def job_steps(log: Path, study_uids: set[str]) -> dict[str, float]:
-    """Median wall time (ms) of each step of the measured studies' jobs, from the log."""
+def job_steps(logs: list[Path], study_uids: set[str]) -> dict[str, float]:
+    """Median wall time (ms) of each step of the measured studies' jobs, from the logs."""
     import json
 
     steps: dict[str, list[float]] = {}
-    for line in log.read_text(errors="replace").splitlines():
+    lines = [ln for log in logs for ln in log.read_text(errors="replace").splitlines()]
+    for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
@@ -209,6 +251,9 @@ def main() -> None:
                     help="report.sc_max_side (default: config.yaml's)")
     ap.add_argument("--inference-threads", type=int, default=None,
                     help="inference.threads (default: one per core)")
+    ap.add_argument("--worker-processes", type=int, default=0,
+                    help="`hiprouter worker --count 1 --no-dispatch` processes next to serve "
+                         "(--workers then sets serve's own job threads, 0 for none)")
     ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
                     help="hardware alone, or every kind with shipped demo weights")
     args = ap.parse_args()
@@ -218,7 +263,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hiprouter-bench-e2e-"))
     try:
         studies = []
-        for i in [*range(args.studies), 999]:
+        n_warmup = 1 if args.worker_processes == 0 else 3 * (args.worker_processes + 1)
+        for i in [*range(args.studies), *range(900, 900 + n_warmup)]:
             hardware = HARDWARE_CYCLE[i % len(HARDWARE_CYCLE)] if args.pipelines == "all" else None
             s = make_study(4242, i, views=("ap_pelvis", "cross_table_lateral"), side="R",
                            hardware=hardware)
@@ -227,12 +273,12 @@ def main() -> None:
             for j, img in enumerate(s.images):
                 img.dataset.save_as(folder / f"{j}.dcm", enforce_file_format=True)
             studies.append(sorted(folder.iterdir()))
-        warmup = studies.pop()
+        warmups, studies = studies[args.studies:], studies[:args.studies]
         pipelines = ALL_PIPELINES if args.pipelines == "all" else ["hardware"]
         print(f"{args.studies} studies x {len(studies[0])} images; "
               f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
-              f"workers={args.workers}; "
+              f"workers={args.workers}; worker processes={args.worker_processes}; "
               f"inference threads={args.inference_threads or 'one per core'}; "
               f"sc_compression={args.sc_compression or 'config.yaml'}; "
               f"sc_max_side={args.sc_max_side or 'config.yaml'}; "
@@ -241,11 +287,14 @@ def main() -> None:
             dirs = [] if name == "demo" else [b4_model_dir(root)]
             work = root / f"run-{name}"
             work.mkdir()
-            r = run(dirs, name, studies, warmup, work, args.runtime, args.workers, pipelines,
-                    args.sc_compression, args.sc_max_side, args.inference_threads)
+            r = run(dirs, name, studies, warmups, work, args.runtime, args.workers, pipelines,
+                    args.sc_compression, args.sc_max_side, args.inference_threads,
+                    args.worker_processes)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")
+            print("       RSS after the burst: " + ", ".join(
+                f"{k} {v:.0f} MiB" for k, v in r["rss_mib"].items() if v is not None))
             print("       median ms per job step: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in r["steps"].items()))
     finally:
