@@ -140,18 +140,26 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]],
                  "--config", str(cfg), "worker", "--count", "1", "--no-dispatch", *threads],
                 stdout=open(logs[-1], "wb"), stderr=subprocess.STDOUT, cwd=work,  # noqa: SIM115
                 env={**os.environ, "PYTHONPATH": path}))
+        for log in logs[1 if workers > 0 else 0:]:
+            wait_for(lambda log=log: "worker process ready" in log.read_text(errors="replace"),
+                     120, f"{log.stem} to start", 0.2, serve_alive)
         # Warm-up: a process's first job loads the models; those studies are not counted.
-        # One study at a time until every job thread or process has run one.
-        for n, warmup in enumerate(warmups):
-            run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
-                         *map(str, warmup)],
-                300, "a warm-up study to be stored", env=env, check=True,
-                capture_output=True)
-            wait_for(lambda w=warmup: w[0].parent.name in pacs.sr_at, WARMUP_TIMEOUT_S,
-                     "the warm-up study's SR at the PACS (model loading)", 0.2, serve_alive)
+        # Rounds of one study per job process at once until every process has run one
+        # (which process takes a study is first come, first served).
+        per_round = max(1, len(logs))
+        rounds = [warmups[i:i + per_round] for i in range(0, len(warmups), per_round)]
+        for n, batch in enumerate(rounds):
+            for warmup in batch:
+                run_limited(["storescu", "-aec", "HIPROUTER", "127.0.0.1", str(port),
+                             *map(str, warmup)],
+                    300, "a warm-up study to be stored", env=env, check=True,
+                    capture_output=True)
+            wait_for(lambda b=batch: all(w[0].parent.name in pacs.sr_at for w in b),
+                     WARMUP_TIMEOUT_S, "the warm-up studies' SRs at the PACS (model loading)",
+                     0.2, serve_alive)
             if all('"job done"' in log.read_text(errors="replace") for log in logs):
                 break
-            if n == len(warmups) - 1:
+            if n == len(rounds) - 1:
                 raise RuntimeError("the warm-up studies ran out before every job process "
                                    "had run a job")
         # (an error on the way shows in serve.log: see `logged_errors` below)
@@ -263,7 +271,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="hiprouter-bench-e2e-"))
     try:
         studies = []
-        n_warmup = 1 if args.worker_processes == 0 else 3 * (args.worker_processes + 1)
+        n_warmup = 1 if args.worker_processes == 0 else 5 * (args.worker_processes + 1)
         for i in [*range(args.studies), *range(900, 900 + n_warmup)]:
             hardware = HARDWARE_CYCLE[i % len(HARDWARE_CYCLE)] if args.pipelines == "all" else None
             s = make_study(4242, i, views=("ap_pelvis", "cross_table_lateral"), side="R",
