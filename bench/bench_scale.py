@@ -17,6 +17,7 @@ the throughputs.
     nice .venv/bin/python bench/bench_scale.py --studies 24 --threads 1  # 1 core each
     nice .venv/bin/python bench/bench_scale.py --studies 24 --drain      # workers alone
     nice .venv/bin/python bench/bench_scale.py --studies 24 --model demo --workers 1 2 4
+    .venv/bin/python bench/bench_scale.py --studies 20 --model demo --pipelines all --drain
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_e2e import TimedPACS, b4_model_dir  # noqa: E402
+from bench.bench_e2e import (  # noqa: E402
+    ALL_PIPELINES,
+    HARDWARE_CYCLE,
+    TimedPACS,
+    b4_model_dir,
+)
 from bench.benchwait import run as run_limited  # noqa: E402
 from bench.benchwait import wait_for  # noqa: E402
 from hiprouter.demo import free_port  # noqa: E402
@@ -50,11 +56,15 @@ from tests.pgserver import create_database, pg_bin, postgres_server  # noqa: E40
 COMPLETE_AFTER_S = 1.0
 
 
-def write_studies(root: Path, count: int, seed: int) -> list[list[Path]]:
-    """`count` synthetic AP pelvis + cross-table lateral studies, one folder each."""
+def write_studies(root: Path, count: int, seed: int,
+                  all_pipelines: bool = False) -> list[list[Path]]:
+    """`count` synthetic AP pelvis + cross-table lateral studies, one folder each (with
+    `all_pipelines`: a THA on one hip and fixation on the other in turn, as bench_e2e)."""
     out = []
     for i in range(count):
-        s = make_study(seed, i, views=("ap_pelvis", "cross_table_lateral"), side="R")
+        s = make_study(seed, i, views=("ap_pelvis", "cross_table_lateral"), side="R",
+                       hardware=HARDWARE_CYCLE[i % len(HARDWARE_CYCLE)]
+                       if all_pipelines else None)
         folder = root / s.study_uid  # folder name = Study Instance UID
         folder.mkdir(parents=True)
         for j, img in enumerate(s.images):
@@ -106,8 +116,8 @@ def pending_jobs(url: str) -> int:
 
 
 def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Path]],
-        warmup: list[list[Path]], work: Path, server: str, drain: bool = False
-        ) -> dict[str, Any]:
+        warmup: list[list[Path]], work: Path, server: str, drain: bool = False,
+        pipelines: list[str] | None = None) -> dict[str, Any]:
     """One configuration: receiver + `workers` worker processes; returns the figures.
 
     `drain`: the workers are stopped (SIGSTOP) while the burst is received and routed,
@@ -128,9 +138,11 @@ def run(workers: int, threads: int, model_dirs: list[Path], burst: list[list[Pat
         "destinations": {"pacs": {"ae_title": pacs.ae_title, "host": "127.0.0.1",
                                   "port": pacs.port}},
         "rule_mode": base["rule_mode"],
-        "rules": [{**rule, "pipelines": ["hardware"]} for rule in base["rules"]],
+        "rules": [{**rule, "pipelines": pipelines or ["hardware"]} for rule in base["rules"]],
         "pipelines": {"hardware": {"kind": "hardware", "models": [str(p) for p in model_dirs],
-                                   "runtime": "onnx"}},
+                                   "runtime": "onnx"},
+                      **{name: {"kind": name} for name in pipelines or []
+                         if name != "hardware"}},
         "logging": {"level": "INFO", "json_logs": True},
     }
     cfg = work / "config.yaml"
@@ -238,6 +250,9 @@ def main() -> None:
     ap.add_argument("--model", default="b4", choices=["b4", "demo"],
                     help="b4: efficientnet_b4 @ 380 px, random weights; demo: the shipped "
                          "hardware demo model")
+    ap.add_argument("--pipelines", default="hardware", choices=["hardware", "all"],
+                    help="hardware alone, or every kind with shipped demo weights in each "
+                         "job (with --model demo: the shipped hardware demo among them)")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1,
                     help="cores shared by the workers: each gets cores // workers threads")
     ap.add_argument("--threads", type=int, default=None,
@@ -258,18 +273,20 @@ def main() -> None:
     results = []
     try:
         model_dirs = [b4_model_dir(root)] if args.model == "b4" else []
-        burst = write_studies(root / "burst", args.studies, 4343)
+        every = args.pipelines == "all"
+        pipelines = ALL_PIPELINES if every else None
+        burst = write_studies(root / "burst", args.studies, 4343, every)
         print(f"{'drain' if args.drain else 'burst'} of {args.studies} studies x 2 images; "
-              f"model={args.model}; "
+              f"model={args.model}; pipelines={args.pipelines}; "
               f"complete_after_s={COMPLETE_AFTER_S}; cores={args.cores}; "
               f"started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
         with postgres_server(bindir) as server:
             for n, workers in enumerate(args.workers):
-                warmup = write_studies(root / f"warmup-{n}", 4 * workers, 5000 + n)
+                warmup = write_studies(root / f"warmup-{n}", 4 * workers, 5000 + n, every)
                 threads = args.threads or max(args.cores // workers, 1)
                 r = run(workers, threads, model_dirs, burst, warmup, root / f"run-{n}", server,
-                        args.drain)
+                        args.drain, pipelines)
                 results.append(r)
                 print(f"{workers} worker(s) x {threads} thread(s): "
                       f"{r['studies_per_min']:.1f} studies/min ({r['studies']} in "
