@@ -87,21 +87,20 @@ class CropHeat:
         `normalise_map` (as the full-size map, at that resolution)."""
         if (rows, cols) == self.shape:
             return self.full()
-        acc = None
-        for model_map, box in self.parts:
-            crop_map = box.to_source(model_map, (rows, cols))
-            acc = crop_map if acc is None else acc + crop_map
-        return normalise_map(acc, inplace=True)  # type: ignore[arg-type]
+        return self._mapped((rows, cols))
 
     def full(self) -> np.ndarray:
         """The map in the crop's own geometry (computed once)."""
         if self._full is None:
-            acc = None
-            for model_map, box in self.parts:
-                crop_map = box.to_source(model_map)
-                acc = crop_map if acc is None else acc + crop_map
-            self._full = normalise_map(acc, inplace=True)  # type: ignore[arg-type]
+            self._full = self._mapped(self.shape)
         return self._full
+
+    def _mapped(self, shape: tuple[int, int]) -> np.ndarray:
+        model_map, box = self.parts[0]
+        acc = box.to_source(model_map, shape)
+        for model_map, box in self.parts[1:]:
+            acc += box.to_source(model_map, shape)
+        return normalise_map(acc, inplace=True)
 
     def peak(self, step: int = PEAK_STEP) -> tuple[float, float] | None:
         """(column, row) of the map's maximum in continuous crop pixels, found on a grid
