@@ -168,25 +168,3 @@ def gem_grad_cam(features: np.ndarray, weight: np.ndarray, p: float,
     alpha = (np.asarray(weight[class_index], dtype=np.float64) * np.power(g, 1.0 - p)
              * grad.mean(axis=(1, 2)) / n)
     return normalise_map(np.tensordot(alpha, f, axes=([0], [0])))
-
-
-def to_source(model_map: np.ndarray, letterbox: Letterbox, box: tuple[int, int, int, int],
-              source_shape: tuple[int, int], into: np.ndarray | None = None) -> np.ndarray:
-    """Place a model-space map into the source image geometry (Rows, Columns).
-
-    `box` is the crop's (top, left, bottom, right) in source pixels. With `into`, the map is
-    combined (maximum) into an existing full-size map, e.g. the other hip of an AP pelvis.
-    """
-    return place(letterbox.to_source(model_map), box, source_shape, into)
-
-
-def place(crop_map: np.ndarray, box: tuple[int, int, int, int], source_shape: tuple[int, int],
-          into: np.ndarray | None = None) -> np.ndarray:
-    """Put a crop-geometry map at its box in a full-size map (maximum with what is there)."""
-    top, left, bottom, right = box
-    if crop_map.shape != (bottom - top, right - left):
-        raise ValueError(f"crop map {crop_map.shape} does not fit box {box}")
-    out = into if into is not None else np.zeros(source_shape, dtype=np.float32)
-    region = out[top:bottom, left:right]
-    np.maximum(region, np.clip(crop_map, 0.0, 1.0), out=region)
-    return out

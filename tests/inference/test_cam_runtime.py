@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from hiprouter.findings import HeatMap
 from hiprouter.inference import cam as cammod
 from hiprouter.inference.classifier import CropClassifier
 from hiprouter.inference.decode import decode
@@ -75,11 +76,17 @@ def test_map_goes_back_to_the_blob_in_source_geometry() -> None:
     left = [c for c in hip_crops(ds, image) if c.laterality == "L"][0]
     boxed, lb = letterbox(left.pixels, 64)
     model_map = _resize(boxed, (8, 8))  # a "feature map" that is the image itself
-    full = cammod.to_source(cammod.normalise_map(model_map), lb, left.box, image.shape)
+    heat = HeatMap(ds.SOPInstanceUID, shape=image.shape,
+                   pieces=[(cammod.CropHeat([(model_map, lb)]), left.box)])
+    full = heat.heat
     assert full.shape == (300, 500)
     peak = np.unravel_index(np.argmax(full), full.shape)
     assert abs(peak[0] - 90) <= 25 and abs(peak[1] - 410) <= 25
     assert full[:, :250].max() == 0.0  # nothing spills into the other hip
+    small = heat.resized(150, 250)  # as an SC takes it
+    peak = np.unravel_index(np.argmax(small), small.shape)
+    assert abs(peak[0] - 45) <= 13 and abs(peak[1] - 205) <= 13
+    assert small[:, :125].max() == 0.0
 
 
 def test_classifier_kind_ap_pelvis_two_hips_and_refusals(tiny_model_dir) -> None:
