@@ -50,9 +50,32 @@ HARDWARE_CYCLE = [{"R": "tha", "L": "no_hardware"}, {"R": "no_hardware", "L": "d
 class TimedPACS(LocalPACS):
     """The demo PACS, remembering when each study's SR arrived."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, prefer_explicit: bool = False) -> None:
         super().__init__(folder)
         self.sr_at: dict[str, float] = {}
+        self.prefer_explicit = prefer_explicit
+
+    def start(self) -> LocalPACS:
+        """pynetdicom's acceptor takes its own first matching syntax: Implicit VR Little
+        Endian by default, so the router re-encodes its Explicit VR files for it. With
+        `prefer_explicit` it prefers Explicit VR Little Endian, as DCMTK's storescp does by
+        default (``+x=``), and the files go out as stored."""
+        if not self.prefer_explicit:
+            return super().start()
+        from pydicom.uid import ExplicitVRLittleEndian
+        from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = [
+            build_context(cx.abstract_syntax,
+                          [ExplicitVRLittleEndian,
+                           *(t for t in cx.transfer_syntax if t != ExplicitVRLittleEndian)])
+            for cx in AllStoragePresentationContexts]
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = int(self._server.server_address[1])
+        return self
 
     def _on_store(self, event: Any) -> int:
         status = super()._on_store(event)
@@ -79,8 +102,8 @@ def run(model_dirs: list[Path], label: str, studies: list[list[Path]],
         warmups: list[list[Path]], work: Path, runtime: str, workers: int,
         pipelines: list[str], sc_compression: str | None = None,
         sc_max_side: int | None = None, inference_threads: int | None = None,
-        worker_processes: int = 0) -> dict[str, Any]:
-    pacs = TimedPACS(work / "pacs").start()
+        worker_processes: int = 0, pacs_prefers: str = "implicit") -> dict[str, Any]:
+    pacs = TimedPACS(work / "pacs", prefer_explicit=pacs_prefers == "explicit").start()
     port = free_port()
     base = yaml.safe_load((REPO / "config.yaml").read_text())
     config = {
@@ -259,6 +282,10 @@ def main() -> None:
                     help="report.sc_max_side (default: config.yaml's)")
     ap.add_argument("--inference-threads", type=int, default=None,
                     help="inference.threads (default: one per core)")
+    ap.add_argument("--pacs-prefers", default="implicit", choices=["implicit", "explicit"],
+                    help="transfer syntax the PACS picks first: implicit (pynetdicom's "
+                         "default; the router re-encodes its Explicit VR files) or explicit "
+                         "(DCMTK storescp's default; files go out as stored)")
     ap.add_argument("--worker-processes", type=int, default=0,
                     help="`hiprouter worker --count 1 --no-dispatch` processes next to serve "
                          "(--workers then sets serve's own job threads, 0 for none)")
@@ -287,6 +314,7 @@ def main() -> None:
               f"pipelines={','.join(pipelines)}; "
               f"complete_after_s={COMPLETE_AFTER_S}; runtime={args.runtime}; "
               f"workers={args.workers}; worker processes={args.worker_processes}; "
+              f"PACS prefers {args.pacs_prefers} VR; "
               f"inference threads={args.inference_threads or 'one per core'}; "
               f"sc_compression={args.sc_compression or 'config.yaml'}; "
               f"sc_max_side={args.sc_max_side or 'config.yaml'}; "
@@ -297,7 +325,7 @@ def main() -> None:
             work.mkdir()
             r = run(dirs, name, studies, warmups, work, args.runtime, args.workers, pipelines,
                     args.sc_compression, args.sc_max_side, args.inference_threads,
-                    args.worker_processes)
+                    args.worker_processes, args.pacs_prefers)
             print(f"{name:5s}: last ack -> SR at PACS p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s"
                   f" (of which {COMPLETE_AFTER_S:.1f} s idle timeout); "
                   f"{r['studies_per_min']:.1f} studies/min")
