@@ -18,15 +18,26 @@ report stage builds every DICOM object of the study from all pipelines' findings
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from hiprouter.config import RunsOn
-from hiprouter.findings import Finding, Laterality, ModelInfo, PipelineResult, Vocabulary
+from hiprouter.findings import (
+    Box,
+    CropMap,
+    Finding,
+    HeatMap,
+    Laterality,
+    ModelInfo,
+    PipelineResult,
+    Vocabulary,
+)
+from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.study import StudyInput
 
 
@@ -52,6 +63,19 @@ class Inputs:
     views: frozenset[str] | None = None
     """Views it assesses (ap_pelvis, ap_hip, frog_leg, cross_table_lateral); None: all."""
     level: Literal["hip", "image"] = "hip"
+
+
+def crop_heat_maps(study: StudyInput,
+                   crop_maps: Iterable[tuple[str, HipCrop, np.ndarray | CropMap | None]],
+                   label: str) -> list[HeatMap]:
+    """One `HeatMap` per source image from per-crop maps (SOP Instance UID, crop, map or
+    None), kept as pieces at the crops' boxes: put together only when a report asks."""
+    pieces: dict[str, list[tuple[np.ndarray | CropMap, Box]]] = {}
+    for uid, crop, crop_map in crop_maps:
+        if crop_map is not None:
+            pieces.setdefault(uid, []).append((crop_map, crop.box))
+    return [HeatMap(uid, label=label, shape=study.images[uid].decoded.pixels.shape, pieces=p)
+            for uid, p in pieces.items()]
 
 
 @dataclass

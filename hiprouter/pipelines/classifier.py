@@ -26,11 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from hiprouter.findings import (
-    Box,
     Classification,
-    CropMap,
     Finding,
-    HeatMap,
     Laterality,
     ModelInfo,
     PipelineResult,
@@ -48,6 +45,7 @@ from hiprouter.pipelines.base import (
     PipelineKind,
     PipelineOptions,
     Target,
+    crop_heat_maps,
 )
 
 VIEW_NAMES = {"ap_pelvis": "AP pelvis", "ap_hip": "AP hip", "frog_leg": "frog-leg lateral",
@@ -200,13 +198,10 @@ class ClassifierKind(PipelineKind):
         used_views = [crop.view for _, crop in crops]
         finding.qualifiers["views"] = ", ".join(
             dict.fromkeys(VIEW_NAMES[v] for v in used_views))
-        pieces: dict[str, list[tuple[np.ndarray | CropMap, Box]]] = {}
-        for (uid, crop), pred in zip(crops, preds, strict=True):
-            if pred.heat is not None:
-                pieces.setdefault(uid, []).append((pred.heat, crop.box))
-        finding.heatmaps = [HeatMap(uid, label=classification.predicted,
-                                    shape=study.images[uid].decoded.pixels.shape, pieces=p)
-                            for uid, p in pieces.items()]
+        finding.heatmaps = crop_heat_maps(
+            study, [(uid, crop, pred.heat) for (uid, crop), pred in zip(crops, preds,
+                                                                         strict=True)],
+            classification.predicted)
         positive = not self._vocabulary.is_negative(classification.predicted)
         crop_maps = [pred.heat for pred in preds] if positive else [None] * len(preds)
         finding.regions = [_point_at_hip(crops, crop_maps)]

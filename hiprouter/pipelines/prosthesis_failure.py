@@ -30,11 +30,9 @@ from pydantic import Field
 
 from hiprouter.config import RunsOn
 from hiprouter.findings import (
-    Box,
     Classification,
     Finding,
     FindingClass,
-    HeatMap,
     Laterality,
     ModelInfo,
     PipelineResult,
@@ -52,6 +50,7 @@ from hiprouter.pipelines.base import (
     PipelineKind,
     PipelineOptions,
     Target,
+    crop_heat_maps,
 )
 from hiprouter.pipelines.classifier import VIEW_NAMES
 
@@ -206,14 +205,11 @@ class ProsthesisFailureKind(PipelineKind):
         if pred.single_view:
             finding.qualifiers["single_view"] = SINGLE_VIEW
             finding.qualifiers["label"] = SINGLE_VIEW
-        pieces: dict[str, list[tuple[np.ndarray, Box]]] = {}
-        for (uid, crop), crop_map in [*zip(ap, pred.ap_maps, strict=True),
-                                      *zip(lateral, pred.lateral_maps, strict=True)]:
-            if crop_map is not None:
-                pieces.setdefault(uid, []).append((crop_map, crop.box))
-        finding.heatmaps = [HeatMap(uid, label=classification.predicted,
-                                    shape=study.images[uid].decoded.pixels.shape, pieces=p)
-                            for uid, p in pieces.items()]
+        finding.heatmaps = crop_heat_maps(
+            study, [(uid, crop, crop_map) for (uid, crop), crop_map in
+                    [*zip(ap, pred.ap_maps, strict=True),
+                     *zip(lateral, pred.lateral_maps, strict=True)]],
+            classification.predicted)
         positive = not self._vocabulary.is_negative(classification.predicted)
         ap_uid, ap_crop = ap[0]
         ap_map = pred.ap_maps[0]
