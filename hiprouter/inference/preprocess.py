@@ -139,12 +139,8 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
             return hit[1], hit[2]
     out, box = _letterbox(img, size)
     out.setflags(write=False)
-    try:
-        ref = weakref.ref(img)
-    except TypeError:  # not an ndarray (e.g. a subclass without weak references)
-        return out, box
     with _recent_lock:
-        _recent[key] = (ref, out, box)
+        _recent[key] = (weakref.ref(img), out, box)
         while len(_recent) > _RECENT:
             _recent.popitem(last=False)
     return out, box
