@@ -3,7 +3,8 @@
 Real hip/pelvis radiographs without hardware must never get a hardware sentence; images
 that are not hip radiographs must be refused or not assessed. Each file is run twice:
 with its own headers (the router's refusals by tag apply) and with headers claiming an AP
-pelvis of an adult of unknown age (only the image itself can then refuse it). JPEG files
+pelvis of an adult of unknown age (only the image itself can then refuse it: the
+whole-image anatomy check, unless --no-anatomy-check, and the hip model). JPEG files
 (the paediatric DDH set) are converted to a greyscale CR object first, as a careless
 gateway would.
 
@@ -79,7 +80,7 @@ def claim_pelvis(ds: object) -> object:
     return ds
 
 
-def run(kind: str, models: list[Path], options: dict) -> list[dict]:
+def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> list[dict]:
     import pydicom
 
     from hiprouter.config import Settings
@@ -88,7 +89,9 @@ def run(kind: str, models: list[Path], options: dict) -> list[dict]:
 
     settings = Settings.model_validate({"pipelines": {kind: {
         "kind": kind, "models": [str(m) for m in models], "device": "cpu", **options}}})
-    pipe = PipelineSet(settings).get(kind)
+    pipes = PipelineSet(settings)
+    pipe = pipes.get(kind)
+    check = pipes.anatomy_check() if anatomy else None
     items = []
     for rel, what in FILES:
         path = DATA / rel
@@ -102,6 +105,8 @@ def run(kind: str, models: list[Path], options: dict) -> list[dict]:
         for mode, data in (("own headers", ds), ("claims AP pelvis", claim_pelvis(ds))):
             study = StudyInput.from_datasets(str(data.StudyInstanceUID), [data],
                                              pipe.modalities())
+            if check is not None and study.images:
+                study.check_anatomy(check)
             result = pipe.run(study, None)
             refused = {**study.refused, **result.not_assessed}
             if refused:
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", type=Path, required=True)
     ap.add_argument("--min-age-years", type=float, default=None)
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--no-anatomy-check", action="store_true",
+                    help="Skip the whole-image anatomy check (as with "
+                         "inference.anatomy_check.enabled: false).")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"no real data at {DATA}; nothing to check")
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"heatmaps": False}
     if args.min_age_years is not None:
         options["min_age_years"] = args.min_age_years
-    rows = run(args.kind, args.model, options)
+    rows = run(args.kind, args.model, options, anatomy=not args.no_anatomy_check)
     lines = ["| file | what | headers | hip | status | says |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['file']} | {r['what']} | {r['headers']} | {r['hip']} | {r['status']} | "
               f"{r['says']} |" for r in rows]

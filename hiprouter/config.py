@@ -433,6 +433,21 @@ class DecodeConfig(_Strict):
     """Longest decode of one image; the decoding process is then killed."""
 
 
+class AnatomyCheckConfig(_Strict):
+    """The whole-image check, before any pipeline, that an image is an adult hip or pelvis
+    radiograph (inference/anatomy.py): images that are not (a chest or knee film whose
+    headers claim a pelvis, a child's pelvis, a photograph) are not assessed, with the
+    reason."""
+
+    enabled: bool = False
+    model: Path | None = None
+    """Anatomy model folder; None: the bundled demo (models/anatomy-demo)."""
+    min_probability: float | None = Field(None, ge=0, le=1)
+    """Below this probability of "hip" an image is not assessed; None: the card's."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+
+
 class InferenceConfig(_Strict):
     """Process-wide settings of the CPU inference back-ends."""
 
@@ -440,6 +455,7 @@ class InferenceConfig(_Strict):
     """Intra-op threads of each ONNX Runtime session and of PyTorch on the CPU in this
     process; None: one per core. With several worker processes on one host, give each its
     share of the cores (e.g. 2 processes on 8 cores: 4), else they oversubscribe."""
+    anatomy_check: AnatomyCheckConfig = AnatomyCheckConfig()
 
 
 class WebAuth(_Strict):
@@ -739,6 +755,8 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         s.dataset.label_rules = _resolve(base, s.dataset.label_rules)
     if s.sr_templates_dir is not None:
         s.sr_templates_dir = _resolve(base, s.sr_templates_dir)
+    if s.inference.anatomy_check.model is not None:
+        s.inference.anatomy_check.model = _resolve(base, s.inference.anatomy_check.model)
     s._base_dir = base
     files: list[tuple[BaseModel, tuple[str, ...]]] = [
         (s.node.tls, ("cert_file", "key_file", "ca_file"))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,25 +206,29 @@ def verified_card(model_dir: Path, card: ModelCard | None = None) -> ModelCard:
 
 
 def create_model(architecture: str, num_classes: int, in_chans: int = 1,
-                 attention: str | None = None, pool: str | None = None) -> Any:
+                 attention: str | None = None, pool: str | None = None,
+                 widths: Sequence[int] | None = None) -> Any:
     """A timm backbone with a fresh head (never downloads weights).
 
     `attention` ("cbam", "se", "eca") goes into every residual block of a ResNet-family
-    model; `pool` "gem" replaces the global average pool by generalized-mean pooling.
+    model; `pool` "gem" replaces the global average pool by generalized-mean pooling;
+    `widths` sets a ResNet-family model's stage widths (a narrower, smaller network).
     """
     import timm
 
     kwargs: dict[str, Any] = {}
     if attention and attention != "none":
         kwargs["block_args"] = {"attn_layer": attention}
+    if widths:
+        kwargs["channels"] = tuple(int(w) for w in widths)
     try:
         module = timm.create_model(architecture, pretrained=False, in_chans=in_chans,
                                    num_classes=num_classes, **kwargs)
     except RuntimeError as exc:  # timm: "Unknown model (...)"
         raise ModelError(f"unknown timm architecture {architecture!r}: {exc}") from exc
-    except TypeError as exc:  # block_args on an architecture without residual blocks
-        raise ModelError(f"{architecture} does not take attention {attention!r} "
-                         f"(ResNet-family architectures do): {exc}") from exc
+    except TypeError as exc:  # block_args/channels on an architecture without them
+        raise ModelError(f"{architecture} does not take attention {attention!r} or stage "
+                         f"widths {widths!r} (ResNet-family architectures do): {exc}") from exc
     if pool and pool != "avg":
         from hiprouter.inference.layers import set_global_pool
 
@@ -238,7 +243,8 @@ def card_model(card: ModelCard) -> Any:
     """A fresh module of the card's architecture, channels, attention and pooling."""
     params = card.parameters or {}
     return create_model(card.architecture, len(card.classes), card.in_chans,
-                        attention=params.get("attention"), pool=params.get("pool"))
+                        attention=params.get("attention"), pool=params.get("pool"),
+                        widths=params.get("widths"))
 
 
 WEIGHT_DTYPES = ("float32", "float16")

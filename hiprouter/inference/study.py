@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from hiprouter.inference.anatomy import AnatomyCheck, AnatomyVerdict
 from hiprouter.inference.decode import DecodedImage, RefusedImage, decode
 from hiprouter.inference.laterality import HipCrop, View, classify_view, hip_crops, not_hip_reason
 from hiprouter.inference.parallel import map_each
@@ -45,6 +46,8 @@ class StudyInput:
     """SOP Instance UID -> usable image, in the order received."""
     refused: dict[str, str] = field(default_factory=dict)
     """SOP Instance UID -> why the image cannot be used by any radiograph model."""
+    anatomy: dict[str, AnatomyVerdict] = field(default_factory=dict)
+    """SOP Instance UID -> the anatomy check's verdict (when the check ran)."""
 
     @classmethod
     def from_datasets(cls, study_uid: str, datasets: Sequence[Dataset],
@@ -72,6 +75,17 @@ class StudyInput:
             else:
                 study.images[uid] = prepared
         return study
+
+    def check_anatomy(self, check: AnatomyCheck) -> None:
+        """Run the whole-image anatomy check on every usable image, once; images that are
+        not adult hip or pelvis radiographs move to `refused` with the check's reason."""
+        uids = list(self.images)
+        verdicts = check.assess([self.images[u].decoded.pixels for u in uids])
+        for uid, verdict in zip(uids, verdicts, strict=True):
+            self.anatomy[uid] = verdict
+            if verdict.refused:
+                del self.images[uid]
+                self.refused[uid] = verdict.reason or "not a hip or pelvis radiograph"
 
     def crops(self, views: Iterable[str] | None = None,
               modalities: Iterable[str] | None = None) -> list[tuple[str, HipCrop]]:

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hiprouter.config import ConfigError, PipelineConfig, RunsOn, Settings
+from hiprouter.inference.anatomy import AnatomyCheck
 from hiprouter.pipelines.base import KindContext, PipelineKind, PipelineOptions
 
 GROUP = "hiprouter.pipelines"
@@ -195,8 +196,21 @@ class PipelineSet:
         self._lock = threading.Lock()
         self._resolver = resolver
         self._deployments: Mapping[str, Mapping[str, Any]] = {}
+        self._anatomy: AnatomyCheck | None = None
         load_plugins(settings.plugins)
         self.refresh()
+
+    def anatomy_check(self) -> AnatomyCheck | None:
+        """The whole-image anatomy check every job runs first (None when disabled); loaded
+        on first use, once per worker process."""
+        cfg = self.settings.inference.anatomy_check
+        if not cfg.enabled:
+            return None
+        with self._lock:
+            if self._anatomy is None:
+                self._anatomy = AnatomyCheck.from_dir(cfg.model, cfg.min_probability,
+                                                      cfg.device, cfg.runtime)
+            return self._anatomy
 
     def refresh(self) -> None:
         """Re-read the model registry; instances of versions no longer deployed are dropped."""

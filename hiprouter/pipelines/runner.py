@@ -97,7 +97,8 @@ def run_variants(stages: Sequence[Sequence[Variant]], conditions: dict[str, Runs
 
 def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: str,
                   datasets: Sequence[Dataset]) -> tuple[StudyFindings, dict[str, StudyImage]]:
-    """Decode the study once and run the named pipelines (and their shadow models) in
+    """Decode the study once, check that each image is a hip or pelvis radiograph
+    (`inference.anatomy_check`), and run the named pipelines (and their shadow models) in
     cascade order.
 
     Returns the findings and the decoded images (for the report's overlays).
@@ -107,6 +108,9 @@ def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: st
     modalities = {m for variants in stages for v in variants for m in v.pipeline.modalities()}
     started = time.perf_counter()
     study = StudyInput.from_datasets(study_uid, datasets, modalities)
+    check = pipeline_set.anatomy_check()
+    if check is not None and study.images:
+        study.check_anatomy(check)
     decode_ms = (time.perf_counter() - started) * 1000.0
     conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
     findings = run_variants(stages, conditions, study)

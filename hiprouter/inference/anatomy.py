@@ -1,0 +1,93 @@
+"""The anatomy check: is a whole image an adult hip or pelvis radiograph at all?
+
+Hip models read per-hip crops cut where the headers say the hips are, so a chest film
+whose headers claim a pelvis still gives two "hip" crops, and every hip model answers
+something for them. Before any pipeline runs, this check classifies each usable image of
+the study once, whole (letterboxed to the model's input size), into hip / child's pelvis /
+chest / knee / hand / other. An image whose calibrated probability of "hip" is below the
+card's ``abstention.min_probability`` is not assessed by any pipeline, with a reason that
+names what it looks like; the job's audit records it like every other refusal.
+
+The model is a small classifier like the hip models (card + weights, ONNX Runtime on the
+CPU, temperature from the card), trained by `hiprouter train-anatomy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hiprouter.inference.classifier import CropClassifier
+from hiprouter.inference.models import ModelError, demo_model_dir
+
+LABEL_SET = "anatomy"
+HIP = "hip"
+LOOKS_LIKE = {"child_pelvis": "a child's pelvis", "chest": "a chest radiograph",
+              "knee": "a knee radiograph", "hand": "a hand radiograph",
+              "other": "no radiograph of a body part (blank, noise or a photograph)"}
+
+
+@dataclass
+class AnatomyVerdict:
+    """The check's answer for one image."""
+
+    probabilities: dict[str, float]
+    refused: bool
+    reason: str | None = None
+
+    @property
+    def hip(self) -> float:
+        return self.probabilities.get(HIP, 0.0)
+
+
+class AnatomyCheck:
+    """A loaded anatomy model and its threshold."""
+
+    def __init__(self, classifier: CropClassifier, min_probability: float | None = None
+                 ) -> None:
+        card = classifier.cards[0]
+        if card.label_set != LABEL_SET or HIP not in classifier.classes:
+            raise ModelError(f"{card.name} is a {card.label_set!r} model; the anatomy check "
+                             f"needs an {LABEL_SET!r} model with a {HIP!r} class")
+        self.classifier = classifier
+        self.classes = list(classifier.classes)
+        if min_probability is None:
+            min_probability = classifier.card_value("abstention", "min_probability")
+        if min_probability is None:
+            raise ModelError(f"{card.name}: the card has no abstention.min_probability; "
+                             "set inference.anatomy_check.min_probability")
+        self.min_probability = float(min_probability)
+
+    @classmethod
+    def from_dir(cls, model_dir: Path | None = None, min_probability: float | None = None,
+                 device: str = "auto", runtime: str = "auto") -> AnatomyCheck:
+        """Load a model folder (None: the bundled demo, models/anatomy-demo)."""
+        folder = Path(model_dir) if model_dir is not None else demo_model_dir(LABEL_SET)
+        return cls(CropClassifier.from_dirs([folder], device, runtime, batch_size=8),
+                   min_probability)
+
+    @property
+    def info(self) -> str:
+        card = self.classifier.cards[0]
+        return f"{card.name} {card.version}"
+
+    def assess(self, images: Sequence[np.ndarray]) -> list[AnatomyVerdict]:
+        """Verdicts for whole decoded images (float [0, 1], MONOCHROME2)."""
+        preds = self.classifier.predict(list(images), heatmaps=False)
+        out = []
+        for pred in preds:
+            probs = {c: float(p) for c, p in zip(self.classes, pred.probabilities, strict=True)}
+            hip = probs[HIP]
+            if hip >= self.min_probability:
+                out.append(AnatomyVerdict(probs, False))
+                continue
+            other = max((c for c in self.classes if c != HIP), key=probs.__getitem__)
+            looks = LOOKS_LIKE.get(other, f"{other!r}")
+            out.append(AnatomyVerdict(probs, True, (
+                f"not a hip or pelvis radiograph of an adult: looks like {looks} "
+                f"({probs[other]:.2f}; hip {hip:.2f}, below {self.min_probability:.2f}; "
+                f"anatomy check {self.info})")))
+        return out
