@@ -439,7 +439,7 @@ class AnatomyCheckConfig(_Strict):
     headers claim a pelvis, a child's pelvis, a photograph) are not assessed, with the
     reason."""
 
-    enabled: bool = False
+    enabled: bool = True
     model: Path | None = None
     """Anatomy model folder; None: the bundled demo (models/anatomy-demo)."""
     min_probability: float | None = Field(None, ge=0, le=1)

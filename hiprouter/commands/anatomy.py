@@ -32,8 +32,8 @@ def register(group: click.Group) -> None:
 @click.option("--lr", default=2e-3, show_default=True, type=float)
 @click.option("--keep", default=0.995, show_default=True, type=float,
               help="Fraction of validation hip images the threshold keeps assessed.")
-@click.option("--augment", "augment_preset", default="strong", show_default=True,
-              type=click.Choice(["none", "basic", "strong"]))
+@click.option("--augment", "augment_preset", default="anatomy", show_default=True,
+              type=click.Choice(["none", "basic", "strong", "anatomy"]))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--workers", default=1, show_default=True, type=int,

@@ -219,10 +219,17 @@ def train_cmd(data_dirs: tuple[Path, ...], labels_csvs: tuple[Path, ...], out_di
 @click.option("--ensemble", "more_models", multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Further model folders averaged with MODEL_DIR (an ensemble).")
+@click.option("--anatomy-check/--no-anatomy-check", default=True, show_default=True,
+              help="Run the whole-image anatomy check first, as every job does: OOD images "
+                   "it refuses are not assessed; labelled images it would refuse are "
+                   "counted.")
+@click.option("--anatomy-model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Anatomy model folder (default: the bundled demo).")
 def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_dir: Path,
                  device: str, runtime: str, label_column: str, n_boot: int,
                  record_as: str | None, dataset_name: str, ood_dirs: tuple[Path, ...],
-                 more_models: tuple[Path, ...]) -> None:
+                 more_models: tuple[Path, ...], anatomy_check: bool,
+                 anatomy_model: Path | None) -> None:
     """Evaluate MODEL_DIR on labelled DICOM files: metrics table, report.md/json, PNGs."""
     from rich.table import Table
 
@@ -240,9 +247,14 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
                           dataset_name)
         return
     try:
+        anatomy = None
+        if anatomy_check:
+            from hiprouter.inference.anatomy import AnatomyCheck
+
+            anatomy = AnatomyCheck.from_dir(anatomy_model, device=device, runtime=runtime)
         metrics, paths = evaluate_model([model_dir, *more_models], data_dir, labels_csv,
                                         out_dir, device, runtime, label_column, n_boot=n_boot,
-                                        ood_dirs=ood_dirs)
+                                        ood_dirs=ood_dirs, anatomy=anatomy)
     except (DatasetError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -270,6 +282,10 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
                       f"{pct(sel['not_assessed_rate'])}, indeterminate "
                       f"{pct(sel['indeterminate_rate'])}, assessed {pct(sel['assessed_rate'])} "
                       f"(accuracy {fmt(sel['accuracy_assessed'])})")
+    if metrics.get("anatomy_check"):
+        a = metrics["anatomy_check"]
+        out.print(f"anatomy check ({a['model']}): {a['not_assessed']} of {a['images']} "
+                  "labelled images would not be assessed")
     if metrics.get("ood_images"):
         o = metrics["ood_images"]
         out.print(f"OOD images: {o['images']}, not assessed "

@@ -131,7 +131,14 @@ def load_images(items: Sequence[tuple[Path, str]], size: int, cache_dir: Path | 
     return stacked, np.asarray(labels, dtype=np.int64), refused
 
 
-def choose_min_probability(p_hip: np.ndarray, keep: float = 0.995, cap: float = 0.5) -> float:
+MAX_MIN_PROBABILITY = 0.2
+"""The threshold never exceeds this: only an image the model finds clearly more like
+something else is refused (a hip image from another source may look less familiar than
+the validation hips; a refused hip is a lost report)."""
+
+
+def choose_min_probability(p_hip: np.ndarray, keep: float = 0.995,
+                           cap: float = MAX_MIN_PROBABILITY) -> float:
     """The "hip" probability below which an image is not assessed: the (1 - keep) quantile
     of the validation hip images' probabilities, never above `cap`."""
     if len(p_hip) == 0:
@@ -153,6 +160,26 @@ def refusal_rates(probs: np.ndarray, labels: np.ndarray, min_probability: float
                      "not_assessed": round(float((probs[sel, hip] < min_probability).mean()), 4),
                      "accuracy": round(float((probs[sel].argmax(1) == k).mean()), 4)}
     return out
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995
+              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The card's calibration and abstention from validation logits, and the validation
+    rates at that threshold."""
+    fitted = fit_temperature(logits, labels)
+    # never sharpen: a validation set the model separates perfectly drives the fitted
+    # temperature to its lower bound, which says nothing about images from elsewhere
+    temperature = max(1.0, fitted)
+    probs = softmax(logits, temperature)
+    hip = ANATOMY_CLASSES.index(HIP_CLASS)
+    min_probability = choose_min_probability(probs[labels == hip, hip], keep)
+    calibration = {"temperature": round(temperature, 4), "fitted_temperature": round(fitted, 4),
+                   "rule": "max(1, temperature fitted on validation)",
+                   "ece_before": _round(ece(softmax(logits), labels)),
+                   "ece_after": _round(ece(probs, labels))}
+    abstention = {"min_probability": round(min_probability, 4), "keep": keep,
+                  "max_min_probability": MAX_MIN_PROBABILITY}
+    return calibration, abstention, refusal_rates(probs, labels, min_probability)
 
 
 def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir: Path,
@@ -214,13 +241,10 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
     train_seconds = round(time.time() - started, 1)
 
     logits, _ = forward_arrays(module, val_x, device)
-    temperature = fit_temperature(logits, val_y)
-    probs = softmax(logits, temperature)
-    hip = ANATOMY_CLASSES.index(HIP_CLASS)
-    min_probability = choose_min_probability(probs[val_y == hip, hip], keep)
-    rates = refusal_rates(probs, val_y, min_probability)
-    log(f"temperature {temperature:.3f}; min_probability {min_probability:.4f}; validation: "
-        + json.dumps(rates))
+    calibration, abstention, rates = calibrate(logits, val_y, keep)
+    log(f"temperature {calibration['temperature']:.3f} (fitted "
+        f"{calibration['fitted_temperature']:.3f}); min_probability "
+        f"{abstention['min_probability']:.4f}; validation: " + json.dumps(rates))
     params = {"widths": list(widths), "channels": ["grey"], "input": "whole image"}
     card = ModelCard(
         name=f"{cfg.name}", version=cfg.version, architecture=cfg.arch,
@@ -240,11 +264,7 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
                   "val_folders": [str(Path(d).name) for d in val_dirs],
                   "train_images": {c: int(counts[k]) for k, c in enumerate(ANATOMY_CLASSES)},
                   "seconds": train_seconds, "history": state["history"]},
-        evaluation={"validation": rates},
-        calibration={"temperature": round(temperature, 4),
-                     "ece_before": _round(ece(softmax(logits), val_y)),
-                     "ece_after": _round(ece(probs, val_y))},
-        abstention={"min_probability": round(min_probability, 4), "keep": keep},
+        evaluation={"validation": rates}, calibration=calibration, abstention=abstention,
     )
     return save_model(module.cpu(), card, out_dir, dtype=cfg.weights_dtype)
 

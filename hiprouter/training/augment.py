@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-PRESETS = ("none", "basic", "strong")
+PRESETS = ("none", "basic", "strong", "anatomy")
 
 BASIC = {"rotation_deg": 10.0, "zoom": 0.1, "translate": 0.05, "perspective": 0.2,
          "brightness": 0.2, "contrast": 0.2, "flip_p": 0.5}
@@ -25,11 +25,18 @@ STRONG = {**BASIC, "rotation_deg": 20.0, "zoom": 0.25, "translate": 0.08, "persp
           "lowres_p": 0.2, "lowres_min": 0.4}
 
 
+ANATOMY = {**STRONG, "gamma": 0.9, "scatter_p": 0.5, "scatter_max": 0.6, "equalize_p": 0.3}
+"""Whole images for the anatomy check: also the tone of another site's films (scatter that
+greys the lungs of a chest film, histogram equalisation, wider tone curves), so that what
+decides is the shape of the anatomy, not the generator's contrast."""
+
+
 def preset(name: str) -> dict[str, float]:
     """The augmentation parameters of a preset (recorded in the model card)."""
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation {name!r}; choose from {', '.join(PRESETS)}")
-    return {} if name == "none" else dict(BASIC if name == "basic" else STRONG)
+    return {} if name == "none" else dict({"basic": BASIC, "strong": STRONG,
+                                           "anatomy": ANATOMY}[name])
 
 
 class Augment:
@@ -65,6 +72,19 @@ class Augment:
             x = x.clamp(0, 1).pow(g)
         x = self.jitter(x.clamp(0, 1))
         size = x.shape[-1]
+        if a.get("scatter_p") and torch.rand(1).item() < a["scatter_p"]:
+            from torchvision.transforms.v2 import functional as TF  # noqa: N812
+
+            # scatter: a broad haze over the image lowers local contrast
+            k = (size // 4) | 1
+            haze = TF.gaussian_blur(x, kernel_size=[k, k], sigma=[size / 10, size / 10])
+            w = float(torch.empty(1).uniform_(0.0, a["scatter_max"]))
+            x = (1 - w) * x + w * haze
+        if a.get("equalize_p") and torch.rand(1).item() < a["equalize_p"]:
+            from torchvision.transforms.v2 import functional as TF  # noqa: N812
+
+            u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+            x = TF.equalize(u8).float() / 255.0
         if a.get("lowres_p") and torch.rand(1).item() < a["lowres_p"]:
             f = float(torch.empty(1).uniform_(a["lowres_min"], 0.9))
             small = max(8, int(size * f))

@@ -287,6 +287,12 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
             + "".join(f"; {k} (p >= {v['threshold']:.3f}): sensitivity {_fmt(v['sensitivity'])}"
                       f", other hips flagged {_pct(v['other_hips_flagged'])}"
                       for k, v in tri["classes"].items()))
+    anat = metrics.get("anatomy_check")
+    if anat:
+        lines.append(f"- anatomy check ({anat['model']}, P(hip) below "
+                     f"{anat['min_probability']:.3f}): {anat['not_assessed']} of "
+                     f"{anat['images']} labelled images would not be assessed "
+                     f"({_pct(anat['not_assessed_rate'])}); they stay in the figures above")
     ood = metrics.get("ood_images")
     if ood:
         lines.append(f"- out-of-distribution images ({ood['images']}): not assessed "
@@ -412,10 +418,13 @@ def fuse_predictions(keys: Sequence[tuple[str, str]], labels: Sequence[int],
 
 
 def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
-                 modalities: Sequence[str] = ("CR", "DX")) -> list[dict[str, Any]]:
+                 modalities: Sequence[str] = ("CR", "DX"), anatomy: Any | None = None,
+                 ) -> list[dict[str, Any]]:
     """What a classifier pipeline would say about each image, per hip: refused (not a hip
-    radiograph by its tags, or not decodable), not_assessed (every crop out of
-    distribution), indeterminate (below `min_confidence`) or assessed with the class."""
+    radiograph by its tags, not decodable, or -- with `anatomy`, an `AnatomyCheck` -- not
+    an adult hip or pelvis radiograph by the whole-image check), not_assessed (every crop
+    out of distribution), indeterminate (below `min_confidence`) or assessed with the
+    class."""
     from hiprouter.inference.decode import RefusedImage, decode, read_dataset
     from hiprouter.inference.laterality import hip_crops, not_hip_reason
 
@@ -426,7 +435,12 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
             reason = not_hip_reason(ds)
             if reason:
                 raise RefusedImage(reason)
-            crops = hip_crops(ds, decode(ds, modalities).pixels)
+            pixels = decode(ds, modalities).pixels
+            if anatomy is not None:
+                verdict = anatomy.assess([pixels])[0]
+                if verdict.refused:
+                    raise RefusedImage(verdict.reason or "not a hip or pelvis radiograph")
+            crops = hip_crops(ds, pixels)
         except RefusedImage as exc:
             out.append({"path": str(path), "hip": "", "status": "refused", "reason": exc.reason})
             continue
@@ -444,6 +458,27 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
                         "status": status, "predicted": clf.classes[best],
                         "probability": float(probs[best]), "ood_score": pred.ood_score})
     return out
+
+
+def anatomy_figures(anatomy: Any, paths: Sequence[Path],
+                    modalities: Sequence[str] = ("CR", "DX")) -> dict[str, Any]:
+    """How many labelled (hip) images the whole-image anatomy check would not assess."""
+    from hiprouter.inference.decode import RefusedImage, decode_file
+
+    refused: list[str] = []
+    checked = 0
+    for path in paths:
+        try:
+            _, decoded = decode_file(path, modalities)
+        except (RefusedImage, OSError):
+            continue
+        checked += 1
+        if anatomy.assess([decoded.pixels])[0].refused:
+            refused.append(str(path))
+    return {"model": anatomy.info, "min_probability": anatomy.min_probability,
+            "images": checked, "not_assessed": len(refused),
+            "not_assessed_rate": len(refused) / checked if checked else None,
+            "not_assessed_files": refused[:20]}
 
 
 def ood_figures(results: Sequence[dict[str, Any]], kinds: dict[str, str] | None = None,
@@ -500,10 +535,14 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
                    device: str = "auto", runtime: str = "auto", label_column: str = "",
                    cache_dir: Path | None = None, n_boot: int = N_BOOTSTRAP,
                    ood_dirs: Sequence[Path] = (), ood_detection: bool = True,
+                   anatomy: Any | None = None,
                    ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Evaluate a model (or ensemble) on a labelled DICOM folder; per-hip fused figures as the
     pipeline fuses views (calibrated probabilities; OOD crops left out), with the card's
-    abstention and OOD rates; `ood_dirs`: folders of images it must not assess.
+    abstention and OOD rates; `ood_dirs`: folders of images it must not assess. With
+    `anatomy` (an `AnatomyCheck`, as every job runs it first) the OOD images it refuses
+    count as not assessed, and the labelled images it would refuse are counted (they stay
+    in the per-hip figures, which measure the model itself).
 
     The labels come from `label_column`, by default the column of the model card's label set.
     """
@@ -554,7 +593,7 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
         for folder in ood_dirs:
             paths, k = ood_folder(folder)
             kinds.update(k)
-            results.extend(assess_files(clf, paths, min_conf))
+            results.extend(assess_files(clf, paths, min_conf, anatomy=anatomy))
         metrics["ood_images"] = ood_figures(results, kinds)
         from hiprouter.inference.ood import detection_rates
 
@@ -564,6 +603,9 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
         metrics["ood_images"]["crops_scored"] = len(out_scores)
         metrics["ood_images"]["auroc_crops"] = detection_rates(
             [p.ood_score for p in preds], out_scores, np.inf)["auroc"]
+    if anatomy is not None:
+        metrics["anatomy_check"] = anatomy_figures(
+            anatomy, sorted({Path(data_dir) / rows[i].path for i in used}))
     info = clf.info
     metrics["model"] = {"name": info.name, "version": info.version,
                         "architecture": info.architecture, "device_uid": info.device_uid,

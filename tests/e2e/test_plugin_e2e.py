@@ -29,6 +29,7 @@ from tests.inference.helpers import blob_image, constant_model, make_radiograph
 from tests.report.inputs import numbers_by_tracking_uid
 from tests.router.conftest import storescu
 from tests.router.pacs import StoreSCP
+from tests.toy import NO_ANATOMY_CHECK
 from tests.validation import assert_valid
 
 PLUGIN = REPO / "tests" / "plugins" / "metal_extent"
@@ -73,6 +74,7 @@ def test_plugin_kind_joins_the_one_report_of_the_study(router_process: Any, plug
             "fracture": {"kind": "fracture", "models": [str(fracture)], "device": "cpu"},
             "metal": {"kind": "metal_extent", "threshold": 0.9, "min_percent": 1.0},
         },
+        "inference": NO_ANATOMY_CHECK,
         "rules": [{"name": "hips", "match": {"tag": "Modality", "in": ["CR", "DX"]},
                    "pipelines": ["metal", "fracture", "hardware"], "send_to": ["pacs"]}],
     }

@@ -61,7 +61,8 @@ def test_every_demo_pipeline_serves_without_importing_torch(tmp_path: Path) -> N
     assert not first["torch"], "torch was imported while serving on the CPU"
     assert first["findings"] >= 4 and first["left_out"] == []
     bundles = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
-    assert [b.split("-")[0] for b in bundles] == ["classifier"] * 4 + ["dualview", "onfh"]
+    # four classifier kinds and the anatomy check, the dual-view and the ONFH models
+    assert [b.split("-")[0] for b in bundles] == ["classifier"] * 5 + ["dualview", "onfh"]
     for b in bundles:
         manifest = json.loads((tmp_path / "cache" / "onnx" / b / "bundle.json").read_text())
         assert manifest["graphs"] and all(

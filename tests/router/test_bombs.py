@@ -19,6 +19,7 @@ from hiprouter.schema import AuditEvent, FindingRow, Instance
 from tests.router.conftest import RouterProcess, echoscu, storescu
 from tests.router.dicomkit import add_study, deflate_bomb, j2k_bomb, make_dataset, write_dataset
 from tests.router.rawdul import wait_until
+from tests.toy import NO_ANATOMY_CHECK
 
 
 def test_deflate_bomb_is_refused_and_quarantined(
@@ -54,6 +55,7 @@ def test_jpeg2000_bomb_costs_one_image_and_the_study_reports_the_others(
         "plugins": ["tests.router.testpipes"],
         "report": {"secondary_captures": False},
         "decode": {"memory_limit_mb": 512},
+        "inference": NO_ANATOMY_CHECK,
     })
     db.upgrade(sqlite_url)
     engine = db.make_engine(sqlite_url)

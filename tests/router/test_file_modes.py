@@ -18,6 +18,7 @@ from hiprouter.schema import AuditEvent, Send
 from tests.router.conftest import RouterProcess, make_cr_files, storescu
 from tests.router.pacs import StoreSCP
 from tests.router.rawdul import wait_until
+from tests.toy import NO_ANATOMY_CHECK
 
 Factory = Callable[..., RouterProcess]
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,7 @@ def _config(pacs: StoreSCP, tmp_path: Path, **storage: Any) -> dict[str, Any]:
         "pipelines": {"marked": {"kind": "marked"}},
         "plugins": ["tests.router.testpipes"],
         "report": {"secondary_captures": False},
+        "inference": NO_ANATOMY_CHECK,
         "rules": [{"name": "hip", "match": {"tag": "BodyPartExamined", "equals": "HIP"},
                    "pipelines": ["marked"], "send_to": ["pacs"]}],
         "queue": {"poll_interval_s": 0.1},

@@ -25,6 +25,7 @@ from hiprouter.router.flow.worker import enqueue_sends, run_job
 from hiprouter.schema import AuditEvent, Job, Send, Study
 from tests.router.dicomkit import add_study, make_study
 from tests.router.pacs import StoreSCP
+from tests.toy import NO_ANATOMY_CHECK
 
 REPO = Path(__file__).resolve().parents[3]
 HIP_RULE = {"name": "hip", "match": {"tag": "BodyPartExamined", "in": ["HIP", "PELVIS"]},
@@ -227,6 +228,7 @@ def _worker_config(tmp_path: Path, url: str, pacs_port: int, lease_s: float) -> 
         "pipelines": {"marked": {"kind": "marked"}},
         "plugins": ["tests.router.testpipes"],
         "report": {"secondary_captures": False},
+        "inference": NO_ANATOMY_CHECK,
         "queue": {"lease_s": lease_s, "poll_interval_s": 0.1,
                   "retry": {"initial_s": 0.5, "max_s": 1}},
         "logging": {"level": "INFO", "json_logs": True},

@@ -28,6 +28,7 @@ from tests.conftest import free_port
 from tests.router.conftest import storescu
 from tests.router.dicomkit import make_study
 from tests.router.pacs import StoreSCP
+from tests.toy import NO_ANATOMY_CHECK
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -47,6 +48,7 @@ def _config(tmp_path: Path, host: str, mount: Path, url: str, port: int,
         "pipelines": {"marked": {"kind": "marked"}},
         "plugins": ["tests.router.testpipes"],
         "report": {"secondary_captures": False},
+        "inference": NO_ANATOMY_CHECK,
         "logging": {"level": "INFO", "json_logs": True},
     }
     path = tmp_path / f"config-{host}.yaml"
