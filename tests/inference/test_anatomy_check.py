@@ -139,3 +139,22 @@ def test_relative_model_path_resolves_against_the_config_file(tmp_path: Path) ->
     cfg.write_text("inference:\n  anatomy_check:\n    model: models/anatomy\n")
     settings = load_settings(cfg)
     assert settings.inference.anatomy_check.model == tmp_path / "models" / "anatomy"
+
+
+def test_check_anatomy_command_prints_a_row_per_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hiprouter.cli import main
+
+    model = anatomy_model(tmp_path / "m", "hand")
+    (tmp_path / "films").mkdir()
+    pelvis_dataset().save_as(tmp_path / "films" / "a.dcm", enforce_file_format=True)
+    (tmp_path / "films" / "broken.dcm").write_bytes(b"not DICOM at all")
+    res = CliRunner().invoke(main, ["check-anatomy", str(tmp_path / "films"),
+                                    "--model", str(model)])
+    assert res.exit_code == 0, res.output
+    rows = res.output.strip().splitlines()
+    assert rows[0].startswith("file,verdict,hip,child_pelvis,chest,knee,hand,other,reason")
+    by_file = {r.split(",")[0].rsplit("/", 1)[-1]: r for r in rows[1:]}
+    assert ",not assessed," in by_file["a.dcm"] and "hand radiograph" in by_file["a.dcm"]
+    assert ",not decodable," in by_file["broken.dcm"]
