@@ -204,8 +204,10 @@ def build_report(study: StudyFindings, sources: Sequence[Dataset],
         for f in study.findings():
             n = counts[(f.pipeline, f.laterality)] = counts.get((f.pipeline, f.laterality), 0) + 1
             tracking.append(uid("tracking", f.pipeline, f.laterality, str(n)))
+        image_tracking = {u: uid("tracking", "not-assessed", u) for u in study.not_assessed()}
         sr = build_sr(study, headers, text, router, series_uid=uid("sr-series"),
-                      sop_uid=uid("sr-instance", inputs), tracking_uids=tracking)
+                      sop_uid=uid("sr-instance", inputs), tracking_uids=tracking,
+                      image_tracking_uids=image_tracking)
     except Exception as exc:
         left_out.append(("SR", f"{type(exc).__name__}: {exc}"))
 

@@ -52,6 +52,8 @@ def _valid(elem: DataElement) -> bool:
     try:
         for value in values:
             if value is not None and value != "":
+                if elem.VR in ("DS", "IS"):  # pydicom holds them as numbers: check the text
+                    value = getattr(value, "original_string", None) or str(value)
                 validate_value(elem.VR, value, config.RAISE)
     except (ValueError, TypeError):
         return False

@@ -190,15 +190,49 @@ def _groups(finding: Finding, vocab_code: Code | None, sentence: str, tracking_u
     return [drawn, numbers]
 
 
+PROJECTION_MODALITIES = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
+
+
+def _describable(ds: Dataset) -> bool:
+    """Whether highdicom's image library entry (TID 1601/1603) can describe the image: a
+    projection radiograph needs Patient Orientation and Imager Pixel Spacing (two values
+    each). An image without them is still named in the impression and the evidence."""
+    if str(ds.get("Modality", "")) not in PROJECTION_MODALITIES:
+        return True
+    orientation, spacing = ds.get("PatientOrientation"), ds.get("ImagerPixelSpacing")
+    return (orientation is not None and len(orientation) == 2 and spacing is not None
+            and len(spacing) == 2)
+
+
+def _not_assessed_group(sop_uid: str, reason: str, tracking_uid: str,
+                        sources: dict[str, Dataset]) -> hd.sr.Template:
+    """A TID 1501 group saying that one image was not assessed, and why (a study in which
+    no hip got a finding still needs one measurement group for TID 1500)."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
+                                                     identifier="image not assessed"),
+        finding_type=STATUS_CODES["not_assessed"],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=AI_STATUS, value=STATUS_CODES["not_assessed"])],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
+            sources[sop_uid])])
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=COMMENT, value=f"Image not assessed: {reason}"[:1024],
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    return group
+
+
 def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText,
              router: ModelInfo, *, series_uid: str, sop_uid: str,
-             tracking_uids: Sequence[str],
+             tracking_uids: Sequence[str], image_tracking_uids: dict[str, str] | None = None,
              series_description: str = SR_SERIES_DESCRIPTION) -> hd.sr.Comprehensive3DSR:
     """Build the SR of one study's findings.
 
     ``evidence`` are the source radiographs used (the SR copies the Patient and Study
     modules from the first); ``tracking_uids`` has one UID per finding in
     `StudyFindings.findings()` order; ``router`` identifies the AI system as observer.
+    Without any finding, each not-assessed image gets a group of its own (UID from
+    ``image_tracking_uids`` by SOP Instance UID) saying why.
     """
     if not evidence:
         raise ValueError("build_sr: no source image to attach the report to")
@@ -212,6 +246,10 @@ def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText
         c = f.classification
         code = vocab[c.predicted].code if c is not None and c.predicted in vocab else None
         groups.extend(_groups(f, code, sentence, uid, sources))
+    if not groups:
+        for u, reason in study.not_assessed().items():
+            if u in sources and image_tracking_uids and u in image_tracking_uids:
+                groups.append(_not_assessed_group(u, reason, image_tracking_uids[u], sources))
     language = hd.sr.LanguageOfContentItemAndDescendants(
         hd.sr.CodedConcept(text.language, "RFC5646",
                            LANGUAGES.get(text.language, text.language)))
@@ -221,7 +259,8 @@ def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
         language_of_content_item_and_descendants=language,
-        referenced_images=None if groups else list(evidence),
+        referenced_images=None if groups else ([ds for ds in evidence if _describable(ds)]
+                                               or None),
     )
     impression = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)

@@ -95,3 +95,10 @@ def test_a_chest_claimed_as_a_pelvis_is_not_assessed_by_any_pipeline() -> None:
     assert all(r.findings == [] for r in findings.results)
     reason = findings.not_assessed()[str(ds.SOPInstanceUID)]
     assert "not a hip or pelvis radiograph" in reason and "chest" in reason
+    # the PACS still gets an SR saying so (and no triage flag)
+    from hiprouter.report.build import build_report
+
+    bundle = build_report(findings.reported(), [ds], {}, settings.report,
+                          {n: settings.pipelines[n].triage for n in ("hardware", "screening")})
+    assert bundle.sr is not None and bundle.left_out == [] and bundle.priority == "ROUTINE"
+    assert reason in bundle.text.impression

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import pytest
 
 from hiprouter.config import ReportConfig
@@ -76,3 +77,42 @@ def test_sc_series_laterality(tmp_path: Path, body_part: str | None, image_later
     else:
         assert (sc.Laterality or "") == expected
     validate(write_bundle(bundle, tmp_path))
+
+
+def test_numbers_of_the_source_are_kept() -> None:
+    """DS and IS values (held by pydicom as numbers) are checked as the text they are."""
+    _, (ds,), _ = make_study()
+    ds.WindowCenter = "2048.5"
+    header = source_header(ds)
+    assert header.InstanceNumber == 1 and list(header.PatientOrientation) == ["L", "F"]
+    assert float(header.WindowCenter) == 2048.5
+    assert [float(v) for v in header.ImagerPixelSpacing] == [0.2, 0.2]
+
+
+@pytest.mark.parametrize("defect", ["none", "no orientation or spacing"])
+def test_a_study_with_no_image_assessed_still_gets_its_sr(tmp_path: Path, defect: str) -> None:
+    """Every image refused (e.g. by the anatomy check): the SR says so, with the reason, and
+    validates; a radiograph whose header cannot fill an image library entry is left out of
+    the library, not out of the report."""
+    from hiprouter.findings import PipelineResult, StudyFindings
+    from hiprouter.pipelines.hardware import HARDWARE
+    from tests.report.inputs import DEMO_MODEL, make_cr
+
+    ds = make_cr("1.2.826.0.1.3680043.8.498.1")
+    if defect != "none":
+        del ds.PatientOrientation, ds.ImagerPixelSpacing
+    reason = "not a hip or pelvis radiograph of an adult: looks like a chest radiograph"
+    study = StudyFindings(str(ds.StudyInstanceUID), [PipelineResult(
+        "hardware", "hardware", HARDWARE, DEMO_MODEL,
+        not_assessed={str(ds.SOPInstanceUID): reason})])
+    bundle = build_report(study, [ds], {}, ReportConfig())
+    assert bundle.left_out == [] and bundle.sr is not None and bundle.scs == []
+    assert reason in bundle.text.impression
+    validate(write_bundle(bundle, tmp_path))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    (group,) = sr.content.get_image_measurement_groups()
+    assert str(group.tracking_identifier) == "image not assessed"
+    again = build_report(study, [ds], {}, ReportConfig())  # a rerun: the same UIDs
+    assert again.sr.SOPInstanceUID == bundle.sr.SOPInstanceUID
+    assert hd.sr.Comprehensive3DSR.from_dataset(again.sr).content.get_image_measurement_groups()[
+        0].tracking_uid == group.tracking_uid
