@@ -239,6 +239,10 @@ def build_report(study: StudyFindings, sources: Sequence[Dataset],
             continue
         try:
             source = source_header(full[u])
+            if "FrameOfReferenceUID" not in source and "PixelSpacing" in source:
+                # a projection radiograph: highdicom would derive a Pixel Measures Sequence
+                # without Slice Thickness from it, which its own reader then refuses
+                del source.PixelSpacing
             source.PixelData = full[u].PixelData
             source.file_meta = full[u].file_meta
             segs.append(build_seg(source, masks, series_uid=uid("seg-series"),
