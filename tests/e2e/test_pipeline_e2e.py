@@ -277,3 +277,42 @@ def test_combined_orientation_letters_still_get_every_object(router_process: Any
     finally:
         router.stop()
         pacs.stop()
+
+
+def test_chest_film_sent_as_a_pelvis_is_reported_not_assessed(router_process: Any,
+                                                              tmp_path: Path) -> None:
+    """A chest radiograph whose headers claim an AP pelvis is routed (the tags say pelvis),
+    but the anatomy check stops it before every pipeline: the PACS gets a valid SR that says
+    why nothing was assessed and a ROUTINE KOS, no overlay; the audit names the reason."""
+    from hiprouter.synth.ood import claim_ap_pelvis, make_ood_image
+
+    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
+    router = router_process(router_overrides("PACS", pacs.port))
+    try:
+        chest = claim_ap_pelvis(make_ood_image("chest_pa", 9500))
+        sent = storescu(router.port, write_study(tmp_path / "chest", [chest]))
+        assert sent.returncode == 0, sent.stderr
+        study_uid = str(chest.StudyInstanceUID)
+        wait_until(lambda: [d for d in pacs_objects(pacs).get(KOS, [])
+                            if str(d.StudyInstanceUID) == study_uid], 300, "the KOS")
+        factory = router.session_factory()
+        wait_until(lambda: _all_sent(factory), 60, "every output sent")
+        objects = pacs_objects(pacs)
+        assert {k: len(v) for k, v in objects.items()} == {SR: 1, KOS: 1}
+        validate([Path(d.filename) for ds in objects.values() for d in ds])
+        text = objects[SR][0].to_json()
+        assert "No hip could be assessed" in text
+        assert "not a hip or pelvis radiograph of an adult: looks like a chest" in text
+        with factory() as s:
+            assert s.scalars(select(FindingRow).where(FindingRow.study_uid == study_uid)
+                             ).all() == []
+            (kos_row,) = s.scalars(select(Output).where(Output.kind == "KOS")).all()
+            audit = s.scalars(select(AuditEvent).where(
+                AuditEvent.event_id_code == "HIP008")).all()
+        assert kos_row.priority == "ROUTINE"
+        assert any(str(chest.SOPInstanceUID) in e.objects.get("sop_instance_uids", [])
+                   and "looks like a chest radiograph" in e.outcome_description
+                   for e in audit)
+    finally:
+        router.stop()
+        pacs.stop()
