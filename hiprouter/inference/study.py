@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 
-from hiprouter.inference.anatomy import AnatomyCheck, AnatomyVerdict
 from hiprouter.inference.decode import DecodedImage, RefusedImage, decode
 from hiprouter.inference.laterality import HipCrop, View, classify_view, hip_crops, not_hip_reason
 from hiprouter.inference.parallel import map_each
+
+if TYPE_CHECKING:
+    from hiprouter.inference.anatomy import AnatomyCheck
 
 
 @dataclass
@@ -46,8 +49,6 @@ class StudyInput:
     """SOP Instance UID -> usable image, in the order received."""
     refused: dict[str, str] = field(default_factory=dict)
     """SOP Instance UID -> why the image cannot be used by any radiograph model."""
-    anatomy: dict[str, AnatomyVerdict] = field(default_factory=dict)
-    """SOP Instance UID -> the anatomy check's verdict (when the check ran)."""
 
     @classmethod
     def from_datasets(cls, study_uid: str, datasets: Sequence[Dataset],
@@ -82,7 +83,6 @@ class StudyInput:
         uids = list(self.images)
         verdicts = check.assess([self.images[u].decoded.pixels for u in uids])
         for uid, verdict in zip(uids, verdicts, strict=True):
-            self.anatomy[uid] = verdict
             if verdict.refused:
                 del self.images[uid]
                 self.refused[uid] = verdict.reason or "not a hip or pelvis radiograph"

@@ -190,20 +190,6 @@ def _groups(finding: Finding, vocab_code: Code | None, sentence: str, tracking_u
     return [drawn, numbers]
 
 
-PROJECTION_MODALITIES = ("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA")
-
-
-def _describable(ds: Dataset) -> bool:
-    """Whether highdicom's image library entry (TID 1601/1603) can describe the image: a
-    projection radiograph needs Patient Orientation and Imager Pixel Spacing (two values
-    each). An image without them is still named in the impression and the evidence."""
-    if str(ds.get("Modality", "")) not in PROJECTION_MODALITIES:
-        return True
-    orientation, spacing = ds.get("PatientOrientation"), ds.get("ImagerPixelSpacing")
-    return (orientation is not None and len(orientation) == 2 and spacing is not None
-            and len(spacing) == 2)
-
-
 def _not_assessed_group(sop_uid: str, reason: str, tracking_uid: str,
                         sources: dict[str, Dataset]) -> hd.sr.Template:
     """A TID 1501 group saying that one image was not assessed, and why (a study in which
@@ -248,7 +234,7 @@ def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText
         groups.extend(_groups(f, code, sentence, uid, sources))
     if not groups:
         for u, reason in study.not_assessed().items():
-            if u in sources and image_tracking_uids and u in image_tracking_uids:
+            if u in sources and u in (image_tracking_uids or {}):
                 groups.append(_not_assessed_group(u, reason, image_tracking_uids[u], sources))
     language = hd.sr.LanguageOfContentItemAndDescendants(
         hd.sr.CodedConcept(text.language, "RFC5646",
@@ -259,8 +245,6 @@ def build_sr(study: StudyFindings, evidence: Sequence[Dataset], text: ReportText
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
         language_of_content_item_and_descendants=language,
-        referenced_images=None if groups else ([ds for ds in evidence if _describable(ds)]
-                                               or None),
     )
     impression = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
