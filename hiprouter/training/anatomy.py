@@ -18,10 +18,9 @@ probability of "hip" below which an image is not assessed, set so that a chosen 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from hiprouter.inference.models import (
 )
 from hiprouter.inference.preprocess import letterbox
 from hiprouter.training.calibration import ece, fit_temperature, softmax
+from hiprouter.training.dataset import cache_file, map_jobs
 from hiprouter.training.train import TrainConfig, _Crops, _run_stage, augmentation, forward_arrays
 
 ANATOMY_LABEL_SET = "anatomy"
@@ -83,13 +83,10 @@ def whole_image(ds_pixels: np.ndarray, size: int) -> np.ndarray:
 
 def _cached_whole(args: tuple[Path, int, Path | None]) -> np.ndarray | str:
     path, size, cache_dir = args
-    cached = None
-    if cache_dir is not None:
-        stat = path.stat()
-        key = f"whole|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}"
-        cached = cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}-{size}.npy"
-        if cached.is_file():
-            return np.load(cached)
+    # the crop cache's key, as a file of its own: <key>-<size>.whole.npy
+    cached = cache_file(cache_dir, path, size).with_suffix(".whole.npy") if cache_dir else None
+    if cached is not None and cached.is_file():
+        return np.load(cached)
     try:
         _, decoded = decode_file(path, RADIOGRAPH_MODALITIES)
     except (RefusedImage, OSError) as exc:
@@ -108,18 +105,8 @@ def load_images(items: Sequence[tuple[Path, str]], size: int, cache_dir: Path | 
                 ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """uint8 (N, size, size) images, their class indices, and refusals by path."""
     jobs = [(path, size, cache_dir) for path, _ in items]
-
-    def results() -> Iterator[np.ndarray | str]:
-        if workers > 1 and len(jobs) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(workers) as pool:
-                yield from pool.map(_cached_whole, jobs, chunksize=4)
-        else:
-            yield from map(_cached_whole, jobs)
-
     images, labels, refused = [], [], {}
-    stream = results()
+    stream = map_jobs(_cached_whole, jobs, workers)
     for (path, cls), image in zip(items, progress(stream) if progress else stream,
                                   strict=True):
         if isinstance(image, str):

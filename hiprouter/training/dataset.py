@@ -16,6 +16,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -150,7 +151,8 @@ def read_sources(sources: Sequence[tuple[Path, Path]], classes: Sequence[str],
     return out
 
 
-def _cache_file(cache_dir: Path, image: Path, size: int) -> Path:
+def cache_file(cache_dir: Path, image: Path, size: int) -> Path:
+    """The cache file of one image at one input size (its path, size and mtime in the key)."""
     stat = image.stat()
     key = f"{image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}"
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}-{size}.npz"
@@ -170,7 +172,7 @@ def letterboxed_crops(ds: Dataset, pixels: np.ndarray, size: int
 def image_crops(image: Path, size: int, cache_dir: Path | None,
                 modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> dict[str, np.ndarray]:
     """Letterboxed uint8 crops of one image keyed by laterality (R, L, U); cached."""
-    cached = _cache_file(cache_dir, image, size) if cache_dir else None
+    cached = cache_file(cache_dir, image, size) if cache_dir else None
     if cached is not None and cached.is_file():
         with np.load(cached) as npz:
             return {k: npz[k] for k in npz.files}
@@ -195,6 +197,17 @@ def crop_for(crops: dict[str, np.ndarray], laterality: str) -> np.ndarray | None
     return None
 
 
+def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) -> Iterator[Any]:
+    """`fn` over `jobs` in order, in `workers` processes when there is more than one."""
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            yield from pool.map(fn, jobs, chunksize=4)
+    else:
+        yield from map(fn, jobs)
+
+
 def _crops_or_reason(args: tuple[Path, int, Path | None]) -> dict[str, np.ndarray] | str:
     try:
         return image_crops(*args)
@@ -217,17 +230,8 @@ def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir
         by_path.setdefault(row.path, []).append(i)
     items = list(by_path.items())
     jobs = [(Path(data_dir) / path, size, cache_dir) for path, _ in items]
-
-    def results() -> Iterator[tuple[tuple[str, list[int]], dict[str, np.ndarray] | str]]:
-        if workers > 1 and len(jobs) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(workers) as pool:
-                yield from zip(items, pool.map(_crops_or_reason, jobs, chunksize=4), strict=True)
-        else:
-            yield from zip(items, map(_crops_or_reason, jobs), strict=True)
-
-    for (path, idx), crops in (progress(results()) if progress else results()):
+    results = zip(items, map_jobs(_crops_or_reason, jobs, workers), strict=True)
+    for (path, idx), crops in (progress(results) if progress else results):
         if isinstance(crops, str):
             refused[path] = crops
             continue
