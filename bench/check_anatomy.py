@@ -8,7 +8,7 @@ grey CR object as bench/check_real.py does), one row each. Runs the production p
 decode, then `AnatomyCheck.assess` on the whole decoded image.
 
     .venv/bin/python bench/check_anatomy.py [--model models/anatomy-demo] \
-        [--folder DIR ...] [--markdown out.md]
+        [--folder DIR ...] [--markdown out.md] [--no-real]
 """
 
 from __future__ import annotations
@@ -100,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--folder", type=Path, action="append", default=[])
     ap.add_argument("--markdown", type=Path)
+    ap.add_argument("--no-real", action="store_true", help="only the folders")
     args = ap.parse_args(argv)
     from hiprouter.inference.anatomy import AnatomyCheck
 
     check = AnatomyCheck.from_dir(args.model, device="cpu")
     print(f"anatomy check {check.info}, min_probability {check.min_probability:.4f}")
     lines = folder_rates(check, args.folder) if args.folder else []
-    if DATA.is_dir():
+    if args.no_real:
+        pass
+    elif DATA.is_dir():
         lines += ["", *real_rows(check)]
     else:
         lines.append(f"(no real data at {DATA})")

@@ -3,10 +3,11 @@
 Hip models read per-hip crops cut where the headers say the hips are, so a chest film
 whose headers claim a pelvis still gives two "hip" crops, and every hip model answers
 something for them. Before any pipeline runs, this check classifies each usable image of
-the study once, whole (letterboxed to the model's input size), into hip / child's pelvis /
-chest / knee / hand / other. An image whose calibrated probability of "hip" is below the
-card's ``abstention.min_probability`` is not assessed by any pipeline, with a reason that
-names what it looks like; the job's audit records it like every other refusal.
+the study once, whole (letterboxed to the model's input size), into the classes of its card
+(the shipped one: hip / child's pelvis / chest / knee / hand / shoulder / spine / skull /
+other). An image whose calibrated probability of "hip" is below the card's
+``abstention.min_probability`` is not assessed by any pipeline, with a reason that names
+what it looks like; the job's audit records it like every other refusal.
 
 The model is a small classifier like the hip models (card + weights, ONNX Runtime on the
 CPU, temperature from the card), trained by `hiprouter train-anatomy`.
@@ -27,6 +28,8 @@ LABEL_SET = "anatomy"
 HIP = "hip"
 LOOKS_LIKE = {"child_pelvis": "a child's pelvis", "chest": "a chest radiograph",
               "knee": "a knee radiograph", "hand": "a hand radiograph",
+              "shoulder": "a shoulder radiograph", "spine": "a spine radiograph",
+              "skull": "a skull or dental radiograph",
               "other": "no radiograph of a body part (blank, noise or a photograph)"}
 
 

@@ -9,7 +9,8 @@
 - `canvas`: drawing primitives; `image`: detector physics, processing and degradation;
   `tone`: console look-up tables; `overlay`: lead markers and burned-in annotations.
 - `alt`: an independent second renderer with the same label schema (cross-generator tests).
-- `ood`: images a hip model must not assess (chest, child pelvis, knee, hand, noise, photos).
+- `ood`: images a hip model must not assess (chest, child pelvis, knee, hand, shoulder, lumbar
+  spine, skull, noise, photos).
 
 Nothing in the production path (router, pipelines, report) imports this package.
 """

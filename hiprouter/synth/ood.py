@@ -1,5 +1,6 @@
 """Images a hip model must not assess ("not assessed" tests), as DICOM objects: a PA chest,
-a child's pelvis, an AP knee, a PA hand, pure noise, a colour photograph (RGB Secondary
+a child's pelvis, an AP knee, a PA hand, an AP shoulder (a ball in a socket, like a hip), a
+lateral lumbar spine, a lateral skull with teeth, pure noise, a colour photograph (RGB Secondary
 Capture), the same photograph greyed by a careless gateway into a CR object, and a blank
 image. Headers say what a real sender would, sometimes wrongly (a chest labelled PELVIS).
 """
@@ -7,6 +8,7 @@ image. Headers say what a real sender would, sometimes wrongly (a chest labelled
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -25,13 +27,23 @@ from hiprouter.synth.alt.voi import apply_voi
 from hiprouter.synth.dicom import SeriesHeader, StudyHeader, build_dataset, det_uid
 
 OOD_KINDS = ("chest_pa", "child_pelvis", "knee_ap", "hand_pa", "noise", "photo_rgb",
-             "photo_mono", "blank")
+             "photo_mono", "blank", "shoulder_ap", "spine_lat", "skull_lat")
 OOD_FIELDS = (*LABEL_FIELDS, "ood_kind")
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 _PART = {"chest_pa": ("CHEST", "51185008", "Thorax"), "knee_ap": ("KNEE", "72696002", "Knee"),
          "hand_pa": ("HAND", "85562004", "Hand"), "child_pelvis": ("PELVIS", "816092008",
-                                                                    "Pelvis")}
+                                                                    "Pelvis"),
+         "shoulder_ap": ("SHOULDER", "16982005", "Shoulder region"),
+         "spine_lat": ("LSPINE", "122496007", "Lumbar spine"),
+         "skull_lat": ("SKULL", "89546000", "Skull")}
+# field of view (mm, width x height ranges), centre and beam side of each drawn region
+_REGIONS = {"chest_pa": (((350, 430), (380, 440)), (0, 0, 40.0), 1),
+            "knee_ap": (((180, 240), (220, 300)), (0, 0, 0.0), -1),
+            "hand_pa": (((180, 240), (220, 280)), (0, 0, 30.0), 1),
+            "shoulder_ap": (((200, 260), (200, 260)), (-40, 0, -10.0), -1),
+            "spine_lat": (((220, 300), (330, 430)), (0, 0, 30.0), 1),
+            "skull_lat": (((220, 260), (220, 270)), (10, 0, -5.0), 1)}
 
 
 def _headers(kind: str, seed: int, rng: np.random.Generator, modality: str, view: str,
@@ -82,19 +94,19 @@ def _radiograph(kind: str, seed: int, rng: np.random.Generator) -> Dataset:
             c = np.array([0, -patient.body.trunk_b, -55 * s])
             layers.add("lead", solid(box(c, np.eye(3), (30 * s, 0.5, 25 * s))))
     else:
-        if kind == "chest_pa":
-            fov, center, side = (rng.uniform(350, 430), rng.uniform(380, 440)), (0, 0, 40.0), 1
-        elif kind == "knee_ap":
-            fov, center, side = (rng.uniform(180, 240), rng.uniform(220, 300)), (0, 0, 0.0), -1
-        else:
-            fov, center, side = (rng.uniform(180, 240), rng.uniform(220, 280)), (0, 0, 30.0), 1
+        (w, h), center, side = _REGIONS[kind]
+        fov = (rng.uniform(*w), rng.uniform(*h))
         cam = regions.camera(side, fov, long_side, np.asarray(center))
         layers = Layers(cam)
         {"chest_pa": lambda: regions.draw_chest(layers, rng, bool(rng.random() < 0.5)),
          "knee_ap": lambda: regions.draw_knee(layers, rng),
-         "hand_pa": lambda: regions.draw_hand(layers, rng)}[kind]()
-        orientation = ("L", "F")
-        vpos = "AP" if kind == "knee_ap" else "PA"
+         "hand_pa": lambda: regions.draw_hand(layers, rng),
+         "shoulder_ap": lambda: regions.draw_shoulder(layers, rng),
+         "spine_lat": lambda: regions.draw_lumbar_spine_lateral(layers, rng),
+         "skull_lat": lambda: regions.draw_skull_lateral(layers, rng)}[kind]()
+        orientation = ("A", "F") if kind in ("spine_lat", "skull_lat") else ("L", "F")
+        vpos = {"knee_ap": "AP", "shoulder_ap": "AP", "spine_lat": "LL",
+                "skull_lat": "LL"}.get(kind, "PA")
     acq = acquire.sample_acquisition(rng, "ap_hip")
     modality = acq.modality if vpos == "AP" else "CR"
     stored, _ = acquire.form_image(layers.maps, cam.pixel_mm, cam.shape, acq, None, True, rng)
@@ -137,7 +149,7 @@ def _laterality(ds: Dataset, rng: np.random.Generator) -> None:
     """Series Laterality: absent for unpaired parts, a side for paired ones (CR)."""
     if "Laterality" not in ds:
         return
-    if ds.get("BodyPartExamined") in ("CHEST", "PELVIS"):
+    if ds.get("BodyPartExamined") in ("CHEST", "PELVIS", "LSPINE", "SKULL"):
         del ds.Laterality
     else:
         ds.Laterality = str(rng.choice(["R", "L"]))
@@ -211,15 +223,21 @@ def ood_label_row(ds: Dataset, kind: str, path: str) -> dict[str, object]:
     return row
 
 
-def generate_ood_dataset(out_dir: Path, per_kind: int, seed: int) -> Path:
-    """Write per_kind images of every kind as out_dir/<kind>/IM<n>.dcm; returns labels.csv."""
+def generate_ood_dataset(out_dir: Path, per_kind: int, seed: int,
+                         kinds: Collection[str] | None = None) -> Path:
+    """Write per_kind images of every kind (or of `kinds`) as out_dir/<kind>/IM<n>.dcm;
+    returns labels.csv. An image depends on its kind, seed and number only."""
+    unknown = sorted(set(kinds or ()) - set(OOD_KINDS))
+    if unknown:
+        raise ValueError(f"unknown OOD kind(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(OOD_KINDS)}")
     out_dir = Path(out_dir)
     labels = out_dir / "labels.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
     with labels.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=OOD_FIELDS)
         writer.writeheader()
-        for kind in OOD_KINDS:
+        for kind in kinds or OOD_KINDS:
             (out_dir / kind).mkdir(exist_ok=True)
             for n in range(per_kind):
                 ds = make_ood_image(kind, seed * 1000 + n)

@@ -5,7 +5,8 @@ whose headers claim a pelvis still yields two "hip" crops, and a hip model that 
 seen a chest answers something. The anatomy check looks at the whole image first
 (inference/anatomy.py): a small classifier over ``ANATOMY_CLASSES``, trained on the
 synthetic hip studies of both renderers (every view) and on `hiprouter synth-ood` images
-(chest, child pelvis, knee, hand, noise, blank, greyed photographs).
+(chest, child pelvis, knee, hand, shoulder, lumbar spine, skull, noise, blank, greyed
+photographs).
 
 Data: folders with a ``labels.csv`` as `hiprouter synth` and `hiprouter synth-ood` write
 them; an image's class comes from its ``ood_kind`` (`OOD_KIND_CLASSES`), else it is a hip
@@ -41,11 +42,13 @@ from hiprouter.training.dataset import cache_file, map_jobs
 from hiprouter.training.train import TrainConfig, _Crops, _run_stage, augmentation, forward_arrays
 
 ANATOMY_LABEL_SET = "anatomy"
-ANATOMY_CLASSES = ("hip", "child_pelvis", "chest", "knee", "hand", "other")
+ANATOMY_CLASSES = ("hip", "child_pelvis", "chest", "knee", "hand", "shoulder", "spine",
+                   "skull", "other")
 HIP_CLASS = "hip"
 OOD_KIND_CLASSES = {"chest_pa": "chest", "knee_ap": "knee", "hand_pa": "hand",
                     "child_pelvis": "child_pelvis", "noise": "other", "blank": "other",
-                    "photo_mono": "other", "photo_rgb": "other"}
+                    "photo_mono": "other", "photo_rgb": "other", "shoulder_ap": "shoulder",
+                    "spine_lat": "spine", "skull_lat": "skull"}
 """`hiprouter synth-ood` kinds -> anatomy classes (RGB photos are refused by decoding and
 never reach the model; listed so that a folder of them is not mistaken for hips)."""
 DEFAULT_WIDTHS = (32, 64, 128, 256)

@@ -38,10 +38,14 @@ def test_kinds_look_like_what_they_claim() -> None:
     assert blank.min() == blank.max()
     noise = make_ood_image("noise", 3).pixel_array.astype(float)
     assert np.abs(np.diff(noise, axis=1)).mean() > 0.3 * noise.std()
-    for kind in ("chest_pa", "child_pelvis", "knee_ap", "hand_pa"):
+    for kind in ("chest_pa", "child_pelvis", "knee_ap", "hand_pa", "shoulder_ap", "spine_lat",
+                 "skull_lat"):
         ds = make_ood_image(kind, 3)
         img = ds.pixel_array.astype(float)
         assert ds.Modality in ("CR", "DX") and img.std() > 0.05 * (2 ** ds.BitsStored)
+    for kind in ("spine_lat", "skull_lat"):  # laterals say so in their headers
+        ds = make_ood_image(kind, 3)
+        assert ds.ViewPosition == "LL" and list(ds.PatientOrientation) == ["A", "F"]
 
 
 def test_dataset_and_labels(tmp_path: Path) -> None:
@@ -62,3 +66,19 @@ def test_cli_synth_ood(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert (tmp_path / "labels.csv").is_file()
     assert len(list(tmp_path.glob("*/IM1.dcm"))) == len(OOD_KINDS)
+
+
+def test_cli_synth_ood_some_kinds(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["synth-ood", str(tmp_path), "--per-kind", "2",
+                                    "--kind", "skull_lat", "--kind", "shoulder_ap"])
+    assert res.exit_code == 0, res.output
+    with (tmp_path / "labels.csv").open(newline="") as fh:
+        kinds = [r["ood_kind"] for r in csv.DictReader(fh)]
+    assert kinds == ["skull_lat"] * 2 + ["shoulder_ap"] * 2
+    # an image depends on kind, seed and number only, not on which other kinds were asked for
+    import pydicom
+
+    written = pydicom.dcmread(tmp_path / "skull_lat/IM2.dcm")
+    assert written.PixelData == make_ood_image("skull_lat", 1).PixelData  # seed 0, image 2
+    res = CliRunner().invoke(main, ["synth-ood", str(tmp_path / "x"), "--kind", "elbow"])
+    assert res.exit_code != 0 and "unknown OOD kind(s) elbow" in res.output
