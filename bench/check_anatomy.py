@@ -8,7 +8,7 @@ grey CR object as bench/check_real.py does), one row each. Runs the production p
 decode, then `AnatomyCheck.assess` on the whole decoded image.
 
     .venv/bin/python bench/check_anatomy.py [--model models/anatomy-demo] \
-        [--folder DIR ...] [--markdown out.md] [--no-real]
+        [--folder DIR ...] [--markdown out.md] [--no-real] [--sweep 0.05,0.1,0.2]
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 from check_real import DATA, DDH, grey_from_jpeg  # noqa: E402
 
 
-def folder_rates(check: object, folders: list[Path]) -> list[str]:
+def folder_rates(check: object, folders: list[Path], sweep: list[float] = ()) -> list[str]:
     from tqdm import tqdm
 
     from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
     from hiprouter.training.anatomy import ANATOMY_CLASSES, read_images
 
-    lines = ["| folder | class | images | not assessed | arg-max correct | P(hip) min / median |",
-             "|---|---|---:|---:|---:|---|"]
+    extra = "".join(f" below {t:g} |" for t in sweep)
+    lines = ["| folder | class | images | not assessed | arg-max correct | "
+             f"P(hip) min / median / max |{extra}",
+             "|---|---|---:|---:|---:|---|" + "---:|" * len(sweep)]
     for folder in folders:
         items = read_images([folder])
         per: dict[str, list[tuple[float, bool]]] = {}
@@ -54,9 +56,11 @@ def folder_rates(check: object, folders: list[Path]) -> list[str]:
             lines.append(f"| {folder.name} | {cls} | {len(hip)} | "
                          f"{np.mean([r for _, _, r in per[cls]]):.3f} | "
                          f"{np.mean([c for _, c, _ in per[cls]]):.3f} | "
-                         f"{hip.min():.3f} / {np.median(hip):.3f} |")
+                         f"{hip.min():.3f} / {np.median(hip):.3f} / {hip.max():.3f} |"
+                         + "".join(f" {np.mean(hip < t):.3f} |" for t in sweep))
         if undecodable:
-            lines.append(f"| {folder.name} | (refused by decoding) | {undecodable} | | | |")
+            lines.append(f"| {folder.name} | (refused by decoding) | {undecodable} | | | |"
+                         + " |" * len(sweep))
     return lines
 
 
@@ -101,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, action="append", default=[])
     ap.add_argument("--markdown", type=Path)
     ap.add_argument("--no-real", action="store_true", help="only the folders")
+    ap.add_argument("--sweep", default="", help="comma-separated P(hip) thresholds: the "
+                    "share of each folder's class below each (other thresholds than the card's)")
     args = ap.parse_args(argv)
     from hiprouter.inference.anatomy import AnatomyCheck
 
     check = AnatomyCheck.from_dir(args.model, device="cpu")
     print(f"anatomy check {check.info}, min_probability {check.min_probability:.4f}")
-    lines = folder_rates(check, args.folder) if args.folder else []
+    sweep = [float(t) for t in args.sweep.split(",") if t.strip()]
+    lines = folder_rates(check, args.folder, sweep) if args.folder else []
     if args.no_real:
         pass
     elif DATA.is_dir():

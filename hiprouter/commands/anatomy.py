@@ -32,6 +32,9 @@ def register(group: click.Group) -> None:
 @click.option("--lr", default=2e-3, show_default=True, type=float)
 @click.option("--keep", default=0.995, show_default=True, type=float,
               help="Fraction of validation hip images the threshold keeps assessed.")
+@click.option("--max-min-probability", "cap", default=None, type=float,
+              help="Upper bound of the threshold on P(hip) (default: "
+                   "hiprouter.training.anatomy.MAX_MIN_PROBABILITY, 0.1).")
 @click.option("--augment", "augment_preset", default="anatomy", show_default=True,
               type=click.Choice(["none", "basic", "strong", "anatomy"]))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -50,7 +53,8 @@ def register(group: click.Group) -> None:
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path))
 def train_anatomy_cmd(train_dirs: tuple[Path, ...], val_dirs: tuple[Path, ...], out_dir: Path,
                       arch: str, widths: str, input_size: int, epochs: int, batch_size: int,
-                      lr: float, keep: float, augment_preset: str, seed: int,
+                      lr: float, keep: float, cap: float | None, augment_preset: str,
+                      seed: int,
                       threads: int | None, workers: int, decode_workers: int,
                       max_steps: int | None, name: str, model_version: str,
                       training_data: str, synthetic_demo: bool, weights_dtype: str,
@@ -58,7 +62,7 @@ def train_anatomy_cmd(train_dirs: tuple[Path, ...], val_dirs: tuple[Path, ...], 
     """Train the anatomy check on TRAIN_DIRS (folders of `hiprouter synth` and `hiprouter
     synth-ood` output with their labels.csv)."""
     from hiprouter.inference.models import ModelError
-    from hiprouter.training.anatomy import train_anatomy
+    from hiprouter.training.anatomy import MAX_MIN_PROBABILITY, train_anatomy
     from hiprouter.training.train import TrainConfig
 
     try:
@@ -67,6 +71,8 @@ def train_anatomy_cmd(train_dirs: tuple[Path, ...], val_dirs: tuple[Path, ...], 
         raise click.UsageError(f"--widths: {exc}") from exc
     if not 0.5 < keep < 1.0:
         raise click.UsageError("--keep must be between 0.5 and 1")
+    if cap is not None and not 0.0 < cap < 1.0:
+        raise click.UsageError("--max-min-probability must be between 0 and 1")
     cfg = TrainConfig(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch_size,
                       lr=lr, seed=seed, augment_preset=augment_preset, threads=threads,
                       workers=workers, decode_workers=decode_workers, max_steps=max_steps,
@@ -75,7 +81,8 @@ def train_anatomy_cmd(train_dirs: tuple[Path, ...], val_dirs: tuple[Path, ...], 
                       device=device, label_set="anatomy")
     try:
         card = train_anatomy(list(train_dirs), list(val_dirs), out_dir, cfg, stage_widths,
-                             keep, cache_dir, log=click.echo)
+                             keep, cache_dir, log=click.echo,
+                             cap=MAX_MIN_PROBABILITY if cap is None else cap)
     except (ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{card.name} {card.version}: sha256 {card.weights_sha256[:12]}..., "

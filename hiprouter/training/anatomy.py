@@ -121,10 +121,11 @@ def load_images(items: Sequence[tuple[Path, str]], size: int, cache_dir: Path | 
     return stacked, np.asarray(labels, dtype=np.int64), refused
 
 
-MAX_MIN_PROBABILITY = 0.2
+MAX_MIN_PROBABILITY = 0.1
 """The threshold never exceeds this: only an image the model finds clearly more like
 something else is refused (a hip image from another source may look less familiar than
-the validation hips; a refused hip is a lost report)."""
+the validation hips; a refused hip is a lost report). 0.1.0 used 0.2; see
+docs/validation.md, "Anatomy check", for how 0.1 was chosen for 0.2.0."""
 
 
 def choose_min_probability(p_hip: np.ndarray, keep: float = 0.995,
@@ -152,7 +153,8 @@ def refusal_rates(probs: np.ndarray, labels: np.ndarray, min_probability: float
     return out
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995
+def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995,
+              cap: float = MAX_MIN_PROBABILITY
               ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The card's calibration and abstention from validation logits, and the validation
     rates at that threshold."""
@@ -162,20 +164,20 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995
     temperature = max(1.0, fitted)
     probs = softmax(logits, temperature)
     hip = ANATOMY_CLASSES.index(HIP_CLASS)
-    min_probability = choose_min_probability(probs[labels == hip, hip], keep)
+    min_probability = choose_min_probability(probs[labels == hip, hip], keep, cap)
     calibration = {"temperature": round(temperature, 4), "fitted_temperature": round(fitted, 4),
                    "rule": "max(1, temperature fitted on validation)",
                    "ece_before": _round(ece(softmax(logits), labels)),
                    "ece_after": _round(ece(probs, labels))}
     abstention = {"min_probability": round(min_probability, 4), "keep": keep,
-                  "max_min_probability": MAX_MIN_PROBABILITY}
+                  "max_min_probability": cap}
     return calibration, abstention, refusal_rates(probs, labels, min_probability)
 
 
 def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir: Path,
                   cfg: TrainConfig, widths: Sequence[int] = DEFAULT_WIDTHS, keep: float = 0.995,
-                  cache_dir: Path | None = None, log: Callable[[str], Any] = print
-                  ) -> ModelCard:
+                  cache_dir: Path | None = None, log: Callable[[str], Any] = print,
+                  cap: float = MAX_MIN_PROBABILITY) -> ModelCard:
     """Train, calibrate and write the anatomy check model (card + weights) to `out_dir`."""
     import torch
     from tqdm import tqdm
@@ -231,7 +233,7 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
     train_seconds = round(time.time() - started, 1)
 
     logits, _ = forward_arrays(module, val_x, device)
-    calibration, abstention, rates = calibrate(logits, val_y, keep)
+    calibration, abstention, rates = calibrate(logits, val_y, keep, cap)
     log(f"temperature {calibration['temperature']:.3f} (fitted "
         f"{calibration['fitted_temperature']:.3f}); min_probability "
         f"{abstention['min_probability']:.4f}; validation: " + json.dumps(rates))

@@ -1,6 +1,7 @@
 """Acceptance of the shipped anatomy-check demo weights on images generated afresh (seeds
-never used in training): hip studies of both renderers pass, chest, knee, hand films and a
-child's pelvis whose headers claim an adult AP pelvis are not assessed, by every pipeline.
+never used in training): hip studies of both renderers pass; chest, knee, hand, shoulder,
+lumbar spine and skull films and a child's pelvis whose headers claim an adult AP pelvis are
+not assessed, by every pipeline.
 
 The floors sit well below the figures measured on the held-out sets (docs/validation.md,
 "Anatomy check"), so they catch broken, swapped or untrained weights, not sampling noise."""
@@ -60,7 +61,8 @@ def test_fresh_hip_studies_pass(check, renderer: str, tmp_path: Path) -> None:  
     assert len(refused) <= 1, refused
 
 
-@pytest.mark.parametrize("kind", ["chest_pa", "knee_ap", "hand_pa", "child_pelvis"])
+@pytest.mark.parametrize("kind", ["chest_pa", "knee_ap", "hand_pa", "child_pelvis",
+                                  "shoulder_ap", "spine_lat", "skull_lat"])
 def test_other_body_parts_claimed_as_a_pelvis_are_not_assessed(check, kind: str  # noqa: ANN001
                                                                ) -> None:
     from hiprouter.inference.decode import decode
@@ -71,7 +73,8 @@ def test_other_body_parts_claimed_as_a_pelvis_are_not_assessed(check, kind: str 
     verdicts = check.assess(images)
     assert sum(v.refused for v in verdicts) >= 3, [round(v.hip, 3) for v in verdicts]
     looks = {"chest_pa": "chest", "knee_ap": "knee", "hand_pa": "hand",
-             "child_pelvis": "child"}[kind]
+             "child_pelvis": "child", "shoulder_ap": "shoulder", "spine_lat": "spine",
+             "skull_lat": "skull"}[kind]
     assert any(looks in (v.reason or "") for v in verdicts)
 
 

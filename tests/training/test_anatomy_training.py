@@ -10,6 +10,7 @@ import pytest
 
 from hiprouter.training.anatomy import (
     ANATOMY_CLASSES,
+    MAX_MIN_PROBABILITY,
     choose_min_probability,
     image_class,
     read_images,
@@ -39,7 +40,8 @@ def test_classes_of_labels_rows() -> None:
 def test_threshold_keeps_the_chosen_fraction_of_hips() -> None:
     p = np.linspace(0.0, 1.0, 1001)
     assert choose_min_probability(p, keep=0.99) == pytest.approx(0.01, abs=1e-9)
-    assert choose_min_probability(np.full(10, 0.99), keep=0.99) == 0.2  # capped
+    assert choose_min_probability(np.full(10, 0.99), keep=0.99) == MAX_MIN_PROBABILITY  # capped
+    assert choose_min_probability(np.full(10, 0.99), keep=0.99, cap=0.3) == 0.3
     probs = np.array([[0.9, 0, 0.1, 0, 0, 0], [0.1, 0, 0.9, 0, 0, 0], [0.05, 0, 0.95, 0, 0, 0]])
     rates = refusal_rates(probs, np.array([0, 2, 2]), 0.08)
     assert rates["hip"] == {"images": 1, "not_assessed": 0.0, "accuracy": 1.0}
