@@ -96,14 +96,20 @@ def train_anatomy_cmd(train_dirs: tuple[Path, ...], val_dirs: tuple[Path, ...], 
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), help="Anatomy model folder (default: the bundled demo).")
 def check_anatomy_cmd(files: tuple[Path, ...], model_dir: Path | None) -> None:
-    """Run the anatomy check on DICOM FILES (folders: every file below): one CSV row each
-    with the verdict, the class probabilities and the reason."""
+    """Run the anatomy check on DICOM FILES (folders: every DICOM file below, by its .dcm
+    suffix or its DICM preamble): one CSV row each with the verdict, the class
+    probabilities and the reason."""
+    from pydicom.misc import is_dicom
+
     from hiprouter.inference.anatomy import AnatomyCheck
     from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
 
+    def dicom_below(folder: Path) -> list[Path]:
+        return sorted(q for q in folder.rglob("*") if q.is_file() and
+                      (q.suffix.lower() == ".dcm" or is_dicom(q)))
+
     check = AnatomyCheck.from_dir(model_dir)
-    paths = [p for f in files for p in (sorted(q for q in f.rglob("*") if q.is_file())
-                                        if f.is_dir() else [f])]
+    paths = [p for f in files for p in (dicom_below(f) if f.is_dir() else [f])]
     out = csv.writer(sys.stdout)
     out.writerow(["file", "verdict", *check.classes, "reason"])
     for path in paths:

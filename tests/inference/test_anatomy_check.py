@@ -150,6 +150,8 @@ def test_check_anatomy_command_prints_a_row_per_file(tmp_path: Path) -> None:
     (tmp_path / "films").mkdir()
     pelvis_dataset().save_as(tmp_path / "films" / "a.dcm", enforce_file_format=True)
     (tmp_path / "films" / "broken.dcm").write_bytes(b"not DICOM at all")
+    pelvis_dataset().save_as(tmp_path / "films" / "IM2", enforce_file_format=True)  # no suffix
+    (tmp_path / "films" / "mask.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # not listed
     res = CliRunner().invoke(main, ["check-anatomy", str(tmp_path / "films"),
                                     "--model", str(model)])
     assert res.exit_code == 0, res.output
@@ -158,3 +160,4 @@ def test_check_anatomy_command_prints_a_row_per_file(tmp_path: Path) -> None:
     by_file = {r.split(",")[0].rsplit("/", 1)[-1]: r for r in rows[1:]}
     assert ",not assessed," in by_file["a.dcm"] and "hand radiograph" in by_file["a.dcm"]
     assert ",not decodable," in by_file["broken.dcm"]
+    assert set(by_file) == {"a.dcm", "broken.dcm", "IM2"}
