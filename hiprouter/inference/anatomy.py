@@ -7,7 +7,10 @@ the study once, whole (letterboxed to the model's input size), into the classes 
 (the shipped one: hip / child's pelvis / chest / knee / hand / shoulder / spine / skull /
 other). An image whose calibrated probability of "hip" is below the card's
 ``abstention.min_probability`` is not assessed by any pipeline, with a reason that names
-what it looks like; the job's audit records it like every other refusal.
+what it looks like; the job's audit records it like every other refusal. Models with a
+"pelvis" class (AP pelvis, both hips) besides "hip" (single-hip views) also say which of the
+two an image is; a study uses that only where the headers name no view, so that an AP pelvis
+sent without descriptive tags is still read per hip (inference/study.py).
 
 The model is a small classifier like the hip models (card + weights, ONNX Runtime on the
 CPU, temperature from the card), trained by `hiprouter train-anatomy`.
@@ -26,6 +29,10 @@ from hiprouter.inference.models import ModelError, demo_model_dir
 
 LABEL_SET = "anatomy"
 HIP = "hip"
+"""A single-hip view of an adult (in cards up to 0.2.0: any adult hip or pelvis film)."""
+PELVIS = "pelvis"
+"""An adult AP pelvis (cards from 0.3.0). P(hip) + P(pelvis) is what the threshold reads."""
+HIP_CLASSES = (HIP, PELVIS)
 LOOKS_LIKE = {"child_pelvis": "a child's pelvis", "chest": "a chest radiograph",
               "knee": "a knee radiograph", "hand": "a hand radiograph",
               "shoulder": "a shoulder radiograph", "spine": "a spine radiograph",
@@ -43,7 +50,17 @@ class AnatomyVerdict:
 
     @property
     def hip(self) -> float:
-        return self.probabilities.get(HIP, 0.0)
+        """P(an adult hip or pelvis radiograph, any view)."""
+        return sum(self.probabilities.get(c, 0.0) for c in HIP_CLASSES)
+
+    @property
+    def view(self) -> str | None:
+        """What the image shows when it is a hip film: "ap_pelvis" (both hips) or
+        "single_hip"; None for a model without the pelvis class or a refused image."""
+        if self.refused or PELVIS not in self.probabilities:
+            return None
+        pelvis, single = self.probabilities[PELVIS], self.probabilities.get(HIP, 0.0)
+        return "ap_pelvis" if pelvis >= single else "single_hip"
 
 
 class AnatomyCheck:
@@ -83,11 +100,12 @@ class AnatomyCheck:
         out = []
         for pred in preds:
             probs = {c: float(p) for c, p in zip(self.classes, pred.probabilities, strict=True)}
-            hip = probs[HIP]
+            hip = sum(probs.get(c, 0.0) for c in HIP_CLASSES)
             if hip >= self.min_probability:
                 out.append(AnatomyVerdict(probs, False))
                 continue
-            other = max((c for c in self.classes if c != HIP), key=probs.__getitem__)
+            other = max((c for c in self.classes if c not in HIP_CLASSES),
+                        key=probs.__getitem__)
             looks = LOOKS_LIKE.get(other, f"{other!r}")
             out.append(AnatomyVerdict(probs, True, (
                 f"not a hip or pelvis radiograph of an adult: looks like {looks} "

@@ -150,9 +150,10 @@ def not_hip_reason(ds: Dataset) -> str | None:
     return None
 
 
-def hip_crops(ds: Dataset, pixels: np.ndarray) -> list[HipCrop]:
-    """Per-hip crops of a decoded radiograph: two for an AP pelvis, one otherwise."""
-    view = classify_view(ds)
+def hip_crops(ds: Dataset, pixels: np.ndarray, view: View | None = None) -> list[HipCrop]:
+    """Per-hip crops of a decoded radiograph: two for an AP pelvis, one otherwise; `view`
+    overrides what the tags say (classify_view)."""
+    view = view or classify_view(ds)
     rows, cols = pixels.shape
     if view == "ap_pelvis":
         mid = cols // 2

@@ -29,6 +29,8 @@ class StudyImage:
     decoded: DecodedImage
     view: View
     crops: list[HipCrop]
+    view_from_image: bool = False
+    """True when the headers named no view and the anatomy check saw an AP pelvis."""
 
     @property
     def sop_instance_uid(self) -> str:
@@ -79,13 +81,21 @@ class StudyInput:
 
     def check_anatomy(self, check: AnatomyCheck) -> None:
         """Run the whole-image anatomy check on every usable image, once; images that are
-        not adult hip or pelvis radiographs move to `refused` with the check's reason."""
+        not adult hip or pelvis radiographs move to `refused` with the check's reason. An
+        image whose headers name no view and that the check sees as an AP pelvis is split
+        into its two hips like any AP pelvis (the crops say so: `view_from_image`)."""
         uids = list(self.images)
         verdicts = check.assess([self.images[u].decoded.pixels for u in uids])
         for uid, verdict in zip(uids, verdicts, strict=True):
             if verdict.refused:
                 del self.images[uid]
                 self.refused[uid] = verdict.reason or "not a hip or pelvis radiograph"
+                continue
+            image = self.images[uid]
+            if image.view == "unknown" and verdict.view == "ap_pelvis":
+                image.view = "ap_pelvis"
+                image.crops = hip_crops(image.dataset, image.decoded.pixels, "ap_pelvis")
+                image.view_from_image = True
 
     def crops(self, views: Iterable[str] | None = None,
               modalities: Iterable[str] | None = None) -> list[tuple[str, HipCrop]]:

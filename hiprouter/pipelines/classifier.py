@@ -195,9 +195,11 @@ class ClassifierKind(PipelineKind):
                           model=self.model_info(), classification=classification,
                           latency_ms=latency_ms)
         finding.scores["ood_score"] = float(max(p.ood_score for p in preds))
-        used_views = [crop.view for _, crop in crops]
-        finding.qualifiers["views"] = ", ".join(
-            dict.fromkeys(VIEW_NAMES[v] for v in used_views))
+        used_views = [VIEW_NAMES[crop.view] + (" (view read from the image; the headers name "
+                                               "none)" if study.images[uid].view_from_image
+                                               else "")
+                      for uid, crop in crops]
+        finding.qualifiers["views"] = ", ".join(dict.fromkeys(used_views))
         finding.heatmaps = crop_heat_maps(
             study, [(uid, crop, pred.heat) for (uid, crop), pred in zip(crops, preds,
                                                                          strict=True)],

@@ -42,9 +42,14 @@ from hiprouter.training.dataset import cache_file, map_jobs
 from hiprouter.training.train import TrainConfig, _Crops, _run_stage, augmentation, forward_arrays
 
 ANATOMY_LABEL_SET = "anatomy"
-ANATOMY_CLASSES = ("hip", "child_pelvis", "chest", "knee", "hand", "shoulder", "spine",
-                   "skull", "other")
+ANATOMY_CLASSES = ("hip", "pelvis", "child_pelvis", "chest", "knee", "hand", "shoulder",
+                   "spine", "skull", "other")
 HIP_CLASS = "hip"
+"""A single-hip view of an adult (AP hip, frog-leg, cross-table lateral)."""
+PELVIS_CLASS = "pelvis"
+"""An adult AP pelvis (both hips). Together with HIP_CLASS what the hip models read: the
+check refuses on P(hip) + P(pelvis), and names the view when the headers do not."""
+HIP_CLASSES = (HIP_CLASS, PELVIS_CLASS)
 OOD_KIND_CLASSES = {"chest_pa": "chest", "knee_ap": "knee", "hand_pa": "hand",
                     "child_pelvis": "child_pelvis", "noise": "other", "blank": "other",
                     "photo_mono": "other", "photo_rgb": "other", "shoulder_ap": "shoulder",
@@ -62,7 +67,12 @@ def image_class(row: dict[str, str]) -> str:
         if kind not in OOD_KIND_CLASSES:
             raise ValueError(f"unknown ood_kind {kind!r}")
         return OOD_KIND_CLASSES[kind]
-    return HIP_CLASS
+    return PELVIS_CLASS if (row.get("view") or "").strip() == "ap_pelvis" else HIP_CLASS
+
+
+def hip_probability(probs: np.ndarray) -> np.ndarray:
+    """P(an adult hip or pelvis radiograph) per row of class probabilities."""
+    return probs[:, [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES]].sum(axis=1)
 
 
 def read_images(folders: Sequence[Path]) -> list[tuple[Path, str]]:
@@ -139,16 +149,16 @@ def choose_min_probability(p_hip: np.ndarray, keep: float = 0.995,
 
 def refusal_rates(probs: np.ndarray, labels: np.ndarray, min_probability: float
                   ) -> dict[str, dict[str, float | int]]:
-    """Per true class: images, the fraction not assessed (P(hip) below the threshold) and
-    the accuracy of the arg-max class."""
-    hip = ANATOMY_CLASSES.index(HIP_CLASS)
+    """Per true class: images, the fraction not assessed (P(hip) + P(pelvis) below the
+    threshold) and the accuracy of the arg-max class."""
+    p_hip = hip_probability(probs)
     out: dict[str, dict[str, float | int]] = {}
     for k, name in enumerate(ANATOMY_CLASSES):
         sel = labels == k
         if not sel.any():
             continue
         out[name] = {"images": int(sel.sum()),
-                     "not_assessed": round(float((probs[sel, hip] < min_probability).mean()), 4),
+                     "not_assessed": round(float((p_hip[sel] < min_probability).mean()), 4),
                      "accuracy": round(float((probs[sel].argmax(1) == k).mean()), 4)}
     return out
 
@@ -163,8 +173,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995,
     # temperature to its lower bound, which says nothing about images from elsewhere
     temperature = max(1.0, fitted)
     probs = softmax(logits, temperature)
-    hip = ANATOMY_CLASSES.index(HIP_CLASS)
-    min_probability = choose_min_probability(probs[labels == hip, hip], keep, cap)
+    is_hip = np.isin(labels, [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES])
+    min_probability = choose_min_probability(hip_probability(probs)[is_hip], keep, cap)
     calibration = {"temperature": round(temperature, 4), "fitted_temperature": round(fitted, 4),
                    "rule": "max(1, temperature fitted on validation)",
                    "ece_before": _round(ece(softmax(logits), labels)),
@@ -203,7 +213,8 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
 
     train_x, train_y = load(train_dirs, "training")
     val_x, val_y = load(val_dirs, "validation")
-    if not len(train_y) or not (train_y == 0).any():
+    hip_ids = [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES]
+    if not len(train_y) or not np.isin(train_y, hip_ids).any():
         raise ValueError("no hip images to train on")
     device = select_device(cfg.device)
     module = create_model(cfg.arch, len(ANATOMY_CLASSES), 1, widths=widths).to(device)

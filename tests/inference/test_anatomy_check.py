@@ -17,19 +17,20 @@ from .helpers import make_radiograph
 
 
 def anatomy_model(folder: Path, favoured: str, min_probability: float | None = 0.2,
-                  label_set: str = "anatomy") -> Path:
-    """An anatomy model that always answers `favoured` (p ~ 0.8): zero weights, a biased
+                  label_set: str = "anatomy",
+                  classes: tuple[str, ...] = ANATOMY_CLASSES) -> Path:
+    """An anatomy model that always answers `favoured` (p ~ 0.86): zero weights, a biased
     head. Plumbing only."""
     import torch
 
-    module = create_model("resnet10t", len(ANATOMY_CLASSES), widths=(8, 8, 16, 16))
+    module = create_model("resnet10t", len(classes), widths=(8, 8, 16, 16))
     head = module.get_classifier()
     with torch.no_grad():
         head.weight.zero_()
-        head.bias.copy_(torch.tensor([3.0 if k == favoured else 0.0 for k in ANATOMY_CLASSES]))
+        head.bias.copy_(torch.tensor([4.0 if k == favoured else 0.0 for k in classes]))
     card = ModelCard(name=f"anatomy-constant-{favoured}", version="0.0.1",
                      architecture="resnet10t", input_size=48, label_set=label_set,
-                     classes=list(ANATOMY_CLASSES),
+                     classes=list(classes),
                      parameters={"widths": [8, 8, 16, 16], "channels": ["grey"]},
                      training_data="none (constant output for tests)", synthetic_demo=True,
                      abstention={} if min_probability is None
@@ -69,7 +70,7 @@ def test_passes_an_image_the_model_calls_a_hip(tmp_path: Path) -> None:
 
 
 def test_threshold_from_the_config_overrides_the_card(tmp_path: Path) -> None:
-    folder = anatomy_model(tmp_path / "m", "hip")  # p(hip) ~ 0.80
+    folder = anatomy_model(tmp_path / "m", "hip")  # p(hip) + p(pelvis) ~ 0.87
     image = np.full((64, 64), 0.5, np.float32)
     assert not AnatomyCheck.from_dir(folder, device="cpu").assess([image])[0].refused
     strict = AnatomyCheck.from_dir(folder, min_probability=0.9, device="cpu")
@@ -121,6 +122,66 @@ def test_accepted_image_reaches_the_pipelines(tmp_path: Path) -> None:
     findings, images = analyse_study(pipes, ["hardware"], str(ds.StudyInstanceUID), [ds])
     assert list(images) == [str(ds.SOPInstanceUID)]
     assert {f.laterality for f in findings.results[0].findings} == {"R", "L"}
+
+
+def _untagged(seed: int = 1, **tags: str):  # noqa: ANN202
+    """A radiograph whose headers name no view (no body part, no descriptions)."""
+    rng = np.random.default_rng(seed)
+    return make_radiograph(rng.normal(1500, 300, (120, 160)).clip(0, 4095), **tags)
+
+
+def test_untagged_image_the_check_sees_as_a_pelvis_is_read_per_hip(tmp_path: Path) -> None:
+    """No view in the headers: without the check it is one crop of unknown side; with a
+    check that sees an AP pelvis, two hips (R on the image's left), marked as read from the
+    image, and every pipeline reports them per side."""
+    from hiprouter.inference.laterality import classify_view
+    from hiprouter.inference.study import StudyInput
+    from hiprouter.pipelines.registry import PipelineSet
+    from hiprouter.pipelines.runner import analyse_study
+
+    ds = _untagged()
+    assert classify_view(ds) == "unknown"
+    study = StudyInput.from_datasets(str(ds.StudyInstanceUID), [ds], ("CR", "DX"))
+    image = study.images[str(ds.SOPInstanceUID)]
+    assert [c.laterality for c in image.crops] == ["U"] and not image.view_from_image
+    study.check_anatomy(AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"),
+                                              device="cpu"))
+    assert image.view == "ap_pelvis" and image.view_from_image
+    assert [(c.laterality, c.box) for c in image.crops] == [("R", (0, 0, 120, 80)),
+                                                             ("L", (0, 80, 120, 160))]
+    pipes = PipelineSet(_settings(tmp_path / "p"))
+    findings, _ = analyse_study(pipes, ["hardware"], str(ds.StudyInstanceUID), [ds])
+    result = findings.results[0]
+    assert {f.laterality for f in result.findings} == {"R", "L"}
+    assert all("view read from the image" in f.qualifiers["views"] for f in result.findings)
+
+
+def test_the_headers_view_wins_over_the_image(tmp_path: Path) -> None:
+    from hiprouter.inference.study import StudyInput
+
+    check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"), device="cpu")
+    hip = _untagged(2, SeriesDescription="RIGHT HIP AP")  # a single-hip view by its tags
+    single = _untagged(3)
+    study = StudyInput.from_datasets("1.2.3", [hip, single], ("CR", "DX"))
+    study.check_anatomy(AnatomyCheck.from_dir(anatomy_model(tmp_path / "h", "hip"),
+                                              device="cpu"))
+    assert study.images[str(single.SOPInstanceUID)].view == "unknown"  # a single hip: unknown
+    study.check_anatomy(check)
+    tagged = study.images[str(hip.SOPInstanceUID)]
+    assert tagged.view == "ap_hip" and [c.laterality for c in tagged.crops] == ["R"]
+    assert not tagged.view_from_image
+
+
+def test_a_card_without_the_pelvis_class_names_no_view(tmp_path: Path) -> None:
+    """Cards up to anatomy-demo 0.2.0 have one "hip" class for every view."""
+    old = tuple(c for c in ANATOMY_CLASSES if c != "pelvis")
+    check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "m", "hip", classes=old),
+                                  device="cpu")
+    verdict = check.assess([np.full((64, 64), 0.5, np.float32)])[0]
+    assert not verdict.refused and verdict.view is None and verdict.hip > 0.8
+    pelvis = AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"), device="cpu")
+    verdict = pelvis.assess([np.full((64, 64), 0.5, np.float32)])[0]
+    assert verdict.view == "ap_pelvis" and verdict.hip > 0.8
 
 
 def test_disabled_check_loads_no_model(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ def test_classes_of_labels_rows() -> None:
     assert image_class({"ood_kind": "chest_pa"}) == "chest"
     assert image_class({"ood_kind": "photo_mono"}) == "other"
     assert image_class({"ood_kind": "", "hardware": "tha"}) == "hip"
+    assert image_class({"ood_kind": "", "view": "frog_leg"}) == "hip"
+    assert image_class({"ood_kind": "", "view": "ap_pelvis"}) == "pelvis"
     with pytest.raises(ValueError, match="unknown ood_kind"):
         image_class({"ood_kind": "elbow"})
 
@@ -42,17 +44,26 @@ def test_threshold_keeps_the_chosen_fraction_of_hips() -> None:
     assert choose_min_probability(p, keep=0.99) == pytest.approx(0.01, abs=1e-9)
     assert choose_min_probability(np.full(10, 0.99), keep=0.99) == MAX_MIN_PROBABILITY  # capped
     assert choose_min_probability(np.full(10, 0.99), keep=0.99, cap=0.3) == 0.3
-    probs = np.array([[0.9, 0, 0.1, 0, 0, 0], [0.1, 0, 0.9, 0, 0, 0], [0.05, 0, 0.95, 0, 0, 0]])
-    rates = refusal_rates(probs, np.array([0, 2, 2]), 0.08)
+    k = {c: i for i, c in enumerate(ANATOMY_CLASSES)}
+
+    def row(**p: float) -> list[float]:
+        return [p.get(c, 0.0) for c in ANATOMY_CLASSES]
+
+    probs = np.array([row(hip=0.9, chest=0.1), row(hip=0.03, pelvis=0.07, chest=0.9),
+                      row(hip=0.05, chest=0.95), row(hip=0.05, pelvis=0.6, chest=0.35)])
+    rates = refusal_rates(probs, np.array([k["hip"], k["chest"], k["chest"], k["pelvis"]]),
+                          0.08)
     assert rates["hip"] == {"images": 1, "not_assessed": 0.0, "accuracy": 1.0}
+    # P(hip) + P(pelvis) is what the threshold reads: 0.10 passes, 0.05 is refused
     assert rates["chest"] == {"images": 2, "not_assessed": 0.5, "accuracy": 1.0}
+    assert rates["pelvis"] == {"images": 1, "not_assessed": 0.0, "accuracy": 1.0}
 
 
 def test_read_images_one_row_per_image(folders: tuple[Path, Path]) -> None:
     hips, ood = folders
     items = read_images([hips, ood])
     classes = [c for _, c in items]
-    assert classes.count("hip") == 6  # two rows (hips) per image, one item
+    assert classes.count("pelvis") == 6  # AP pelvis: two rows (hips) per image, one item
     assert {"chest", "knee", "hand", "child_pelvis", "other"} <= set(classes)
 
 
@@ -78,7 +89,7 @@ def test_train_writes_a_card_the_check_loads(folders: tuple[Path, Path], tmp_pat
     assert card.parameters["widths"] == [8, 8, 16, 16] and card.synthetic_demo
     assert 0 <= card.abstention["min_probability"] <= 0.2
     assert card.calibration["temperature"] >= 1.0
-    assert card.evaluation["validation"]["hip"]["images"] == 6
+    assert card.evaluation["validation"]["pelvis"]["images"] == 6  # toy AP pelvis studies
     check = AnatomyCheck.from_dir(out, device="cpu")
     verdict = check.assess([np.full((50, 70), 0.4, np.float32)])[0]
     assert set(verdict.probabilities) == set(ANATOMY_CLASSES)
