@@ -65,6 +65,7 @@ def folder_rates(check: object, folders: list[Path], sweep: list[float] = ()) ->
 
 
 def real_rows(check: object) -> list[str]:
+    from hiprouter.inference.anatomy import HIP_CLASSES
     from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode, decode_file
 
     items: list[tuple[str, str, object]] = []
@@ -82,20 +83,22 @@ def real_rows(check: object) -> list[str]:
     for jpg in sorted((DATA / DDH).glob("*.jpg")):
         items.append((f"{DDH}/{jpg.name}", "child AP pelvis (DDH), JPEG -> grey CR",
                       grey_from_jpeg(jpg)))
-    lines = ["| file | what | verdict | P(hip) | most likely other | reason |",
-             "|---|---|---|---:|---|---|"]
+    lines = ["| file | what | verdict | P(hip) | view it names | most likely other | reason |",
+             "|---|---|---|---:|---|---|---|"]
     for rel, what, ds in items:
         try:
             pixels = (decode(ds, RADIOGRAPH_MODALITIES).pixels if ds is not None
                       else decode_file(DATA / rel, RADIOGRAPH_MODALITIES)[1].pixels)
         except (RefusedImage, OSError) as exc:
-            lines.append(f"| {rel} | {what} | not decodable | | | "
+            lines.append(f"| {rel} | {what} | not decodable | | | | "
                          f"{getattr(exc, 'reason', exc)} |")
             continue
         v = check.assess([pixels])[0]  # type: ignore[attr-defined]
-        other = max((c for c in v.probabilities if c != "hip"), key=v.probabilities.__getitem__)
+        other = max((c for c in v.probabilities if c not in HIP_CLASSES),
+                    key=v.probabilities.__getitem__)
         lines.append(f"| {rel} | {what} | {'not assessed' if v.refused else 'assessed'} | "
-                     f"{v.hip:.3f} | {other} {v.probabilities[other]:.3f} | {v.reason or ''} |")
+                     f"{v.hip:.3f} | {v.view or ''} | {other} {v.probabilities[other]:.3f} | "
+                     f"{v.reason or ''} |")
     return lines
 
 

@@ -1,10 +1,12 @@
 """What a classifier pipeline says about real radiographs (shared/data), per hip.
 
 Real hip/pelvis radiographs without hardware must never get a hardware sentence; images
-that are not hip radiographs must be refused or not assessed. Each file is run twice:
-with its own headers (the router's refusals by tag apply) and with headers claiming an AP
-pelvis of an adult of unknown age (only the image itself can then refuse it: the
-whole-image anatomy check, unless --no-anatomy-check, and the hip model). JPEG files
+that are not hip radiographs must be refused or not assessed. Each file is run three
+times: with its own headers (the router's refusals by tag apply), with headers claiming an
+AP pelvis of an adult of unknown age (only the image itself can then refuse it: the
+whole-image anatomy check, unless --no-anatomy-check, and the hip model), and with no view
+or side in its headers at all (the anatomy check, where its model has a pelvis class, then
+says whether it is an AP pelvis to be read per hip). JPEG files
 (the paediatric DDH set) are converted to a greyscale CR object first, as a careless
 gateway would.
 
@@ -80,6 +82,23 @@ def claim_pelvis(ds: object) -> object:
     return ds
 
 
+def strip_view(ds: object) -> object:
+    """The same image with no view or side in its headers (no body part, descriptions,
+    view position, laterality, orientation), as a gateway that keeps only the pixels sends
+    it; adult, unknown age."""
+    import copy
+
+    ds = copy.deepcopy(ds)
+    ds.Modality = "CR" if ds.get("Modality") not in ("CR", "DX") else ds.Modality
+    for key in ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
+                "PerformedProcedureStepDescription", "RequestedProcedureDescription",
+                "AcquisitionDeviceProcessingDescription", "ViewPosition", "ImageLaterality",
+                "Laterality", "PatientOrientation", "PatientAge", "PatientBirthDate"):
+        if key in ds:
+            delattr(ds, key)
+    return ds
+
+
 def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> list[dict]:
     import pydicom
 
@@ -102,7 +121,8 @@ def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> l
                       grey_from_jpeg(jpg)))
     rows = []
     for rel, what, ds in items:
-        for mode, data in (("own headers", ds), ("claims AP pelvis", claim_pelvis(ds))):
+        for mode, data in (("own headers", ds), ("claims AP pelvis", claim_pelvis(ds)),
+                           ("no view in headers", strip_view(ds))):
             study = StudyInput.from_datasets(str(data.StudyInstanceUID), [data],
                                              pipe.modalities())
             if check is not None and study.images:
@@ -113,9 +133,11 @@ def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> l
                 rows.append({"file": rel, "what": what, "headers": mode, "hip": "-",
                              "status": "refused / not assessed",
                              "says": "; ".join(refused.values())})
+            from_image = any(im.view_from_image for im in study.images.values())
             for f in result.findings:
                 c = f.classification
-                rows.append({"file": rel, "what": what, "headers": mode, "hip": f.laterality,
+                rows.append({"file": rel, "what": what, "headers": mode,
+                             "hip": f.laterality + (" (view from image)" if from_image else ""),
                              "status": c.status,
                              "says": f"{c.predicted} {c.probability:.2f}"
                              + (f" ({c.reason})" if c.reason else "")})
