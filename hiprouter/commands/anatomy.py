@@ -34,7 +34,7 @@ def register(group: click.Group) -> None:
               help="Fraction of validation hip images the threshold keeps assessed.")
 @click.option("--max-min-probability", "cap", default=None, type=float,
               help="Upper bound of the threshold on P(hip) (default: "
-                   "hiprouter.training.anatomy.MAX_MIN_PROBABILITY, 0.1).")
+                   "hiprouter.training.anatomy.MAX_MIN_PROBABILITY, 0.2).")
 @click.option("--augment", "augment_preset", default="anatomy", show_default=True,
               type=click.Choice(["none", "basic", "strong", "anatomy"]))
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -131,11 +131,11 @@ def load_images(items: Sequence[tuple[Path, str]], size: int, cache_dir: Path | 
     return stacked, np.asarray(labels, dtype=np.int64), refused
 
 
-MAX_MIN_PROBABILITY = 0.1
+MAX_MIN_PROBABILITY = 0.2
 """The threshold never exceeds this: only an image the model finds clearly more like
 something else is refused (a hip image from another source may look less familiar than
-the validation hips; a refused hip is a lost report). 0.1.0 used 0.2; see
-docs/validation.md, "Anatomy check", for how 0.1 was chosen for 0.2.0."""
+the validation hips; a refused hip is a lost report). 0.1.0 and 0.3.0 use 0.2, 0.2.0 used
+0.1; docs/validation.md, "Anatomy check", says how each was chosen."""
 
 
 def choose_min_probability(p_hip: np.ndarray, keep: float = 0.995,

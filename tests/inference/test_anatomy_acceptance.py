@@ -59,6 +59,16 @@ def test_fresh_hip_studies_pass(check, renderer: str, tmp_path: Path) -> None:  
     refused = [str(p.relative_to(tmp_path)) for p, v in zip(images, verdicts, strict=True)
                if v.refused]
     assert len(refused) <= 1, refused
+    # the view it names (used when the headers name none): AP pelvis or a single hip
+    import csv
+
+    with (tmp_path / "labels.csv").open(newline="") as fh:
+        views = {r["path"]: r["view"] for r in csv.DictReader(fh)}
+    named = [(views[str(p.relative_to(tmp_path))] == "ap_pelvis", v.view == "ap_pelvis")
+             for p, v in zip(images, verdicts, strict=True) if not v.refused]
+    assert sum(truth for truth, _ in named) >= 2 and sum(not t for t, _ in named) >= 2
+    wrong = sum(truth != said for truth, said in named)
+    assert wrong <= max(1, len(named) // 10), named
 
 
 @pytest.mark.parametrize("kind", ["chest_pa", "knee_ap", "hand_pa", "child_pelvis",
