@@ -87,30 +87,40 @@ def _has(texts: list[str], words: list[str], needles: tuple[str, ...]) -> bool:
     return False
 
 
-def classify_view(ds: Dataset) -> View:
-    """The hip view from View Position and the series' words, then the study's words.
+ViewSource = Literal["series", "study", "none"]
+
+
+def view_evidence(ds: Dataset) -> tuple[View, ViewSource]:
+    """The hip view and where it came from: the series' own tags (View Position, series
+    descriptions, body part), only the study's descriptions (weaker: a "HIP" study often
+    holds an AP pelvis image), or nothing ("unknown").
 
     Series-level text wins: a study "PELVIS AND RIGHT HIP" holds an AP pelvis series and
     single-hip series.
     """
     series = _texts(ds, _SERIES_KEYS)
     if _has(series, _words(series), _FROG):
-        return "frog_leg"
+        return "frog_leg", "series"
     position = str(ds.get("ViewPosition", "") or "").strip().upper()
     if position in _LATERAL_POSITIONS:
-        return "cross_table_lateral"
-    for keys in (_SERIES_KEYS, _STUDY_KEYS):
+        return "cross_table_lateral", "series"
+    for keys, source in ((_SERIES_KEYS, "series"), (_STUDY_KEYS, "study")):
         texts = _texts(ds, keys)
         words = _words(texts)
         if _has(texts, words, _FROG):
-            return "frog_leg"
+            return "frog_leg", source  # type: ignore[return-value]
         if _has(texts, words, _CROSS):
-            return "cross_table_lateral"
+            return "cross_table_lateral", source  # type: ignore[return-value]
         if _has(texts, words, _PELVIS):
-            return "ap_pelvis"
+            return "ap_pelvis", source  # type: ignore[return-value]
         if _has(texts, words, _HIP):
-            return "ap_hip"
-    return "unknown"
+            return "ap_hip", source  # type: ignore[return-value]
+    return "unknown", "none"
+
+
+def classify_view(ds: Dataset) -> View:
+    """The hip view from View Position and the series' words, then the study's words."""
+    return view_evidence(ds)[0]
 
 
 def _side_of_words(words: list[str]) -> Laterality:

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset
 
 from hiprouter.inference.decode import DecodedImage, RefusedImage, decode
-from hiprouter.inference.laterality import HipCrop, View, classify_view, hip_crops, not_hip_reason
+from hiprouter.inference.laterality import (
+    HipCrop,
+    View,
+    hip_crops,
+    not_hip_reason,
+    view_evidence,
+)
 from hiprouter.inference.parallel import map_each
 
 if TYPE_CHECKING:
@@ -29,8 +35,13 @@ class StudyImage:
     decoded: DecodedImage
     view: View
     crops: list[HipCrop]
-    view_from_image: bool = False
-    """True when the headers named no view and the anatomy check saw an AP pelvis."""
+    view_source: str = "series"
+    """Where `view` comes from: "series" (the image's own tags), "study" (only the study's
+    descriptions), "none" (nothing: view "unknown") or "image" (the anatomy check)."""
+
+    @property
+    def view_from_image(self) -> bool:
+        return self.view_source == "image"
 
     @property
     def sop_instance_uid(self) -> str:
@@ -68,7 +79,8 @@ class StudyInput:
             except RefusedImage as exc:
                 return exc.reason
             image.pixels.setflags(write=False)  # shared by every pipeline (and letterbox's memo)
-            return StudyImage(ds, image, classify_view(ds), hip_crops(ds, image.pixels))
+            view, source = view_evidence(ds)
+            return StudyImage(ds, image, view, hip_crops(ds, image.pixels, view), source)
 
         for n, (ds, prepared) in enumerate(zip(datasets, map_each(prepare, datasets),
                                                strict=True)):
@@ -81,9 +93,13 @@ class StudyInput:
 
     def check_anatomy(self, check: AnatomyCheck) -> None:
         """Run the whole-image anatomy check on every usable image, once; images that are
-        not adult hip or pelvis radiographs move to `refused` with the check's reason. An
-        image whose headers name no view and that the check sees as an AP pelvis is split
-        into its two hips like any AP pelvis (the crops say so: `view_from_image`)."""
+        not adult hip or pelvis radiographs move to `refused` with the check's reason.
+
+        Where the image's own tags name no view (nothing, or only the study's words), the
+        view the check names decides between an AP pelvis, split into its two hips, and a
+        single hip (one crop, its side from the tags' words or unknown): a "RIGHT HIP" study
+        often holds an AP pelvis image, a "PELVIS AND HIP" study a lateral hip image
+        (`view_source` becomes "image")."""
         uids = list(self.images)
         verdicts = check.assess([self.images[u].decoded.pixels for u in uids])
         for uid, verdict in zip(uids, verdicts, strict=True):
@@ -92,10 +108,16 @@ class StudyInput:
                 self.refused[uid] = verdict.reason or "not a hip or pelvis radiograph"
                 continue
             image = self.images[uid]
-            if image.view == "unknown" and verdict.view == "ap_pelvis":
-                image.view = "ap_pelvis"
-                image.crops = hip_crops(image.dataset, image.decoded.pixels, "ap_pelvis")
-                image.view_from_image = True
+            if image.view_source not in ("study", "none") or verdict.view is None:
+                continue
+            if verdict.view == "ap_pelvis" and image.view != "ap_pelvis":
+                view: View = "ap_pelvis"
+            elif verdict.view == "single_hip" and image.view == "ap_pelvis":
+                view = "unknown"  # a single hip; AP, frog-leg or lateral the tags do not say
+            else:
+                continue
+            image.view, image.view_source = view, "image"
+            image.crops = hip_crops(image.dataset, image.decoded.pixels, view)
 
     def crops(self, views: Iterable[str] | None = None,
               modalities: Iterable[str] | None = None) -> list[tuple[str, HipCrop]]:

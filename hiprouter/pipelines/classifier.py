@@ -195,9 +195,9 @@ class ClassifierKind(PipelineKind):
                           model=self.model_info(), classification=classification,
                           latency_ms=latency_ms)
         finding.scores["ood_score"] = float(max(p.ood_score for p in preds))
-        used_views = [VIEW_NAMES[crop.view] + (" (view read from the image; the headers name "
-                                               "none)" if study.images[uid].view_from_image
-                                               else "")
+        used_views = [VIEW_NAMES[crop.view] + (" (view read from the image; the image's own "
+                                               "headers name none)"
+                                               if study.images[uid].view_from_image else "")
                       for uid, crop in crops]
         finding.qualifiers["views"] = ", ".join(dict.fromkeys(used_views))
         finding.heatmaps = crop_heat_maps(

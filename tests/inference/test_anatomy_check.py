@@ -172,6 +172,37 @@ def test_the_headers_view_wins_over_the_image(tmp_path: Path) -> None:
     assert not tagged.view_from_image
 
 
+def test_study_words_yield_to_the_image(tmp_path: Path) -> None:
+    """Only the study's description names a view: a "RIGHT HIP" study's AP pelvis image is
+    read as two hips, a "PELVIS AND RIGHT HIP" study's single-hip image as one hip (the
+    right, from the words); with a check that agrees with the words nothing changes."""
+    from hiprouter.inference.laterality import view_evidence
+    from hiprouter.inference.study import StudyInput
+
+    pelvis_check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"),
+                                         device="cpu")
+    hip_check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "h", "hip"), device="cpu")
+    in_hip_study = _untagged(4, StudyDescription="XR RIGHT HIP 2 VIEWS")
+    assert view_evidence(in_hip_study) == ("ap_hip", "study")
+    study = StudyInput.from_datasets("1.2.3.4", [in_hip_study], ("CR", "DX"))
+    image = study.images[str(in_hip_study.SOPInstanceUID)]
+    assert [c.laterality for c in image.crops] == ["R"] and image.view_source == "study"
+    study.check_anatomy(hip_check)  # agrees: unchanged
+    assert image.view == "ap_hip" and not image.view_from_image
+    study.check_anatomy(pelvis_check)
+    assert image.view == "ap_pelvis" and image.view_from_image
+    assert [c.laterality for c in image.crops] == ["R", "L"]
+
+    in_pelvis_study = _untagged(5, StudyDescription="PELVIS AND RIGHT HIP")
+    assert view_evidence(in_pelvis_study) == ("ap_pelvis", "study")
+    study = StudyInput.from_datasets("1.2.3.5", [in_pelvis_study], ("CR", "DX"))
+    image = study.images[str(in_pelvis_study.SOPInstanceUID)]
+    assert len(image.crops) == 2
+    study.check_anatomy(hip_check)
+    assert image.view == "unknown" and image.view_from_image
+    assert [(c.laterality, c.box) for c in image.crops] == [("R", (0, 0, 120, 160))]
+
+
 def test_a_card_without_the_pelvis_class_names_no_view(tmp_path: Path) -> None:
     """Cards up to anatomy-demo 0.2.0 have one "hip" class for every view."""
     old = tuple(c for c in ANATOMY_CLASSES if c != "pelvis")
