@@ -84,7 +84,9 @@ def run_analysis(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     clock.lap("build")
     paths = write_bundle(bundle, ctx.output_dir) if bundle is not None else []
     clock.lap("write")
-    record(ctx, study, bundle, paths, unreadable)
+    views = {u: ("an AP pelvis, read per hip" if img.view == "ap_pelvis" else "a single hip")
+             for u, img in decoded.items() if img.view_from_image}
+    record(ctx, study, bundle, paths, unreadable, views)
     clock.lap("record")
     timings = {**clock.laps, "decode": round(study.decode_ms),
                **{f"run:{r.pipeline}": round(r.elapsed_ms) for r in study.results}}
@@ -154,8 +156,11 @@ def finding_row(f: Finding, result: PipelineResult, job: Job) -> dict[str, Any]:
 
 
 def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
-           paths: list[Path], unreadable: dict[str, str]) -> None:
-    """Findings rows (replacing this job's earlier ones), outputs and audit events."""
+           paths: list[Path], unreadable: dict[str, str],
+           views_from_image: dict[str, str] | None = None) -> None:
+    """Findings rows (replacing this job's earlier ones), outputs and audit events;
+    `views_from_image`: SOP Instance UID -> the view the anatomy check read where the
+    image's own headers name none."""
     now = utcnow()
     job = ctx.job
     app = audit.participant("application", ctx.settings.node.ae_title)
@@ -196,6 +201,11 @@ def record(ctx: JobContext, study: StudyFindings, bundle: ReportBundle | None,
                     session, audit.INFERENCE, "E", audit.SUCCESS,
                     description=f"{result.pipeline} not run on: " + " | ".join(result.skipped),
                     participants=[app], objects={**objects, "pipeline": result.pipeline})
+        for sop_uid, view in (views_from_image or {}).items():
+            audit.record(
+                session, audit.INFERENCE, "E", audit.SUCCESS,
+                description=f"view read from the image (its own headers name none): {view}",
+                participants=[app], objects={**objects, "sop_instance_uids": [sop_uid]})
         not_assessed = {**study.not_assessed(), **unreadable}
         for sop_uid, reason in not_assessed.items():
             audit.record(

@@ -316,3 +316,46 @@ def test_chest_film_sent_as_a_pelvis_is_reported_not_assessed(router_process: An
     finally:
         router.stop()
         pacs.stop()
+
+
+def test_pelvis_film_in_a_hip_study_without_series_tags_is_read_per_hip(
+        router_process: Any, tmp_path: Path) -> None:
+    """An AP pelvis image whose own tags name no view, in a study described as a right hip
+    (routed by the study's words): the anatomy check sees a pelvis, so every pipeline reads
+    it as two hips, and the audit says the view was read from the image."""
+    study = make_study(31, 0, hardware={"R": "tha", "L": "no_hardware"}, views=("ap_pelvis",))
+    ds = study.images[0].dataset
+    for key in ("SeriesDescription", "BodyPartExamined", "ProtocolName", "ViewPosition",
+                "PerformedProcedureStepDescription", "AcquisitionDeviceProcessingDescription",
+                "RequestedProcedureDescription"):
+        if key in ds:
+            delattr(ds, key)
+    ds.StudyDescription = "XR RIGHT HIP 2 VIEWS"
+    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
+    router = router_process(router_overrides("PACS", pacs.port))
+    try:
+        sent = storescu(router.port, write_study(tmp_path / "hip", [ds]))
+        assert sent.returncode == 0, sent.stderr
+        study_uid = str(ds.StudyInstanceUID)
+        wait_until(lambda: [d for d in pacs_objects(pacs).get(KOS, [])
+                            if str(d.StudyInstanceUID) == study_uid], 300, "the KOS")
+        factory = router.session_factory()
+        wait_until(lambda: _all_sent(factory), 60, "every output sent")
+        validate([Path(d.filename) for ds_ in pacs_objects(pacs).values() for d in ds_])
+        with factory() as s:
+            rows = s.scalars(select(FindingRow).where(FindingRow.study_uid == study_uid)).all()
+            audit = s.scalars(select(AuditEvent).where(
+                AuditEvent.outcome_description.like("view read from the image%"))).all()
+        by_pipeline: dict[str, set[str]] = {}
+        for r in rows:
+            by_pipeline.setdefault(r.pipeline, set()).add(r.laterality)
+        assert by_pipeline and all(sides == {"R", "L"} for sides in by_pipeline.values()), \
+            by_pipeline
+        assert all("view read from the image" in r.details["qualifiers"]["views"]
+                   for r in rows if r.pipeline in ("hardware", "screening"))
+        assert [e.outcome_description for e in audit] == [
+            "view read from the image (its own headers name none): an AP pelvis, read per hip"]
+        assert str(ds.SOPInstanceUID) in audit[0].objects["sop_instance_uids"]
+    finally:
+        router.stop()
+        pacs.stop()

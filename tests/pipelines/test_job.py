@@ -47,7 +47,8 @@ def test_findings_are_replaced_on_rerun_and_abstentions_audited(sqlite_url: str,
                             not_assessed={"1.2.3.9": "modality MR is not one this model accepts"},
                             skipped=["U hip: nothing"])
     study = StudyFindings("1.2.3", [result])
-    record(ctx, study, None, [], {"1.2.3.8": "cannot read the stored file"})
+    record(ctx, study, None, [], {"1.2.3.8": "cannot read the stored file"},
+           {"1.2.3.1": "an AP pelvis, read per hip"})
     record(ctx, study, None, [], {})  # the job ran again
     with factory() as s:
         rows = s.scalars(select(FindingRow)).all()
@@ -59,3 +60,6 @@ def test_findings_are_replaced_on_rerun_and_abstentions_audited(sqlite_url: str,
     assert "image not assessed: modality MR is not one this model accepts" in texts
     assert "image not assessed: cannot read the stored file" in texts
     assert any("hardware not run on: U hip: nothing" == e.outcome_description for e in events)
+    view = [e for e in events if e.outcome_description.startswith("view read from the image")]
+    assert [e.outcome_description for e in view] == [
+        "view read from the image (its own headers name none): an AP pelvis, read per hip"]
