@@ -38,7 +38,7 @@ def folder_rates(check: object, folders: list[Path], sweep: list[float] = ()) ->
              "|---|---|---:|---:|---:|---|" + "---:|" * len(sweep)]
     for folder in folders:
         items = read_images([folder])
-        per: dict[str, list[tuple[float, bool]]] = {}
+        per: dict[str, list[tuple[float, bool, bool]]] = {}
         undecodable = 0
         for path, cls in tqdm(items, desc=folder.name, unit="image", leave=False):
             try:
@@ -65,7 +65,6 @@ def folder_rates(check: object, folders: list[Path], sweep: list[float] = ()) ->
 
 
 def real_rows(check: object) -> list[str]:
-    from hiprouter.inference.anatomy import HIP_CLASSES
     from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode, decode_file
 
     items: list[tuple[str, str, object]] = []
@@ -94,8 +93,7 @@ def real_rows(check: object) -> list[str]:
                          f"{getattr(exc, 'reason', exc)} |")
             continue
         v = check.assess([pixels])[0]  # type: ignore[attr-defined]
-        other = max((c for c in v.probabilities if c not in HIP_CLASSES),
-                    key=v.probabilities.__getitem__)
+        other = v.most_likely_other
         lines.append(f"| {rel} | {what} | {'not assessed' if v.refused else 'assessed'} | "
                      f"{v.hip:.3f} | {v.view or ''} | {other} {v.probabilities[other]:.3f} | "
                      f"{v.reason or ''} |")

@@ -54,6 +54,12 @@ class AnatomyVerdict:
         return sum(self.probabilities.get(c, 0.0) for c in HIP_CLASSES)
 
     @property
+    def most_likely_other(self) -> str:
+        """The most probable class that is not a hip film (what the reason names)."""
+        return max((c for c in self.probabilities if c not in HIP_CLASSES),
+                   key=self.probabilities.__getitem__)
+
+    @property
     def view(self) -> str | None:
         """What the image shows when it is a hip film: "ap_pelvis" (both hips) or
         "single_hip"; None for a model without the pelvis class or a refused image."""
@@ -100,15 +106,13 @@ class AnatomyCheck:
         out = []
         for pred in preds:
             probs = {c: float(p) for c, p in zip(self.classes, pred.probabilities, strict=True)}
-            hip = sum(probs.get(c, 0.0) for c in HIP_CLASSES)
-            if hip >= self.min_probability:
-                out.append(AnatomyVerdict(probs, False))
-                continue
-            other = max((c for c in self.classes if c not in HIP_CLASSES),
-                        key=probs.__getitem__)
-            looks = LOOKS_LIKE.get(other, f"{other!r}")
-            out.append(AnatomyVerdict(probs, True, (
-                f"not a hip or pelvis radiograph of an adult: looks like {looks} "
-                f"({probs[other]:.2f}; hip {hip:.2f}, below {self.min_probability:.2f}; "
-                f"anatomy check {self.info})")))
+            verdict = AnatomyVerdict(probs, False)
+            if verdict.hip < self.min_probability:
+                other = verdict.most_likely_other
+                looks = LOOKS_LIKE.get(other, f"{other!r}")
+                verdict = AnatomyVerdict(probs, True, (
+                    f"not a hip or pelvis radiograph of an adult: looks like {looks} "
+                    f"({probs[other]:.2f}; hip {verdict.hip:.2f}, below "
+                    f"{self.min_probability:.2f}; anatomy check {self.info})"))
+            out.append(verdict)
         return out

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hiprouter.inference.anatomy import HIP, HIP_CLASSES, LABEL_SET, PELVIS
 from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
 from hiprouter.inference.models import (
     SYNTHETIC_DISCLAIMER,
@@ -41,15 +42,13 @@ from hiprouter.training.calibration import ece, fit_temperature, softmax
 from hiprouter.training.dataset import cache_file, map_jobs
 from hiprouter.training.train import TrainConfig, _Crops, _run_stage, augmentation, forward_arrays
 
-ANATOMY_LABEL_SET = "anatomy"
-ANATOMY_CLASSES = ("hip", "pelvis", "child_pelvis", "chest", "knee", "hand", "shoulder",
+ANATOMY_LABEL_SET = LABEL_SET
+ANATOMY_CLASSES = (HIP, PELVIS, "child_pelvis", "chest", "knee", "hand", "shoulder",
                    "spine", "skull", "other")
-HIP_CLASS = "hip"
-"""A single-hip view of an adult (AP hip, frog-leg, cross-table lateral)."""
-PELVIS_CLASS = "pelvis"
-"""An adult AP pelvis (both hips). Together with HIP_CLASS what the hip models read: the
-check refuses on P(hip) + P(pelvis), and names the view when the headers do not."""
-HIP_CLASSES = (HIP_CLASS, PELVIS_CLASS)
+"""HIP: a single-hip view of an adult (AP hip, frog-leg, cross-table lateral); PELVIS: an
+adult AP pelvis. Together (HIP_CLASSES) what the hip models read: the check refuses on
+P(hip) + P(pelvis), and names the view when the headers do not."""
+HIP_IDS = [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES]
 OOD_KIND_CLASSES = {"chest_pa": "chest", "knee_ap": "knee", "hand_pa": "hand",
                     "child_pelvis": "child_pelvis", "noise": "other", "blank": "other",
                     "photo_mono": "other", "photo_rgb": "other", "shoulder_ap": "shoulder",
@@ -67,12 +66,12 @@ def image_class(row: dict[str, str]) -> str:
         if kind not in OOD_KIND_CLASSES:
             raise ValueError(f"unknown ood_kind {kind!r}")
         return OOD_KIND_CLASSES[kind]
-    return PELVIS_CLASS if (row.get("view") or "").strip() == "ap_pelvis" else HIP_CLASS
+    return PELVIS if (row.get("view") or "").strip() == "ap_pelvis" else HIP
 
 
 def hip_probability(probs: np.ndarray) -> np.ndarray:
     """P(an adult hip or pelvis radiograph) per row of class probabilities."""
-    return probs[:, [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES]].sum(axis=1)
+    return probs[:, HIP_IDS].sum(axis=1)
 
 
 def read_images(folders: Sequence[Path]) -> list[tuple[Path, str]]:
@@ -173,7 +172,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995,
     # temperature to its lower bound, which says nothing about images from elsewhere
     temperature = max(1.0, fitted)
     probs = softmax(logits, temperature)
-    is_hip = np.isin(labels, [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES])
+    is_hip = np.isin(labels, HIP_IDS)
     min_probability = choose_min_probability(hip_probability(probs)[is_hip], keep, cap)
     calibration = {"temperature": round(temperature, 4), "fitted_temperature": round(fitted, 4),
                    "rule": "max(1, temperature fitted on validation)",
@@ -213,8 +212,7 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
 
     train_x, train_y = load(train_dirs, "training")
     val_x, val_y = load(val_dirs, "validation")
-    hip_ids = [ANATOMY_CLASSES.index(c) for c in HIP_CLASSES]
-    if not len(train_y) or not np.isin(train_y, hip_ids).any():
+    if not len(train_y) or not np.isin(train_y, HIP_IDS).any():
         raise ValueError("no hip images to train on")
     device = select_device(cfg.device)
     module = create_model(cfg.arch, len(ANATOMY_CLASSES), 1, widths=widths).to(device)
