@@ -67,36 +67,38 @@ def grey_from_jpeg(path: Path) -> object:
     return ds
 
 
-def claim_pelvis(ds: object) -> object:
-    """The same image with headers claiming an AP pelvis of unknown age."""
+def _without(ds: object, keys: tuple[str, ...]) -> object:
+    """A copy of `ds` as a CR/DX radiograph without the given elements."""
     import copy
 
-    from hiprouter.synth.ood import claim_ap_pelvis
-
-    ds = claim_ap_pelvis(copy.deepcopy(ds))
+    ds = copy.deepcopy(ds)
     ds.Modality = "CR" if ds.get("Modality") not in ("CR", "DX") else ds.Modality
-    for key in ("PatientAge", "PatientBirthDate", "ImageLaterality", "Laterality",
-                "PatientOrientation", "ViewPosition", "StudyDescription", "ProtocolName"):
+    for key in keys:
         if key in ds:
             delattr(ds, key)
     return ds
+
+
+_AGE = ("PatientAge", "PatientBirthDate")
+_SIDE_AND_POSITION = ("ImageLaterality", "Laterality", "PatientOrientation", "ViewPosition")
+
+
+def claim_pelvis(ds: object) -> object:
+    """The same image with headers claiming an AP pelvis of unknown age."""
+    from hiprouter.synth.ood import claim_ap_pelvis
+
+    return claim_ap_pelvis(_without(ds, (*_AGE, *_SIDE_AND_POSITION, "StudyDescription",
+                                         "ProtocolName")))
 
 
 def strip_view(ds: object) -> object:
     """The same image with no view or side in its headers (no body part, descriptions,
     view position, laterality, orientation), as a gateway that keeps only the pixels sends
     it; adult, unknown age."""
-    import copy
-
-    ds = copy.deepcopy(ds)
-    ds.Modality = "CR" if ds.get("Modality") not in ("CR", "DX") else ds.Modality
-    for key in ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolName",
-                "PerformedProcedureStepDescription", "RequestedProcedureDescription",
-                "AcquisitionDeviceProcessingDescription", "ViewPosition", "ImageLaterality",
-                "Laterality", "PatientOrientation", "PatientAge", "PatientBirthDate"):
-        if key in ds:
-            delattr(ds, key)
-    return ds
+    return _without(ds, (*_AGE, *_SIDE_AND_POSITION, "BodyPartExamined", "SeriesDescription",
+                         "StudyDescription", "ProtocolName",
+                         "PerformedProcedureStepDescription", "RequestedProcedureDescription",
+                         "AcquisitionDeviceProcessingDescription"))
 
 
 def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> list[dict]:
