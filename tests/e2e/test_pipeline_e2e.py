@@ -279,6 +279,19 @@ def test_combined_orientation_letters_still_get_every_object(router_process: Any
         pacs.stop()
 
 
+def send_and_wait_for_report(router: Any, pacs: StoreSCP, folder: Path, ds: Dataset) -> Any:
+    """storescu one image to the router, wait for its study's KOS at the PACS and for every
+    output to be sent; returns the router's session factory."""
+    sent = storescu(router.port, write_study(folder, [ds]))
+    assert sent.returncode == 0, sent.stderr
+    study_uid = str(ds.StudyInstanceUID)
+    wait_until(lambda: [d for d in pacs_objects(pacs).get(KOS, [])
+                        if str(d.StudyInstanceUID) == study_uid], 300, "the KOS")
+    factory = router.session_factory()
+    wait_until(lambda: _all_sent(factory), 60, "every output sent")
+    return factory
+
+
 def test_chest_film_sent_as_a_pelvis_is_reported_not_assessed(router_process: Any,
                                                               tmp_path: Path) -> None:
     """A chest radiograph whose headers claim an AP pelvis is routed (the tags say pelvis),
@@ -290,13 +303,8 @@ def test_chest_film_sent_as_a_pelvis_is_reported_not_assessed(router_process: An
     router = router_process(router_overrides("PACS", pacs.port))
     try:
         chest = claim_ap_pelvis(make_ood_image("chest_pa", 9500))
-        sent = storescu(router.port, write_study(tmp_path / "chest", [chest]))
-        assert sent.returncode == 0, sent.stderr
         study_uid = str(chest.StudyInstanceUID)
-        wait_until(lambda: [d for d in pacs_objects(pacs).get(KOS, [])
-                            if str(d.StudyInstanceUID) == study_uid], 300, "the KOS")
-        factory = router.session_factory()
-        wait_until(lambda: _all_sent(factory), 60, "every output sent")
+        factory = send_and_wait_for_report(router, pacs, tmp_path / "chest", chest)
         objects = pacs_objects(pacs)
         assert {k: len(v) for k, v in objects.items()} == {SR: 1, KOS: 1}
         validate([Path(d.filename) for ds in objects.values() for d in ds])
@@ -334,13 +342,8 @@ def test_pelvis_film_in_a_hip_study_without_series_tags_is_read_per_hip(
     pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS").start()
     router = router_process(router_overrides("PACS", pacs.port))
     try:
-        sent = storescu(router.port, write_study(tmp_path / "hip", [ds]))
-        assert sent.returncode == 0, sent.stderr
         study_uid = str(ds.StudyInstanceUID)
-        wait_until(lambda: [d for d in pacs_objects(pacs).get(KOS, [])
-                            if str(d.StudyInstanceUID) == study_uid], 300, "the KOS")
-        factory = router.session_factory()
-        wait_until(lambda: _all_sent(factory), 60, "every output sent")
+        factory = send_and_wait_for_report(router, pacs, tmp_path / "hip", ds)
         validate([Path(d.filename) for ds_ in pacs_objects(pacs).values() for d in ds_])
         with factory() as s:
             rows = s.scalars(select(FindingRow).where(FindingRow.study_uid == study_uid)).all()
