@@ -8,7 +8,8 @@ image. Headers say what a real sender would, sometimes wrongly (a chest labelled
 from __future__ import annotations
 
 import csv
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -37,13 +38,37 @@ _PART = {"chest_pa": ("CHEST", "51185008", "Thorax"), "knee_ap": ("KNEE", "72696
          "shoulder_ap": ("SHOULDER", "16982005", "Shoulder region"),
          "spine_lat": ("LSPINE", "122496007", "Lumbar spine"),
          "skull_lat": ("SKULL", "89546000", "Skull")}
-# field of view (mm, width x height ranges), centre and beam side of each drawn region
-_REGIONS = {"chest_pa": (((350, 430), (380, 440)), (0, 0, 40.0), 1),
-            "knee_ap": (((180, 240), (220, 300)), (0, 0, 0.0), -1),
-            "hand_pa": (((180, 240), (220, 280)), (0, 0, 30.0), 1),
-            "shoulder_ap": (((200, 260), (200, 260)), (-40, 0, -10.0), -1),
-            "spine_lat": (((220, 300), (330, 430)), (0, 0, 30.0), 1),
-            "skull_lat": (((220, 260), (220, 270)), (10, 0, -5.0), 1)}
+
+
+@dataclass(frozen=True)
+class _Region:
+    """How one body region is drawn and labelled."""
+
+    fov: tuple[tuple[float, float], tuple[float, float]]
+    """Field of view (mm): ranges of width and height."""
+    center: tuple[float, float, float]
+    side: int
+    """Beam side for `regions.camera`."""
+    view_position: str
+    orientation: tuple[str, str]
+    draw: Callable[[Layers, np.random.Generator], None]
+
+
+_REGIONS = {
+    "chest_pa": _Region(((350, 430), (380, 440)), (0, 0, 40.0), 1, "PA", ("L", "F"),
+                        lambda layers, rng: regions.draw_chest(layers, rng,
+                                                               bool(rng.random() < 0.5))),
+    "knee_ap": _Region(((180, 240), (220, 300)), (0, 0, 0.0), -1, "AP", ("L", "F"),
+                       regions.draw_knee),
+    "hand_pa": _Region(((180, 240), (220, 280)), (0, 0, 30.0), 1, "PA", ("L", "F"),
+                       regions.draw_hand),
+    "shoulder_ap": _Region(((200, 260), (200, 260)), (-40, 0, -10.0), -1, "AP", ("L", "F"),
+                           regions.draw_shoulder),
+    "spine_lat": _Region(((220, 300), (330, 430)), (0, 0, 30.0), 1, "LL", ("A", "F"),
+                         regions.draw_lumbar_spine_lateral),
+    "skull_lat": _Region(((220, 260), (220, 270)), (10, 0, -5.0), 1, "LL", ("A", "F"),
+                         regions.draw_skull_lateral),
+}
 
 
 def _headers(kind: str, seed: int, rng: np.random.Generator, modality: str, view: str,
@@ -94,19 +119,12 @@ def _radiograph(kind: str, seed: int, rng: np.random.Generator) -> Dataset:
             c = np.array([0, -patient.body.trunk_b, -55 * s])
             layers.add("lead", solid(box(c, np.eye(3), (30 * s, 0.5, 25 * s))))
     else:
-        (w, h), center, side = _REGIONS[kind]
-        fov = (rng.uniform(*w), rng.uniform(*h))
-        cam = regions.camera(side, fov, long_side, np.asarray(center))
+        region = _REGIONS[kind]
+        fov = (rng.uniform(*region.fov[0]), rng.uniform(*region.fov[1]))
+        cam = regions.camera(region.side, fov, long_side, np.asarray(region.center))
         layers = Layers(cam)
-        {"chest_pa": lambda: regions.draw_chest(layers, rng, bool(rng.random() < 0.5)),
-         "knee_ap": lambda: regions.draw_knee(layers, rng),
-         "hand_pa": lambda: regions.draw_hand(layers, rng),
-         "shoulder_ap": lambda: regions.draw_shoulder(layers, rng),
-         "spine_lat": lambda: regions.draw_lumbar_spine_lateral(layers, rng),
-         "skull_lat": lambda: regions.draw_skull_lateral(layers, rng)}[kind]()
-        orientation = ("A", "F") if kind in ("spine_lat", "skull_lat") else ("L", "F")
-        vpos = {"knee_ap": "AP", "shoulder_ap": "AP", "spine_lat": "LL",
-                "skull_lat": "LL"}.get(kind, "PA")
+        region.draw(layers, rng)
+        orientation, vpos = region.orientation, region.view_position
     acq = acquire.sample_acquisition(rng, "ap_hip")
     modality = acq.modality if vpos == "AP" else "CR"
     stored, _ = acquire.form_image(layers.maps, cam.pixel_mm, cam.shape, acq, None, True, rng)
