@@ -118,6 +118,21 @@ def view_evidence(ds: Dataset) -> tuple[View, ViewSource]:
     return "unknown", "none"
 
 
+def view_read_from_image(view: View, source: str, image_view: str | None) -> View | None:
+    """The view to read an image by when the anatomy check names one (`image_view`:
+    "ap_pelvis" or "single_hip") and the image's own tags do not (`source` "study" or
+    "none", from `view_evidence`): an AP pelvis is split into its two hips, a single hip is
+    one crop whose view the tags cannot say ("unknown"). None: keep `view` (the tags name
+    the view, the check names none, or both agree)."""
+    if source not in ("study", "none") or image_view is None:
+        return None
+    if image_view == "ap_pelvis" and view != "ap_pelvis":
+        return "ap_pelvis"
+    if image_view == "single_hip" and view == "ap_pelvis":
+        return "unknown"
+    return None
+
+
 def classify_view(ds: Dataset) -> View:
     """The hip view from View Position and the series' words, then the study's words."""
     return view_evidence(ds)[0]

@@ -20,6 +20,7 @@ from hiprouter.inference.laterality import (
     hip_crops,
     not_hip_reason,
     view_evidence,
+    view_read_from_image,
 )
 from hiprouter.inference.parallel import map_each
 
@@ -108,13 +109,8 @@ class StudyInput:
                 self.refused[uid] = verdict.reason or "not a hip or pelvis radiograph"
                 continue
             image = self.images[uid]
-            if image.view_source not in ("study", "none") or verdict.view is None:
-                continue
-            if verdict.view == "ap_pelvis" and image.view != "ap_pelvis":
-                view: View = "ap_pelvis"
-            elif verdict.view == "single_hip" and image.view == "ap_pelvis":
-                view = "unknown"  # a single hip; AP, frog-leg or lateral the tags do not say
-            else:
+            view = view_read_from_image(image.view, image.view_source, verdict.view)
+            if view is None:
                 continue
             image.view, image.view_source = view, "image"
             image.crops = hip_crops(image.dataset, image.decoded.pixels, view)

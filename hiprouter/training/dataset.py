@@ -22,7 +22,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from hiprouter.inference.decode import RADIOGRAPH_MODALITIES, RefusedImage, decode_file
-from hiprouter.inference.laterality import hip_crops
+from hiprouter.inference.laterality import (
+    View,
+    hip_crops,
+    view_evidence,
+    view_read_from_image,
+)
 from hiprouter.inference.preprocess import letterbox
 
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
@@ -151,34 +156,54 @@ def read_sources(sources: Sequence[tuple[Path, Path]], classes: Sequence[str],
     return out
 
 
-def cache_file(cache_dir: Path, image: Path, size: int) -> Path:
-    """The cache file of one image at one input size (its path, size and mtime in the key)."""
+def cache_file(cache_dir: Path, image: Path, size: int, variant: str = "") -> Path:
+    """The cache file of one image at one input size (its path, size and mtime in the key;
+    `variant` names anything else the crops depend on)."""
     stat = image.stat()
     key = f"{image.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}"
+    if variant:
+        key += f"|{variant}"
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}-{size}.npz"
 
 
-def letterboxed_crops(ds: Dataset, pixels: np.ndarray, size: int
+def letterboxed_crops(ds: Dataset, pixels: np.ndarray, size: int, view: View | None = None
                       ) -> list[tuple[str, np.ndarray]]:
     """(laterality, letterboxed uint8 crop) of every hip crop of a decoded image, in the
-    cropper's order: the form crops are cached and trained on."""
+    cropper's order: the form crops are cached and trained on (`view` overrides the tags')."""
     out = []
-    for crop in hip_crops(ds, pixels):
+    for crop in hip_crops(ds, pixels, view):
         boxed, _ = letterbox(crop.pixels, size)
         out.append((crop.laterality, np.rint(boxed * 255).astype(np.uint8)))
     return out
 
 
+def checked_view(ds: Dataset, pixels: np.ndarray, anatomy: Any | None) -> View | None:
+    """The view a job reads the image by when its own tags name none and `anatomy` (an
+    `AnatomyCheck`) names one (AP pelvis: two hips; single hip: one crop); None: the tags'
+    view. The check runs only on images whose tags name no view."""
+    if anatomy is None:
+        return None
+    view, source = view_evidence(ds)
+    if source == "series":
+        return None
+    return view_read_from_image(view, source, anatomy.assess([pixels])[0].view)
+
+
 def image_crops(image: Path, size: int, cache_dir: Path | None,
-                modalities: Sequence[str] = RADIOGRAPH_MODALITIES) -> dict[str, np.ndarray]:
-    """Letterboxed uint8 crops of one image keyed by laterality (R, L, U); cached."""
-    cached = cache_file(cache_dir, image, size) if cache_dir else None
+                modalities: Sequence[str] = RADIOGRAPH_MODALITIES, anatomy: Any | None = None,
+                ) -> dict[str, np.ndarray]:
+    """Letterboxed uint8 crops of one image keyed by laterality (R, L, U); cached. With
+    `anatomy`, an image whose tags name no view is cut by the view the check names, as a
+    job cuts it (`checked_view`)."""
+    variant = f"view by {anatomy.info}" if anatomy else ""
+    cached = cache_file(cache_dir, image, size, variant) if cache_dir else None
     if cached is not None and cached.is_file():
         with np.load(cached) as npz:
             return {k: npz[k] for k in npz.files}
     ds, decoded = decode_file(image, modalities)
     crops: dict[str, np.ndarray] = {}
-    for laterality, crop in letterboxed_crops(ds, decoded.pixels, size):
+    view = checked_view(ds, decoded.pixels, anatomy)
+    for laterality, crop in letterboxed_crops(ds, decoded.pixels, size, view):
         crops.setdefault(laterality, crop)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +233,8 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1) ->
         yield from map(fn, jobs)
 
 
-def _crops_or_reason(args: tuple[Path, int, Path | None]) -> dict[str, np.ndarray] | str:
+def _crops_or_reason(args: tuple[Path, int, Path | None, Sequence[str], Any]
+                     ) -> dict[str, np.ndarray] | str:
     try:
         return image_crops(*args)
     except (RefusedImage, OSError) as exc:
@@ -216,11 +242,12 @@ def _crops_or_reason(args: tuple[Path, int, Path | None]) -> dict[str, np.ndarra
 
 
 def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir: Path | None,
-               progress: Callable | None = None, workers: int = 1,
+               progress: Callable | None = None, workers: int = 1, anatomy: Any | None = None,
                ) -> tuple[np.ndarray, list[int], dict[str, str]]:
     """uint8 array (N, size, size) for the usable rows, their row indices, refusals by path.
 
-    `workers` > 1 decodes in that many processes.
+    `workers` > 1 decodes in that many processes (one when `anatomy` is given: with it,
+    images whose tags name no view are cut by the view the check names, `image_crops`).
     """
     images: list[np.ndarray] = []
     used: list[int] = []
@@ -229,8 +256,10 @@ def load_crops(rows: Sequence[LabelledHip], data_dir: Path, size: int, cache_dir
     for i, row in enumerate(rows):
         by_path.setdefault(row.path, []).append(i)
     items = list(by_path.items())
-    jobs = [(Path(data_dir) / path, size, cache_dir) for path, _ in items]
-    results = zip(items, map_jobs(_crops_or_reason, jobs, workers), strict=True)
+    jobs = [(Path(data_dir) / path, size, cache_dir, RADIOGRAPH_MODALITIES, anatomy)
+            for path, _ in items]
+    results = zip(items, map_jobs(_crops_or_reason, jobs, 1 if anatomy else workers),
+                  strict=True)
     for (path, idx), crops in (progress(results) if progress else results):
         if isinstance(crops, str):
             refused[path] = crops

@@ -426,7 +426,12 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
     out of distribution), indeterminate (below `min_confidence`) or assessed with the
     class."""
     from hiprouter.inference.decode import RefusedImage, decode, read_dataset
-    from hiprouter.inference.laterality import hip_crops, not_hip_reason
+    from hiprouter.inference.laterality import (
+        hip_crops,
+        not_hip_reason,
+        view_evidence,
+        view_read_from_image,
+    )
 
     out: list[dict[str, Any]] = []
     for path in paths:
@@ -436,11 +441,13 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
             if reason:
                 raise RefusedImage(reason)
             pixels = decode(ds, modalities).pixels
+            view = None
             if anatomy is not None:
                 verdict = anatomy.assess([pixels])[0]
                 if verdict.refused:
                     raise RefusedImage(verdict.reason or "not a hip or pelvis radiograph")
-            crops = hip_crops(ds, pixels)
+                view = view_read_from_image(*view_evidence(ds), verdict.view)
+            crops = hip_crops(ds, pixels, view)
         except RefusedImage as exc:
             out.append({"path": str(path), "hip": "", "status": "refused", "reason": exc.reason})
             continue
@@ -541,8 +548,9 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
     pipeline fuses views (calibrated probabilities; OOD crops left out), with the card's
     abstention and OOD rates; `ood_dirs`: folders of images it must not assess. With
     `anatomy` (an `AnatomyCheck`, as every job runs it first) the OOD images it refuses
-    count as not assessed, and the labelled images it would refuse are counted (they stay
-    in the per-hip figures, which measure the model itself).
+    count as not assessed, the labelled images it would refuse are counted (they stay in
+    the per-hip figures, which measure the model itself), and images whose tags name no
+    view are cut by the view it names, as a job cuts them (an untagged AP pelvis: two hips).
 
     The labels come from `label_column`, by default the column of the model card's label set.
     """
@@ -557,7 +565,7 @@ def evaluate_model(model_dirs: Sequence[Path], data_dir: Path, labels_csv: Path,
         raise ValueError(str(exc)) from None
     rows = read_labels(labels_csv, clf.classes, label_column or spec.column, spec.aliases)
     size = max(m.model.card.input_size for m in clf.members)
-    images, used, refused = load_crops(rows, data_dir, size, cache_dir)
+    images, used, refused = load_crops(rows, data_dir, size, cache_dir, anatomy=anatomy)
     preds = clf.predict([im.astype(np.float32) / 255.0 for im in images], heatmaps=False)
     probs = np.stack([p.probabilities for p in preds]) if preds else np.zeros((0, 0))
     labels = [clf.classes.index(rows[i].label) for i in used]

@@ -124,10 +124,11 @@ def test_accepted_image_reaches_the_pipelines(tmp_path: Path) -> None:
     assert {f.laterality for f in findings.results[0].findings} == {"R", "L"}
 
 
-def _untagged(seed: int = 1, **tags: str):  # noqa: ANN202
+def _untagged(seed: int = 1, pixels: np.ndarray | None = None, **tags: str):  # noqa: ANN202
     """A radiograph whose headers name no view (no body part, no descriptions)."""
-    rng = np.random.default_rng(seed)
-    return make_radiograph(rng.normal(1500, 300, (120, 160)).clip(0, 4095), **tags)
+    if pixels is None:
+        pixels = np.random.default_rng(seed).normal(1500, 300, (120, 160)).clip(0, 4095)
+    return make_radiograph(pixels, **tags)
 
 
 def test_untagged_image_the_check_sees_as_a_pelvis_is_read_per_hip(tmp_path: Path) -> None:
@@ -201,6 +202,49 @@ def test_study_words_yield_to_the_image(tmp_path: Path) -> None:
     study.check_anatomy(hip_check)
     assert image.view == "unknown" and image.view_from_image
     assert [(c.laterality, c.box) for c in image.crops] == [("R", (0, 0, 120, 160))]
+
+
+def test_evaluate_cuts_an_untagged_image_as_a_job_does(tmp_path: Path) -> None:
+    """`hiprouter evaluate` (labelled crops and the OOD path) reads an image whose tags name
+    no view by the view the check names, as a job does: an untagged AP pelvis labelled R
+    and L gives two different half-image crops, not the whole image twice; crops cut with
+    and without the check are cached apart; tagged images are cut by their tags."""
+    from hiprouter.training.dataset import LabelledHip, load_crops
+    from hiprouter.training.evaluate import assess_files
+
+    pelvis_check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"),
+                                         device="cpu")
+    hip_check = AnatomyCheck.from_dir(anatomy_model(tmp_path / "h", "hip"), device="cpu")
+    data = tmp_path / "data"
+    data.mkdir()
+    pixels = np.zeros((120, 160))
+    pixels[:, :80] = np.linspace(0, 4000, 120)[:, None]  # the halves differ
+    _untagged(pixels=pixels).save_as(data / "untagged.dcm", enforce_file_format=True)
+    rows = [LabelledHip("untagged.dcm", "1.2", "P", side, "none") for side in ("R", "L")]
+    cache = tmp_path / "cache"
+
+    whole, used, _ = load_crops(rows, data, 32, cache)
+    assert used == [0, 1] and np.array_equal(whole[0], whole[1])  # the whole image, twice
+    split, used, _ = load_crops(rows, data, 32, cache, anatomy=pelvis_check)
+    assert used == [0, 1] and not np.array_equal(split[0], split[1])
+    assert split[0].mean() > split[1].mean()  # R is on the image's left, the bright half
+    again, _, _ = load_crops(rows, data, 32, cache)  # the check's crops are cached apart
+    assert np.array_equal(again, whole)
+    same, _, _ = load_crops(rows, data, 32, cache, anatomy=hip_check)  # a single hip: as before
+    assert np.array_equal(same, whole)
+
+    _untagged(pixels=pixels, SeriesDescription="RIGHT HIP AP").save_as(
+        data / "tagged.dcm", enforce_file_format=True)
+    tagged = [LabelledHip("tagged.dcm", "1.3", "P", "R", "none")]
+    by_tags, _, _ = load_crops(tagged, data, 32, None)
+    with_check, _, _ = load_crops(tagged, data, 32, None, anatomy=pelvis_check)
+    assert np.array_equal(by_tags, with_check)  # the tags' single hip wins
+
+    files = [data / "untagged.dcm", data / "tagged.dcm"]
+    hips = [(Path(r["path"]).name, r["hip"], r["view"])
+            for r in assess_files(hip_check.classifier, files, anatomy=pelvis_check)]
+    assert hips == [("untagged.dcm", "R", "ap_pelvis"), ("untagged.dcm", "L", "ap_pelvis"),
+                    ("tagged.dcm", "R", "ap_hip")]
 
 
 def test_a_card_without_the_pelvis_class_names_no_view(tmp_path: Path) -> None:
