@@ -361,13 +361,18 @@ class StudyFindings:
     results: list[PipelineResult] = field(default_factory=list)
     decode_ms: float = 0.0
     """Wall time of decoding the study and cutting its hip crops (set by the runner)."""
+    views_from_image: dict[str, str] = field(default_factory=dict)
+    """SOP Instance UID -> the view the anatomy check read where the image's own headers
+    name none: "ap_pelvis" (read per hip) or "unknown" (a single hip) (set by the runner;
+    the report says so)."""
 
     def findings(self) -> list[Finding]:
         return [f for r in self.results for f in r.findings]
 
     def reported(self) -> StudyFindings:
         """Only the results that go into the report (shadow results are left out)."""
-        return StudyFindings(self.study_uid, [r for r in self.results if r.mode == "active"])
+        return StudyFindings(self.study_uid, [r for r in self.results if r.mode == "active"],
+                             self.decode_ms, dict(self.views_from_image))
 
     def result(self, pipeline: str) -> PipelineResult:
         for r in self.results:

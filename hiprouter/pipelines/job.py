@@ -84,8 +84,8 @@ def run_analysis(ctx: JobContext, pipelines: PipelineSet) -> list[Path]:
     clock.lap("build")
     paths = write_bundle(bundle, ctx.output_dir) if bundle is not None else []
     clock.lap("write")
-    views = {u: ("an AP pelvis, read per hip" if img.view == "ap_pelvis" else "a single hip")
-             for u, img in decoded.items() if img.view_from_image}
+    views = {u: ("an AP pelvis, read per hip" if view == "ap_pelvis" else "a single hip")
+             for u, view in study.views_from_image.items()}
     record(ctx, study, bundle, paths, unreadable, views)
     clock.lap("record")
     timings = {**clock.laps, "decode": round(study.decode_ms),

@@ -115,4 +115,6 @@ def analyse_study(pipeline_set: PipelineSet, names: Sequence[str], study_uid: st
     conditions = {n: runs_on(n, pipeline_set.settings, order) for n in order}
     findings = run_variants(stages, conditions, study)
     findings.decode_ms = decode_ms
+    findings.views_from_image = {u: img.view for u, img in study.images.items()
+                                 if img.view_from_image}
     return findings, study.images

@@ -117,6 +117,17 @@ def _models(study: StudyFindings) -> list[ModelInfo]:
     return list(seen.values())
 
 
+def _views_read_from_image(study: StudyFindings) -> dict[str, int]:
+    """View ("ap_pelvis", "unknown") -> how many reported images were read by the view the
+    anatomy check named, their headers naming none (images that reached a finding)."""
+    used = {u for f in study.findings() for u in f.source_sop_uids}
+    out: dict[str, int] = {}
+    for uid, view in study.views_from_image.items():
+        if uid in used:
+            out[view] = out.get(view, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def render_report_text(study: StudyFindings, language: str = "en",
                        low_confidence: float = 0.6,
                        templates_dir: Path | None = None) -> ReportText:
@@ -162,6 +173,7 @@ def render_report_text(study: StudyFindings, language: str = "en",
                          synthetic_demo=any(m.synthetic_demo for m in models))
     impression = _render(env, "impression.j2", sentences=sentences,
                          not_assessed=list(study.not_assessed().values()),
+                         views_from_image=_views_read_from_image(study),
                          disclaimer=disclaimer)
     return ReportText(language=language, finding_sentences=finding_sentences,
                       sentences=sentences, disclaimer=disclaimer, impression=impression)
@@ -184,7 +196,8 @@ def sample_findings() -> StudyFindings:
     ]
     result = PipelineResult("check", "check", vocab, model, findings,
                             not_assessed={"1.2.3.5": "sample"})
-    return StudyFindings("1.2.3", [result])
+    return StudyFindings("1.2.3", [result],
+                         views_from_image={"1.2.3.1": "ap_pelvis", "1.2.3.2": "unknown"})
 
 
 def check_templates(settings: Settings) -> None:

@@ -344,7 +344,12 @@ def test_pelvis_film_in_a_hip_study_without_series_tags_is_read_per_hip(
     try:
         study_uid = str(ds.StudyInstanceUID)
         factory = send_and_wait_for_report(router, pacs, tmp_path / "hip", ds)
-        validate([Path(d.filename) for ds_ in pacs_objects(pacs).values() for d in ds_])
+        objects = pacs_objects(pacs)
+        validate([Path(d.filename) for ds_ in objects.values() for d in ds_])
+        (sr_ds,) = objects[SR]
+        impression = str(sr_ds.ContentSequence[-1].ContentSequence[0].TextValue)
+        assert ("1 image without a view in its headers was read as an AP pelvis (both hips), "
+                "the view taken from the image.") in impression, impression
         with factory() as s:
             rows = s.scalars(select(FindingRow).where(FindingRow.study_uid == study_uid)).all()
             audit = s.scalars(select(AuditEvent).where(

@@ -106,6 +106,26 @@ def test_not_assessed_images_and_no_hips_are_stated() -> None:
     assert "2 images not assessed: not a hip radiograph." in impression
 
 
+def test_views_read_from_the_image_are_stated() -> None:
+    """An image whose headers name no view, read per hip because the anatomy check saw an
+    AP pelvis, is named in the impression (once, not per hip); an image that reached no
+    finding, and a study whose views all came from the headers, add nothing."""
+    study = findings(right=("tha", 0.93), left=("no_hardware", 0.88), refused=1)
+    plain = render_report_text(study).impression
+    assert "without a view" not in plain
+    used = study.findings()[0].source_sop_uids[0]
+    study.views_from_image = {used: "ap_pelvis", "1.2.3.999": "unknown"}
+    impression = render_report_text(study).impression
+    assert impression.count("without a view") == 1
+    assert ("1 image without a view in its headers was read as an AP pelvis (both hips), "
+            "the view taken from the image.") in impression
+    assert impression.endswith(render_report_text(study).disclaimer)
+    assert "1 Bild ohne Projektionsangabe in den Kopfdaten wurde nach dem Bild als " \
+           "Beckenübersicht (beide Hüften) gelesen." in render_report_text(
+               study, language="de").impression
+    assert study.reported().views_from_image == study.views_from_image
+
+
 def test_site_edited_templates_are_used(tmp_path: Path) -> None:
     shutil.copytree(sr_templates_dir(), tmp_path / "t")
     terms = tmp_path / "t" / "en" / "terms.j2"
