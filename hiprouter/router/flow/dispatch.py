@@ -114,7 +114,13 @@ def _inspect(sends: list[Send], storage: StorageConfig) -> list[_Item]:
 
 
 def _contexts(items: list[_Item]) -> tuple[list[tuple[str, list[str]]], list[_Item]]:
-    """Presentation contexts for the batch, and items that did not fit (sent later)."""
+    """Presentation contexts for the batch, and items that did not fit (sent later).
+
+    Per SOP class one context offering every uncompressed syntax (the fallback), and per
+    (SOP class, stored syntax) one context offering only the file's own syntax, so a peer
+    that supports it accepts it even where it prefers another: the file then goes out as
+    stored, without decoding and re-encoding (a pynetdicom acceptor picks Implicit VR
+    first from a list, and re-encoding an SR's content tree costs more than sending it)."""
     contexts: list[tuple[str, list[str]]] = []
     seen: set[tuple[str, str]] = set()
     later: list[_Item] = []
@@ -125,7 +131,7 @@ def _contexts(items: list[_Item]) -> tuple[list[tuple[str, list[str]]], list[_It
         wanted = []
         if (sop_class, "*") not in seen:
             wanted.append(((sop_class, "*"), [*UNCOMPRESSED]))
-        if ts not in UNCOMPRESSED and (sop_class, ts) not in seen:
+        if (sop_class, ts) not in seen:
             wanted.append(((sop_class, ts), [ts]))
         if len(contexts) + len(wanted) > MAX_CONTEXTS:
             later.append(item)

@@ -272,13 +272,19 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
         assert s.scalars(select(Send.state)).all() == ["sent"] * 6
 
 
-def test_implicit_vr_file_is_converted_when_peer_prefers_explicit(tmp_path: Path) -> None:
-    from pydicom.uid import ImplicitVRLittleEndian
+def test_implicit_vr_file_is_converted_for_a_peer_that_takes_only_explicit(
+        tmp_path: Path) -> None:
+    """An Implicit VR file goes out as stored to a peer that merely prefers Explicit VR
+    (storescp +xe: every SCP takes Implicit VR), and is converted for a peer that takes
+    Explicit VR only (its own-syntax context rejected, the fallback accepted)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
     ds = make_dataset(BodyPartExamined="HIP")
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     path = write_dataset(ds, tmp_path / "in" / "implicit.dcm")
-    pacs = StoreSCP(tmp_path / "pacs", extra=["+xe"]).start()  # explicit VR LE only
+    pacs = StoreSCP(tmp_path / "pacs", extra=["+xe"]).start()  # prefers explicit VR LE
     try:
         settings = settings_for(tmp_path / "router", pacs.port)
         factory = queue_files(settings, [path])
@@ -287,7 +293,62 @@ def test_implicit_vr_file_is_converted_when_peer_prefers_explicit(tmp_path: Path
         (stored,) = [f for f in (tmp_path / "pacs").iterdir() if f.is_file()]
     finally:
         pacs.stop()
-    got = dcmread(stored)
-    assert got.SOPInstanceUID == ds.SOPInstanceUID
-    assert not got.file_meta.TransferSyntaxUID.is_implicit_VR
-    assert (got.pixel_array == ds.pixel_array).all()
+    assert dcmread(stored).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+
+    received: list[str] = []
+    got: list = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.context.transfer_syntax))
+        got.append(event.dataset)
+        return 0x0000
+
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian])
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        settings = settings_for(tmp_path / "router2", port)
+        factory = queue_files(settings, [path])
+        assert send_batch(factory, settings, "pacs",
+                          claim_sends(factory, settings, "pacs", "o"), "o") == 1
+    finally:
+        server.shutdown()
+    assert received == [ExplicitVRLittleEndian]
+    assert got[0].SOPInstanceUID == ds.SOPInstanceUID
+    assert got[0].PixelData == ds.PixelData
+
+
+def test_file_goes_out_as_stored_to_a_peer_that_prefers_another_syntax(tmp_path: Path) -> None:
+    """A pynetdicom PACS prefers Implicit VR: offered the stored Explicit VR file's syntax in
+    a context of its own, it accepts it there, and the bytes arrive as stored (no decode and
+    re-encode); the fallback context still carries what only it can take."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    received: list[tuple[str, bytes]] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append((str(event.context.transfer_syntax), event.request.DataSet.getvalue()))
+        return 0x0000
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    assert str(scp.supported_contexts[0].transfer_syntax[0]) == "1.2.840.10008.1.2"  # implicit
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False,
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        path = make_study(tmp_path / "in", 1, 1)[0]
+        assert dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        settings = settings_for(tmp_path, port)
+        factory = queue_files(settings, [path])
+        assert send_batch(factory, settings, "pacs",
+                          claim_sends(factory, settings, "pacs", "o"), "o") == 1
+    finally:
+        server.shutdown()
+    ((syntax, data),) = received
+    assert syntax == ExplicitVRLittleEndian
+    stored = Path(path).read_bytes()
+    assert stored.endswith(data) and len(data) > len(stored) // 2  # the data set as stored
