@@ -57,9 +57,10 @@ class TimedPACS(LocalPACS):
 
     def start(self) -> LocalPACS:
         """pynetdicom's acceptor takes its own first matching syntax: Implicit VR Little
-        Endian by default, so the router re-encodes its Explicit VR files for it. With
-        `prefer_explicit` it prefers Explicit VR Little Endian, as DCMTK's storescp does by
-        default (``+x=``), and the files go out as stored."""
+        Endian by default (on the router's combined context; since 2026-11-29 the router
+        also offers Explicit VR alone, which it accepts, so the files go out as stored;
+        before, the router re-encoded them). With `prefer_explicit` it prefers Explicit VR
+        Little Endian, as DCMTK's storescp does by default (``+x=``)."""
         if not self.prefer_explicit:
             return super().start()
         from pydicom.uid import ExplicitVRLittleEndian
@@ -283,9 +284,9 @@ def main() -> None:
     ap.add_argument("--inference-threads", type=int, default=None,
                     help="inference.threads (default: one per core)")
     ap.add_argument("--pacs-prefers", default="implicit", choices=["implicit", "explicit"],
-                    help="transfer syntax the PACS picks first: implicit (pynetdicom's "
-                         "default; the router re-encodes its Explicit VR files) or explicit "
-                         "(DCMTK storescp's default; files go out as stored)")
+                    help="transfer syntax the PACS picks first from a list: implicit "
+                         "(pynetdicom's default) or explicit (DCMTK storescp's default); "
+                         "either way the router's files go out as stored")
     ap.add_argument("--worker-processes", type=int, default=0,
                     help="`hiprouter worker --count 1 --no-dispatch` processes next to serve "
                          "(--workers then sets serve's own job threads, 0 for none)")
