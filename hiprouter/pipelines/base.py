@@ -65,6 +65,22 @@ class Inputs:
     level: Literal["hip", "image"] = "hip"
 
 
+VIEW_NAMES = {"ap_pelvis": "AP pelvis", "ap_hip": "AP hip", "frog_leg": "frog-leg lateral",
+              "cross_table_lateral": "cross-table lateral", "unknown": "unknown view"}
+"""View key -> how reports and reasons name it."""
+
+
+def views_qualifier(study: StudyInput, crops: Iterable[tuple[str, HipCrop]],
+                    separator: str = ", ") -> str:
+    """The `views` qualifier of a finding read from `crops` (SOP Instance UID, crop): each
+    view named once, in order, marked where it was read from the image (its own headers
+    naming none)."""
+    names = [VIEW_NAMES[crop.view] + (" (view read from the image; the image's own headers "
+                                      "name none)" if study.images[uid].view_from_image else "")
+             for uid, crop in crops]
+    return separator.join(dict.fromkeys(names))
+
+
 def crop_heat_maps(study: StudyInput,
                    crop_maps: Iterable[tuple[str, HipCrop, np.ndarray | CropMap | None]],
                    label: str) -> list[HeatMap]:

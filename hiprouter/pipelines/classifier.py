@@ -40,16 +40,16 @@ from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.models import ModelError, demo_model_dir
 from hiprouter.inference.study import StudyInput
 from hiprouter.pipelines.base import (
+    VIEW_NAMES,
     ConfigPath,
     KindContext,
     PipelineKind,
     PipelineOptions,
     Target,
     crop_heat_maps,
+    views_qualifier,
 )
 
-VIEW_NAMES = {"ap_pelvis": "AP pelvis", "ap_hip": "AP hip", "frog_leg": "frog-leg lateral",
-              "cross_table_lateral": "cross-table lateral", "unknown": "unknown view"}
 AP_VIEWS = ("ap_pelvis", "ap_hip")
 
 
@@ -195,11 +195,7 @@ class ClassifierKind(PipelineKind):
                           model=self.model_info(), classification=classification,
                           latency_ms=latency_ms)
         finding.scores["ood_score"] = float(max(p.ood_score for p in preds))
-        used_views = [VIEW_NAMES[crop.view] + (" (view read from the image; the image's own "
-                                               "headers name none)"
-                                               if study.images[uid].view_from_image else "")
-                      for uid, crop in crops]
-        finding.qualifiers["views"] = ", ".join(dict.fromkeys(used_views))
+        finding.qualifiers["views"] = views_qualifier(study, crops)
         finding.heatmaps = crop_heat_maps(
             study, [(uid, crop, pred.heat) for (uid, crop), pred in zip(crops, preds,
                                                                          strict=True)],

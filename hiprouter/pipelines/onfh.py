@@ -59,12 +59,14 @@ from hiprouter.inference.laterality import HipCrop, image_left_is_patient_right
 from hiprouter.inference.models import demo_model_dir
 from hiprouter.inference.study import StudyInput
 from hiprouter.pipelines.base import (
+    VIEW_NAMES,
     ConfigPath,
     Inputs,
     KindContext,
     PipelineKind,
     PipelineOptions,
     Target,
+    views_qualifier,
 )
 
 _P = FindingClass.private
@@ -95,8 +97,6 @@ DISTANCE = Code("ON101", PRIVATE_SCHEME, "Mahalanobis distance of femoral head f
 PERCENTILE = Code("ON102", PRIVATE_SCHEME, "Percentile of distance among healthy reference "
                   "femoral heads")
 ARTHROPLASTY = ["tha", "hemiarthroplasty", "tha_with_fixation", "post_infectious"]
-VIEW_NAMES = {"ap_pelvis": "AP pelvis", "ap_hip": "AP hip", "frog_leg": "frog-leg lateral",
-              "cross_table_lateral": "cross-table lateral", "unknown": "unknown view"}
 SIDE_WORDS = {"R": "Right femoral head", "L": "Left femoral head", "U": "Femoral head"}
 
 
@@ -207,8 +207,7 @@ class OnfhKind(PipelineKind):
 
         uids = list(dict.fromkeys(uid for uid, _ in crops))
         finding = Finding(self.name, side, uids, self.model_info(), finding_site=FEMORAL_HEAD)
-        finding.qualifiers["views"] = ", ".join(dict.fromkeys(VIEW_NAMES[c.view]
-                                                              for _, c in crops))
+        finding.qualifiers["views"] = views_qualifier(study, crops)
         assessed: list[tuple[str, HipCrop, HeadAssessment]] = []
         reasons: list[str] = []
         for uid, crop in crops:

@@ -44,6 +44,7 @@ from hiprouter.inference.laterality import HipCrop
 from hiprouter.inference.models import ModelError, demo_model_dir
 from hiprouter.inference.study import StudyInput
 from hiprouter.pipelines.base import (
+    VIEW_NAMES,
     ConfigPath,
     Inputs,
     KindContext,
@@ -51,8 +52,8 @@ from hiprouter.pipelines.base import (
     PipelineOptions,
     Target,
     crop_heat_maps,
+    views_qualifier,
 )
-from hiprouter.pipelines.classifier import VIEW_NAMES
 
 _P = FindingClass.private
 
@@ -171,8 +172,7 @@ class ProsthesisFailureKind(PipelineKind):
         uids = list(dict.fromkeys(u for u, _ in ap + lateral))
         finding = Finding(pipeline=self.name, laterality=side, source_sop_uids=uids,
                           model=self.model_info())
-        finding.qualifiers["views"] = " + ".join(
-            dict.fromkeys(VIEW_NAMES[c.view] for _, c in ap + lateral))
+        finding.qualifiers["views"] = views_qualifier(study, ap + lateral, " + ")
         keys = self.ensemble.classes
         if not ap:
             finding.classification = Classification(

@@ -157,6 +157,23 @@ def test_untagged_image_the_check_sees_as_a_pelvis_is_read_per_hip(tmp_path: Pat
     assert all("view read from the image" in f.qualifiers["views"] for f in result.findings)
 
 
+def test_every_kind_marks_a_view_read_from_the_image(tmp_path: Path) -> None:
+    """One `views` qualifier for every kind (classifier, ONFH, prosthesis failure): each
+    view named once, marked where the check read it from the image."""
+    from hiprouter.inference.study import StudyInput
+    from hiprouter.pipelines.base import views_qualifier
+
+    untagged, tagged = _untagged(6), _untagged(7, SeriesDescription="AP PELVIS")
+    study = StudyInput.from_datasets("1.2.3.6", [untagged, tagged], ("CR", "DX"))
+    study.check_anatomy(AnatomyCheck.from_dir(anatomy_model(tmp_path / "p", "pelvis"),
+                                              device="cpu"))
+    crops = study.crops()
+    assert len(crops) == 4
+    assert views_qualifier(study, crops, " + ") == (
+        "AP pelvis (view read from the image; the image's own headers name none) + AP pelvis")
+    assert views_qualifier(study, crops[2:]) == "AP pelvis"
+
+
 def test_the_headers_view_wins_over_the_image(tmp_path: Path) -> None:
     from hiprouter.inference.study import StudyInput
 
