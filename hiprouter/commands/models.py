@@ -286,6 +286,10 @@ def evaluate_cmd(model_dir: Path, data_dir: Path, labels_csv: Path | None, out_d
         a = metrics["anatomy_check"]
         out.print(f"anatomy check ({a['model']}): {a['not_assessed']} of {a['images']} "
                   "labelled images would not be assessed")
+        if a.get("views_from_image"):
+            from hiprouter.training.evaluate import views_from_image_text
+
+            out.print(views_from_image_text(a["views_from_image"]))
     if metrics.get("ood_images"):
         o = metrics["ood_images"]
         out.print(f"OOD images: {o['images']}, not assessed "

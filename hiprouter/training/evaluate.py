@@ -293,6 +293,8 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
                      f"{anat['min_probability']:.3f}): {anat['not_assessed']} of "
                      f"{anat['images']} labelled images would not be assessed "
                      f"({_pct(anat['not_assessed_rate'])}); they stay in the figures above")
+        if anat.get("views_from_image"):
+            lines.append(f"- {views_from_image_text(anat['views_from_image'])}")
     ood = metrics.get("ood_images")
     if ood:
         lines.append(f"- out-of-distribution images ({ood['images']}): not assessed "
@@ -467,25 +469,40 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
     return out
 
 
+def views_from_image_text(counts: dict[str, int]) -> str:
+    """One line for the evaluate report: images cut by the view the anatomy check read."""
+    names = {"ap_pelvis": "an AP pelvis (two hips)", "unknown": "a single hip"}
+    return "view read from the image (the headers name none): " + ", ".join(
+        f"{n} image{'s' if n != 1 else ''} read as {names.get(v, v)}" for v, n in counts.items())
+
+
 def anatomy_figures(anatomy: Any, paths: Sequence[Path],
                     modalities: Sequence[str] = ("CR", "DX")) -> dict[str, Any]:
-    """How many labelled (hip) images the whole-image anatomy check would not assess."""
+    """How many labelled (hip) images the whole-image anatomy check would not assess, and
+    how many were cut by the view it read because their headers name none (view -> count:
+    "ap_pelvis" read per hip, "unknown" a single hip)."""
     from hiprouter.inference.decode import RefusedImage, decode_file
+    from hiprouter.inference.laterality import view_evidence, view_read_from_image
 
     refused: list[str] = []
+    read_as: dict[str, int] = {}
     checked = 0
     for path in paths:
         try:
-            _, decoded = decode_file(path, modalities)
+            ds, decoded = decode_file(path, modalities)
         except (RefusedImage, OSError):
             continue
         checked += 1
-        if anatomy.assess([decoded.pixels])[0].refused:
+        verdict = anatomy.assess([decoded.pixels])[0]
+        if verdict.refused:
             refused.append(str(path))
+        view = view_read_from_image(*view_evidence(ds), verdict.view)
+        if view is not None:
+            read_as[view] = read_as.get(view, 0) + 1
     return {"model": anatomy.info, "min_probability": anatomy.min_probability,
             "images": checked, "not_assessed": len(refused),
             "not_assessed_rate": len(refused) / checked if checked else None,
-            "not_assessed_files": refused[:20]}
+            "not_assessed_files": refused[:20], "views_from_image": dict(sorted(read_as.items()))}
 
 
 def ood_figures(results: Sequence[dict[str, Any]], kinds: dict[str, str] | None = None,

@@ -262,6 +262,16 @@ def test_evaluate_cuts_an_untagged_image_as_a_job_does(tmp_path: Path) -> None:
             for r in assess_files(hip_check.classifier, files, anatomy=pelvis_check)]
     assert hips == [("untagged.dcm", "R", "ap_pelvis"), ("untagged.dcm", "L", "ap_pelvis"),
                     ("tagged.dcm", "R", "ap_hip")]
+    from hiprouter.training.evaluate import anatomy_figures
+
+    figures = anatomy_figures(pelvis_check, files)  # the report counts the image
+    assert figures["views_from_image"] == {"ap_pelvis": 1} and figures["not_assessed"] == 0
+    assert anatomy_figures(hip_check, files)["views_from_image"] == {}
+    from hiprouter.training.evaluate import views_from_image_text
+
+    assert views_from_image_text(figures["views_from_image"]) == (
+        "view read from the image (the headers name none): 1 image read as an AP pelvis "
+        "(two hips)")
 
 
 def test_a_card_without_the_pelvis_class_names_no_view(tmp_path: Path) -> None:
