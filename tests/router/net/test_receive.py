@@ -286,7 +286,9 @@ def test_kill9_mid_send_loses_nothing_acknowledged(
     router.kill()
     sender.wait(60)
     acked = acknowledged_files(out_path.read_text())
-    assert 40 <= len(acked) < len(files), "the kill should land in the middle of the send"
+    # storescu sends one instance at a time and the router spools before it answers, so
+    # the kill may catch the 40th spooled file before its response went out: >= 39 acked
+    assert 39 <= len(acked) < len(files), "the kill should land in the middle of the send"
 
     router.start()
     acked_paths = [Path(p) for p in acked]
