@@ -13,6 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The user's cache (the OHIF download lives there), read before the tests point
+# HIPROUTER_CACHE at the session's own folder (`_onnx_cache`).
+USER_CACHE = Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hiprouter"))
+
 # DCMTK tools take ~45 ms per image without TCP_NODELAY in their environment.
 os.environ.setdefault("TCP_NODELAY", "1")
 
@@ -69,7 +73,11 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def _onnx_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep ONNX graphs exported by any test out of the user's cache."""
+    """Keep ONNX graphs exported by any test out of the user's cache: one cache for the
+    session, shared by this process and the `hiprouter` processes the tests start (through
+    HIPROUTER_CACHE), so each model is exported once per session."""
     from hiprouter.inference import runtime
 
-    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path_factory.getbasetemp() / "onnx-cache")
+    cache = tmp_path_factory.getbasetemp() / "onnx-cache"
+    monkeypatch.setattr(runtime, "CACHE_DIR", cache)
+    monkeypatch.setenv("HIPROUTER_CACHE", str(cache))

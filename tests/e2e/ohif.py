@@ -51,7 +51,11 @@ class ViewerUnavailable(RuntimeError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("HIPROUTER_CACHE", Path.home() / ".cache" / "hiprouter"))
+    """The user's cache (HIPROUTER_CACHE as the test session found it): the download is
+    kept across sessions."""
+    from tests.conftest import USER_CACHE
+
+    return USER_CACHE
 
 
 def ohif_dist(version: str = OHIF_VERSION, root: Path | None = None) -> Path:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +99,29 @@ def classify(datasets: list, kind: str = "hardware", targets: list | None = None
     return pipe, result
 
 
+_MADE_ONCE: dict[tuple[object, ...], Path] = {}
+
+
+def made_once(key: tuple[object, ...], folder: Path, make: Callable[[Path], Path]) -> Path:
+    """`folder` holding a copy of the model folder that `make(path)` writes, made once per
+    test process for each `key`: the same weights file every time, so one ONNX export
+    (keyed by the weights' sha256) serves every test that asks for the same model."""
+    if key not in _MADE_ONCE:
+        made = Path(tempfile.mkdtemp(prefix="hiprouter-test-model-"))
+        atexit.register(shutil.rmtree, made, True)
+        _MADE_ONCE[key] = make(made / "model")
+    shutil.copytree(_MADE_ONCE[key], folder, dirs_exist_ok=True)
+    return folder
+
+
 def constant_model(folder: Path, label_set: str, favoured: str, input_size: int = 64) -> Path:
     """A model of a classifier kind that always answers `favoured` (p ~ 0.9): zero weights,
-    a biased head. For plumbing tests only; never a claim about detection."""
+    a biased head. For plumbing tests only; never a claim about detection (`made_once`)."""
+    return made_once(("classifier", label_set, favoured, input_size), folder,
+                     lambda path: _make_constant_model(path, label_set, favoured, input_size))
+
+
+def _make_constant_model(folder: Path, label_set: str, favoured: str, input_size: int) -> Path:
     import torch
 
     from hiprouter.inference.models import ModelCard, create_model, save_model

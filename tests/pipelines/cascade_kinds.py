@@ -34,6 +34,7 @@ from hiprouter.pipelines.fixation_device import FixationDeviceKind
 from hiprouter.pipelines.hardware import HARDWARE, HardwareKind
 from hiprouter.pipelines.prosthesis_failure import ProsthesisFailureKind
 from hiprouter.pipelines.registry import register_kind
+from tests.inference.helpers import made_once
 
 register_kind(ProsthesisFailureKind)
 register_kind(FixationDeviceKind)
@@ -94,7 +95,12 @@ class LoggedProsthesisFailureKind(ProsthesisFailureKind):
 def constant_dual_view(folder: Path, favoured: str, input_size: int = 64,
                        arch: str = "regnetx_002") -> Path:
     """A prosthesis_failure dual-view model that always answers `favoured` (p ~ 0.8):
-    plumbing, not detection."""
+    plumbing, not detection (made once per test process, `made_once`)."""
+    return made_once(("dual_view", favoured, input_size, arch), folder,
+                     lambda path: _make_constant_dual_view(path, favoured, input_size, arch))
+
+
+def _make_constant_dual_view(folder: Path, favoured: str, input_size: int, arch: str) -> Path:
     import torch
 
     from hiprouter.inference.dualview import build_net, card_parameters, save

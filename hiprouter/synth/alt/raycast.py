@@ -10,6 +10,7 @@ in millimetres in the DICOM patient frame (x left, y posterior, z head).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -55,10 +56,12 @@ class Camera:
     pixel_mm: float
     shape: tuple[int, int]
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray:
-        return np.cross(self.u, self.v) * np.sign(np.dot(np.cross(self.u, self.v),
-                                                         self.center - self.source))
+        """Unit detector normal pointing away from the source (computed once: every
+        projection asks for it)."""
+        n = np.cross(self.u, self.v)
+        return n * np.sign(np.dot(n, self.center - self.source))
 
     def resized(self, shape: tuple[int, int]) -> Camera:
         """The same detector sampled on another grid (pixel size follows)."""
