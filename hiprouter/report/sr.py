@@ -190,18 +190,41 @@ def _groups(finding: Finding, vocab_code: Code | None, sentence: str, tracking_u
     return [drawn, numbers]
 
 
+NOT_ASSESSED_INSET = 0.02
+"""The outline of a not-assessed image lies this fraction of its size inside its edges."""
+
+
+def _image_outline(ds: Dataset) -> hd.sr.ImageRegion | None:
+    """A closed POLYLINE just inside the edges of a radiograph (None without its size)."""
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 2 or cols < 2:
+        return None
+    d = NOT_ASSESSED_INSET * min(rows, cols)
+    outline = np.array([[d, d], [cols - d, d], [cols - d, rows - d], [d, rows - d]])
+    return _image_region(Region(str(ds.SOPInstanceUID), "POLYLINE", outline),
+                         {str(ds.SOPInstanceUID): ds})
+
+
 def _not_assessed_group(sop_uid: str, reason: str, tracking_uid: str,
                         sources: dict[str, Dataset]) -> hd.sr.Template:
-    """A TID 1501 group saying that one image was not assessed, and why (a study in which
-    no hip got a finding still needs one measurement group for TID 1500)."""
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
-                                                     identifier="image not assessed"),
-        finding_type=STATUS_CODES["not_assessed"],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=AI_STATUS, value=STATUS_CODES["not_assessed"])],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
-            sources[sop_uid])])
+    """A group saying that one image was not assessed, and why (a study in which no hip got
+    a finding still needs one measurement group for TID 1500): a TID 1410 group whose region
+    outlines the whole image, so that viewers which show only drawable groups (OHIF v3)
+    draw and list the reason on the film; TID 1501 when the image's size is unknown."""
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="image not assessed")
+    status = [hd.sr.QualitativeEvaluation(name=AI_STATUS, value=STATUS_CODES["not_assessed"])]
+    region = _image_outline(sources[sop_uid])
+    group: hd.sr.Template
+    if region is not None:
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region,
+            finding_type=STATUS_CODES["not_assessed"], qualitative_evaluations=status)
+    else:
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=STATUS_CODES["not_assessed"],
+            qualitative_evaluations=status,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(
+                sources[sop_uid])])
     group[0].ContentSequence.append(hd.sr.TextContentItem(
         name=COMMENT, value=f"Image not assessed: {reason}"[:1024],
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))

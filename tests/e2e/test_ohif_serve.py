@@ -45,8 +45,8 @@ def artefacts() -> Path:
     return path
 
 
-def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: Any,
-                                                              tmp_path: Path) -> None:
+def need_viewer() -> None:
+    """Skip, with the reason, when chromium, Orthanc's DICOMweb plugin or OHIF is missing."""
     if find_chromium() is None:
         pytest.skip("chromium not installed (Debian package chromium; scripts/test.sh)")
     if shutil.which("Orthanc") is None or dicomweb_plugin() is None:
@@ -55,6 +55,11 @@ def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: An
         ohif_dist()
     except ViewerUnavailable as exc:
         pytest.skip(f"OHIF Viewer @ohif/app@{OHIF_VERSION} not available: {exc}")
+
+
+def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: Any,
+                                                              tmp_path: Path) -> None:
+    need_viewer()
     out = artefacts()
     orthanc = start_orthanc(tmp_path / "orthanc", dicomweb=True)
     models = {"hardware": constant_model(tmp_path / "hw", "hardware", "tha"),
@@ -111,6 +116,75 @@ def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: An
             assert len(rows) == len(graphics), rows
             for sentence in sentences:
                 assert any(sentence in r for r in rows), (sentence, rows)
+    finally:
+        router.stop()
+        orthanc.stop()
+
+
+def test_ohif_draws_and_lists_why_nothing_was_assessed(router_process: Any,
+                                                       tmp_path: Path) -> None:
+    """A chest film sent as an AP pelvis: the anatomy check stops it before any pipeline,
+    and the one report says why. OHIF shows only drawable measurement groups (a report
+    without one opens as an empty black viewport), so the reason's group outlines the whole
+    film: OHIF shows the film with the outline, and after "Yes, track" the measurement
+    panel lists the reason."""
+    from hiprouter.synth.ood import claim_ap_pelvis, make_ood_image
+
+    need_viewer()
+    out = artefacts()
+    orthanc = start_orthanc(tmp_path / "orthanc", dicomweb=True)
+    router = router_process({
+        "destinations": {"pacs": {"ae_title": orthanc.ae_title, "host": "127.0.0.1",
+                                  "port": orthanc.dicom_port}},
+        "queue": {"workers": 1, "poll_interval_s": 0.2},
+        "pipelines": {"hardware": {"kind": "hardware", "device": "cpu", "models": [
+            str(constant_model(tmp_path / "hw", "hardware", "tha"))]}},
+        "rules": [{"name": "hips", "match": {"tag": "Modality", "in": ["CR", "DX"]},
+                   "pipelines": ["hardware"], "send_to": ["pacs"]}],
+    })
+    try:
+        chest = claim_ap_pelvis(make_ood_image("chest_pa", 9500))
+        study_uid = str(chest.StudyInstanceUID)
+        files = write_study(tmp_path / "study", [chest])
+        assert storescu(orthanc.dicom_port, files, called=orthanc.ae_title).returncode == 0
+        assert storescu(router.port, files).returncode == 0
+
+        def report_at_pacs() -> list[dict] | None:
+            found = orthanc.study_id(study_uid)
+            series = orthanc.get(f"/studies/{found}/series") if found else []
+            return series if len(series) == 3 else None
+
+        series = wait_until(report_at_pacs, 240, "SR and KOS series in Orthanc")
+        assert sorted(s["MainDicomTags"]["Modality"] for s in series)[1:] == ["KO", "SR"]
+        sr = dcmread(next(p for p in (router.root / "out").rglob("sr-*.dcm")))
+        (graphic,) = sr_graphics(sr)
+        assert graphic.graphic_type == "POLYLINE" and graphic.tracking_id == "image not assessed"
+        assert graphic.sop_instance_uid == str(chest.SOPInstanceUID)
+        reason = "Image not assessed: not a hip or pelvis radiograph of an adult"
+
+        with ohif_viewer(orthanc.http_port) as viewer:
+            viewer.open_study(study_uid)
+            listed = viewer.series_listed()
+            assert sum("AI HIP REPORT" in s for s in listed) == 1, listed
+            viewer.open_series(SR_SERIES)
+            viewer.wait_sr_loaded()
+            drawing = viewer.look_at([graphic], wait_s=15)
+            (out / "ohif_not_assessed_sr.png").write_bytes(drawing.png)
+            (out / "ohif_not_assessed_drawing.txt").write_text(repr(drawing) + "\n")
+            # the outline is drawn (OHIF's label of a group shows only its numbers and
+            # finding site, and this one has neither: the reason is in the panel below)
+            assert list(drawing.labels) == [graphic.tracking_uid], drawing
+            assert drawing.colour[0] >= 8, drawing
+            assert viewer.displayed_sop_uid() == str(chest.SOPInstanceUID)
+            viewer.accept_tracking()
+            viewer.open_measurements()
+            viewer.b.wait_for(f"document.body.innerText.includes({reason!r})", 30)
+            panel = viewer.open_measurements()
+            (out / "ohif_not_assessed_measurements.png").write_bytes(viewer.b.screenshot())
+            (out / "ohif_not_assessed_measurements.txt").write_text(panel)
+            rows = viewer.measurement_rows()
+            assert len(rows) == 1 and reason in rows[0], rows
+            assert "looks like a chest radiograph" in rows[0], rows
     finally:
         router.stop()
         orthanc.stop()

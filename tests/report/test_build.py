@@ -494,21 +494,32 @@ PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 
 
 def test_sr_and_kos_pass_pixelmed_template_validation(tmp_path: Path) -> None:
-    """PixelMed's template-aware validator (Debian libpixelmed-java) checks TID 1500/2010."""
+    """PixelMed's template-aware validator (Debian libpixelmed-java) checks TID 1500/2010:
+    a report with findings, its KOS, and the report of a study in which no image was
+    assessed (its group outlines the image: TID 1410)."""
+    from hiprouter.findings import PipelineResult, StudyFindings
+    from hiprouter.pipelines.hardware import HARDWARE
+
     java = require_tool("java")
     if not PIXELMED_JAR.is_file():
         pytest.skip("libpixelmed-java not installed")
     paths = [p for p in write_bundle(report(make_study(right=("femoral_neck_fracture", 0.91),
-                                                       left=("tha", 0.9))), tmp_path)
+                                                       left=("tha", 0.9))), tmp_path / "found")
              if p.name.startswith(("sr-", "ko-"))]
+    chest = make_cr("1.2.826.0.1.3680043.8.498.7")
+    nothing = StudyFindings(str(chest.StudyInstanceUID), [PipelineResult(
+        "hardware", "hardware", HARDWARE, DEMO_MODEL, not_assessed={
+            str(chest.SOPInstanceUID): "not a hip or pelvis radiograph of an adult"})])
+    paths += [p for p in write_bundle(build_report(nothing, [chest], {}, ReportConfig()),
+                                      tmp_path / "nothing") if p.name.startswith("sr-")]
     limits = [f"-Djdk.xml.{k}=0" for k in ("xpathExprOpLimit", "xpathExprGrpLimit",
                                             "xpathTotalOpLimit")]
-    # The validator takes one file per run; run both at once (JVM start-up dominates).
+    # The validator takes one file per run; run them at once (JVM start-up dominates).
     procs = [subprocess.Popen([java, *limits, "-cp", str(PIXELMED_JAR),
                                "com.pixelmed.validate.DicomSRValidator", str(path)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for path in paths]
     out = "".join(proc.communicate(timeout=120)[0] for proc in procs)
-    assert out.count("Root Template Validation Complete") == 2, out
+    assert out.count("Root Template Validation Complete") == 3, out
     assert "TID_1500" in out and "TID_2010" in out
     assert not [line for line in out.splitlines() if line.startswith("Error")], out

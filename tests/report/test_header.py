@@ -110,9 +110,19 @@ def test_a_study_with_no_image_assessed_still_gets_its_sr(tmp_path: Path, defect
     assert reason in bundle.text.impression
     validate(write_bundle(bundle, tmp_path))
     sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
-    (group,) = sr.content.get_image_measurement_groups()
+    # a TID 1410 group outlining the whole image, so that OHIF draws and lists the reason
+    (group,) = sr.content.get_planar_roi_measurement_groups()
     assert str(group.tracking_identifier) == "image not assessed"
+    assert sr.content.get_image_measurement_groups() == []
+    region = group.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    points = region.value
+    assert points[:, 0].min() > 0 and points[:, 0].max() < ds.Columns
+    assert points[:, 1].min() > 0 and points[:, 1].max() < ds.Rows
+    assert (points[:, 0].max() - points[:, 0].min()) > 0.9 * ds.Columns
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        ds.SOPInstanceUID
     again = build_report(study, [ds], {}, ReportConfig())  # a rerun: the same UIDs
     assert again.sr.SOPInstanceUID == bundle.sr.SOPInstanceUID
-    assert hd.sr.Comprehensive3DSR.from_dataset(again.sr).content.get_image_measurement_groups()[
-        0].tracking_uid == group.tracking_uid
+    assert hd.sr.Comprehensive3DSR.from_dataset(again.sr).content.get_planar_roi_measurement_groups(
+        )[0].tracking_uid == group.tracking_uid
