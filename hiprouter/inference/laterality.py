@@ -133,6 +133,11 @@ def view_read_from_image(view: View, source: str, image_view: str | None) -> Vie
     return None
 
 
+def view_of_dataset_read_from_image(ds: Dataset, image_view: str | None) -> View | None:
+    """`view_read_from_image` for a dataset's own view evidence (its tags)."""
+    return view_read_from_image(*view_evidence(ds), image_view)
+
+
 def classify_view(ds: Dataset) -> View:
     """The hip view from View Position and the series' words, then the study's words."""
     return view_evidence(ds)[0]

@@ -431,8 +431,7 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
     from hiprouter.inference.laterality import (
         hip_crops,
         not_hip_reason,
-        view_evidence,
-        view_read_from_image,
+        view_of_dataset_read_from_image,
     )
 
     out: list[dict[str, Any]] = []
@@ -448,7 +447,7 @@ def assess_files(clf: Any, paths: Sequence[Path], min_confidence: float = 0.0,
                 verdict = anatomy.assess([pixels])[0]
                 if verdict.refused:
                     raise RefusedImage(verdict.reason or "not a hip or pelvis radiograph")
-                view = view_read_from_image(*view_evidence(ds), verdict.view)
+                view = view_of_dataset_read_from_image(ds, verdict.view)
             crops = hip_crops(ds, pixels, view)
         except RefusedImage as exc:
             out.append({"path": str(path), "hip": "", "status": "refused", "reason": exc.reason})
@@ -482,7 +481,7 @@ def anatomy_figures(anatomy: Any, paths: Sequence[Path],
     how many were cut by the view it read because their headers name none (view -> count:
     "ap_pelvis" read per hip, "unknown" a single hip)."""
     from hiprouter.inference.decode import RefusedImage, decode_file
-    from hiprouter.inference.laterality import view_evidence, view_read_from_image
+    from hiprouter.inference.laterality import view_of_dataset_read_from_image
 
     refused: list[str] = []
     read_as: dict[str, int] = {}
@@ -496,7 +495,7 @@ def anatomy_figures(anatomy: Any, paths: Sequence[Path],
         verdict = anatomy.assess([decoded.pixels])[0]
         if verdict.refused:
             refused.append(str(path))
-        view = view_read_from_image(*view_evidence(ds), verdict.view)
+        view = view_of_dataset_read_from_image(ds, verdict.view)
         if view is not None:
             read_as[view] = read_as.get(view, 0) + 1
     return {"model": anatomy.info, "min_probability": anatomy.min_probability,
