@@ -194,15 +194,15 @@ NOT_ASSESSED_INSET = 0.02
 """The outline of a not-assessed image lies this fraction of its size inside its edges."""
 
 
-def _image_outline(ds: Dataset) -> hd.sr.ImageRegion | None:
+def _image_outline(sop_uid: str, sources: dict[str, Dataset]) -> hd.sr.ImageRegion | None:
     """A closed POLYLINE just inside the edges of a radiograph (None without its size)."""
+    ds = sources[sop_uid]
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if rows < 2 or cols < 2:
         return None
     d = NOT_ASSESSED_INSET * min(rows, cols)
     outline = np.array([[d, d], [cols - d, d], [cols - d, rows - d], [d, rows - d]])
-    return _image_region(Region(str(ds.SOPInstanceUID), "POLYLINE", outline),
-                         {str(ds.SOPInstanceUID): ds})
+    return _image_region(Region(sop_uid, "POLYLINE", outline), sources)
 
 
 def _not_assessed_group(sop_uid: str, reason: str, tracking_uid: str,
@@ -213,7 +213,7 @@ def _not_assessed_group(sop_uid: str, reason: str, tracking_uid: str,
     draw and list the reason on the film; TID 1501 when the image's size is unknown."""
     tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="image not assessed")
     status = [hd.sr.QualitativeEvaluation(name=AI_STATUS, value=STATUS_CODES["not_assessed"])]
-    region = _image_outline(sources[sop_uid])
+    region = _image_outline(sop_uid, sources)
     group: hd.sr.Template
     if region is not None:
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(

@@ -57,14 +57,10 @@ def need_viewer() -> None:
         pytest.skip(f"OHIF Viewer @ohif/app@{OHIF_VERSION} not available: {exc}")
 
 
-def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: Any,
-                                                              tmp_path: Path) -> None:
-    need_viewer()
-    out = artefacts()
-    orthanc = start_orthanc(tmp_path / "orthanc", dicomweb=True)
-    models = {"hardware": constant_model(tmp_path / "hw", "hardware", "tha"),
-              "fracture": constant_model(tmp_path / "fx", "fracture", "no_fracture")}
-    router = router_process({
+def serve_to(router_process: Any, orthanc: Any, models: dict[str, Path]) -> Any:
+    """`hiprouter serve` running `models` (pipeline kind -> model folder) on every CR/DX
+    study and sending the results to `orthanc`."""
+    return router_process({
         "destinations": {"pacs": {"ae_title": orthanc.ae_title, "host": "127.0.0.1",
                                   "port": orthanc.dicom_port}},
         "queue": {"workers": 1, "poll_interval_s": 0.2},
@@ -73,19 +69,36 @@ def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: An
         "rules": [{"name": "hips", "match": {"tag": "Modality", "in": ["CR", "DX"]},
                    "pipelines": list(models), "send_to": ["pacs"]}],
     })
+
+
+def send_and_wait(orthanc: Any, router: Any, files: list[Path], study_uid: str,
+                  series: int) -> list[dict]:
+    """Store `files` at Orthanc and send them through the router; Orthanc's series of the
+    study once it has `series` of them (the images and the router's results)."""
+    assert storescu(orthanc.dicom_port, files, called=orthanc.ae_title).returncode == 0
+    assert storescu(router.port, files).returncode == 0
+
+    def report_at_pacs() -> list[dict] | None:
+        found = orthanc.study_id(study_uid)
+        listed = orthanc.get(f"/studies/{found}/series") if found else []
+        return listed if len(listed) == series else None
+
+    return wait_until(report_at_pacs, 240, f"{series} series of the study in Orthanc")
+
+
+def test_ohif_draws_and_lists_every_finding_of_a_served_study(router_process: Any,
+                                                              tmp_path: Path) -> None:
+    need_viewer()
+    out = artefacts()
+    orthanc = start_orthanc(tmp_path / "orthanc", dicomweb=True)
+    models = {"hardware": constant_model(tmp_path / "hw", "hardware", "tha"),
+              "fracture": constant_model(tmp_path / "fx", "fracture", "no_fracture")}
+    router = serve_to(router_process, orthanc, models)
     try:
         study = make_study(4343, 0, views=("ap_pelvis",), size=(900, 1000),
                            hardware={"R": "tha", "L": "no_hardware"})
         files = write_study(tmp_path / "study", [i.dataset for i in study.images])
-        assert storescu(orthanc.dicom_port, files, called=orthanc.ae_title).returncode == 0
-        assert storescu(router.port, files).returncode == 0
-
-        def report_at_pacs() -> list[dict] | None:
-            found = orthanc.study_id(study.study_uid)
-            series = orthanc.get(f"/studies/{found}/series") if found else []
-            return series if len(series) == 4 else None
-
-        series = wait_until(report_at_pacs, 240, "SR, SC and KOS series in Orthanc")
+        series = send_and_wait(orthanc, router, files, study.study_uid, 4)  # + SR, SC, KOS
         modalities = sorted(s["MainDicomTags"]["Modality"] for s in series)
         assert modalities[1:] == ["KO", "OT", "SR"]  # one series of each: no duplicates
         sr_path = next(p for p in (router.root / "out").rglob("sr-*.dcm"))
@@ -133,28 +146,13 @@ def test_ohif_draws_and_lists_why_nothing_was_assessed(router_process: Any,
     need_viewer()
     out = artefacts()
     orthanc = start_orthanc(tmp_path / "orthanc", dicomweb=True)
-    router = router_process({
-        "destinations": {"pacs": {"ae_title": orthanc.ae_title, "host": "127.0.0.1",
-                                  "port": orthanc.dicom_port}},
-        "queue": {"workers": 1, "poll_interval_s": 0.2},
-        "pipelines": {"hardware": {"kind": "hardware", "device": "cpu", "models": [
-            str(constant_model(tmp_path / "hw", "hardware", "tha"))]}},
-        "rules": [{"name": "hips", "match": {"tag": "Modality", "in": ["CR", "DX"]},
-                   "pipelines": ["hardware"], "send_to": ["pacs"]}],
-    })
+    router = serve_to(router_process, orthanc,
+                      {"hardware": constant_model(tmp_path / "hw", "hardware", "tha")})
     try:
         chest = claim_ap_pelvis(make_ood_image("chest_pa", 9500))
         study_uid = str(chest.StudyInstanceUID)
         files = write_study(tmp_path / "study", [chest])
-        assert storescu(orthanc.dicom_port, files, called=orthanc.ae_title).returncode == 0
-        assert storescu(router.port, files).returncode == 0
-
-        def report_at_pacs() -> list[dict] | None:
-            found = orthanc.study_id(study_uid)
-            series = orthanc.get(f"/studies/{found}/series") if found else []
-            return series if len(series) == 3 else None
-
-        series = wait_until(report_at_pacs, 240, "SR and KOS series in Orthanc")
+        series = send_and_wait(orthanc, router, files, study_uid, 3)  # + SR, KOS
         assert sorted(s["MainDicomTags"]["Modality"] for s in series)[1:] == ["KO", "SR"]
         sr = dcmread(next(p for p in (router.root / "out").rglob("sr-*.dcm")))
         (graphic,) = sr_graphics(sr)

@@ -126,3 +126,30 @@ def test_a_study_with_no_image_assessed_still_gets_its_sr(tmp_path: Path, defect
     assert again.sr.SOPInstanceUID == bundle.sr.SOPInstanceUID
     assert hd.sr.Comprehensive3DSR.from_dataset(again.sr).content.get_planar_roi_measurement_groups(
         )[0].tracking_uid == group.tracking_uid
+
+
+def test_an_image_of_unknown_size_not_assessed_gets_a_group_without_outline(
+        tmp_path: Path) -> None:
+    """Without Rows/Columns there is nothing to outline: the reason goes in a TID 1501
+    group that references the image, and the SR still validates."""
+    from hiprouter.findings import PipelineResult, StudyFindings
+    from hiprouter.pipelines.hardware import HARDWARE
+    from tests.report.inputs import DEMO_MODEL, make_cr
+
+    ds = make_cr("1.2.826.0.1.3680043.8.498.2")
+    del ds.Rows
+    reason = "pixel data cannot be decoded: no Rows"
+    study = StudyFindings(str(ds.StudyInstanceUID), [PipelineResult(
+        "hardware", "hardware", HARDWARE, DEMO_MODEL,
+        not_assessed={str(ds.SOPInstanceUID): reason})])
+    bundle = build_report(study, [ds], {}, ReportConfig())
+    sr = hd.sr.Comprehensive3DSR.from_dataset(bundle.sr)
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    assert str(group.tracking_identifier) == "image not assessed"
+    assert [str(i.referenced_sop_instance_uid) for i in group.source_images] == [
+        str(ds.SOPInstanceUID)]
+    comments = [str(i.TextValue) for i in group[0].ContentSequence
+                if i.ConceptNameCodeSequence[0].CodeValue == "121106"]  # DCM Comment
+    assert comments == [f"Image not assessed: {reason}"]
+    validate([p for p in write_bundle(bundle, tmp_path) if p.name.startswith("sr-")])
