@@ -8,6 +8,7 @@ UID written into SR/SC output changes whenever the weights change.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -268,8 +269,11 @@ def save_model(module: Any, card: ModelCard, model_dir: Path,
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if dtype == "float16":
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    save_file(state, str(weights), metadata={"architecture": card.architecture,
-                                             "name": card.name, "version": card.version})
+    # one metadata entry: safetensors writes a metadata map in a per-process random order,
+    # so several entries would make the same weights a different file (and sha256) each time
+    about = json.dumps({"architecture": card.architecture, "name": card.name,
+                        "version": card.version}, sort_keys=True)
+    save_file(state, str(weights), metadata={"hiprouter": about})
     sha = sha256_file(weights)
     card = card.model_copy(update={
         "weights_sha256": sha,

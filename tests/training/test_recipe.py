@@ -206,3 +206,20 @@ def test_float16_weights_are_half_the_size_and_load_as_float32(tmp_path) -> None
     x = torch.rand(4, 2, 64, 64)
     with torch.inference_mode():
         np.testing.assert_allclose(loaded.module(x).numpy(), model(x).numpy(), atol=0.05)
+
+
+def test_the_same_weights_save_to_the_same_bytes(tmp_path) -> None:
+    """A model saved again is the same file: same sha256, same Device UID in the card."""
+    import torch
+
+    from hiprouter.inference.models import ModelCard, create_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet10t", 3, in_chans=1).eval()
+    card = ModelCard(name="again", version="1", architecture="resnet10t", input_size=64,
+                     classes=["no_hardware", "tha", "hemiarthroplasty"], training_data="none",
+                     created="2026-01-01T00:00:00Z")
+    cards = [save_model(model, card, tmp_path / str(i), dtype="float16") for i in range(8)]
+    assert len({c.weights_sha256 for c in cards}) == 1
+    assert len({c.device_uid for c in cards}) == 1
+    assert len({(tmp_path / str(i) / "card.yaml").read_bytes() for i in range(8)}) == 1
