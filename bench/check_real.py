@@ -8,7 +8,8 @@ whole-image anatomy check, unless --no-anatomy-check, and the hip model), and wi
 or side in its headers at all (the anatomy check, where its model has a pelvis class, then
 says whether it is an AP pelvis to be read per hip). JPEG files
 (the paediatric DDH set) are converted to a greyscale CR object first, as a careless
-gateway would.
+gateway would; that set's DICOMs (other films: RGB, Modality DX, no body part) are read as
+published.
 
     .venv/bin/python bench/check_real.py --kind hardware --model models/hardware-demo \
         [--model another/ensemble/member] [--markdown out.md]
@@ -121,6 +122,9 @@ def run(kind: str, models: list[Path], options: dict, anatomy: bool = True) -> l
     for jpg in sorted((DATA / DDH).glob("*.jpg")):
         items.append((f"{DDH}/{jpg.name}", "child AP pelvis (DDH), JPEG -> grey CR",
                       grey_from_jpeg(jpg)))
+    for dcm in sorted((DATA / DDH).glob("*.dcm")):  # other films than the JPEGs of that name
+        items.append((f"{DDH}/{dcm.name}", "child AP pelvis (DDH), RGB DX DICOM as published",
+                      pydicom.dcmread(dcm)))
     rows = []
     for rel, what, ds in items:
         for mode, data in (("own headers", ds), ("claims AP pelvis", claim_pelvis(ds)),

@@ -5,6 +5,10 @@ transfer syntax they support). Then, in the order PS3.3 C.11 prescribes: Modalit
 Rescale Slope/Intercept), VOI LUT or Window Center/Width (first of several), MONOCHROME1
 inversion. BitsStored masking and sign extension happen in pydicom's decoders.
 
+A radiograph stored as colour (RGB or YBR: a film digitiser's or a web page's export, R = G
+= B up to compression error) is read as the greyscale image it is; an image whose colour
+channels really differ is refused.
+
 Images a radiograph model must not see are refused with `RefusedImage` and a reason a PACS
 administrator can act on: wrong modality, multi-frame, colour, no pixel data, undecodable,
 or larger than `decode.max_decoded_mb` (pixel data are decoded by `pixels.py`: the declared
@@ -32,6 +36,16 @@ _PERCENTILE_WINDOW = (0.5, 99.5)
 
 _MIN_UNSATURATED = 0.01
 """A stored window leaving fewer pixels than this inside (black, white) is ignored."""
+
+COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                       "YBR_PARTIAL_420")
+"""Three-sample encodings that may hold a greyscale radiograph (pydicom decodes them to RGB)."""
+
+GREY_CHROMA = 0.025
+"""A colour-encoded image is greyscale when, in 99 % of its pixels, no channel is further
+than this fraction of the full range from the pixel's mean (lossy compression leaves a
+grey image's channels a level or two apart; the synthetic photographs of `synth-ood`
+differ by 7 % to 40 %)."""
 
 
 class RefusedImage(Exception):
@@ -100,15 +114,37 @@ def check_radiograph(ds: Dataset, modalities: Iterable[str] = RADIOGRAPH_MODALIT
                            uid)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = _str(ds, "PhotometricInterpretation")
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    grey = samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2")
+    if not grey and not (samples == 3 and photometric in COLOUR_PHOTOMETRICS):
         raise RefusedImage(
             f"colour image ({photometric or 'no PhotometricInterpretation'}, "
             f"{samples} samples per pixel); a greyscale radiograph is expected",
             uid,
-        )
+        )  # three samples: greyscale content is checked after decoding (grey_of_colour)
     for keyword in ("Rows", "Columns", "BitsAllocated"):
         if keyword not in ds:
             raise RefusedImage(f"required attribute {keyword} is missing", uid)
+
+
+def grey_of_colour(rgb: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The greyscale image held in a decoded (Rows, Columns, 3) colour image, in its own
+    integer type, or `RefusedImage` when its channels differ (a photograph, a colour map)."""
+    uid = str(ds.get("SOPInstanceUID", ""))
+    photometric = _str(ds, "PhotometricInterpretation")
+    try:
+        bits = int(ds.get("BitsStored", 8) or 8)
+    except (TypeError, ValueError):
+        bits = 8
+    step = max(1, max(rgb.shape[:2]) // 512)
+    sample = rgb[::step, ::step].astype(np.float32)
+    spread = np.abs(sample - sample.mean(axis=-1, keepdims=True)).max(axis=-1)
+    chroma = float(np.percentile(spread, 99)) / float((1 << bits) - 1)
+    if chroma > GREY_CHROMA:
+        raise RefusedImage(
+            f"colour image ({photometric}, 3 samples per pixel; its colour channels differ "
+            f"by {chroma:.0%} of the range); a greyscale radiograph is expected", uid)
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.rint(luma).astype(rgb.dtype) if rgb.dtype.kind in "iu" else luma
 
 
 def _voi(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, tuple[float, float], str]:
@@ -187,6 +223,9 @@ def decode(ds: Dataset, modalities: Iterable[str] = RADIOGRAPH_MODALITIES) -> De
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax)) if syntax else "unknown transfer syntax"
         raise RefusedImage(f"pixel data cannot be decoded ({name}): {exc}", uid) from exc
+    if raw.ndim == 3 and raw.shape[-1] == 3 and _str(ds, "PhotometricInterpretation") in \
+            COLOUR_PHOTOMETRICS:
+        raw = grey_of_colour(raw, ds)
     if raw.ndim != 2:
         raise RefusedImage(f"unexpected pixel array shape {raw.shape}; one greyscale frame "
                            "is expected", uid)

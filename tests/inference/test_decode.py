@@ -68,11 +68,61 @@ def test_missing_pixel_data_and_colour_are_refused() -> None:
     del ds.PixelData
     with pytest.raises(RefusedImage, match="no pixel data"):
         decode(ds)
-    rgb = make_radiograph(RAMP)
-    rgb.SamplesPerPixel = 3
-    rgb.PhotometricInterpretation = "RGB"
+    three = make_radiograph(RAMP)
+    three.SamplesPerPixel, three.PhotometricInterpretation = 3, "PALETTE COLOR"
     with pytest.raises(RefusedImage, match="colour"):
-        decode(rgb)
+        decode(three)
+
+
+def _as_colour(grey: np.ndarray, photometric: str = "RGB", **tags: object) -> pydicom.Dataset:
+    """An 8-bit three-sample CR data set of an (H, W, 3) uint8 image."""
+    ds = make_radiograph(grey[..., 0], bits_stored=8, **tags)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.BitsAllocated, ds.HighBit = 8, 7
+    ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
+    return ds
+
+
+def test_a_grey_radiograph_stored_as_rgb_is_read_as_grey() -> None:
+    """A film digitiser's or web export: R = G = B. It decodes to the same display image as
+    the same pixels stored as MONOCHROME2."""
+    grey = (RAMP // 16).astype(np.uint8)
+    mono = decode(make_radiograph(grey, bits_stored=8)).pixels
+    img = decode(_as_colour(np.repeat(grey[..., None], 3, axis=-1)))
+    assert img.pixels.shape == grey.shape
+    np.testing.assert_allclose(img.pixels, mono, atol=1e-6)
+
+
+def test_a_grey_radiograph_in_lossy_ybr_jpeg_is_read_as_grey() -> None:
+    """JPEG baseline YBR_FULL_422 (what a colour JPEG becomes): the chroma rounding of lossy
+    compression leaves the channels a level or two apart, still greyscale."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:96, 0:128]
+    grey = np.clip(40 + xx + 30 * np.sin(yy / 7) + rng.normal(0, 4, xx.shape), 0, 255)
+    grey = grey.astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grey).convert("RGB").save(buf, "JPEG", quality=85, subsampling=2)
+    ds = _as_colour(np.repeat(grey[..., None], 3, axis=-1), "YBR_FULL_422")
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([buf.getvalue()])
+    img = decode(ds)
+    mono = decode(make_radiograph(grey, bits_stored=8)).pixels
+    assert np.abs(img.pixels - mono).mean() < 0.03
+
+
+def test_a_colour_photograph_is_refused_even_as_a_cr() -> None:
+    """Real colour (a photograph of a screen sent with a CR's headers) stays refused."""
+    from hiprouter.synth.alt import photo
+
+    rgb = photo.screen_photo(np.random.default_rng(5), (160, 120)).astype(np.uint8)
+    with pytest.raises(RefusedImage, match="colour channels differ"):
+        decode(_as_colour(rgb))
 
 
 def test_other_modalities_need_opt_in() -> None:
@@ -128,3 +178,17 @@ def test_real_cr_hip_decodes(shared_data) -> None:
     img = decode(ds)
     assert img.pixels.shape == (2140, 1760)
     assert 0.2 < float(img.pixels.mean()) < 0.8
+
+
+def test_real_paediatric_films_exported_as_rgb_decode_as_grey(shared_data) -> None:
+    """The DDH set's DICOMs (lossy JPEG 2000, RGB, Modality DX): greyscale films in a colour
+    wrapper. Each decodes to one grey frame with the film's contrast."""
+    files = sorted((shared_data / "hip-real" / "ddh_jordan").glob("*.dcm"))
+    assert files
+    for path in files:
+        ds, img = decode_file(path)
+        rgb = ds.pixel_array.astype(np.float32)
+        assert ds.PhotometricInterpretation == "RGB" and rgb.shape[-1] == 3
+        assert img.pixels.shape == (ds.Rows, ds.Columns)
+        assert img.pixels.std() > 0.1, path.name
+        assert np.corrcoef(img.pixels.ravel(), rgb[..., 1].ravel())[0, 1] > 0.99, path.name
