@@ -26,6 +26,7 @@ FILES = [
     "dicom-corpus/pylibjpeg_data/JPEG2000Lossless/NM_Kakadu44_SOTmarkerincons.dcm",
     "dicom-corpus/dwv/gdcm-CR-MONO1-10-chest.dcm",
     "hip-real/wg04/RG2_UNC_hip_CR.dcm",
+    "hip-real/ddh_jordan/331_DDH_1.dcm",  # a grey film published as RGB JPEG 2000
 ]
 
 
