@@ -20,9 +20,11 @@ def anatomy_model(folder: Path, favoured: str, min_probability: float | None = 0
                   label_set: str = "anatomy",
                   classes: tuple[str, ...] = ANATOMY_CLASSES) -> Path:
     """An anatomy model that always answers `favoured` (p ~ 0.86): zero weights, a biased
-    head. Plumbing only."""
+    head. Plumbing only. The same `favoured` gives the same weights file (fixed seed), so
+    the tests share one ONNX export per answer (the cache is keyed by the weights' sha256)."""
     import torch
 
+    torch.manual_seed(0)
     module = create_model("resnet10t", len(classes), widths=(8, 8, 16, 16))
     head = module.get_classifier()
     with torch.no_grad():
