@@ -1,4 +1,5 @@
-"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list|kinds|retriage|reabstain`."""
+"""`hiprouter train`, `hiprouter evaluate` and `hiprouter models list|kinds|retriage|reabstain|
+recalibrate`."""
 
 from __future__ import annotations
 
@@ -462,4 +463,35 @@ def models_reabstain(model_dir: Path, split_csv: Path, accuracy: float,
     click.echo(f"min_confidence {choice['min_confidence']} (validation coverage "
                f"{choice.get('val_coverage', 0):.3f}, accuracy of the hips answered "
                f"{choice.get('val_accuracy_assessed') or 0:.3f})")
+    click.echo(f"wrote {model_dir / 'card.yaml'}")
+
+
+@models_group.command("recalibrate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "folders", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A labelled folder (labels.csv in it, the card's label column); repeatable.")
+@click.option("--accuracy", type=float, required=True,
+              help="Target accuracy of the hips answered definitively, e.g. 0.95.")
+@click.option("--cache", "cache_dir", default=None,
+              type=click.Path(file_okay=False, path_type=Path), help="Crop cache.")
+def models_recalibrate(model_dir: Path, folders: tuple[Path, ...], accuracy: float,
+                       cache_dir: Path | None) -> None:
+    """Fit MODEL_DIR's temperature and abstention threshold on labelled folders that are not
+    its training data (the card is rewritten, the weights are not touched): for a model
+    trained without calibration, or a site calibrating on its own labelled studies."""
+    from hiprouter.training.dataset import DatasetError
+    from hiprouter.training.retriage import recalibrate
+
+    try:
+        got = recalibrate(model_dir, list(folders), accuracy, cache_dir)
+    except (ValueError, DatasetError) as exc:
+        raise click.ClickException(str(exc)) from None
+    cal, ab = got["calibration"], got["abstention"]
+    click.echo(f"temperature {cal['temperature']} (ECE {cal['ece_before']} -> "
+               f"{cal['ece_after']} on {cal['fitted_on']})")
+    click.echo(f"min_confidence {ab['min_confidence']} (coverage "
+               f"{ab.get('val_coverage', 0):.3f}, accuracy of the hips answered "
+               f"{ab.get('val_accuracy_assessed') or 0:.3f}"
+               f"{'' if ab.get('reached') else '; target not reached'})")
     click.echo(f"wrote {model_dir / 'card.yaml'}")

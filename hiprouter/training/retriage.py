@@ -12,6 +12,10 @@ model as the pipeline runs it (calibrated, views of a hip fused), and rewrites t
 Likewise `min_confidence` (below it a finding is "indeterminate"): training picks the lowest
 calibrated confidence whose accepted validation hips reach `--abstain-accuracy`; a stricter
 target trades coverage for fewer confident wrong sentences.
+
+`recalibrate` fits the temperature and then `min_confidence` on labelled folders that are
+not the training run's (a model trained before calibration existed, or a site calibrating
+an installed model on its own labelled studies before it goes live).
 """
 
 from __future__ import annotations
@@ -26,6 +30,23 @@ import numpy as np
 from hiprouter.training.dataset import LabelledHip
 
 
+def folder_rows(folders: Sequence[Path], classes: Sequence[str], label_set: str,
+                column: str = "") -> list[LabelledHip]:
+    """The labelled hips of folders with a labels.csv (absolute image paths), in `column`
+    (default: the label set's) with the label set's aliases."""
+    from dataclasses import replace
+
+    from hiprouter.training.dataset import label_spec, read_labels
+
+    spec = label_spec(label_set, classes)
+    rows: list[LabelledHip] = []
+    for folder in folders:
+        got = read_labels(Path(folder) / "labels.csv", classes, column or spec.column,
+                          spec.aliases)
+        rows.extend(replace(r, path=str((Path(folder) / r.path).resolve())) for r in got)
+    return rows
+
+
 def validation_rows(split_csv: Path) -> list[LabelledHip]:
     """The validation hips of a training run's split.csv (absolute image paths)."""
     with Path(split_csv).open(newline="", encoding="utf-8") as fh:
@@ -37,22 +58,31 @@ def _validation_hips(model_dir: Path, split_csv: Path, cache_dir: Path | None, d
                      ) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     """(card, classifier, labels, calibrated probabilities) of the run's validation hips,
     with the model as the pipeline runs it (calibrated, TTA, views of a hip fused)."""
+    from hiprouter.training.evaluate import fuse_predictions
+
+    card, clf, keys, labels, preds = _predictions(model_dir, validation_rows(split_csv),
+                                                  cache_dir, device, str(split_csv))
+    y_hip, p_hip, _ = fuse_predictions(keys, labels, preds)
+    return card, clf, y_hip, p_hip
+
+
+def _predictions(model_dir: Path, rows: Sequence[LabelledHip], cache_dir: Path | None,
+                 device: str, source: str) -> tuple[Any, Any, list, list[int], list]:
+    """(card, classifier, hip keys, labels, per-crop predictions) of labelled hips."""
     from hiprouter.inference.classifier import CropClassifier
     from hiprouter.inference.models import read_card
     from hiprouter.training.dataset import load_crops
-    from hiprouter.training.evaluate import fuse_predictions
 
     card = read_card(Path(model_dir))
     clf = CropClassifier.from_dirs([Path(model_dir)], device)
-    rows = [r for r in validation_rows(split_csv) if r.label in clf.classes]
+    rows = [r for r in rows if r.label in clf.classes]
     if not rows:
-        raise ValueError(f"{split_csv}: no validation rows with this model's classes")
+        raise ValueError(f"{source}: no labelled hips with this model's classes")
     images, used, _ = load_crops(rows, Path("/"), card.input_size, cache_dir)
     preds = clf.predict([im.astype(np.float32) / 255.0 for im in images], heatmaps=False)
     keys = [(rows[i].study_uid, rows[i].laterality) for i in used]
     labels = [clf.classes.index(rows[i].label) for i in used]
-    y_hip, p_hip, _ = fuse_predictions(keys, labels, preds)
-    return card, clf, y_hip, p_hip
+    return card, clf, keys, labels, preds
 
 
 def retriage(model_dir: Path, split_csv: Path, sensitivity: float,
@@ -109,3 +139,59 @@ def reabstain(model_dir: Path, split_csv: Path, accuracy: float,
         **({"previous": previous} if previous else {})}
     write_card(model_dir, card)
     return choice
+
+
+def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
+                cache_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Fit the temperature on the labelled hips of `folders` (per-crop NLL of the model's
+    uncalibrated logits), then choose `min_confidence` at `accuracy` on the same hips with
+    it; both written into the card (the previous choices kept under `previous`), the
+    weights untouched. Returns {"calibration": ..., "abstention": ...}."""
+    from hiprouter.inference.models import read_card, write_card
+    from hiprouter.training.calibration import (
+        choose_min_confidence,
+        ece,
+        fit_temperature,
+        softmax,
+    )
+    from hiprouter.training.evaluate import fuse_hips
+
+    if not 0 < accuracy <= 1:
+        raise ValueError(f"accuracy must be in (0, 1], not {accuracy}")
+    if not folders:
+        raise ValueError("no labelled folders to calibrate on")
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    column = str((card.training or {}).get("label_column") or "")  # the column it learnt
+    rows = folder_rows(folders, card.classes, card.label_set, column)
+    card, clf, keys, labels, preds = _predictions(
+        model_dir, rows, cache_dir, device, ", ".join(str(f) for f in folders))
+    # the card's probabilities are softmax(logits / T): T log p are the logits (up to a
+    # constant per crop, which softmax ignores)
+    old_t = float(clf.members[0].temperature)
+    logits = old_t * np.log(np.maximum(np.stack([p.probabilities for p in preds]), 1e-30))
+    temperature = fit_temperature(logits, labels)
+    y_raw, p_raw = fuse_hips(keys, labels, softmax(logits, 1.0))
+    y_hip, p_hip = fuse_hips(keys, labels, softmax(logits, temperature))
+    where = ", ".join(Path(f).name for f in folders)
+    calibration = {"temperature": round(temperature, 4), "method": "temperature scaling",
+                   "fitted_on": f"{where} ({len(labels)} crops, NLL)",
+                   "ece_before": _rounded(ece(p_raw, y_raw)),
+                   "ece_after": _rounded(ece(p_hip, y_hip)),
+                   "ece_measured_on": f"the same hips ({len(y_hip)}; no held-out set)",
+                   "chosen_by": "hiprouter models recalibrate"}
+    choice = choose_min_confidence(p_hip, y_hip, accuracy)
+    abstention = {**choice, "target_accuracy": accuracy,
+                  "chosen_on": f"{where} ({len(y_hip)} hips)",
+                  "rule": "smallest calibrated confidence whose accepted hips reach the "
+                          "target accuracy",
+                  "chosen_by": "hiprouter models recalibrate"}
+    for name, new in (("calibration", calibration), ("abstention", abstention)):
+        before = {k: v for k, v in (getattr(card, name) or {}).items() if k != "previous"}
+        setattr(card, name, {**new, **({"previous": before} if before else {})})
+    write_card(model_dir, card)
+    return {"calibration": calibration, "abstention": abstention}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

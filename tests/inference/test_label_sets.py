@@ -291,3 +291,43 @@ def test_reabstain_chooses_min_confidence_again_on_the_validation_hips(fracture_
     bad = CliRunner().invoke(main, ["models", "reabstain", str(model), "--split", str(split),
                                     "--accuracy", "1.5"])
     assert bad.exit_code != 0 and "accuracy must be in (0, 1]" in bad.output
+
+
+def test_recalibrate_fits_temperature_and_abstention_on_labelled_folders(fracture_model,
+                                                                        tmp_path: Path) -> None:
+    """`models recalibrate`: the temperature minimises the NLL of the folder's crops (no worse
+    than the card's), min_confidence is chosen with it, the classifier applies it, the
+    previous choices are kept and the weights untouched; a folder without labels is refused."""
+    import shutil
+
+    import numpy as np
+
+    from hiprouter.inference.classifier import CropClassifier
+    from hiprouter.inference.models import verify_weights
+    from hiprouter.training.calibration import nll
+    from hiprouter.training.retriage import _predictions, folder_rows
+
+    root, trained = fracture_model
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    before = read_card(model)
+    result = CliRunner().invoke(main, ["models", "recalibrate", str(model), "--data",
+                                       str(root / "data"), "--accuracy", "0.9"])
+    assert result.exit_code == 0, result.output
+    card = read_card(model)
+    cal, chosen = card.calibration, card.abstention
+    assert cal["chosen_by"] == chosen["chosen_by"] == "hiprouter models recalibrate"
+    assert chosen["target_accuracy"] == 0.9 and "hips" in chosen["chosen_on"]
+    if before.calibration:
+        assert cal["previous"]["temperature"] == before.calibration["temperature"]
+    assert verify_weights(model, card)
+    clf = CropClassifier.from_dirs([model], "cpu")
+    assert clf.members[0].temperature == pytest.approx(cal["temperature"])
+    rows = folder_rows([root / "data"], card.classes, card.label_set, "hardware")
+    _, _, _, labels, preds = _predictions(model, rows, None, "cpu", "test")
+    logits = cal["temperature"] * np.log(np.stack([p.probabilities for p in preds]))
+    old_t = float((before.calibration or {}).get("temperature", 1.0))
+    assert nll(logits, labels, cal["temperature"]) <= nll(logits, labels, old_t) + 1e-4
+    bad = CliRunner().invoke(main, ["models", "recalibrate", str(model), "--data",
+                                    str(tmp_path), "--accuracy", "0.9"])
+    assert bad.exit_code != 0 and "labels" in bad.output
