@@ -167,7 +167,8 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
     card, clf, keys, labels, preds = _predictions(
         model_dir, rows, cache_dir, device, ", ".join(str(f) for f in folders))
     # the card's probabilities are softmax(logits / T): T log p are the logits (up to a
-    # constant per crop, which softmax ignores)
+    # constant per crop, which softmax ignores; with test-time augmentation the log of the
+    # averaged probabilities stands in for them, as in `evaluate`)
     old_t = float(clf.members[0].temperature)
     logits = old_t * np.log(np.maximum(np.stack([p.probabilities for p in preds]), 1e-30))
     temperature = fit_temperature(logits, labels)
