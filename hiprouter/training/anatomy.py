@@ -38,7 +38,7 @@ from hiprouter.inference.models import (
     select_device,
 )
 from hiprouter.inference.preprocess import letterbox
-from hiprouter.training.calibration import ece, fit_temperature, softmax
+from hiprouter.training.calibration import ece, fit_temperature, rounded, softmax
 from hiprouter.training.dataset import cache_file, map_jobs
 from hiprouter.training.train import TrainConfig, _Crops, _run_stage, augmentation, forward_arrays
 
@@ -176,8 +176,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, keep: float = 0.995,
     min_probability = choose_min_probability(hip_probability(probs)[is_hip], keep, cap)
     calibration = {"temperature": round(temperature, 4), "fitted_temperature": round(fitted, 4),
                    "rule": "max(1, temperature fitted on validation)",
-                   "ece_before": _round(ece(softmax(logits), labels)),
-                   "ece_after": _round(ece(probs, labels))}
+                   "ece_before": rounded(ece(softmax(logits), labels)),
+                   "ece_after": rounded(ece(probs, labels))}
     abstention = {"min_probability": round(min_probability, 4), "keep": keep,
                   "max_min_probability": cap}
     return calibration, abstention, refusal_rates(probs, labels, min_probability)
@@ -268,7 +268,3 @@ def train_anatomy(train_dirs: Sequence[Path], val_dirs: Sequence[Path], out_dir:
         evaluation={"validation": rates}, calibration=calibration, abstention=abstention,
     )
     return save_model(module.cpu(), card, out_dir, dtype=cfg.weights_dtype)
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)

@@ -78,6 +78,11 @@ def ece(probs: np.ndarray, y: Sequence[int], bins: int = ECE_BINS) -> float | No
     return reliability(probs, y, bins)["ece"]
 
 
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    """A figure as a model card records it (None stays None)."""
+    return None if value is None else round(float(value), digits)
+
+
 def plot_reliability(probs: np.ndarray, y: Sequence[int], path: Path,
                      title: str = "Reliability diagram") -> Path:
     """Accuracy vs confidence per bin, with the bin counts, as a PNG."""

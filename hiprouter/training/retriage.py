@@ -129,14 +129,12 @@ def reabstain(model_dir: Path, split_csv: Path, accuracy: float,
     model_dir = Path(model_dir)
     card, _, y_hip, p_hip = _validation_hips(model_dir, split_csv, cache_dir, device)
     choice = choose_min_confidence(p_hip, y_hip, accuracy)
-    previous = {k: v for k, v in (card.abstention or {}).items() if k != "previous"}
-    card.abstention = {
+    card.abstention = with_previous({
         **choice, "target_accuracy": accuracy,
         "chosen_on": f"validation split ({len(y_hip)} hips, {Path(split_csv).name})",
         "rule": "smallest calibrated confidence whose accepted validation hips reach the "
                 "target accuracy",
-        "chosen_by": "hiprouter models reabstain",
-        **({"previous": previous} if previous else {})}
+        "chosen_by": "hiprouter models reabstain"}, card.abstention)
     write_card(model_dir, card)
     return choice
 
@@ -152,6 +150,7 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
         choose_min_confidence,
         ece,
         fit_temperature,
+        rounded,
         softmax,
     )
     from hiprouter.training.evaluate import fuse_hips
@@ -177,8 +176,8 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
     where = ", ".join(Path(f).name for f in folders)
     calibration = {"temperature": round(temperature, 4), "method": "temperature scaling",
                    "fitted_on": f"{where} ({len(labels)} crops, NLL)",
-                   "ece_before": _rounded(ece(p_raw, y_raw)),
-                   "ece_after": _rounded(ece(p_hip, y_hip)),
+                   "ece_before": rounded(ece(p_raw, y_raw)),
+                   "ece_after": rounded(ece(p_hip, y_hip)),
                    "ece_measured_on": f"the same hips ({len(y_hip)}; no held-out set)",
                    "chosen_by": "hiprouter models recalibrate"}
     choice = choose_min_confidence(p_hip, y_hip, accuracy)
@@ -187,12 +186,14 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
                   "rule": "smallest calibrated confidence whose accepted hips reach the "
                           "target accuracy",
                   "chosen_by": "hiprouter models recalibrate"}
-    for name, new in (("calibration", calibration), ("abstention", abstention)):
-        before = {k: v for k, v in (getattr(card, name) or {}).items() if k != "previous"}
-        setattr(card, name, {**new, **({"previous": before} if before else {})})
+    card.calibration = with_previous(calibration, card.calibration)
+    card.abstention = with_previous(abstention, card.abstention)
     write_card(model_dir, card)
     return {"calibration": calibration, "abstention": abstention}
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)
+def with_previous(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    """A card section chosen again: `new`, with the section it replaces (less its own
+    history) kept under `previous`."""
+    before = {k: v for k, v in (old or {}).items() if k != "previous"}
+    return {**new, **({"previous": before} if before else {})}

@@ -43,6 +43,7 @@ from hiprouter.training.calibration import (
     choose_min_confidence,
     ece,
     fit_temperature,
+    rounded,
     softmax,
     triage_thresholds,
 )
@@ -472,8 +473,8 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
     y_hip, p_hip = hips(test, test_logits, temperature)
     calibration = {"temperature": round(temperature, 4), "method": "temperature scaling",
                    "fitted_on": f"validation split ({len(val_y)} crops, NLL)",
-                   "ece_before": _round(ece(p_test_raw, y_test_raw)),
-                   "ece_after": _round(ece(p_hip, y_hip)),
+                   "ece_before": rounded(ece(p_test_raw, y_test_raw)),
+                   "ece_after": rounded(ece(p_hip, y_hip)),
                    "ece_measured_on": f"test split ({len(y_hip)} hips)"}
     log(f"temperature {temperature:.3f}: test ECE {calibration['ece_before']} -> "
         f"{calibration['ece_after']}")
@@ -571,7 +572,3 @@ def train(data_dir: Path | Sequence[Path], labels_csv: Path | Sequence[Path], ou
     (out_dir / "history.json").write_text(json.dumps(
         {"epochs": state["history"], "step_losses": state["losses"]}, indent=2))
     return card
-
-
-def _round(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None else round(float(value), digits)
