@@ -84,8 +84,7 @@ def request_failed(factory: sessionmaker[Session], settings: Settings, transacti
             _fail(session, row, error, settings)
             metrics.COMMITMENTS.labels(row.destination, "request_failed").inc()
         session.flush()
-        for study_uid in {r.study_uid for r in rows}:
-            studies.settle_study(session, study_uid)
+        studies.settle_studies(session, (r.study_uid for r in rows))
     return len(rows)
 
 
@@ -130,8 +129,7 @@ def apply_report(factory: sessionmaker[Session], settings: Settings, transaction
                          objects={"study_uids": sorted({r.study_uid for r in bad}),
                                   "sop_instance_uids": [r.sop_instance_uid for r in bad],
                                   "transaction_uid": transaction_uid})
-        for study_uid in {r.study_uid for r in rows}:
-            studies.settle_study(session, study_uid)
+        studies.settle_studies(session, (r.study_uid for r in rows))
     if not rows:
         log.warning("storage commitment report for an unknown transaction",
                     transaction_uid=transaction_uid)
@@ -160,8 +158,7 @@ def expire(factory: sessionmaker[Session], settings: Settings, destination: str,
             _fail(session, row, error, settings)
             metrics.COMMITMENTS.labels(destination, "timeout").inc()
         session.flush()
-        for study_uid in {r.study_uid for r in rows}:
-            studies.settle_study(session, study_uid)
+        studies.settle_studies(session, (r.study_uid for r in rows))
     log.warning("storage commitment overdue", destination=destination, sends=len(rows))
     return len(rows)
 

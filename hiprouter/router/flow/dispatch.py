@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from hiprouter.config import (
     Settings,
     StorageConfig,
 )
-from hiprouter.db import utcnow, write_transaction
+from hiprouter.db import as_utc, utcnow, write_transaction
 from hiprouter.inference import pixels
 from hiprouter.logs import get_logger
 from hiprouter.router.flow import commitment, hl7, queue, stow, studies
@@ -64,10 +64,10 @@ def claim_sends(factory: sessionmaker[Session], settings: Settings, destination:
     if not queue.due(factory, Send, Send.destination == destination):
         return []  # idle polls never take the write lock
     with write_transaction(factory) as session:
-        now = utcnow()
         if queue.is_postgres(session):  # serialise claims per destination across hosts
             session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
                             {"key": f"hiprouter-send:{destination}"})
+        now = utcnow()  # after the wait for the lock: the lease runs from here
         active = session.scalar(
             select(func.count(func.distinct(Send.lease_owner))).where(
                 Send.destination == destination, Send.state == queue.RUNNING,
@@ -89,6 +89,40 @@ def claim_sends(factory: sessionmaker[Session], settings: Settings, destination:
             s.lease_owner = owner
             s.lease_expires_at = now + timedelta(seconds=q.lease_s)
         return sends
+
+
+class _Leases:
+    """The leases of a claimed batch while it is sent.
+
+    They are renewed once a third of the lease has passed since the claim or the last
+    renewal, and they fence: a send whose lease ran out and was claimed by another sender
+    (a slow association, a stalled process) is left to that sender, not sent twice.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], owner: str, lease_s: float,
+                 sends: Sequence[Send]) -> None:
+        self.factory, self.owner, self.lease_s = factory, owner, lease_s
+        self.held = {s.id for s in sends}
+        self.expires = min((as_utc(s.lease_expires_at) for s in sends
+                            if s.lease_expires_at is not None), default=utcnow())
+        self.dropped: set[int] = set()
+
+    def holds(self, send: Send) -> bool:
+        """Whether this sender still holds `send` (renewing the leases when due)."""
+        if utcnow() > self.expires - timedelta(seconds=self.lease_s * 2 / 3):
+            self.held, self.expires = _renew(self.factory, self.owner, self.lease_s,
+                                             self.held)
+        if send.id in self.held:
+            return True
+        if send.id not in self.dropped:
+            self.dropped.add(send.id)
+            log.warning("send lease lost; its new owner sends it",
+                        sop_instance_uid=send.sop_instance_uid, destination=send.destination)
+        return False
+
+    def kept(self, items: list[_Item]) -> list[_Item]:
+        """The items this sender went on to send or record (not the ones it left)."""
+        return [i for i in items if i.send.id not in self.dropped]
 
 
 @dataclass
@@ -149,8 +183,9 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
     from pynetdicom import AE, evt
 
     dest = settings.destinations[destination]
+    leases = _Leases(factory, owner, settings.queue.lease_s, sends)
     if not isinstance(dest, Destination):
-        return _send_other(factory, settings, destination, dest, sends, owner)
+        return _send_other(factory, settings, destination, dest, sends, owner, leases)
     items = _inspect(sends, settings.storage)
     contexts, later = _contexts(items)
     if later:
@@ -160,7 +195,7 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
     for item in todo:
         if item.error:
             _record(factory, settings, item.send, owner, None, item.error)
-    todo = [i for i in todo if not i.error]
+    todo = [i for i in todo if not i.error and leases.holds(i.send)]
     if not todo:
         return 0
 
@@ -198,12 +233,10 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
     else:
         outcome = "released"
         _no_delay(assoc)
-        renew_at = time.monotonic() + settings.queue.lease_s / 3
         try:
             for n, item in enumerate(todo):
-                if time.monotonic() > renew_at:  # a long batch keeps its leases
-                    _renew(factory, owner, settings.queue.lease_s)
-                    renew_at = time.monotonic() + settings.queue.lease_s / 3
+                if not leases.holds(item.send):  # renews a long batch's leases
+                    continue
                 if not assoc.is_established:
                     outcome, reason = "aborted", "association ended by the peer"
                     for rest in todo[n:]:
@@ -226,7 +259,8 @@ def send_batch(factory: sessionmaker[Session], settings: Settings, destination: 
             if assoc.is_established:
                 assoc.release()
     metrics.SEND_SECONDS.labels(destination, "dicom").observe(time.perf_counter() - clock)
-    _finish(factory, settings, destination, dest, started, outcome, reason, todo, sent)
+    _finish(factory, settings, destination, dest, started, outcome, reason,
+            leases.kept(todo), sent)
     return len(sent)
 
 
@@ -259,7 +293,8 @@ def report_handler(factory: sessionmaker[Session], settings: Settings) -> Any:
 
 
 def _send_other(factory: sessionmaker[Session], settings: Settings, destination: str,
-                dest: AnyDestination, sends: list[Send], owner: str) -> int:
+                dest: AnyDestination, sends: list[Send], owner: str,
+                leases: _Leases) -> int:
     """A batch to a DICOMweb (STOW-RS) or HL7 (MLLP) destination."""
     started = utcnow()
     clock = time.perf_counter()
@@ -272,7 +307,9 @@ def _send_other(factory: sessionmaker[Session], settings: Settings, destination:
         except OSError as exc:  # unreadable password or token file
             client, problem = None, f"cannot set up the DICOMweb client: {exc}"
         for start in range(0, len(sends), dest.batch_size):
-            chunk = sends[start:start + dest.batch_size]
+            chunk = [s for s in sends[start:start + dest.batch_size] if leases.holds(s)]
+            if not chunk:
+                continue
             uids = [s.sop_instance_uid for s in chunk]
             paths = [str(settings.storage.resolve(s.path)) for s in chunk]
             results = stow.store(client, paths, uids) if client else \
@@ -292,6 +329,8 @@ def _send_other(factory: sessionmaker[Session], settings: Settings, destination:
             tls = client_ssl_context(dest.tls, where=f"destinations.{destination}.tls")
         controls: dict[str, str] = {}
         for s in sends:
+            if not leases.holds(s):
+                continue
             try:
                 ctrl, _ack = hl7.deliver(factory, settings, destination, dest, s, tls)
                 controls[s.sop_instance_uid] = ctrl
@@ -306,8 +345,8 @@ def _send_other(factory: sessionmaker[Session], settings: Settings, destination:
                                    f"{dest.host}:{dest.port}", destination=destination,
                                    message_control_ids=controls)]
     metrics.SEND_SECONDS.labels(destination, kind).observe(time.perf_counter() - clock)
-    _finish(factory, settings, destination, dest, started, "released", None, items, sent,
-            participants=parts)
+    _finish(factory, settings, destination, dest, started, "released", None,
+            leases.kept(items), sent, participants=parts)
     return len(sent)
 
 
@@ -406,12 +445,21 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _renew(factory: sessionmaker[Session], owner: str, lease_s: float) -> None:
+def _renew(factory: sessionmaker[Session], owner: str, lease_s: float,
+           ids: set[int]) -> tuple[set[int], datetime]:
+    """Extend the leases `owner` still holds among sends `ids`; returns those and the new
+    expiry. A send another sender claimed after its lease ran out is not among them."""
+    expires = utcnow() + timedelta(seconds=lease_s)
+    if not ids:
+        return set(), expires
     with factory() as session, session.begin():
-        session.execute(
-            update(Send).where(Send.lease_owner == owner, Send.state == queue.RUNNING)
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-            .execution_options(synchronize_session=False))
+        held = session.scalars(
+            update(Send).where(Send.id.in_(sorted(ids)), Send.lease_owner == owner,
+                               Send.state == queue.RUNNING)
+            .values(lease_expires_at=expires)
+            .returning(Send.id)
+            .execution_options(synchronize_session=False)).all()
+    return set(held), expires
 
 
 def _release(factory: sessionmaker[Session], sends: list[Send], owner: str) -> None:
@@ -454,8 +502,7 @@ def _finish(factory: sessionmaker[Session], settings: Settings, destination: str
                          if dest.type == "hl7" else None,
                          participants=parts,
                          objects={"study_uid": study_uid, "sop_instance_uids": uids})
-        for study_uid in {i.send.study_uid for i in items}:
-            studies.settle_study(session, study_uid)
+        studies.settle_studies(session, (i.send.study_uid for i in items))
         failed = len(items) - len(sent)
         if failed:
             errors = sorted({i.send.last_error or "" for i in items

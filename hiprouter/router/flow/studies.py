@@ -15,7 +15,7 @@ Other modules call the functions below; none of them assigns `Study.state` itsel
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -153,6 +153,13 @@ def settle_study(session: Session, study_uid: str) -> str | None:
             Send.study_uid == study_uid, Send.state == queue.DEAD))
     study.state = FAILED if dead else DONE
     return study.state
+
+
+def settle_studies(session: Session, study_uids: Iterable[str]) -> None:
+    """`settle_study` for several studies, in sorted order: concurrent transactions then
+    lock study rows in the same order and cannot deadlock on them."""
+    for study_uid in sorted(set(study_uids)):
+        settle_study(session, study_uid)
 
 
 def reopen_studies(session: Session, study_uid: str | None) -> None:

@@ -19,7 +19,7 @@ from hiprouter.config import Settings
 from hiprouter.router.flow import ops, queue
 from hiprouter.router.flow.dispatch import Dispatcher, claim_sends, send_batch
 from hiprouter.router.flow.worker import enqueue_sends
-from hiprouter.schema import Instance, Send, SendAttempt
+from hiprouter.schema import Association, AuditEvent, Instance, Send, SendAttempt
 from tests.conftest import free_port
 from tests.router.dicomkit import add_study, make_dataset, make_study, write_dataset
 from tests.router.pacs import StoreSCP
@@ -201,24 +201,23 @@ class _Clock:
     def __init__(self) -> None:
         self.offset = 0.0
         self._real = db.utcnow()
-        self._mono = time.monotonic()
 
     def utcnow(self):  # type: ignore[no-untyped-def]
         return self._real + timedelta(seconds=self.offset)
 
-    def monotonic(self) -> float:
-        return self._mono + self.offset
 
-
-def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("association_leases", [0.0, 0.8],
+                         ids=["prompt-association", "slow-association"])
+def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      association_leases: float) -> None:
     """Sends slower than the lease: no other sender may take them over mid-batch.
 
-    Each store moves the dispatcher's clock on by 0.4 lease, so six stores span 2.4 leases;
-    after each, a second sender tries to claim (and the store is answered only then). Only
-    the renewal between stores can keep the leases; no real time has to pass.
+    Answering the association request moves the dispatcher's clock on by
+    `association_leases` (a PACS busy with another association), and each store by 0.4
+    lease, so six stores span 2.4 leases more; after each step a second sender tries to
+    claim (the peer answers only then). Only renewals counted from the claim, not from
+    the association, keep the leases; no real time has to pass.
     """
-    import types
-
     from pynetdicom import AE, AllStoragePresentationContexts, evt
 
     from hiprouter.router.flow import dispatch
@@ -228,11 +227,18 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
     got: list[str] = []
     moved, tried = threading.Event(), threading.Event()
 
-    def slow_store(event: evt.Event) -> int:
-        clock.offset += 0.4 * lease_s
+    def step(leases: float) -> None:
+        clock.offset += leases * lease_s
         moved.set()
         assert tried.wait(60), "the second sender did not try"
         tried.clear()
+
+    def slow_association(event: evt.Event) -> None:
+        if association_leases:
+            step(association_leases)
+
+    def slow_store(event: evt.Event) -> int:
+        step(0.4)
         got.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
@@ -240,7 +246,8 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
     scp.supported_contexts = AllStoragePresentationContexts
     port = free_port()
     server = scp.start_server(("127.0.0.1", port), block=False,
-                              evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+                              evt_handlers=[(evt.EVT_REQUESTED, slow_association),
+                                            (evt.EVT_C_STORE, slow_store)])
     try:
         settings = settings_for(tmp_path, port, max_concurrent=2)
         settings.queue.lease_s = lease_s
@@ -249,8 +256,6 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
         clock.__init__()  # type: ignore[misc]  # starts now, after the sends were queued
         monkeypatch.setattr(dispatch, "utcnow", clock.utcnow)
         monkeypatch.setattr(queue, "utcnow", clock.utcnow)
-        monkeypatch.setattr(dispatch, "time", types.SimpleNamespace(
-            monotonic=clock.monotonic, perf_counter=time.perf_counter))
         batch = claim_sends(factory, settings, "pacs", "first")
         assert len(batch) == 6
         worker = threading.Thread(target=send_batch,
@@ -267,9 +272,46 @@ def test_long_batch_renews_its_leases(tmp_path: Path, monkeypatch: pytest.Monkey
         server.shutdown()
     assert stolen == []
     assert len(got) == 6 and len(set(got)) == 6
-    assert clock.offset == pytest.approx(2.4 * lease_s)
+    assert clock.offset == pytest.approx((association_leases + 2.4) * lease_s)
     with factory() as s:
         assert s.scalars(select(Send.state)).all() == ["sent"] * 6
+
+
+def test_send_whose_lease_passed_to_another_sender_goes_out_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that stalled past its lease while another claimed its batch leaves the
+    batch to that one: the PACS (DCMTK storescp) gets each object once, the stalled
+    sender opens no association and records no failure."""
+    from hiprouter.router.flow import dispatch
+
+    clock = _Clock()
+    pacs = StoreSCP(tmp_path / "pacs").start()
+    try:
+        settings = settings_for(tmp_path, pacs.port, max_concurrent=2)
+        settings.queue.lease_s = 10.0
+        settings.queue.send_batch = 3
+        factory = queue_files(settings, make_study(tmp_path / "in", 1, 3))
+        clock.__init__()  # type: ignore[misc]
+        monkeypatch.setattr(dispatch, "utcnow", clock.utcnow)
+        monkeypatch.setattr(queue, "utcnow", clock.utcnow)
+        stalled = claim_sends(factory, settings, "pacs", "stalled")
+        clock.offset = 11.0  # the stalled sender's leases ran out
+        taken = claim_sends(factory, settings, "pacs", "second")
+        assert len(stalled) == len(taken) == 3
+        assert send_batch(factory, settings, "pacs", stalled, "stalled") == 0
+        assert send_batch(factory, settings, "pacs", taken, "second") == 3
+        received = pacs.wait_for(3, timeout=10)
+    finally:
+        pacs.stop()
+    assert len(received) == 3 and set(received.values()) == {1}
+    with factory() as s:
+        assert s.scalars(select(Send.state)).all() == ["sent"] * 3
+        attempts = s.scalars(select(SendAttempt)).all()
+        assert len(attempts) == 3 and {a.status for a in attempts} == {0}
+        outbound = s.scalars(select(Association).where(Association.direction == "out")).all()
+        assert len(outbound) == 1 and outbound[0].instances_received == 3
+        assert not s.scalars(select(AuditEvent).where(
+            AuditEvent.outcome != 0)).all(), "no failure audited for the handed-over sends"
 
 
 def test_implicit_vr_file_is_converted_for_a_peer_that_takes_only_explicit(
