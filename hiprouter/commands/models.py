@@ -480,12 +480,13 @@ def models_recalibrate(model_dir: Path, folders: tuple[Path, ...], accuracy: flo
     """Fit MODEL_DIR's temperature and abstention threshold on labelled folders that are not
     its training data (the card is rewritten, the weights are not touched): for a model
     trained without calibration, or a site calibrating on its own labelled studies."""
+    from hiprouter.inference.models import ModelError
     from hiprouter.training.dataset import DatasetError
     from hiprouter.training.retriage import recalibrate
 
     try:
         got = recalibrate(model_dir, list(folders), accuracy, cache_dir)
-    except (ValueError, DatasetError) as exc:
+    except (ValueError, DatasetError, ModelError) as exc:
         raise click.ClickException(str(exc)) from None
     cal, ab = got["calibration"], got["abstention"]
     click.echo(f"temperature {cal['temperature']} (ECE {cal['ece_before']} -> "

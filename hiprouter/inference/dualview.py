@@ -386,6 +386,8 @@ class HipPrediction:
     """True when the hip had no lateral view (the AP alone was assessed)."""
     per_member: list[np.ndarray] = field(default_factory=list)
     """Each member's calibrated probabilities (for evaluation)."""
+    logits: list[np.ndarray] = field(default_factory=list)
+    """Each member's uncalibrated logits, one row per AP x lateral pair (for calibration)."""
 
 
 class DualViewEnsemble:
@@ -468,7 +470,7 @@ class DualViewEnsemble:
         if not ap_crops:
             raise ValueError("a dual-view prediction needs at least one AP crop")
         n_ap, n_lat = len(ap_crops), len(lateral_crops)
-        member_probs, scores, votes, judges = [], [], 0, 0
+        member_probs, member_logits, scores, votes, judges = [], [], [], 0, 0
         member_maps = []
         for i, model in enumerate(self.models):
             feats, boxes = self._features(i, [*ap_crops, *lateral_crops])
@@ -482,6 +484,7 @@ class DualViewEnsemble:
                 logits = model.logits(ap_pool, None)
             probs = softmax(logits / model.temperature).mean(axis=0)
             member_probs.append(probs)
+            member_logits.append(logits)
             e = float(energy(logits).mean())
             scores.append(e)
             threshold = model.card.ood.get("threshold")
@@ -511,4 +514,5 @@ class DualViewEnsemble:
         return HipPrediction(probs.astype(np.float32), ap_maps, lat_maps,
                              float(np.mean(scores)), bool(judges and votes >= judges),
                              single_view=n_lat == 0,
-                             per_member=[p.astype(np.float32) for p in member_probs])
+                             per_member=[p.astype(np.float32) for p in member_probs],
+                             logits=member_logits)

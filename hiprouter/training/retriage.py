@@ -141,10 +141,96 @@ def reabstain(model_dir: Path, split_csv: Path, accuracy: float,
 
 def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
                 cache_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Fit the temperature on the labelled hips of `folders` (per-crop NLL of the model's
-    uncalibrated logits), then choose `min_confidence` at `accuracy` on the same hips with
-    it; both written into the card (the previous choices kept under `previous`), the
-    weights untouched. Returns {"calibration": ..., "abstention": ...}."""
+    """Fit the temperature on the labelled hips of `folders` (NLL of the model's
+    uncalibrated logits: per crop, or per AP x lateral pair of a dual-view model), then
+    choose `min_confidence` at `accuracy` on the same hips with it; both written into the
+    card (the previous choices kept under `previous`), the weights untouched. Returns
+    {"calibration": ..., "abstention": ...}."""
+    from hiprouter.inference.models import read_card
+
+    if not 0 < accuracy <= 1:
+        raise ValueError(f"accuracy must be in (0, 1], not {accuracy}")
+    if not folders:
+        raise ValueError("no labelled folders to calibrate on")
+    model_dir = Path(model_dir)
+    if not (model_dir / "card.yaml").is_file() and any(model_dir.glob("member-*/card.yaml")):
+        raise ValueError(f"{model_dir} is an ensemble (member-*/): recalibrate one model "
+                         "directory at a time")
+    card = read_card(model_dir)
+    if card.task == "dual_view_classification":
+        logits, labels, groups = _dual_view_logits(model_dir, folders, cache_dir, device)
+        unit = "AP x lateral pairs"
+    elif card.task in ("", "classification"):
+        logits, labels, groups = _crop_logits(model_dir, folders, cache_dir, device)
+        unit = "crops"
+    else:
+        raise ValueError(f"{card.name}: recalibrate fits classifiers (single- or dual-view), "
+                         f"not a {card.task} model")
+    return _write_choices(model_dir, folders, accuracy, logits, labels, groups, unit)
+
+
+def _crop_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path | None,
+                 device: str) -> tuple[np.ndarray, list[int], list[list[int]]]:
+    """Per-crop logits of a single-view classifier, their labels, and the crops of each
+    hip (views of a hip are averaged, as at run time)."""
+    from hiprouter.inference.models import read_card
+
+    card = read_card(model_dir)
+    column = str((card.training or {}).get("label_column") or "")  # the column it learnt
+    rows = folder_rows(folders, card.classes, card.label_set, column)
+    _, clf, keys, labels, preds = _predictions(
+        model_dir, rows, cache_dir, device, ", ".join(str(f) for f in folders))
+    # the card's probabilities are softmax(logits / T): T log p are the logits (up to a
+    # constant per crop, which softmax ignores; with test-time augmentation the log of the
+    # averaged probabilities stands in for them, as in `evaluate`)
+    old_t = float(clf.members[0].temperature)
+    logits = old_t * np.log(np.maximum(np.stack([p.probabilities for p in preds]), 1e-30))
+    hips: dict[tuple[str, str], list[int]] = {}
+    for i, (study, lat) in enumerate(keys):  # as evaluate.fuse_hips groups them
+        hips.setdefault((study, lat) if lat in ("R", "L") else (study, f"U{i}"), []).append(i)
+    return logits, labels, list(hips.values())
+
+
+def _dual_view_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path | None,
+                      device: str) -> tuple[np.ndarray, list[int], list[list[int]]]:
+    """Per-pair logits of a dual-view model (every AP x lateral pair of a hip, or each AP
+    alone), their labels, and the pairs of each hip, through the run-time code."""
+    from hiprouter.inference.dualview import DualViewEnsemble
+    from hiprouter.training.dualview import load_hips
+
+    ens = DualViewEnsemble.from_dirs([Path(model_dir)], device)
+    if len(ens.models) != 1:
+        raise ValueError(f"{model_dir}: {len(ens.models)} members; recalibrate one model "
+                         "directory at a time")
+    model = ens.models[0]
+    column = str((model.card.training or {}).get("label_column") or "")
+    rows: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[list[int]] = []
+    for folder in folders:
+        classes, images, hips = load_hips(Path(folder), Path(folder) / "labels.csv",
+                                          model.card.label_set, model.card.input_size,
+                                          cache_dir, column, log=lambda _: None,
+                                          crop=model.crop)
+        if classes != ens.classes:
+            raise ValueError(f"{folder}: classes {classes} differ from the model's "
+                             f"{ens.classes}")
+        crops = images.astype(np.float32) / 255.0
+        for hip in hips:
+            pred = ens.predict([crops[k] for k in hip.ap], [crops[k] for k in hip.lateral],
+                               heatmaps=False)
+            pairs = np.asarray(pred.logits[0], dtype=np.float64)
+            groups.append(list(range(len(rows), len(rows) + len(pairs))))
+            rows.extend(pairs)
+            labels.extend([hip.label] * len(pairs))
+    return np.stack(rows), labels, groups
+
+
+def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,
+                   logits: np.ndarray, labels: Sequence[int], groups: list[list[int]],
+                   unit: str) -> dict[str, Any]:
+    """Fit the temperature on `logits`, choose `min_confidence` on the hips (`groups` of
+    rows, probabilities averaged as at run time) and write both into the card."""
     from hiprouter.inference.models import read_card, write_card
     from hiprouter.training.calibration import (
         choose_min_confidence,
@@ -153,30 +239,19 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
         rounded,
         softmax,
     )
-    from hiprouter.training.evaluate import fuse_hips
 
-    if not 0 < accuracy <= 1:
-        raise ValueError(f"accuracy must be in (0, 1], not {accuracy}")
-    if not folders:
-        raise ValueError("no labelled folders to calibrate on")
-    model_dir = Path(model_dir)
-    card = read_card(model_dir)
-    column = str((card.training or {}).get("label_column") or "")  # the column it learnt
-    rows = folder_rows(folders, card.classes, card.label_set, column)
-    card, clf, keys, labels, preds = _predictions(
-        model_dir, rows, cache_dir, device, ", ".join(str(f) for f in folders))
-    # the card's probabilities are softmax(logits / T): T log p are the logits (up to a
-    # constant per crop, which softmax ignores; with test-time augmentation the log of the
-    # averaged probabilities stands in for them, as in `evaluate`)
-    old_t = float(clf.members[0].temperature)
-    logits = old_t * np.log(np.maximum(np.stack([p.probabilities for p in preds]), 1e-30))
     temperature = fit_temperature(logits, labels)
-    y_raw, p_raw = fuse_hips(keys, labels, softmax(logits, 1.0))
-    y_hip, p_hip = fuse_hips(keys, labels, softmax(logits, temperature))
+    y_hip = np.array([labels[g[0]] for g in groups], dtype=int)
+
+    def per_hip(t: float) -> np.ndarray:
+        probs = softmax(logits, t)
+        return np.stack([probs[g].mean(axis=0) for g in groups])
+
+    p_raw, p_hip = per_hip(1.0), per_hip(temperature)
     where = ", ".join(Path(f).name for f in folders)
     calibration = {"temperature": round(temperature, 4), "method": "temperature scaling",
-                   "fitted_on": f"{where} ({len(labels)} crops, NLL)",
-                   "ece_before": rounded(ece(p_raw, y_raw)),
+                   "fitted_on": f"{where} ({len(labels)} {unit}, NLL)",
+                   "ece_before": rounded(ece(p_raw, y_hip)),
                    "ece_after": rounded(ece(p_hip, y_hip)),
                    "ece_measured_on": f"the same hips ({len(y_hip)}; no held-out set)",
                    "chosen_by": "hiprouter models recalibrate"}
@@ -186,6 +261,7 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
                   "rule": "smallest calibrated confidence whose accepted hips reach the "
                           "target accuracy",
                   "chosen_by": "hiprouter models recalibrate"}
+    card = read_card(model_dir)
     card.calibration = with_previous(calibration, card.calibration)
     card.abstention = with_previous(abstention, card.abstention)
     write_card(model_dir, card)

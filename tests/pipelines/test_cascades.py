@@ -383,9 +383,14 @@ def tiny_failure_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_train_and_evaluate_the_dual_view_model(tiny_failure_data: Path, tmp_path: Path,
                                                 models: dict[str, Path]) -> None:
+    import shutil
+
     from click.testing import CliRunner
 
     from hiprouter.cli import main
+    from hiprouter.inference.models import verify_weights
+    from hiprouter.training.calibration import nll
+    from hiprouter.training.retriage import _dual_view_logits
 
     run = CliRunner().invoke
     out = tmp_path / "pf"
@@ -412,6 +417,26 @@ def test_train_and_evaluate_the_dual_view_model(tiny_failure_data: Path, tmp_pat
     assert result.exit_code == 0, result.output
     assert "AP views only: accuracy" in result.output and "member 2:" in result.output
     assert read_card(out / "member-1").evaluation["again"]["members"] == 2
+
+    # a temperature and an abstention threshold fitted on labelled studies, per pair
+    member = tmp_path / "member"
+    shutil.copytree(out / "member-1", member)
+    result = run(main, ["models", "recalibrate", str(member), "--data",
+                        str(tiny_failure_data), "--accuracy", "0.9"])
+    assert result.exit_code == 0, result.output
+    card = read_card(member)
+    cal, chosen = card.calibration, card.abstention
+    assert cal["chosen_by"] == chosen["chosen_by"] == "hiprouter models recalibrate"
+    assert "AP x lateral pairs" in cal["fitted_on"] and chosen["target_accuracy"] == 0.9
+    assert verify_weights(member, card)
+    assert dualview.load(member).temperature == pytest.approx(cal["temperature"])
+    logits, labels, _ = _dual_view_logits(member, [tiny_failure_data], None, "cpu")
+    assert nll(logits, labels, cal["temperature"]) <= nll(logits, labels, 1.0) + 1e-6
+    for model, why in ((out, "one model directory at a time"),
+                       (REPO / "models" / "onfh-demo", "not a onfh_normative model")):
+        bad = run(main, ["models", "recalibrate", str(model), "--data",
+                         str(tiny_failure_data), "--accuracy", "0.9"])
+        assert bad.exit_code != 0 and why in bad.output, bad.output
 
     # the trained ensemble runs as the kind's models
     s = settings(models, prosthesis_failure={"models": [str(out)]})
