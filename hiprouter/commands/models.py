@@ -479,7 +479,9 @@ def models_recalibrate(model_dir: Path, folders: tuple[Path, ...], accuracy: flo
                        cache_dir: Path | None) -> None:
     """Fit MODEL_DIR's temperature and abstention threshold on labelled folders that are not
     its training data (the card is rewritten, the weights are not touched): for a model
-    trained without calibration, or a site calibrating on its own labelled studies."""
+    trained without calibration, or a site calibrating on its own labelled studies.
+    Single- and dual-view classifiers get both; an ONFH model the threshold on its stage
+    probability."""
     from hiprouter.inference.models import ModelError
     from hiprouter.training.dataset import DatasetError
     from hiprouter.training.retriage import recalibrate
@@ -489,8 +491,11 @@ def models_recalibrate(model_dir: Path, folders: tuple[Path, ...], accuracy: flo
     except (ValueError, DatasetError, ModelError) as exc:
         raise click.ClickException(str(exc)) from None
     cal, ab = got["calibration"], got["abstention"]
-    click.echo(f"temperature {cal['temperature']} (ECE {cal['ece_before']} -> "
-               f"{cal['ece_after']} on {cal['fitted_on']})")
+    if cal is None:
+        click.echo("no temperature (the stage probabilities are the card's normal fits)")
+    else:
+        click.echo(f"temperature {cal['temperature']} (ECE {cal['ece_before']} -> "
+                   f"{cal['ece_after']} on {cal['fitted_on']})")
     click.echo(f"min_confidence {ab['min_confidence']} (coverage "
                f"{ab.get('val_coverage', 0):.3f}, accuracy of the hips answered "
                f"{ab.get('val_accuracy_assessed') or 0:.3f}"

@@ -116,18 +116,28 @@ def plot_reliability(probs: np.ndarray, y: Sequence[int], path: Path,
 
 def choose_min_confidence(probs: np.ndarray, y: Sequence[int], target: float = 0.95,
                           ) -> dict[str, Any]:
-    """Smallest confidence t whose accepted set (confidence >= t) is >= `target` accurate.
+    """Smallest confidence t whose accepted set (confidence >= t) is >= `target` accurate,
+    for probabilities whose argmax is the answer (`min_confidence_of`)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y)
+    if len(probs) == 0:
+        return {"min_confidence": 0.0, "target_accuracy": target, "reached": False}
+    return min_confidence_of(probs.max(axis=1), probs.argmax(axis=1) == y, target)
+
+
+def min_confidence_of(confidence: np.ndarray, correct: np.ndarray, target: float = 0.95
+                      ) -> dict[str, Any]:
+    """Smallest confidence t whose accepted set (confidence >= t) is >= `target` accurate,
+    given each hip's confidence in its answer and whether the answer was right.
 
     Returns t with the validation accuracy and coverage above it (and the accuracy of all).
     When even the most confident hips miss the target, t is the highest confidence seen
     (almost everything abstains) and `reached` is False.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y)
-    if len(probs) == 0:
+    conf = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if len(conf) == 0:
         return {"min_confidence": 0.0, "target_accuracy": target, "reached": False}
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
     order = np.argsort(-conf, kind="stable")
     cum_acc = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
     ok = np.nonzero(cum_acc >= target)[0]

@@ -157,6 +157,9 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
         raise ValueError(f"{model_dir} is an ensemble (member-*/): recalibrate one model "
                          "directory at a time")
     card = read_card(model_dir)
+    if card.task == "onfh_normative":
+        return {"calibration": None,
+                "abstention": _onfh_abstention(model_dir, folders, accuracy, device)}
     if card.task == "dual_view_classification":
         logits, labels, groups = _dual_view_logits(model_dir, folders, cache_dir, device)
         unit = "AP x lateral pairs"
@@ -164,8 +167,8 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
         logits, labels, groups = _crop_logits(model_dir, folders, cache_dir, device)
         unit = "crops"
     else:
-        raise ValueError(f"{card.name}: recalibrate fits classifiers (single- or dual-view), "
-                         f"not a {card.task} model")
+        raise ValueError(f"{card.name}: recalibrate fits classifiers (single- or dual-view) "
+                         f"and ONFH models, not a {card.task} model")
     return _write_choices(model_dir, folders, accuracy, logits, labels, groups, unit)
 
 
@@ -224,6 +227,55 @@ def _dual_view_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path 
             rows.extend(pairs)
             labels.extend([hip.label] * len(pairs))
     return np.stack(rows), labels, groups
+
+
+def _onfh_abstention(model_dir: Path, folders: Sequence[Path], accuracy: float,
+                     device: str) -> dict[str, Any]:
+    """`min_confidence` of an ONFH model at `accuracy` on labelled folders: per hip, the
+    distance averaged over its AP views, its stage band and the band's probability, as
+    the pipeline reports them (the band thresholds and probabilities are the card's, fitted
+    in training; there is no temperature). Written into the card's `abstention`."""
+    from hiprouter.inference.models import read_card, write_card
+    from hiprouter.inference.onfh import OnfhModel
+    from hiprouter.training.calibration import min_confidence_of
+    from hiprouter.training.onfh_data import read_head_labels
+    from hiprouter.training.onfh_eval import assess_heads, band_of_grade
+
+    model = OnfhModel.load(model_dir, device, runtime="auto")
+    staging = model.normative.staging if model.normative is not None else None
+    if staging is None:
+        raise ValueError(f"{model_dir}: no stage bands in the card (an untrained normative "
+                         "model)")
+    hips: dict[tuple[str, str, str], tuple[int, list[float]]] = {}
+    for folder in folders:
+        rows, _ = read_head_labels(Path(folder) / "labels.csv")
+        by_file = {(r.path, r.laterality): r for r in rows}
+        for rec in assess_heads(model, rows, Path(folder), progress=False):
+            if "distance" not in rec:
+                continue  # not assessed: the pipeline says so, no stage to abstain from
+            row = by_file[(rec["path"], rec["laterality"])]
+            hip = hips.setdefault((str(folder), row.study_uid, row.laterality),
+                                  (row.grade, []))
+            hip[1].append(float(rec["distance"]))
+    if not hips:
+        raise ValueError("no femoral head of these folders could be assessed")
+    confidence, correct = [], []
+    for grade, distances in hips.values():
+        distance = float(np.mean(distances))
+        band = staging.band(distance)
+        confidence.append(staging.probabilities(distance).get(staging.keys[band], 0.0))
+        correct.append(band == band_of_grade(grade, staging.bands))
+    choice = min_confidence_of(np.array(confidence), np.array(correct), accuracy)
+    where = ", ".join(Path(f).name for f in folders)
+    abstention = {**choice, "target_accuracy": accuracy,
+                  "chosen_on": f"{where} ({len(hips)} hips)",
+                  "rule": "smallest stage probability whose accepted hips reach the target "
+                          "accuracy (of the stage band)",
+                  "chosen_by": "hiprouter models recalibrate"}
+    card = read_card(model_dir)
+    card.abstention = with_previous(abstention, card.abstention)
+    write_card(model_dir, card)
+    return abstention
 
 
 def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,

@@ -222,3 +222,59 @@ def test_onnx_runtime_and_torch_assess_alike(onfh_model: Path, grade3_left: Any)
         assert np.abs(a.segmentation.prob - b.segmentation.prob).max() < 1e-4
         assert b.distance == pytest.approx(a.distance, rel=1e-4) and a.band == b.band
     assert assessed >= 1
+
+
+def test_recalibrate_chooses_the_stage_probability_the_kind_reports(onfh_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """`models recalibrate` on an ONFH model: min_confidence chosen on labelled studies,
+    per hip as the kind reports it (distance averaged over the hip's AP views, its band's
+    probability); the kind then abstains below it, the calibration and weights untouched."""
+    import csv
+    import shutil
+
+    from click.testing import CliRunner
+    from pydicom import dcmread
+
+    from hiprouter.cli import main
+    from hiprouter.inference.models import read_card, verify_weights
+    from tests.onfh.helpers import write_heads_dataset
+
+    model = tmp_path / "model"
+    shutil.copytree(onfh_model, model)
+    before = read_card(model)
+    data = tmp_path / "fresh"
+    write_heads_dataset(data, 10, seed=5)
+    result = CliRunner().invoke(main, ["models", "recalibrate", str(model), "--data",
+                                       str(data), "--accuracy", "0.8"])
+    assert result.exit_code == 0, result.output
+    assert "no temperature" in result.output
+    card = read_card(model)
+    chosen = card.abstention
+    assert chosen["chosen_by"] == "hiprouter models recalibrate"
+    assert chosen["target_accuracy"] == 0.8
+    assert card.calibration == before.calibration and verify_weights(model, card)
+    pipe = PipelineSet(settings(model)).get("onfh")
+    assert isinstance(pipe, OnfhKind) and pipe.min_confidence == chosen["min_confidence"]
+
+    # the same hips through the kind: the answered share is the card's coverage
+    with (data / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    band_of = {0: "onfh_0_1", 1: "onfh_0_1", 2: "onfh_2", 3: "onfh_3", 4: "onfh_4"}
+    truth = {(r["study_uid"], r["laterality"]): band_of[int(r["onfh_grade"])] for r in rows}
+    hips: list[tuple[float, bool]] = []
+    for study_uid in sorted({r["study_uid"] for r in rows}):
+        files = sorted({r["path"] for r in rows if r["study_uid"] == study_uid})
+        study = StudyInput.from_datasets(study_uid, [dcmread(data / f) for f in files],
+                                         ("CR", "DX"))
+        for f in pipe.run(study, None).findings:
+            c = f.classification
+            if c is None or c.status == "not_assessed":
+                continue
+            assert (c.status == "indeterminate") == (c.probability < chosen["min_confidence"])
+            hips.append((c.probability, c.predicted == truth[(study_uid, f.laterality)]))
+    assert f"({len(hips)} hips)" in chosen["chosen_on"]
+    # the card's threshold is the chosen probability rounded up to 4 decimals
+    answered = [right for p, right in hips if p >= chosen["min_confidence"] - 1e-4]
+    assert len(answered) == round(chosen["val_coverage"] * len(hips))
+    if chosen["reached"] and answered:
+        assert sum(answered) / len(answered) >= 0.8
