@@ -151,6 +151,12 @@ def evaluate_dual_view_cmd(model_dirs: tuple[Path, ...], data_dir: Path,
     ap = metrics["ap_only"]
     click.echo(f"AP views only: accuracy {fmt(ap['accuracy'], ap['accuracy_ci95'])}, "
                f"macro AUC {fmt(ap['macro_auc'])}")
+    sel = metrics["selective"]
+    click.echo(f"with min_confidence {sel['min_confidence']:.3f}: not assessed (OOD) "
+               f"{fmt(sel['not_assessed_rate'])}, indeterminate "
+               f"{fmt(sel['indeterminate_rate'])}, assessed {fmt(sel['assessed_rate'])} "
+               f"(accuracy {fmt(sel['accuracy_assessed'])}); wrong definitive causes "
+               f"{fmt(sel['wrong_definitive_rate'])} of all hips")
     for i, m in enumerate(metrics.get("members", []), start=1):
         click.echo(f"member {i}: accuracy {fmt(m['accuracy'])}, macro AUC {fmt(m['macro_auc'])}")
     for cls, m in metrics["per_class"].items():

@@ -51,7 +51,12 @@ from hiprouter.training.dataset import (
     read_labels,
     split_patients,
 )
-from hiprouter.training.evaluate import card_figures, compute_metrics, write_report
+from hiprouter.training.evaluate import (
+    card_figures,
+    compute_metrics,
+    selective_figures,
+    write_report,
+)
 
 
 @dataclass(frozen=True)
@@ -573,11 +578,12 @@ def evaluate_dual_view(model_dirs: Sequence[Path], data_dir: Path, labels_csv: P
                          f"{classes}")
     y = np.array([h.label for h in hips])
     crops = images.astype(np.float32) / 255.0
-    probs, probs_ap, members = [], [], []
+    probs, probs_ap, members, ood = [], [], [], []
     for h in hips:
         pred = ens.predict([crops[k] for k in h.ap], [crops[k] for k in h.lateral],
                            heatmaps=False)
         probs.append(pred.probabilities)
+        ood.append(pred.ood)
         members.append(pred.per_member)
         if h.lateral:
             probs_ap.append(ens.predict([crops[k] for k in h.ap], [],
@@ -587,6 +593,10 @@ def evaluate_dual_view(model_dirs: Sequence[Path], data_dir: Path, labels_csv: P
     p, p_ap = np.stack(probs), np.stack(probs_ap)
     metrics = compute_metrics(y, p, classes, n_boot=n_boot)
     metrics["hips_with_lateral"] = int(sum(1 for h in hips if h.lateral))
+    # what the pipeline would say: out of distribution, indeterminate below the card's
+    # min_confidence, or a definitive cause
+    metrics["selective"] = selective_figures(
+        y, p, float(ens.card_value("abstention", "min_confidence", 0.0)), ood)
     ap_only = compute_metrics(y, p_ap, classes, n_boot=n_boot)
     metrics["ap_only"] = {"accuracy": ap_only["accuracy"],
                           "accuracy_ci95": ap_only["accuracy_ci95"],
