@@ -231,28 +231,46 @@ def _dual_view_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path 
 
 def _onfh_abstention(model_dir: Path, folders: Sequence[Path], accuracy: float,
                      device: str) -> dict[str, Any]:
-    """`min_confidence` of an ONFH model at `accuracy` on labelled folders: per hip, the
-    distance averaged over its AP views, its stage band and the band's probability, as
-    the pipeline reports them (the band thresholds and probabilities are the card's, fitted
-    in training; there is no temperature). Written into the card's `abstention`."""
+    """`min_confidence` of an ONFH model at `accuracy` on labelled folders (`onfh_answers`;
+    the band thresholds and probabilities are the card's, fitted in training; there is no
+    temperature). Written into the card's `abstention`."""
     from hiprouter.inference.models import read_card, write_card
     from hiprouter.inference.onfh import OnfhModel
     from hiprouter.training.calibration import min_confidence_of
+
+    model = OnfhModel.load(model_dir, device, runtime="auto")
+    confidence, correct = onfh_answers(model, folders)
+    choice = min_confidence_of(confidence, correct, accuracy)
+    where = ", ".join(Path(f).name for f in folders)
+    abstention = {**choice, "target_accuracy": accuracy,
+                  "chosen_on": f"{where} ({len(correct)} hips)",
+                  "rule": "smallest stage probability whose accepted hips reach the target "
+                          "accuracy (of the stage band)",
+                  "chosen_by": "hiprouter models recalibrate"}
+    card = read_card(model_dir)
+    card.abstention = with_previous(abstention, card.abstention)
+    write_card(model_dir, card)
+    return abstention
+
+
+def onfh_answers(model: Any, folders: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Per assessed hip of labelled folders, as the ONFH kind reports it: the probability
+    of its stage band (the distance averaged over the hip's AP views) and whether the band
+    is the labelled grade's. Hips without an assessed head are left out (the kind says
+    "not assessed" there, with no stage to abstain from)."""
     from hiprouter.training.onfh_data import read_head_labels
     from hiprouter.training.onfh_eval import assess_heads, band_of_grade
 
-    model = OnfhModel.load(model_dir, device, runtime="auto")
     staging = model.normative.staging if model.normative is not None else None
     if staging is None:
-        raise ValueError(f"{model_dir}: no stage bands in the card (an untrained normative "
-                         "model)")
+        raise ValueError("no stage bands in the card (an untrained normative model)")
     hips: dict[tuple[str, str, str], tuple[int, list[float]]] = {}
     for folder in folders:
         rows, _ = read_head_labels(Path(folder) / "labels.csv")
         by_file = {(r.path, r.laterality): r for r in rows}
         for rec in assess_heads(model, rows, Path(folder), progress=False):
             if "distance" not in rec:
-                continue  # not assessed: the pipeline says so, no stage to abstain from
+                continue
             row = by_file[(rec["path"], rec["laterality"])]
             hip = hips.setdefault((str(folder), row.study_uid, row.laterality),
                                   (row.grade, []))
@@ -265,17 +283,7 @@ def _onfh_abstention(model_dir: Path, folders: Sequence[Path], accuracy: float,
         band = staging.band(distance)
         confidence.append(staging.probabilities(distance).get(staging.keys[band], 0.0))
         correct.append(band == band_of_grade(grade, staging.bands))
-    choice = min_confidence_of(np.array(confidence), np.array(correct), accuracy)
-    where = ", ".join(Path(f).name for f in folders)
-    abstention = {**choice, "target_accuracy": accuracy,
-                  "chosen_on": f"{where} ({len(hips)} hips)",
-                  "rule": "smallest stage probability whose accepted hips reach the target "
-                          "accuracy (of the stage band)",
-                  "chosen_by": "hiprouter models recalibrate"}
-    card = read_card(model_dir)
-    card.abstention = with_previous(abstention, card.abstention)
-    write_card(model_dir, card)
-    return abstention
+    return np.array(confidence), np.array(correct, dtype=bool)
 
 
 def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,
