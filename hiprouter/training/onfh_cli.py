@@ -112,6 +112,12 @@ def evaluate_onfh_cmd(model_dir: Path, data_dir: Path, labels_csv: Path, out_dir
     click.echo(f"stage bands {', '.join(st['bands'])}: accuracy {st.get('accuracy')}, "
                f"balanced {st.get('balanced_accuracy')}, kappa "
                f"{st.get('linear_weighted_kappa')}")
+    sel = metrics["selective"]
+    if sel["hips"]:
+        click.echo(f"per hip with min_confidence {sel['min_confidence']:.3f}: indeterminate "
+                   f"{sel['indeterminate_rate']:.3f}, staged {sel['assessed_rate']:.3f} "
+                   f"(accuracy {sel['accuracy_assessed']}), wrong definitive stages "
+                   f"{sel['wrong_definitive_rate']:.3f} of {sel['hips']} hips")
     if metrics["model"]["synthetic_demo"]:
         click.echo("synthetic-trained demo model: figures say nothing about clinical accuracy")
     click.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['distances']}")

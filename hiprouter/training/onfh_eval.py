@@ -76,6 +76,47 @@ def assess_heads(model: OnfhModel, rows: Sequence[HeadRow], data_dir: Path,
     return out
 
 
+def stage_answers(records: Sequence[dict[str, Any]], rows: Sequence[HeadRow],
+                  folder: str = "") -> dict[tuple[str, str, str], tuple[int, list[float]]]:
+    """The labelled grade and assessed distances of each hip (folder, study, side) of
+    `assess_heads` records: the kind averages a hip's distances over its AP views."""
+    by_file = {(r.path, r.laterality): r for r in rows}
+    hips: dict[tuple[str, str, str], tuple[int, list[float]]] = {}
+    for rec in records:
+        if "distance" not in rec:
+            continue  # not assessed: the kind says so, with no stage to abstain from
+        row = by_file[(rec["path"], rec["laterality"])]
+        hips.setdefault((folder, row.study_uid, row.laterality),
+                        (row.grade, []))[1].append(float(rec["distance"]))
+    return hips
+
+
+def hip_stage_answers(hips: dict[tuple[str, str, str], tuple[int, list[float]]],
+                      staging: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per hip, as the kind reports it: the probability of its stage band (of the mean
+    distance) and whether the band is the labelled grade's."""
+    confidence, correct = [], []
+    for grade, distances in hips.values():
+        distance = float(np.mean(distances))
+        band = staging.band(distance)
+        confidence.append(staging.probabilities(distance).get(staging.keys[band], 0.0))
+        correct.append(band == band_of_grade(grade, staging.bands))
+    return np.array(confidence, dtype=float), np.array(correct, dtype=bool)
+
+
+def selective_stages(confidence: np.ndarray, correct: np.ndarray, min_confidence: float
+                     ) -> dict[str, Any]:
+    """What the kind says per assessed hip: a stage, or "indeterminate" below
+    `min_confidence`, and the share of hips with a wrong definitive stage."""
+    n = len(confidence)
+    answered = confidence >= min_confidence
+    return {"min_confidence": float(min_confidence), "hips": int(n),
+            "indeterminate_rate": float((~answered).mean()) if n else None,
+            "assessed_rate": float(answered.mean()) if n else None,
+            "accuracy_assessed": float(correct[answered].mean()) if answered.any() else None,
+            "wrong_definitive_rate": float((answered & ~correct).mean()) if n else None}
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
     p = np.asarray(pvalues, dtype=np.float64)
@@ -268,6 +309,15 @@ def report_markdown(metrics: dict[str, Any], title: str, note: str = "") -> str:
                      + (f" [{ci[0]}, {ci[1]}]" if ci else "") + " |")
     st = metrics["stage"]
     lines += ["", "## Stage bands", "", f"- bands: {', '.join(st['bands'])}; heads {st['n']}"]
+    sel = metrics.get("selective")
+    if sel and sel["hips"]:
+        acc = sel["accuracy_assessed"]
+        lines.append(
+            f"- per hip as the kind reports it ({sel['hips']} hips), with min_confidence "
+            f"{sel['min_confidence']:.3f}: indeterminate {100 * sel['indeterminate_rate']:.1f} %, "
+            f"staged {100 * sel['assessed_rate']:.1f} % (accuracy "
+            f"{'n/a' if acc is None else f'{acc:.3f}'}); wrong definitive stages "
+            f"{100 * sel['wrong_definitive_rate']:.1f} % of all hips")
     if "accuracy" in st:
         lines += [f"- accuracy {st['accuracy']}, balanced accuracy {st['balanced_accuracy']}, "
                   f"within one band {st['within_one_band']}, linearly weighted kappa "
@@ -316,6 +366,7 @@ def card_figures(metrics: dict[str, Any], dataset: str) -> dict[str, Any]:
         "stage_accuracy": metrics["stage"].get("accuracy"),
         "stage_balanced_accuracy": metrics["stage"].get("balanced_accuracy"),
         "stage_linear_weighted_kappa": metrics["stage"].get("linear_weighted_kappa"),
+        **({"selective": metrics["selective"]} if metrics.get("selective") else {}),
     }
 
 
@@ -332,6 +383,9 @@ def evaluate_onfh(model_dir: Path, data_dir: Path, labels_csv: Path, out_dir: Pa
     records = assess_heads(model, rows, data_dir, workers)
     staging = model.normative.staging  # type: ignore[union-attr]
     metrics = summarise(records, staging.bands, n_boot)
+    confidence, correct = hip_stage_answers(stage_answers(records, rows), staging)
+    metrics["selective"] = selective_stages(
+        confidence, correct, float(model.card.abstention.get("min_confidence", 0.0)))
     info = model.info
     metrics["model"] = {"name": info.name, "version": info.version,
                         "architecture": info.architecture, "device_uid": info.device_uid,

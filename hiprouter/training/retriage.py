@@ -255,11 +255,11 @@ def _onfh_abstention(model_dir: Path, folders: Sequence[Path], accuracy: float,
 
 def onfh_answers(model: Any, folders: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Per assessed hip of labelled folders, as the ONFH kind reports it: the probability
-    of its stage band (the distance averaged over the hip's AP views) and whether the band
-    is the labelled grade's. Hips without an assessed head are left out (the kind says
-    "not assessed" there, with no stage to abstain from)."""
+    of its stage band and whether the band is the labelled grade's
+    (`onfh_eval.hip_stage_answers`). Hips without an assessed head are left out (the kind
+    says "not assessed" there, with no stage to abstain from)."""
     from hiprouter.training.onfh_data import read_head_labels
-    from hiprouter.training.onfh_eval import assess_heads, band_of_grade
+    from hiprouter.training.onfh_eval import assess_heads, hip_stage_answers, stage_answers
 
     staging = model.normative.staging if model.normative is not None else None
     if staging is None:
@@ -267,23 +267,11 @@ def onfh_answers(model: Any, folders: Sequence[Path]) -> tuple[np.ndarray, np.nd
     hips: dict[tuple[str, str, str], tuple[int, list[float]]] = {}
     for folder in folders:
         rows, _ = read_head_labels(Path(folder) / "labels.csv")
-        by_file = {(r.path, r.laterality): r for r in rows}
-        for rec in assess_heads(model, rows, Path(folder), progress=False):
-            if "distance" not in rec:
-                continue
-            row = by_file[(rec["path"], rec["laterality"])]
-            hip = hips.setdefault((str(folder), row.study_uid, row.laterality),
-                                  (row.grade, []))
-            hip[1].append(float(rec["distance"]))
+        records = assess_heads(model, rows, Path(folder), progress=False)
+        hips.update(stage_answers(records, rows, str(folder)))
     if not hips:
         raise ValueError("no femoral head of these folders could be assessed")
-    confidence, correct = [], []
-    for grade, distances in hips.values():
-        distance = float(np.mean(distances))
-        band = staging.band(distance)
-        confidence.append(staging.probabilities(distance).get(staging.keys[band], 0.0))
-        correct.append(band == band_of_grade(grade, staging.bands))
-    return np.array(confidence), np.array(correct, dtype=bool)
+    return hip_stage_answers(hips, staging)
 
 
 def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,

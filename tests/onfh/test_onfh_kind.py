@@ -230,6 +230,7 @@ def test_recalibrate_chooses_the_stage_probability_the_kind_reports(onfh_model: 
     per hip as the kind reports it (distance averaged over the hip's AP views, its band's
     probability); the kind then abstains below it, the calibration and weights untouched."""
     import csv
+    import json
     import shutil
 
     from click.testing import CliRunner
@@ -278,3 +279,16 @@ def test_recalibrate_chooses_the_stage_probability_the_kind_reports(onfh_model: 
     assert len(answered) == round(chosen["val_coverage"] * len(hips))
     if chosen["reached"] and answered:
         assert sum(answered) / len(answered) >= 0.8
+
+    # `evaluate` reports the same per-hip answers
+    out = tmp_path / "ev"
+    result = CliRunner().invoke(main, ["evaluate", str(model), str(data), "--out", str(out),
+                                       "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert "wrong definitive stages" in result.output
+    selective = json.loads((out / "report.json").read_text())["selective"]
+    staged = [right for p, right in hips if p >= chosen["min_confidence"]]
+    assert selective["hips"] == len(hips)
+    assert selective["assessed_rate"] == pytest.approx(len(staged) / len(hips))
+    assert selective["wrong_definitive_rate"] == pytest.approx(
+        (len(staged) - sum(staged)) / len(hips))
