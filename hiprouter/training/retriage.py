@@ -240,13 +240,8 @@ def _onfh_abstention(model_dir: Path, folders: Sequence[Path], accuracy: float,
 
     model = OnfhModel.load(model_dir, device, runtime="auto")
     confidence, correct = onfh_answers(model, folders)
-    choice = min_confidence_of(confidence, correct, accuracy)
-    where = ", ".join(Path(f).name for f in folders)
-    abstention = {**choice, "target_accuracy": accuracy,
-                  "chosen_on": f"{where} ({len(correct)} hips)",
-                  "rule": "smallest stage probability whose accepted hips reach the target "
-                          "accuracy (of the stage band)",
-                  "chosen_by": "hiprouter models recalibrate"}
+    abstention = _abstention(min_confidence_of(confidence, correct, accuracy), folders,
+                             len(correct), "stage probability")
     card = read_card(model_dir)
     card.abstention = with_previous(abstention, card.abstention)
     write_card(model_dir, card)
@@ -303,17 +298,22 @@ def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,
                    "ece_after": rounded(ece(p_hip, y_hip)),
                    "ece_measured_on": f"the same hips ({len(y_hip)}; no held-out set)",
                    "chosen_by": "hiprouter models recalibrate"}
-    choice = choose_min_confidence(p_hip, y_hip, accuracy)
-    abstention = {**choice, "target_accuracy": accuracy,
-                  "chosen_on": f"{where} ({len(y_hip)} hips)",
-                  "rule": "smallest calibrated confidence whose accepted hips reach the "
-                          "target accuracy",
-                  "chosen_by": "hiprouter models recalibrate"}
+    abstention = _abstention(choose_min_confidence(p_hip, y_hip, accuracy), folders,
+                             len(y_hip), "calibrated confidence")
     card = read_card(model_dir)
     card.calibration = with_previous(calibration, card.calibration)
     card.abstention = with_previous(abstention, card.abstention)
     write_card(model_dir, card)
     return {"calibration": calibration, "abstention": abstention}
+
+
+def _abstention(choice: dict[str, Any], folders: Sequence[Path], hips: int,
+                confidence: str) -> dict[str, Any]:
+    """The card's `abstention` section for a `min_confidence` chosen by `recalibrate`."""
+    where = ", ".join(Path(f).name for f in folders)
+    return {**choice, "chosen_on": f"{where} ({hips} hips)",
+            "rule": f"smallest {confidence} whose accepted hips reach the target accuracy",
+            "chosen_by": "hiprouter models recalibrate"}
 
 
 def with_previous(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
