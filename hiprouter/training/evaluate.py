@@ -383,18 +383,24 @@ def card_figures(metrics: dict[str, Any], dataset: str) -> dict[str, Any]:
     }
 
 
+def hip_groups(keys: Sequence[tuple[str, str]]) -> list[list[int]]:
+    """The indices of the views of each hip (study, laterality), in first-seen order; a
+    view of unknown laterality ("U") is a hip of its own."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (study, lat) in enumerate(keys):
+        key = (study, lat) if lat in ("R", "L") else (study, f"U{i}")
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def fuse_hips(keys: Sequence[tuple[str, str]], labels: Sequence[int],
               probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Average probabilities of all views of the same hip (study, laterality).
 
     Unknown laterality ("U") is never merged with other views.
     """
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, (study, lat) in enumerate(keys):
-        key = (study, lat) if lat in ("R", "L") else (study, f"U{i}")
-        groups.setdefault(key, []).append(i)
     y, p = [], []
-    for idx in groups.values():
+    for idx in hip_groups(keys):
         y.append(labels[idx[0]])
         p.append(np.mean(probs[idx], axis=0))
     return np.asarray(y, dtype=int), np.asarray(p)

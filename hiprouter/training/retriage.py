@@ -164,21 +164,20 @@ def recalibrate(model_dir: Path, folders: Sequence[Path], accuracy: float,
         logits, labels, groups = _dual_view_logits(model_dir, folders, cache_dir, device)
         unit = "AP x lateral pairs"
     elif card.task in ("", "classification"):
-        logits, labels, groups = _crop_logits(model_dir, folders, cache_dir, device)
+        logits, labels, groups = _crop_logits(model_dir, card, folders, cache_dir, device)
         unit = "crops"
     else:
         raise ValueError(f"{card.name}: recalibrate fits classifiers (single- or dual-view) "
                          f"and ONFH models, not a {card.task} model")
-    return _write_choices(model_dir, folders, accuracy, logits, labels, groups, unit)
+    return _write_choices(model_dir, card, folders, accuracy, logits, labels, groups, unit)
 
 
-def _crop_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path | None,
+def _crop_logits(model_dir: Path, card: Any, folders: Sequence[Path], cache_dir: Path | None,
                  device: str) -> tuple[np.ndarray, list[int], list[list[int]]]:
-    """Per-crop logits of a single-view classifier, their labels, and the crops of each
-    hip (views of a hip are averaged, as at run time)."""
-    from hiprouter.inference.models import read_card
+    """Per-crop logits of a single-view classifier (its `card`), their labels, and the crops
+    of each hip (views of a hip are averaged, as at run time)."""
+    from hiprouter.training.evaluate import hip_groups
 
-    card = read_card(model_dir)
     column = str((card.training or {}).get("label_column") or "")  # the column it learnt
     rows = folder_rows(folders, card.classes, card.label_set, column)
     _, clf, keys, labels, preds = _predictions(
@@ -188,10 +187,7 @@ def _crop_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path | Non
     # averaged probabilities stands in for them, as in `evaluate`)
     old_t = float(clf.members[0].temperature)
     logits = old_t * np.log(np.maximum(np.stack([p.probabilities for p in preds]), 1e-30))
-    hips: dict[tuple[str, str], list[int]] = {}
-    for i, (study, lat) in enumerate(keys):  # as evaluate.fuse_hips groups them
-        hips.setdefault((study, lat) if lat in ("R", "L") else (study, f"U{i}"), []).append(i)
-    return logits, labels, list(hips.values())
+    return logits, labels, hip_groups(keys)
 
 
 def _dual_view_logits(model_dir: Path, folders: Sequence[Path], cache_dir: Path | None,
@@ -269,12 +265,12 @@ def onfh_answers(model: Any, folders: Sequence[Path]) -> tuple[np.ndarray, np.nd
     return hip_stage_answers(hips, staging)
 
 
-def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,
+def _write_choices(model_dir: Path, card: Any, folders: Sequence[Path], accuracy: float,
                    logits: np.ndarray, labels: Sequence[int], groups: list[list[int]],
                    unit: str) -> dict[str, Any]:
     """Fit the temperature on `logits`, choose `min_confidence` on the hips (`groups` of
-    rows, probabilities averaged as at run time) and write both into the card."""
-    from hiprouter.inference.models import read_card, write_card
+    rows, probabilities averaged as at run time) and write both into `card`."""
+    from hiprouter.inference.models import write_card
     from hiprouter.training.calibration import (
         choose_min_confidence,
         ece,
@@ -300,7 +296,6 @@ def _write_choices(model_dir: Path, folders: Sequence[Path], accuracy: float,
                    "chosen_by": "hiprouter models recalibrate"}
     abstention = _abstention(choose_min_confidence(p_hip, y_hip, accuracy), folders,
                              len(y_hip), "calibrated confidence")
-    card = read_card(model_dir)
     card.calibration = with_previous(calibration, card.calibration)
     card.abstention = with_previous(abstention, card.abstention)
     write_card(model_dir, card)
